@@ -1,0 +1,106 @@
+//! The command tree. One module per command; each has `Args` and `run`.
+
+pub mod call;
+pub mod batch;
+pub mod export;
+pub mod list;
+pub mod plan;
+pub mod apply;
+pub mod audit;
+pub mod methods;
+pub mod describe;
+pub mod events;
+pub mod worker;
+pub mod dlq;
+pub mod db;
+pub mod sandbox;
+pub mod auth;
+pub mod doctor;
+pub mod demo;
+pub mod mcp;
+pub mod completions;
+
+use crate::globals::Globals;
+
+/// b24 — work with a Bitrix24 portal safely and fast.
+///
+/// stdout carries data only (JSON or NDJSON); messages, progress and logs go to stderr.
+///
+/// Exit codes: 0 ok; 1 done with partial failures; 2 usage or configuration; 3 API error;
+/// 4 refused by policy; 5 authentication; 6 transient failure after retries;
+/// 7 outcome unknown (a write may have happened); 130 interrupted.
+#[derive(Debug, clap::Parser)]
+#[command(name = "b24", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub globals: Globals,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Call any REST method (v2, or v3 with --v3).
+    Call(call::Args),
+    /// Run many commands in batches of 50, with $result references.
+    Batch(batch::Args),
+    /// Stream every item of a list method as NDJSON.
+    Export(export::Args),
+    /// List one page, or every page with --all.
+    List(list::Args),
+    /// Record a planned write for later `b24 apply`.
+    Plan(plan::Args),
+    /// Apply a recorded plan exactly once.
+    Apply(apply::Args),
+    /// Inspect and verify the audit log.
+    Audit(audit::Args),
+    /// Search the method catalog.
+    Methods(methods::Args),
+    /// Describe one method from the catalog.
+    Describe(describe::Args),
+    /// Bind, unbind and list event handlers; serve the online receiver.
+    Events(events::Args),
+    /// Pull offline events and run handlers for queued events.
+    Worker(worker::Args),
+    /// Inspect, replay and purge dead-lettered events.
+    Dlq(dlq::Args),
+    /// Database maintenance (migrations for PostgreSQL stores).
+    Db(db::Args),
+    /// Run the local emulated Bitrix24 portal.
+    Sandbox(sandbox::Args),
+    /// OAuth login, status and logout.
+    Auth(auth::Args),
+    /// Diagnose configuration, connectivity, auth and limits.
+    Doctor(doctor::Args),
+    /// A guided tour against an embedded sandbox portal.
+    Demo(demo::Args),
+    /// Serve b24 as an MCP server over stdio.
+    Mcp(mcp::Args),
+    /// Print shell completions.
+    Completions(completions::Args),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let g = cli.globals;
+    match cli.command {
+        Command::Call(a) => call::run(a, &g).await,
+        Command::Batch(a) => batch::run(a, &g).await,
+        Command::Export(a) => export::run(a, &g).await,
+        Command::List(a) => list::run(a, &g).await,
+        Command::Plan(a) => plan::run(a, &g).await,
+        Command::Apply(a) => apply::run(a, &g).await,
+        Command::Audit(a) => audit::run(a, &g).await,
+        Command::Methods(a) => methods::run(a, &g).await,
+        Command::Describe(a) => describe::run(a, &g).await,
+        Command::Events(a) => events::run(a, &g).await,
+        Command::Worker(a) => worker::run(a, &g).await,
+        Command::Dlq(a) => dlq::run(a, &g).await,
+        Command::Db(a) => db::run(a, &g).await,
+        Command::Sandbox(a) => sandbox::run(a, &g).await,
+        Command::Auth(a) => auth::run(a, &g).await,
+        Command::Doctor(a) => doctor::run(a, &g).await,
+        Command::Demo(a) => demo::run(a, &g).await,
+        Command::Mcp(a) => mcp::run(a, &g).await,
+        Command::Completions(a) => completions::run(a, &g).await,
+    }
+}

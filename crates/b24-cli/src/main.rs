@@ -1,0 +1,32 @@
+//! `b24`: the thin binary over the b24 library crates.
+//!
+//! stdout carries data only (JSON / NDJSON / MCP JSON-RPC); everything else goes to stderr.
+//! Exit codes are documented in [`exit`].
+
+mod cmd;
+mod exec;
+mod exit;
+mod globals;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cmd::Cli::parse();
+    globals::init_tracing(&cli.globals);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("b24: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(exit::USAGE as u8);
+        }
+    };
+    let result = rt.block_on(cmd::run(cli));
+    match result {
+        Ok(code) => std::process::ExitCode::from(code as u8),
+        Err(err) => {
+            let code = exit::code_for(&err);
+            eprintln!("b24: error: {err:#}");
+            std::process::ExitCode::from(code as u8)
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! One structured error type for everything the client can fail with.
+
+/// An error the portal (or the OAuth server) answered with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApiError {
+    /// The `error` code as sent (may be empty, lower-case or numeric).
+    pub code: String,
+    pub description: String,
+    pub http_status: u16,
+    pub method: String,
+}
+
+/// What a caller should do about an error (protocol reference §8.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// Never executed by the portal; safe to retry after backing off (`QUERY_LIMIT_EXCEEDED`).
+    RetrySafe,
+    /// Wait until `operating_reset_at` for this method (`OPERATION_TIME_LIMIT`).
+    WaitForReset,
+    /// Refresh the OAuth token once, then retry (`expired_token`).
+    RefreshThenRetry,
+    /// Credentials are bad: re-authorize or reinstall.
+    Reauthorize,
+    /// Fix the request or the configuration; retrying will not help.
+    Permanent,
+    /// The portal is stopped for everyone; alert a human.
+    PortalStop,
+    /// A write may or may not have happened.
+    OutcomeUnknown,
+    /// A transient failure (network, 5xx) that persisted through all retries.
+    Transient,
+    /// Bad configuration or usage on our side.
+    Usage,
+}
+
+/// Every way a call can fail.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("{method}: {code}: {description} (HTTP {http_status})", method = .0.method, code = if .0.code.is_empty() { "<empty code>" } else { .0.code.as_str() }, description = .0.description, http_status = .0.http_status)]
+    Api(ApiError),
+    /// A write whose outcome is unknown (timeout, reset, body-less 5xx). It was NOT resent.
+    #[error("{method}: outcome unknown, the write may or may not have happened ({reason}); it was not resent")]
+    OutcomeUnknown {
+        method: String,
+        reason: String,
+        idempotency_key: Option<String>,
+    },
+    /// Transport failure that persisted after every allowed retry.
+    #[error("{method}: {reason} (after {attempts} attempts)")]
+    Transient {
+        method: String,
+        reason: String,
+        attempts: u32,
+    },
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("authentication: {0}")]
+    Auth(String),
+    #[error("{method}: could not decode the response: {reason}")]
+    Decode { method: String, reason: String },
+    #[error("state: {0}")]
+    State(String),
+}
+
+impl Error {
+    /// How to react to this error (protocol reference §8.3).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Api(api) => api.class(),
+            Error::OutcomeUnknown { .. } => ErrorClass::OutcomeUnknown,
+            Error::Transient { .. } => ErrorClass::Transient,
+            Error::Config(_) => ErrorClass::Usage,
+            Error::Auth(_) => ErrorClass::Reauthorize,
+            Error::Decode { .. } => ErrorClass::Transient,
+            Error::State(_) => ErrorClass::Usage,
+        }
+    }
+}
+
+impl ApiError {
+    /// Classify by code (case-insensitive), never by HTTP status alone.
+    pub fn class(&self) -> ErrorClass {
+        match self.code.to_ascii_uppercase().as_str() {
+            "QUERY_LIMIT_EXCEEDED" => ErrorClass::RetrySafe,
+            "OPERATION_TIME_LIMIT" => ErrorClass::WaitForReset,
+            "EXPIRED_TOKEN" | "INVALID_TOKEN" => ErrorClass::RefreshThenRetry,
+            "INVALID_GRANT" | "NO_AUTH_FOUND" | "INVALID_CLIENT" | "PAYMENT_REQUIRED" => {
+                ErrorClass::Reauthorize
+            }
+            "OVERLOAD_LIMIT" | "PORTAL_DELETED" => ErrorClass::PortalStop,
+            _ => ErrorClass::Permanent,
+        }
+    }
+}
