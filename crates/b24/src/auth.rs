@@ -1,1 +1,436 @@
-//! (in progress)
+//! OAuth 2.0 tokens: storage, and a refresh that happens once however many callers need it.
+//!
+//! Bitrix24 rotates the refresh token on every refresh (protocol reference §3.3), so two
+//! refreshes of the same token race: the loser holds a consumed token and gets `invalid_grant`.
+//! We prevent that at two levels. In one process, callers wait on an async mutex and compare a
+//! generation counter: whoever saw an older token than the current one just uses the new one.
+//! Across processes, the refresher holds an exclusive lock on `<token file>.lock` and re-reads
+//! the token file after taking it: if another process already rotated the pair, it adopts it.
+//! The rotated pair is written atomically (temp file, fsync, rename) with mode 0600.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+use crate::envelope::{Parsed, lenient_u64, parse};
+
+/// An access/refresh pair as stored on disk.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Unix time the access token expires, when known.
+    #[serde(default)]
+    pub expires: Option<i64>,
+    #[serde(default)]
+    pub member_id: Option<String>,
+    #[serde(default)]
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub client_endpoint: Option<String>,
+    #[serde(default)]
+    pub user_id: Option<u64>,
+    /// Unix time this pair was obtained.
+    #[serde(default)]
+    pub obtained_at: i64,
+}
+
+impl std::fmt::Debug for TokenPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenPair")
+            .field("access_token", &"[redacted]")
+            .field("refresh_token", &"[redacted]")
+            .field("expires", &self.expires)
+            .field("member_id", &self.member_id)
+            .finish()
+    }
+}
+
+impl TokenPair {
+    /// Parse the authorization server's token response (§3.4) or its error (§3.5).
+    pub fn from_token_response(status: u16, body: &[u8]) -> Result<TokenPair, Error> {
+        let v: serde_json::Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(_) => {
+                return Err(match parse(body) {
+                    Parsed::Garbage(m) => {
+                        Error::Auth(format!("token endpoint answered HTTP {status} with {m}"))
+                    }
+                    _ => Error::Auth(format!("token endpoint answered HTTP {status}")),
+                });
+            }
+        };
+        if let Some(code) = v.get("error").and_then(|e| e.as_str()) {
+            let desc = v
+                .get("error_description")
+                .and_then(|e| e.as_str())
+                .unwrap_or("");
+            return Err(Error::Api(crate::ApiError {
+                code: code.to_string(),
+                description: desc.to_string(),
+                http_status: status,
+                method: "oauth/token".into(),
+            }));
+        }
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let access_token = s("access_token")
+            .ok_or_else(|| Error::Auth("token response has no access_token".into()))?;
+        let refresh_token = s("refresh_token")
+            .ok_or_else(|| Error::Auth("token response has no refresh_token".into()))?;
+        let now = now_unix();
+        let expires = v
+            .get("expires")
+            .and_then(lenient_u64)
+            .map(|x| x as i64)
+            .or_else(|| {
+                v.get("expires_in")
+                    .and_then(lenient_u64)
+                    .map(|x| now + x as i64)
+            });
+        Ok(TokenPair {
+            access_token,
+            refresh_token,
+            expires,
+            member_id: s("member_id"),
+            scope: s("scope"),
+            client_endpoint: s("client_endpoint"),
+            user_id: v.get("user_id").and_then(lenient_u64),
+            obtained_at: now,
+        })
+    }
+}
+
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Where the token pair lives. A PostgreSQL implementation lets a cluster share it.
+pub trait TokenStore: Send + Sync {
+    fn load(&self) -> Result<Option<TokenPair>, Error>;
+    fn save(&self, pair: &TokenPair) -> Result<(), Error>;
+    /// An exclusive, cross-process lock held while refreshing. Dropping the guard releases it.
+    fn lock(&self) -> Result<Box<dyn Send>, Error>;
+    /// Forget the pair (logout).
+    fn clear(&self) -> Result<(), Error>;
+    /// Where it is, for people (never contains a secret).
+    fn describe(&self) -> String;
+}
+
+/// A JSON file (mode 0600) next to a `.lock` file.
+#[derive(Debug, Clone)]
+pub struct FileTokenStore {
+    path: PathBuf,
+}
+
+impl FileTokenStore {
+    pub fn new(path: impl Into<PathBuf>) -> FileTokenStore {
+        FileTokenStore { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn io_err(p: &Path, e: std::io::Error) -> Error {
+    Error::State(format!("{}: {e}", p.display()))
+}
+
+/// Create a directory (and parents) readable only by the owner.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), Error> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+    }
+    Ok(())
+}
+
+/// Write `bytes` to `path` atomically (temp file in the same dir, fsync, rename), mode 0600.
+pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    ensure_private_dir(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(|e| io_err(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_err(&tmp, e))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+impl TokenStore for FileTokenStore {
+    fn load(&self) -> Result<Option<TokenPair>, Error> {
+        match std::fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                Error::State(format!(
+                    "{}: unreadable token file ({e})",
+                    self.path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&self.path, e)),
+        }
+    }
+
+    fn save(&self, pair: &TokenPair) -> Result<(), Error> {
+        let bytes = serde_json::to_vec_pretty(pair).map_err(|e| Error::State(e.to_string()))?;
+        write_private_atomic(&self.path, &bytes)
+    }
+
+    fn lock(&self) -> Result<Box<dyn Send>, Error> {
+        let lock_path = self.path.with_extension("lock");
+        if let Some(dir) = lock_path.parent() {
+            ensure_private_dir(dir)?;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let f = opts.open(&lock_path).map_err(|e| io_err(&lock_path, e))?;
+        f.lock().map_err(|e| io_err(&lock_path, e))?;
+        Ok(Box::new(f))
+    }
+
+    fn clear(&self) -> Result<(), Error> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&self.path, e)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// OAuth credentials plus the current pair, with single-flight refresh.
+pub struct OAuthSession {
+    client_id: String,
+    client_secret: SecretString,
+    token_url: String,
+    store: Arc<dyn TokenStore>,
+    current: std::sync::RwLock<(u64, Option<TokenPair>)>,
+    refresh_lock: tokio::sync::Mutex<()>,
+    http: reqwest::Client,
+    refreshes: std::sync::atomic::AtomicU64,
+}
+
+impl OAuthSession {
+    /// `initial` comes from env/config; a stored pair that is newer wins (it was rotated since).
+    pub fn new(
+        client_id: String,
+        client_secret: SecretString,
+        token_url: String,
+        store: Arc<dyn TokenStore>,
+        initial: Option<TokenPair>,
+        http: reqwest::Client,
+    ) -> Result<OAuthSession, Error> {
+        let stored = store.load()?;
+        let pair = match (stored, initial) {
+            (Some(s), Some(i)) => Some(if s.obtained_at >= i.obtained_at { s } else { i }),
+            (s, i) => s.or(i),
+        };
+        Ok(OAuthSession {
+            client_id,
+            client_secret,
+            token_url,
+            store,
+            current: std::sync::RwLock::new((0, pair)),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            http,
+            refreshes: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// The access token to use now and its generation.
+    pub fn access(&self) -> Result<(u64, String), Error> {
+        let g = self.current.read().unwrap_or_else(|p| p.into_inner());
+        match &g.1 {
+            Some(p) if !p.access_token.is_empty() => Ok((g.0, p.access_token.clone())),
+            Some(_) | None if self.has_refresh() => Ok((g.0, String::new())),
+            _ => Err(Error::Auth(
+                "no OAuth access token: run `b24 auth login`, or set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN".into(),
+            )),
+        }
+    }
+
+    fn has_refresh(&self) -> bool {
+        let g = self.current.read().unwrap_or_else(|p| p.into_inner());
+        g.1.as_ref()
+            .map(|p| !p.refresh_token.is_empty())
+            .unwrap_or(false)
+    }
+
+    /// How many refreshes this process performed.
+    pub fn refresh_count(&self) -> u64 {
+        self.refreshes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The current pair (for `auth status`).
+    pub fn current(&self) -> Option<TokenPair> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+
+    /// Refresh because the token of generation `seen` was refused. Only one refresh happens
+    /// however many callers arrive with the same `seen`; later callers get the new token.
+    pub async fn refresh(&self, seen: u64) -> Result<(u64, String), Error> {
+        let _one = self.refresh_lock.lock().await;
+        {
+            let g = self.current.read().unwrap_or_else(|p| p.into_inner());
+            if g.0 != seen {
+                if let Some(p) = &g.1 {
+                    return Ok((g.0, p.access_token.clone()));
+                }
+            }
+        }
+        let refused = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone();
+        let store = self.store.clone();
+        let guard = tokio::task::spawn_blocking(move || store.lock())
+            .await
+            .map_err(|e| Error::State(format!("token lock task: {e}")))??;
+        // Another process may have rotated the pair while we waited for the lock.
+        if let Some(stored) = self.store.load()? {
+            let rotated = match &refused {
+                Some(r) => stored.access_token != r.access_token,
+                None => true,
+            };
+            if rotated && !stored.access_token.is_empty() {
+                drop(guard);
+                return Ok(self.install(stored));
+            }
+        }
+        let refresh_token = refused
+            .as_ref()
+            .map(|p| p.refresh_token.clone())
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                Error::Auth(
+                    "the access token expired and there is no refresh token: run `b24 auth login`"
+                        .into(),
+                )
+            })?;
+        let resp = self
+            .http
+            .get(&self.token_url)
+            .query(&[
+                ("grant_type", "refresh_token"),
+                ("client_id", self.client_id.as_str()),
+                ("client_secret", self.client_secret.expose_secret()),
+                ("refresh_token", refresh_token.as_str()),
+            ])
+            .send()
+            .await
+            .map_err(|e| Error::Auth(format!("token refresh failed: {}", e.without_url())))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::Auth(format!("token refresh failed: {}", e.without_url())))?;
+        let mut pair = TokenPair::from_token_response(status, &body).map_err(|e| match e {
+            Error::Api(a) if a.code.eq_ignore_ascii_case("invalid_grant") => Error::Auth(
+                "the refresh token was refused (invalid_grant): it expired or was already used; run `b24 auth login`".into(),
+            ),
+            other => other,
+        })?;
+        if pair.member_id.is_none() {
+            pair.member_id = refused.as_ref().and_then(|p| p.member_id.clone());
+        }
+        self.store.save(&pair)?;
+        self.refreshes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        drop(guard);
+        Ok(self.install(pair))
+    }
+
+    fn install(&self, pair: TokenPair) -> (u64, String) {
+        let mut g = self.current.write().unwrap_or_else(|p| p.into_inner());
+        g.0 += 1;
+        let token = pair.access_token.clone();
+        g.1 = Some(pair);
+        (g.0, token)
+    }
+
+    /// Store a freshly obtained pair (after `auth login`).
+    pub fn adopt(&self, pair: TokenPair) -> Result<(), Error> {
+        self.store.save(&pair)?;
+        self.install(pair);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_file_is_private_and_atomic() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FileTokenStore::new(d.path().join("st/tokens.json"));
+        assert!(s.load().unwrap().is_none());
+        let p = TokenPair::from_token_response(
+            200,
+            br#"{"access_token":"a1","refresh_token":"r1","expires_in":3600,"member_id":"m"}"#,
+        )
+        .unwrap();
+        s.save(&p).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(s.path()).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        assert_eq!(s.load().unwrap().unwrap().access_token, "a1");
+        assert!(!format!("{p:?}").contains("a1"));
+        let _g = s.lock().unwrap();
+    }
+
+    #[test]
+    fn oauth_server_errors_are_structured() {
+        let e = TokenPair::from_token_response(
+            400,
+            br#"{"error":"invalid_grant","error_description":"x"}"#,
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Api(ref a) if a.code == "invalid_grant"));
+        assert!(TokenPair::from_token_response(502, b"<html>bad</html>").is_err());
+    }
+}

@@ -6,21 +6,37 @@
 //! - `Client::call_with(&self, method, params, CallOptions) -> Result<Response, Error>`;
 //! - `Client::call_v3(&self, method, params, CallOptions) -> Result<Response, Error>`: REST 3.0;
 //! - `Client::stats(&self) -> ClientStats`; `Client::portal(&self) -> &str`.
+//!
 //! `Client` is cheap to clone (an `Arc` inside) and safe to share across tasks.
+//!
+//! The retry rules are the heart of it. Before sending, nothing has happened, so connection
+//! failures are always retried. `QUERY_LIMIT_EXCEEDED` is refused before execution, so it is
+//! retried for writes too (and fills the limiter's model). Once a request has been sent, a
+//! timeout, a reset or a 5xx without a Bitrix24 error body means the portal may have executed
+//! it: a read is retried, a write is not — it ends in [`Error::OutcomeUnknown`].
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::{Config, Error, Response};
+use crate::auth::{FileTokenStore, OAuthSession, TokenPair, TokenStore, now_unix};
+use crate::config::{Auth, LimiterBackend};
+use crate::envelope::{Parsed, parse};
+use crate::error::ApiError;
+use crate::limiter::{Clock, Limiter, MemoryStore, OperatingBudget, SqliteStore, SystemClock};
+use crate::retry::Backoff;
+use crate::{Config, Error, ErrorClass, Response};
 
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
 pub struct CallOptions {
     /// True when resending the call after an ambiguous failure (timeout, reset, body-less 5xx)
     /// could duplicate an effect. Such calls are never resent; they end in
-    /// [`Error::OutcomeUnknown`]. `None` = decide from the method name (reads are
-    /// `*.get`, `*.list`, `*.fields`, …); the CLI passes the method catalog's verdict.
+    /// [`Error::OutcomeUnknown`]. `None` = decide from the method name (see [`is_read_name`]);
+    /// the CLI passes the method catalog's verdict.
     pub is_write: Option<bool>,
     /// Idempotency key; sent as `Idempotency-Key` on REST v3 and reported in errors.
     pub idempotency_key: Option<String>,
@@ -40,25 +56,196 @@ pub struct ClientStats {
     pub limiter_wait_ms: u64,
 }
 
+/// Whether a method name is clearly a read (used when the caller gives no verdict).
+/// Unknown verbs count as writes: the safe side is not to resend.
+pub fn is_read_name(method: &str) -> bool {
+    let m = method.to_ascii_lowercase();
+    // `event.offline.get` deletes what it returns unless `clear=0`: never a read.
+    if m == "event.offline.get" {
+        return false;
+    }
+    if matches!(
+        m.as_str(),
+        "server.time"
+            | "scope"
+            | "methods"
+            | "method.get"
+            | "profile"
+            | "app.info"
+            | "user.current"
+            | "events"
+            | "event.get"
+            | "feature.get"
+            | "access.name"
+            | "user.access"
+            | "event.offline.list"
+    ) {
+        return true;
+    }
+    let last = m.rsplit('.').next().unwrap_or("");
+    matches!(
+        last,
+        "get" | "list" | "fields" | "current" | "search" | "count" | "getlist" | "tail" | "openapi"
+    ) || last.starts_with("get")
+        || last.starts_with("list")
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    retries: AtomicU64,
+    s503: AtomicU64,
+    s429: AtomicU64,
+    waits: AtomicU64,
+    wait_ms: AtomicU64,
+}
+
 /// A Bitrix24 REST client.
 #[derive(Clone)]
 pub struct Client {
-    inner: std::sync::Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
 struct Inner {
     config: Config,
+    http: reqwest::Client,
+    limiter: Option<Limiter>,
+    operating: OperatingBudget,
+    oauth: Option<OAuthSession>,
+    counters: Counters,
+    clock: Box<dyn Clock>,
+}
+
+enum Attempt {
+    Done(Response),
+    /// Retry after this delay (None = use backoff).
+    Retry {
+        reason: String,
+        delay: Option<Duration>,
+    },
+    Refresh(u64),
+    Fail(Error),
 }
 
 impl Client {
     pub async fn new(config: Config) -> Result<Client, Error> {
+        Self::with_token_store(config, None).await
+    }
+
+    /// Build with a specific token store (default: a 0600 file in the state dir).
+    pub async fn with_token_store(
+        config: Config,
+        store: Option<Arc<dyn TokenStore>>,
+    ) -> Result<Client, Error> {
+        let mut b = reqwest::Client::builder()
+            .user_agent(concat!("b24/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(config.timeout);
+        if let Some(ca) = &config.ca_file {
+            let pem =
+                std::fs::read(ca).map_err(|e| Error::Config(format!("{}: {e}", ca.display())))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| Error::Config(format!("{}: {e}", ca.display())))?;
+            b = b.add_root_certificate(cert);
+        }
+        let http = b
+            .build()
+            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        let limiter = match &config.limiter {
+            LimiterBackend::Off => None,
+            LimiterBackend::Memory => Some(Limiter::new(
+                Box::new(MemoryStore::default()),
+                config.limits,
+                Box::new(SystemClock),
+            )),
+            LimiterBackend::Sqlite(path) => {
+                let path = path.clone();
+                let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                    .await
+                    .map_err(|e| Error::State(e.to_string()))??;
+                Some(Limiter::new(
+                    Box::new(store),
+                    config.limits,
+                    Box::new(SystemClock),
+                ))
+            }
+        };
+        let oauth = match &config.auth {
+            Auth::Webhook { .. } => None,
+            Auth::OAuth {
+                access_token,
+                refresh_token,
+                client_id,
+                client_secret,
+                token_url,
+            } => {
+                let store: Arc<dyn TokenStore> =
+                    store.unwrap_or_else(|| Arc::new(FileTokenStore::new(config.token_file())));
+                let initial =
+                    (access_token.is_some() || refresh_token.is_some()).then(|| TokenPair {
+                        access_token: access_token
+                            .as_ref()
+                            .map(|s| s.expose_secret().to_string())
+                            .unwrap_or_default(),
+                        refresh_token: refresh_token
+                            .as_ref()
+                            .map(|s| s.expose_secret().to_string())
+                            .unwrap_or_default(),
+                        expires: None,
+                        member_id: None,
+                        scope: None,
+                        client_endpoint: None,
+                        user_id: None,
+                        obtained_at: 0,
+                    });
+                Some(OAuthSession::new(
+                    client_id.clone(),
+                    SecretString::from(client_secret.expose_secret().to_string()),
+                    token_url.clone(),
+                    store,
+                    initial,
+                    http.clone(),
+                )?)
+            }
+        };
         Ok(Client {
-            inner: std::sync::Arc::new(Inner { config }),
+            inner: Arc::new(Inner {
+                config,
+                http,
+                limiter,
+                operating: OperatingBudget::default(),
+                oauth,
+                counters: Counters::default(),
+                clock: Box::new(SystemClock),
+            }),
         })
     }
 
     pub fn portal(&self) -> &str {
         &self.inner.config.portal
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The OAuth session, when the client uses OAuth.
+    pub fn oauth(&self) -> Option<&OAuthSession> {
+        self.inner.oauth.as_ref()
+    }
+
+    /// The limiter's modelled bucket level for this portal (requests), if limiting is on.
+    pub fn limiter_level(&self) -> Option<f64> {
+        self.inner
+            .limiter
+            .as_ref()
+            .and_then(|l| l.level(&self.inner.config.portal).ok())
+    }
+
+    /// Operating-time seen per method: (method, seconds, reset_at).
+    pub fn operating_snapshot(&self) -> Vec<(String, f64, Option<i64>)> {
+        self.inner.operating.snapshot()
     }
 
     pub async fn call(&self, method: &str, params: Value) -> Result<Response, Error> {
@@ -68,22 +255,468 @@ impl Client {
     pub async fn call_with(
         &self,
         method: &str,
-        _params: Value,
-        _opts: CallOptions,
+        params: Value,
+        opts: CallOptions,
     ) -> Result<Response, Error> {
-        Err(Error::Config(format!("{method}: transport not built yet")))
+        self.run(method, params, opts, false).await
     }
 
     pub async fn call_v3(
         &self,
         method: &str,
-        _params: Value,
-        _opts: CallOptions,
+        params: Value,
+        opts: CallOptions,
     ) -> Result<Response, Error> {
-        Err(Error::Config(format!("{method}: transport not built yet")))
+        self.run(method, params, opts, true).await
     }
 
     pub fn stats(&self) -> ClientStats {
-        ClientStats::default()
+        let c = &self.inner.counters;
+        ClientStats {
+            requests: c.requests.load(Relaxed),
+            retries: c.retries.load(Relaxed),
+            status_503: c.s503.load(Relaxed),
+            status_429: c.s429.load(Relaxed),
+            refreshes: self
+                .inner
+                .oauth
+                .as_ref()
+                .map(|o| o.refresh_count())
+                .unwrap_or(0),
+            limiter_waits: c.waits.load(Relaxed),
+            limiter_wait_ms: c.wait_ms.load(Relaxed),
+        }
+    }
+
+    async fn run(
+        &self,
+        method: &str,
+        params: Value,
+        opts: CallOptions,
+        v3: bool,
+    ) -> Result<Response, Error> {
+        let method = method.trim();
+        if method.is_empty()
+            || !method
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(Error::Config(format!(
+                "`{method}` is not a valid method name"
+            )));
+        }
+        if !params.is_object() && !params.is_array() && !params.is_null() {
+            return Err(Error::Config(
+                "params must be a JSON object (or array for positional methods)".into(),
+            ));
+        }
+        let inner = &self.inner;
+        let is_write = opts.is_write.unwrap_or_else(|| !is_read_name(method));
+        let policy = &inner.config.retry;
+        let mut backoff = Backoff::new(policy);
+        let started = tokio::time::Instant::now();
+        let mut base = inner.config.base_url.clone();
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            if let Some(until) = inner.operating.pause_until(
+                method,
+                inner.config.operating_limit_secs,
+                inner.clock.now(),
+            ) {
+                let wait = Duration::from_secs_f64((until - inner.clock.now()).max(0.0));
+                if started.elapsed() + wait > policy.max_total {
+                    return Err(Error::Api(ApiError {
+                        code: "OPERATION_TIME_LIMIT".into(),
+                        description: format!(
+                            "{method} is close to its operating-time budget; it resets at Unix time {until:.0}, beyond this call's retry budget"
+                        ),
+                        http_status: 429,
+                        method: method.into(),
+                    }));
+                }
+                tracing::info!(
+                    method,
+                    wait_secs = wait.as_secs_f64(),
+                    "pausing method near its operating-time limit"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            if let Some(l) = &inner.limiter {
+                let waited = l.acquire(&inner.config.portal).await?;
+                if !waited.is_zero() {
+                    inner.counters.waits.fetch_add(1, Relaxed);
+                    inner
+                        .counters
+                        .wait_ms
+                        .fetch_add(waited.as_millis() as u64, Relaxed);
+                }
+            }
+            let outcome = self
+                .attempt(&base, method, &params, &opts, v3, is_write)
+                .await;
+            let (reason, delay) = match outcome {
+                Attempt::Done(r) => return Ok(r),
+                Attempt::Fail(e) => return Err(e),
+                Attempt::Refresh(seen) => {
+                    let oauth = inner
+                        .oauth
+                        .as_ref()
+                        .ok_or_else(|| Error::Auth("expired token".into()))?;
+                    oauth.refresh(seen).await?;
+                    attempt -= 1; // a refresh is not a failed attempt
+                    continue;
+                }
+                Attempt::Retry { reason, delay } if reason.starts_with("redirect:") => {
+                    base = reason.trim_start_matches("redirect:").to_string();
+                    (String::from("portal moved"), delay)
+                }
+                Attempt::Retry { reason, delay } => (reason, delay),
+            };
+            let delay = delay.unwrap_or_else(|| backoff.delay(attempt));
+            if attempt >= policy.max_attempts || started.elapsed() + delay > policy.max_total {
+                return Err(Error::Transient {
+                    method: method.into(),
+                    reason: format!("{reason}; gave up within the retry budget"),
+                    attempts: attempt,
+                });
+            }
+            inner.counters.retries.fetch_add(1, Relaxed);
+            tracing::warn!(method, attempt, delay_ms = delay.as_millis() as u64, %reason, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        base: &str,
+        method: &str,
+        params: &Value,
+        opts: &CallOptions,
+        v3: bool,
+        is_write: bool,
+    ) -> Attempt {
+        let inner = &self.inner;
+        let api = if v3 { "rest/api" } else { "rest" };
+        let mut body = if params.is_null() {
+            Value::Object(Default::default())
+        } else {
+            params.clone()
+        };
+        let mut generation = 0;
+        let url = match &inner.config.auth {
+            Auth::Webhook { user_id, code } => {
+                format!(
+                    "{base}/{api}/{user_id}/{}/{method}{}",
+                    code.expose_secret(),
+                    if v3 { "" } else { ".json" }
+                )
+            }
+            Auth::OAuth { .. } => {
+                let oauth = inner.oauth.as_ref().expect("oauth session for oauth auth");
+                let (g, token) = match oauth.access() {
+                    Ok(x) => x,
+                    Err(e) => return Attempt::Fail(e),
+                };
+                if token.is_empty() {
+                    return Attempt::Refresh(g);
+                }
+                generation = g;
+                match body.as_object_mut() {
+                    Some(o) => {
+                        o.insert("auth".into(), Value::String(token));
+                    }
+                    None => {
+                        return Attempt::Fail(Error::Config(
+                            "OAuth calls need params to be a JSON object".into(),
+                        ));
+                    }
+                }
+                format!("{base}/{api}/{method}{}", if v3 { "" } else { ".json" })
+            }
+        };
+        let mut req = inner
+            .http
+            .post(&url)
+            .header("Accept", "application/json")
+            .json(&body);
+        if let Some(t) = opts.timeout {
+            req = req.timeout(t);
+        }
+        if v3 && is_write {
+            if let Some(k) = &opts.idempotency_key {
+                req = req.header("Idempotency-Key", k);
+            }
+        }
+        inner.counters.requests.fetch_add(1, Relaxed);
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let e = e.without_url();
+                // A failure to connect means the request never left: safe for everyone.
+                if e.is_connect() {
+                    return Attempt::Retry {
+                        reason: format!("cannot connect to the portal ({})", root_cause(&e)),
+                        delay: None,
+                    };
+                }
+                let what = if e.is_timeout() {
+                    "timed out".to_string()
+                } else {
+                    format!("connection failed ({})", root_cause(&e))
+                };
+                if is_write {
+                    return Attempt::Fail(self.unknown(method, &what, opts));
+                }
+                return Attempt::Retry {
+                    reason: what,
+                    delay: None,
+                };
+            }
+        };
+        let status = resp.status().as_u16();
+        if (300..400).contains(&status) {
+            let loc = resp
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            return match url::Url::parse(&loc) {
+                Ok(u) if u.host_str().is_some() && !base.contains(u.host_str().unwrap_or("")) => {
+                    let new_base = format!("{}://{}", u.scheme(), u.host_str().unwrap_or(""));
+                    tracing::warn!(
+                        new_base,
+                        "portal moved (HTTP {status}); re-sending to the new address"
+                    );
+                    Attempt::Retry {
+                        reason: format!("redirect:{new_base}"),
+                        delay: Some(Duration::ZERO),
+                    }
+                }
+                _ => Attempt::Fail(Error::Api(ApiError {
+                    code: "PORTAL_UNAVAILABLE".into(),
+                    description: format!(
+                        "the portal redirected to {} (licence or portal problem)",
+                        redact_path(&loc)
+                    ),
+                    http_status: status,
+                    method: method.into(),
+                })),
+            };
+        }
+        let replayed = resp
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.eq_ignore_ascii_case("true"))
+            .unwrap_or(false);
+        let bytes = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                let what = format!(
+                    "the connection broke while reading the answer ({})",
+                    root_cause(&e.without_url())
+                );
+                if is_write {
+                    return Attempt::Fail(self.unknown(method, &what, opts));
+                }
+                return Attempt::Retry {
+                    reason: what,
+                    delay: None,
+                };
+            }
+        };
+        match parse(&bytes) {
+            Parsed::Ok(mut r) if status < 400 => {
+                if let Some(t) = &r.time {
+                    inner
+                        .operating
+                        .observe(method, t.operating, t.operating_reset_at);
+                }
+                r.replayed = replayed;
+                Attempt::Done(r)
+            }
+            Parsed::Ok(_) => self.garbage(
+                method,
+                status,
+                "a success envelope with an error status",
+                is_write,
+                opts,
+            ),
+            Parsed::Error { code, description } => {
+                let err = ApiError {
+                    code,
+                    description,
+                    http_status: status,
+                    method: method.into(),
+                };
+                match err.class() {
+                    ErrorClass::RetrySafe => {
+                        if status == 503 {
+                            inner.counters.s503.fetch_add(1, Relaxed);
+                        } else if status == 429 {
+                            inner.counters.s429.fetch_add(1, Relaxed);
+                        }
+                        if let Some(l) = &inner.limiter {
+                            let _ = l.fill(&inner.config.portal);
+                        }
+                        Attempt::Retry {
+                            reason: format!("{} (HTTP {status})", err.code),
+                            delay: None,
+                        }
+                    }
+                    ErrorClass::WaitForReset => {
+                        inner.counters.s429.fetch_add(1, Relaxed);
+                        let now = inner.clock.now();
+                        let until = inner.operating.blocked(method, now);
+                        Attempt::Retry {
+                            reason: format!(
+                                "OPERATION_TIME_LIMIT: {method} is blocked until its budget resets"
+                            ),
+                            delay: Some(Duration::from_secs_f64((until - now).max(0.5))),
+                        }
+                    }
+                    ErrorClass::RefreshThenRetry if inner.oauth.is_some() => {
+                        Attempt::Refresh(generation)
+                    }
+                    _ if err.code.eq_ignore_ascii_case("INTERNAL_SERVER_ERROR")
+                        || (status >= 500 && err.code.is_empty()) =>
+                    {
+                        // The portal failed while running the method: it may have executed.
+                        if is_write {
+                            Attempt::Fail(self.unknown(
+                                method,
+                                &format!("{} (HTTP {status})", err.code),
+                                opts,
+                            ))
+                        } else {
+                            Attempt::Retry {
+                                reason: format!("{} (HTTP {status})", err.code),
+                                delay: None,
+                            }
+                        }
+                    }
+                    _ => Attempt::Fail(Error::Api(err)),
+                }
+            }
+            Parsed::Garbage(what) => self.garbage(method, status, &what, is_write, opts),
+        }
+    }
+
+    fn garbage(
+        &self,
+        method: &str,
+        status: u16,
+        what: &str,
+        is_write: bool,
+        opts: &CallOptions,
+    ) -> Attempt {
+        if status >= 500 {
+            let reason = format!("HTTP {status} with {what}");
+            if is_write {
+                return Attempt::Fail(self.unknown(method, &reason, opts));
+            }
+            return Attempt::Retry {
+                reason,
+                delay: None,
+            };
+        }
+        Attempt::Fail(Error::Decode {
+            method: method.into(),
+            reason: format!("HTTP {status} with {what}"),
+        })
+    }
+
+    fn unknown(&self, method: &str, reason: &str, opts: &CallOptions) -> Error {
+        Error::OutcomeUnknown {
+            method: method.into(),
+            reason: reason.into(),
+            idempotency_key: opts.idempotency_key.clone(),
+        }
+    }
+
+    /// Exchange an authorization code for a token pair at the configured token endpoint and
+    /// store it (used by `b24 auth login`).
+    pub async fn exchange_code(&self, code: &str) -> Result<TokenPair, Error> {
+        let Auth::OAuth {
+            client_id,
+            client_secret,
+            token_url,
+            ..
+        } = &self.inner.config.auth
+        else {
+            return Err(Error::Config(
+                "`auth login` needs OAuth configuration (B24_CLIENT_ID, B24_CLIENT_SECRET)".into(),
+            ));
+        };
+        let resp = self
+            .inner
+            .http
+            .get(token_url)
+            .query(&[
+                ("grant_type", "authorization_code"),
+                ("client_id", client_id.as_str()),
+                ("client_secret", client_secret.expose_secret()),
+                ("code", code),
+            ])
+            .send()
+            .await
+            .map_err(|e| Error::Auth(format!("code exchange failed: {}", e.without_url())))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Error::Auth(format!("code exchange failed: {}", e.without_url())))?;
+        let mut pair = TokenPair::from_token_response(status, &body)?;
+        pair.obtained_at = now_unix();
+        if let Some(o) = &self.inner.oauth {
+            o.adopt(pair.clone())?;
+        }
+        Ok(pair)
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur: &dyn std::error::Error = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Keep only scheme and host of a URL (paths may hold webhook secrets).
+fn redact_path(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or("")),
+        Err(_) => "(unparsable location)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_names() {
+        for m in [
+            "crm.lead.list",
+            "crm.deal.get",
+            "crm.lead.fields",
+            "user.current",
+            "server.time",
+            "tasks.task.getlist",
+        ] {
+            assert!(is_read_name(m), "{m}");
+        }
+        for m in [
+            "crm.lead.add",
+            "crm.lead.delete",
+            "event.offline.get",
+            "batch",
+            "bizproc.workflow.kill",
+        ] {
+            assert!(!is_read_name(m), "{m}");
+        }
     }
 }

@@ -1,12 +1,472 @@
 //! Resolved configuration: portal, credentials, limits, state dir.
+//!
+//! Precedence is flags > env > `--env-file` > profile file > defaults; the CLI assembles the
+//! lookup layers and hands this module one function that answers "what is the value of X".
+//! Env names stay compatible with the original Python skill (`B24_DOMAIN`, `B24_AUTH_MODE`,
+//! `B24_WEBHOOK_USER_ID`, `B24_WEBHOOK_CODE`, `B24_ACCESS_TOKEN`, …).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-/// A validated configuration. Built once (flags > env > profile file > defaults).
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::Error;
+use crate::retry::RetryPolicy;
+
+/// The default OAuth authorization server (protocol reference §3.1).
+pub const DEFAULT_TOKEN_URL: &str = "https://oauth.bitrix.info/oauth/token/";
+
+/// How calls are authenticated.
+#[derive(Clone)]
+pub enum Auth {
+    /// Incoming webhook: the secret lives in the URL path, so the URL is never logged.
+    Webhook { user_id: String, code: SecretString },
+    /// OAuth 2.0 application tokens (`auth` parameter), refreshed on `expired_token`.
+    OAuth {
+        access_token: Option<SecretString>,
+        refresh_token: Option<SecretString>,
+        client_id: String,
+        client_secret: SecretString,
+        token_url: String,
+    },
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Webhook { user_id, .. } => {
+                write!(f, "Webhook {{ user_id: {user_id}, code: [redacted] }}")
+            }
+            Auth::OAuth {
+                client_id,
+                token_url,
+                ..
+            } => write!(
+                f,
+                "OAuth {{ client_id: {client_id}, token_url: {token_url}, tokens: [redacted] }}"
+            ),
+        }
+    }
+}
+
+impl Auth {
+    /// Every secret this auth holds, for redaction.
+    pub fn secrets(&self) -> Vec<String> {
+        match self {
+            Auth::Webhook { code, .. } => vec![code.expose_secret().to_string()],
+            Auth::OAuth {
+                access_token,
+                refresh_token,
+                client_secret,
+                ..
+            } => {
+                let mut v = vec![client_secret.expose_secret().to_string()];
+                v.extend(access_token.iter().map(|s| s.expose_secret().to_string()));
+                v.extend(refresh_token.iter().map(|s| s.expose_secret().to_string()));
+                v
+            }
+        }
+    }
+}
+
+/// The portal's leaky bucket (protocol reference §7.2): capacity X, drain Y per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimits {
+    pub burst: f64,
+    pub per_sec: f64,
+    /// Requests kept in reserve below the capacity, because other apps on the same
+    /// address share the portal's counter.
+    pub margin: f64,
+}
+
+impl RateLimits {
+    pub const STANDARD: RateLimits = RateLimits {
+        burst: 50.0,
+        per_sec: 2.0,
+        margin: 0.0,
+    };
+    pub const ENTERPRISE: RateLimits = RateLimits {
+        burst: 250.0,
+        per_sec: 5.0,
+        margin: 0.0,
+    };
+}
+
+/// Where the limiter keeps its state.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LimiterBackend {
+    /// This process only.
+    Memory,
+    /// A SQLite file: every process on the host that uses it shares one budget.
+    Sqlite(PathBuf),
+    /// No client-side limiting at all (the portal's 503s are still retried).
+    Off,
+}
+
+/// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Portal host (and port), e.g. `example.bitrix24.com` or `127.0.0.1:8080`.
+    /// Portal host (and port), e.g. `example.bitrix24.com` or `127.0.0.1:8080`; the limiter key.
     pub portal: String,
+    /// `https://example.bitrix24.com` (or `http://127.0.0.1:8080` for loopback only).
+    pub base_url: String,
+    pub auth: Auth,
+    pub limits: RateLimits,
+    pub limiter: LimiterBackend,
+    pub retry: RetryPolicy,
+    /// Per-request timeout (the portal cuts requests off at 60 s).
+    pub timeout: Duration,
+    /// Seconds of execution per method per ten minutes the portal allows (§7.3).
+    pub operating_limit_secs: f64,
     /// Directory for tokens, limiter state, plans, idempotency records and the audit log.
     pub state_dir: PathBuf,
+    /// Extra PEM root certificate (e.g. the sandbox's `--tls` CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Every secret in this configuration, so that outputs can be checked and redacted.
+    pub fn secrets(&self) -> Vec<String> {
+        self.auth.secrets()
+    }
+
+    /// The token file of this portal in the state dir (OAuth).
+    pub fn token_file(&self) -> PathBuf {
+        self.state_dir
+            .join(format!("tokens-{}.json", sanitize(&self.portal)))
+    }
+
+    /// Build from a lookup function (`B24_*` name → value).
+    pub fn from_lookup(
+        get: &dyn Fn(&str) -> Option<String>,
+        state_dir: PathBuf,
+    ) -> Result<Config, Error> {
+        let get = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let mode = get("B24_AUTH_MODE").map(|m| m.to_ascii_lowercase());
+        let has_oauth = get("B24_ACCESS_TOKEN").is_some() || get("B24_REFRESH_TOKEN").is_some();
+        let oauth = match mode.as_deref() {
+            Some("oauth") => true,
+            Some("webhook") => false,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "B24_AUTH_MODE must be `webhook` or `oauth`, not `{other}`"
+                )));
+            }
+            None => {
+                has_oauth && get("B24_WEBHOOK_URL").is_none() && get("B24_WEBHOOK_CODE").is_none()
+            }
+        };
+
+        let (base_url, portal, auth) = if oauth {
+            let domain = get("B24_DOMAIN")
+                .or_else(|| get("B24_PORTAL"))
+                .ok_or_else(|| {
+                    Error::Config(
+                        "OAuth needs B24_DOMAIN (the portal host, e.g. example.bitrix24.com)"
+                            .into(),
+                    )
+                })?;
+            let (base, portal) = parse_base(&domain)?;
+            let client_id = get("B24_CLIENT_ID")
+                .ok_or_else(|| Error::Config("OAuth needs B24_CLIENT_ID".into()))?;
+            let client_secret = get("B24_CLIENT_SECRET")
+                .ok_or_else(|| Error::Config("OAuth needs B24_CLIENT_SECRET".into()))?;
+            let token_url =
+                get("B24_OAUTH_TOKEN_URL").unwrap_or_else(|| DEFAULT_TOKEN_URL.to_string());
+            check_scheme(&token_url)?;
+            (
+                base,
+                portal,
+                Auth::OAuth {
+                    access_token: get("B24_ACCESS_TOKEN").map(SecretString::from),
+                    refresh_token: get("B24_REFRESH_TOKEN").map(SecretString::from),
+                    client_id,
+                    client_secret: SecretString::from(client_secret),
+                    token_url,
+                },
+            )
+        } else if let Some(url) = get("B24_WEBHOOK_URL") {
+            parse_webhook_url(&url)?
+        } else if let Some(domain) = get("B24_DOMAIN") {
+            let (base, portal) = parse_base(&domain)?;
+            let user_id = get("B24_WEBHOOK_USER_ID")
+                .ok_or_else(|| Error::Config("webhook auth needs B24_WEBHOOK_USER_ID".into()))?;
+            let code = get("B24_WEBHOOK_CODE")
+                .ok_or_else(|| Error::Config("webhook auth needs B24_WEBHOOK_CODE".into()))?;
+            let code = check_code(&user_id, &code)?;
+            (
+                base,
+                portal,
+                Auth::Webhook {
+                    user_id,
+                    code: SecretString::from(code),
+                },
+            )
+        } else {
+            return Err(Error::Config(
+                "no portal configured: set B24_WEBHOOK_URL (https://<portal>/rest/<user>/<code>/), \
+                 or B24_DOMAIN with B24_WEBHOOK_USER_ID and B24_WEBHOOK_CODE, or OAuth \
+                 (B24_AUTH_MODE=oauth, B24_DOMAIN, B24_CLIENT_ID, B24_CLIENT_SECRET, B24_ACCESS_TOKEN, \
+                 B24_REFRESH_TOKEN); try `b24 demo` or `b24 sandbox` to experiment locally"
+                    .into(),
+            ));
+        };
+
+        let mut limits = match get("B24_PLAN").map(|p| p.to_ascii_lowercase()).as_deref() {
+            None | Some("standard") => RateLimits::STANDARD,
+            Some("enterprise") => RateLimits::ENTERPRISE,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "B24_PLAN must be standard or enterprise, not `{other}`"
+                )));
+            }
+        };
+        if let Some(v) = get("B24_RATE_BURST").or_else(|| get("B24_RATE_LIMITER_BURST")) {
+            limits.burst = parse_num(&v, "B24_RATE_BURST")?;
+        }
+        if let Some(v) = get("B24_RATE_PER_SEC").or_else(|| get("B24_RATE_LIMITER_RATE")) {
+            limits.per_sec = parse_num(&v, "B24_RATE_PER_SEC")?;
+        }
+        if let Some(v) = get("B24_RATE_MARGIN") {
+            limits.margin = parse_num(&v, "B24_RATE_MARGIN")?;
+        }
+        if limits.burst < 1.0
+            || limits.per_sec <= 0.0
+            || limits.margin < 0.0
+            || limits.margin >= limits.burst
+        {
+            return Err(Error::Config(
+                "rate limits must be burst ≥ 1, per_sec > 0, 0 ≤ margin < burst".into(),
+            ));
+        }
+        let limiter = match get("B24_RATE_LIMITER")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("sqlite") | Some("file") => LimiterBackend::Sqlite(
+                get("B24_RATE_LIMITER_FILE")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| state_dir.join("limiter.db")),
+            ),
+            Some("memory") => LimiterBackend::Memory,
+            Some("off") | Some("none") => LimiterBackend::Off,
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "B24_RATE_LIMITER must be sqlite, memory or off, not `{other}`"
+                )));
+            }
+        };
+        let mut retry = RetryPolicy::default();
+        if let Some(v) = get("B24_MAX_RETRIES") {
+            retry.max_attempts = parse_num(&v, "B24_MAX_RETRIES")? as u32 + 1;
+        }
+        if let Some(v) = get("B24_RETRY_BUDGET_SECS") {
+            retry.max_total = Duration::from_secs_f64(parse_num(&v, "B24_RETRY_BUDGET_SECS")?);
+        }
+        let timeout = match get("B24_TIMEOUT_SECS") {
+            Some(v) => Duration::from_secs_f64(parse_num(&v, "B24_TIMEOUT_SECS")?),
+            None => Duration::from_secs(60),
+        };
+        let operating_limit_secs = match get("B24_OPERATING_LIMIT_SECS") {
+            Some(v) => parse_num(&v, "B24_OPERATING_LIMIT_SECS")?,
+            None => 480.0,
+        };
+        Ok(Config {
+            portal,
+            base_url,
+            auth,
+            limits,
+            limiter,
+            retry,
+            timeout,
+            operating_limit_secs,
+            state_dir,
+            ca_file: get("B24_CA_FILE").map(PathBuf::from),
+        })
+    }
+}
+
+fn parse_num(v: &str, name: &str) -> Result<f64, Error> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite())
+        .ok_or_else(|| Error::Config(format!("{name} must be a number, not `{v}`")))
+}
+
+/// A webhook code must not carry the `user_id/` prefix (a common copy-paste mistake).
+fn check_code(user_id: &str, code: &str) -> Result<String, Error> {
+    let code = code.trim_matches('/');
+    if code.contains('/') {
+        let (first, _) = code.split_once('/').unwrap_or_default();
+        return Err(Error::Config(format!(
+            "B24_WEBHOOK_CODE contains a `/`: it looks like `<user_id>/<code>` (prefix `{first}/`). \
+             Put only the code part in B24_WEBHOOK_CODE and the user id ({user_id}) in B24_WEBHOOK_USER_ID, \
+             or set the whole URL in B24_WEBHOOK_URL"
+        )));
+    }
+    Ok(code.to_string())
+}
+
+/// Whether a host is a loopback address, where plain http is allowed.
+pub fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+fn check_scheme(url: &str) -> Result<url::Url, Error> {
+    let u = url::Url::parse(url).map_err(|e| Error::Config(format!("invalid URL: {e}")))?;
+    match u.scheme() {
+        "https" => Ok(u),
+        "http" if u.host_str().map(is_loopback_host).unwrap_or(false) => Ok(u),
+        "http" => Err(Error::Config(format!(
+            "refusing plain http:// to {}: secrets would travel in clear text; use https:// \
+             (plain http is allowed only to loopback addresses)",
+            u.host_str().unwrap_or("?")
+        ))),
+        s => Err(Error::Config(format!("unsupported URL scheme `{s}`"))),
+    }
+}
+
+/// `example.bitrix24.com`, `https://example.bitrix24.com/`, `http://127.0.0.1:8080` → base, key.
+fn parse_base(domain: &str) -> Result<(String, String), Error> {
+    let with_scheme = if domain.contains("://") {
+        domain.to_string()
+    } else {
+        format!("https://{domain}")
+    };
+    let u = check_scheme(&with_scheme)?;
+    let host = u
+        .host_str()
+        .ok_or_else(|| Error::Config("portal address has no host".into()))?;
+    let portal = match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    };
+    Ok((format!("{}://{}", u.scheme(), portal), portal))
+}
+
+/// Split an incoming-webhook URL `https://host/rest/{user}/{code}/[method]`.
+fn parse_webhook_url(url: &str) -> Result<(String, String, Auth), Error> {
+    let u = check_scheme(url).map_err(|e| match e {
+        Error::Config(m) => Error::Config(format!("B24_WEBHOOK_URL: {m}")),
+        other => other,
+    })?;
+    let (base, portal) = parse_base(&format!("{}://{}", u.scheme(), &url_authority(&u)))?;
+    let segs: Vec<&str> = u
+        .path_segments()
+        .map(|s| s.filter(|x| !x.is_empty()).collect())
+        .unwrap_or_default();
+    match segs.as_slice() {
+        ["rest", user, code, ..] if user.chars().all(|c| c.is_ascii_digit()) => Ok((
+            base,
+            portal,
+            Auth::Webhook { user_id: user.to_string(), code: SecretString::from(code.to_string()) },
+        )),
+        _ => Err(Error::Config(
+            "B24_WEBHOOK_URL must look like https://<portal>/rest/<user_id>/<code>/ — the URL given \
+             seems cut short or malformed (the path needs /rest/, a numeric user id and the code)"
+                .into(),
+        )),
+    }
+}
+
+fn url_authority(u: &url::Url) -> String {
+    match (u.host_str(), u.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, Error> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(&|k| m.get(k).cloned(), PathBuf::from("/tmp/x"))
+    }
+
+    #[test]
+    fn webhook_url_is_split_and_secret_hidden_from_debug() {
+        let c = cfg(&[(
+            "B24_WEBHOOK_URL",
+            "https://ex.bitrix24.com/rest/7/abcdef123/",
+        )])
+        .unwrap();
+        assert_eq!(c.base_url, "https://ex.bitrix24.com");
+        assert_eq!(c.portal, "ex.bitrix24.com");
+        assert!(matches!(&c.auth, Auth::Webhook { user_id, .. } if user_id == "7"));
+        assert!(!format!("{c:?}").contains("abcdef123"));
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        assert!(cfg(&[("B24_WEBHOOK_URL", "http://127.0.0.1:9/rest/1/x/")]).is_ok());
+        let err = cfg(&[(
+            "B24_WEBHOOK_URL",
+            "http://ex.bitrix24.com/rest/1/secretcode/",
+        )])
+        .unwrap_err();
+        assert!(err.to_string().contains("plain http"), "{err}");
+        assert!(!err.to_string().contains("secretcode"));
+    }
+
+    #[test]
+    fn code_with_user_prefix_is_recognised() {
+        let err = cfg(&[
+            ("B24_DOMAIN", "ex.bitrix24.com"),
+            ("B24_WEBHOOK_USER_ID", "1"),
+            ("B24_WEBHOOK_CODE", "1/abc"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("user_id"), "{err}");
+    }
+
+    #[test]
+    fn cut_short_url_is_recognised() {
+        let err = cfg(&[("B24_WEBHOOK_URL", "https://ex.bitrix24.com/rest/1/")]).unwrap_err();
+        assert!(err.to_string().contains("cut short"), "{err}");
+    }
+
+    #[test]
+    fn oauth_from_original_skill_env_names() {
+        let c = cfg(&[
+            ("B24_AUTH_MODE", "oauth"),
+            ("B24_DOMAIN", "ex.bitrix24.com"),
+            ("B24_CLIENT_ID", "app.1"),
+            ("B24_CLIENT_SECRET", "s3cr3t"),
+            ("B24_ACCESS_TOKEN", "acc"),
+            ("B24_REFRESH_TOKEN", "ref"),
+            ("B24_PLAN", "enterprise"),
+        ])
+        .unwrap();
+        assert!(matches!(c.auth, Auth::OAuth { .. }));
+        assert_eq!(c.limits.burst, 250.0);
+        assert_eq!(c.secrets().len(), 3);
+    }
 }

@@ -41,7 +41,9 @@ pub enum Error {
     #[error("{method}: {code}: {description} (HTTP {http_status})", method = .0.method, code = if .0.code.is_empty() { "<empty code>" } else { .0.code.as_str() }, description = .0.description, http_status = .0.http_status)]
     Api(ApiError),
     /// A write whose outcome is unknown (timeout, reset, body-less 5xx). It was NOT resent.
-    #[error("{method}: outcome unknown, the write may or may not have happened ({reason}); it was not resent")]
+    #[error(
+        "{method}: outcome unknown, the write may or may not have happened ({reason}); it was not resent"
+    )]
     OutcomeUnknown {
         method: String,
         reason: String,

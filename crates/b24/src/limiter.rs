@@ -1,1 +1,421 @@
-//! (in progress)
+//! A GCRA model of the portal's leaky bucket, shared between processes when it lives in SQLite.
+//!
+//! The portal keeps a counter per portal and source address: every request adds one, the counter
+//! drains at `per_sec`, and a request that would take it above `burst` is refused with 503
+//! `QUERY_LIMIT_EXCEEDED` (protocol reference §7.2). GCRA tracks the same bucket with one number,
+//! the theoretical arrival time `tat` (when the bucket would be empty): the level at time `now`
+//! is `(tat - now) * per_sec`. A request is admitted when the level after adding it is at most
+//! the capacity. We *reserve* slots: a caller that must wait still advances `tat` and sleeps
+//! until its slot, so waiting callers queue fairly and each reservation is one atomic update —
+//! which is what lets several processes share one SQLite row without a coordinator.
+//!
+//! Why not `governor`: its state lives in one process, it cannot be told "the server said 503,
+//! treat the bucket as full", and it cannot be stored in SQLite or PostgreSQL.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::Error;
+use crate::config::RateLimits;
+
+/// Seconds since the Unix epoch, as f64: shared stores need a clock all processes agree on.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> f64;
+}
+
+/// The wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> f64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0)
+    }
+}
+
+/// Tokio's clock (follows `tokio::time::pause`/`advance` in tests), offset to look like Unix time.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    origin: tokio::time::Instant,
+    origin_unix: f64,
+}
+
+impl TokioClock {
+    pub fn new() -> TokioClock {
+        TokioClock {
+            origin: tokio::time::Instant::now(),
+            origin_unix: SystemClock.now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> f64 {
+        self.origin_unix + self.origin.elapsed().as_secs_f64()
+    }
+}
+
+/// The GCRA arithmetic, shared by every store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gcra {
+    /// Seconds per request (1 / per_sec).
+    pub t: f64,
+    /// Usable capacity (burst − margin), in requests.
+    pub capacity: f64,
+}
+
+impl Gcra {
+    pub fn new(l: RateLimits) -> Gcra {
+        Gcra {
+            t: 1.0 / l.per_sec,
+            capacity: (l.burst - l.margin).max(1.0),
+        }
+    }
+
+    /// Reserve one slot. Returns the new `tat` and how long the caller must wait.
+    pub fn reserve(&self, tat: f64, now: f64) -> (f64, f64) {
+        let new_tat = tat.max(now) + self.t;
+        // Level after this request = (new_tat - now)/t must be ≤ capacity.
+        let wait = (new_tat - now - self.capacity * self.t).max(0.0);
+        (new_tat, wait)
+    }
+
+    /// The portal said the bucket is full: model it as full right now.
+    pub fn fill(&self, tat: f64, now: f64) -> f64 {
+        tat.max(now + self.capacity * self.t)
+    }
+
+    /// Current level in requests.
+    pub fn level(&self, tat: f64, now: f64) -> f64 {
+        ((tat - now) / self.t).max(0.0)
+    }
+}
+
+/// Where `tat` per portal lives. Implementations update it atomically.
+pub trait RateStore: Send + Sync {
+    /// Reserve a slot for `key`; returns the seconds to wait before sending.
+    fn reserve(&self, key: &str, g: &Gcra, now: f64) -> Result<f64, Error>;
+    /// Mark the bucket of `key` full (after a 503 `QUERY_LIMIT_EXCEEDED`).
+    fn fill(&self, key: &str, g: &Gcra, now: f64) -> Result<(), Error>;
+    /// Current `tat` (for diagnostics).
+    fn tat(&self, key: &str) -> Result<Option<f64>, Error>;
+}
+
+/// In-process store.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    tats: Mutex<HashMap<String, f64>>,
+}
+
+impl RateStore for MemoryStore {
+    fn reserve(&self, key: &str, g: &Gcra, now: f64) -> Result<f64, Error> {
+        let mut m = self.tats.lock().unwrap_or_else(|p| p.into_inner());
+        let tat = m.get(key).copied().unwrap_or(0.0);
+        let (new_tat, wait) = g.reserve(tat, now);
+        m.insert(key.to_string(), new_tat);
+        Ok(wait)
+    }
+
+    fn fill(&self, key: &str, g: &Gcra, now: f64) -> Result<(), Error> {
+        let mut m = self.tats.lock().unwrap_or_else(|p| p.into_inner());
+        let tat = m.get(key).copied().unwrap_or(0.0);
+        m.insert(key.to_string(), g.fill(tat, now));
+        Ok(())
+    }
+
+    fn tat(&self, key: &str) -> Result<Option<f64>, Error> {
+        Ok(self
+            .tats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied())
+    }
+}
+
+/// A SQLite file shared by every process on the host: one row per portal, updated inside
+/// `BEGIN IMMEDIATE` so that two processes never read the same `tat`.
+pub struct SqliteStore {
+    conn: Mutex<rusqlite::Connection>,
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore, Error> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::State(format!("{}: {e}", dir.display())))?;
+        }
+        let st =
+            |e: rusqlite::Error| Error::State(format!("limiter store {}: {e}", path.display()));
+        let conn = rusqlite::Connection::open(path).map_err(st)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(st)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(st)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(st)?;
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS b24_rate (portal TEXT PRIMARY KEY, tat REAL NOT NULL)",
+            [],
+        )
+        .map_err(st)?;
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn update(&self, key: &str, f: impl FnOnce(f64) -> (f64, f64)) -> Result<f64, Error> {
+        let st = |e: rusqlite::Error| Error::State(format!("limiter store: {e}"));
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(st)?;
+        let tat: f64 = tx
+            .query_row("SELECT tat FROM b24_rate WHERE portal = ?1", [key], |r| {
+                r.get(0)
+            })
+            .or_else(|e| {
+                if matches!(e, rusqlite::Error::QueryReturnedNoRows) {
+                    Ok(0.0)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(st)?;
+        let (new_tat, out) = f(tat);
+        tx.execute(
+            "INSERT INTO b24_rate (portal, tat) VALUES (?1, ?2) ON CONFLICT(portal) DO UPDATE SET tat = excluded.tat",
+            rusqlite::params![key, new_tat],
+        )
+        .map_err(st)?;
+        tx.commit().map_err(st)?;
+        Ok(out)
+    }
+}
+
+impl RateStore for SqliteStore {
+    fn reserve(&self, key: &str, g: &Gcra, now: f64) -> Result<f64, Error> {
+        self.update(key, |tat| g.reserve(tat, now))
+    }
+
+    fn fill(&self, key: &str, g: &Gcra, now: f64) -> Result<(), Error> {
+        self.update(key, |tat| (g.fill(tat, now), 0.0)).map(|_| ())
+    }
+
+    fn tat(&self, key: &str) -> Result<Option<f64>, Error> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        match conn.query_row("SELECT tat FROM b24_rate WHERE portal = ?1", [key], |r| {
+            r.get(0)
+        }) {
+            Ok(v) => Ok(Some(v)),
+            Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+            Err(e) => Err(Error::State(format!("limiter store: {e}"))),
+        }
+    }
+}
+
+/// The limiter a client uses: a store, the bucket's shape and a clock.
+pub struct Limiter {
+    store: Box<dyn RateStore>,
+    gcra: Gcra,
+    clock: Box<dyn Clock>,
+}
+
+impl Limiter {
+    pub fn new(store: Box<dyn RateStore>, limits: RateLimits, clock: Box<dyn Clock>) -> Limiter {
+        Limiter {
+            store,
+            gcra: Gcra::new(limits),
+            clock,
+        }
+    }
+
+    /// Wait for a slot for `key`. Returns how long we waited.
+    pub async fn acquire(&self, key: &str) -> Result<Duration, Error> {
+        let wait = self.store.reserve(key, &self.gcra, self.clock.now())?;
+        if wait > 0.0 {
+            let d = Duration::from_secs_f64(wait);
+            tokio::time::sleep(d).await;
+            return Ok(d);
+        }
+        Ok(Duration::ZERO)
+    }
+
+    /// The portal answered 503 `QUERY_LIMIT_EXCEEDED`: treat its bucket as full.
+    pub fn fill(&self, key: &str) -> Result<(), Error> {
+        self.store.fill(key, &self.gcra, self.clock.now())
+    }
+
+    /// The modelled level of `key`'s bucket now, in requests.
+    pub fn level(&self, key: &str) -> Result<f64, Error> {
+        Ok(self
+            .store
+            .tat(key)?
+            .map(|t| self.gcra.level(t, self.clock.now()))
+            .unwrap_or(0.0))
+    }
+}
+
+/// Per-method operating-time budget (§7.3): the portal blocks a method for a credential once
+/// it has used `limit` seconds within ten minutes. We watch `time.operating` on each answer and
+/// pause that method until `operating_reset_at` before the portal has to block it.
+#[derive(Debug, Default)]
+pub struct OperatingBudget {
+    methods: Mutex<HashMap<String, (f64, Option<i64>)>>,
+}
+
+impl OperatingBudget {
+    /// Record the `time` block of a successful answer.
+    pub fn observe(&self, method: &str, operating: Option<f64>, reset_at: Option<i64>) {
+        if let Some(op) = operating {
+            self.methods
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(method.to_ascii_lowercase(), (op, reset_at));
+        }
+    }
+
+    /// The portal blocked the method: remember until when (if it told us, else a minute).
+    pub fn blocked(&self, method: &str, now_unix: f64) -> f64 {
+        let m = self.methods.lock().unwrap_or_else(|p| p.into_inner());
+        match m.get(&method.to_ascii_lowercase()) {
+            Some((_, Some(reset))) if (*reset as f64) > now_unix => *reset as f64,
+            _ => now_unix + 60.0,
+        }
+    }
+
+    /// If `method` is close to its budget, the Unix time until which it should pause.
+    pub fn pause_until(&self, method: &str, limit: f64, now_unix: f64) -> Option<f64> {
+        let m = self.methods.lock().unwrap_or_else(|p| p.into_inner());
+        let (op, reset) = m.get(&method.to_ascii_lowercase())?;
+        let reset = (*reset)? as f64;
+        (*op >= limit * 0.9 && reset > now_unix).then_some(reset)
+    }
+
+    /// Snapshot for diagnostics: method → (operating seconds, reset_at).
+    pub fn snapshot(&self) -> Vec<(String, f64, Option<i64>)> {
+        let m = self.methods.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = m.iter().map(|(k, (o, r))| (k.clone(), *o, *r)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Reference simulation of the portal's counter: +1 per request, drains at `rate`,
+    /// refuses a request that would take it above `cap`.
+    fn simulate(times: &[f64], cap: f64, rate: f64) -> f64 {
+        let mut level: f64 = 0.0;
+        let mut last = 0.0;
+        let mut max: f64 = 0.0;
+        for &t in times {
+            level = (level - (t - last) * rate).max(0.0);
+            last = t;
+            level += 1.0;
+            assert!(
+                level <= cap + 1e-6,
+                "request at {t:.3}s took the bucket to {level:.3} > {cap}"
+            );
+            max = max.max(level);
+        }
+        max
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_of_250_is_spread_within_capacity() {
+        let clock = TokioClock::new();
+        let origin = clock.now();
+        let limiter = Arc::new(Limiter::new(
+            Box::new(MemoryStore::default()),
+            RateLimits::STANDARD,
+            Box::new(clock),
+        ));
+        let mut tasks = Vec::new();
+        for _ in 0..250 {
+            let l = limiter.clone();
+            tasks.push(tokio::spawn(async move {
+                l.acquire("p").await.unwrap();
+                TokioClock {
+                    origin: clock.origin,
+                    origin_unix: clock.origin_unix,
+                }
+                .now()
+            }));
+        }
+        let mut times = Vec::new();
+        for t in tasks {
+            times.push(t.await.unwrap() - origin);
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let max = simulate(&times, 50.0, 2.0);
+        assert!(max > 49.0, "the burst should be used: max level {max}");
+        // 50 immediately, then 2/s: the 250th goes out at (250-50)/2 = 100 s.
+        assert_eq!(times.iter().filter(|t| **t < 1e-9).count(), 50);
+        let last = *times.last().unwrap();
+        assert!((last - 100.0).abs() < 0.01, "last admitted at {last}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_503_fills_the_model() {
+        let limiter = Limiter::new(
+            Box::new(MemoryStore::default()),
+            RateLimits::STANDARD,
+            Box::new(TokioClock::new()),
+        );
+        limiter.acquire("p").await.unwrap();
+        limiter.fill("p").unwrap();
+        assert!((limiter.level("p").unwrap() - 50.0).abs() < 1e-6);
+        let waited = limiter.acquire("p").await.unwrap();
+        assert!(
+            (waited.as_secs_f64() - 0.5).abs() < 1e-3,
+            "waited {waited:?}"
+        );
+    }
+
+    #[test]
+    fn sqlite_store_is_shared_between_instances() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let a = SqliteStore::open(&path).unwrap();
+        let b = SqliteStore::open(&path).unwrap();
+        let g = Gcra::new(RateLimits::STANDARD);
+        let now = 1000.0;
+        let mut waits = Vec::new();
+        for i in 0..60 {
+            let s: &dyn RateStore = if i % 2 == 0 { &a } else { &b };
+            waits.push(s.reserve("p", &g, now).unwrap());
+        }
+        assert!(waits[..50].iter().all(|w| *w == 0.0));
+        assert!(
+            (waits[50] - 0.5).abs() < 1e-9 && (waits[59] - 5.0).abs() < 1e-9,
+            "{:?}",
+            &waits[50..]
+        );
+        assert_eq!(a.tat("p").unwrap(), b.tat("p").unwrap());
+    }
+
+    #[test]
+    fn operating_budget_pauses_near_the_limit() {
+        let b = OperatingBudget::default();
+        b.observe("crm.lead.list", Some(100.0), Some(2000));
+        assert_eq!(b.pause_until("crm.lead.list", 480.0, 1000.0), None);
+        b.observe("crm.lead.list", Some(440.0), Some(2000));
+        assert_eq!(b.pause_until("CRM.LEAD.LIST", 480.0, 1000.0), Some(2000.0));
+        assert_eq!(b.pause_until("crm.lead.list", 480.0, 2001.0), None);
+        assert_eq!(b.pause_until("crm.deal.list", 480.0, 1000.0), None);
+    }
+}

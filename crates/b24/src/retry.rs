@@ -1,1 +1,96 @@
-//! (in progress)
+//! Retry policy: exponential backoff with full jitter, bounded attempts and total time.
+//!
+//! What is retried is decided by [`crate::client`] from the error class; this module only says
+//! how long to wait. A write whose outcome is unknown is never handed to the retry loop.
+
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// Bounds for one call's retries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included.
+    pub max_attempts: u32,
+    /// Wall-clock budget for the call, waits included.
+    pub max_total: Duration,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// Seed for the jitter (tests); `None` = from entropy.
+    pub seed: Option<u64>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 8,
+            max_total: Duration::from_secs(180),
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(20),
+            seed: None,
+        }
+    }
+}
+
+/// Produces the delays of one call's retries.
+pub struct Backoff {
+    policy: RetryPolicy,
+    rng: StdRng,
+}
+
+impl Backoff {
+    pub fn new(policy: &RetryPolicy) -> Backoff {
+        let rng = match policy.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_os_rng(),
+        };
+        Backoff {
+            policy: policy.clone(),
+            rng,
+        }
+    }
+
+    /// Delay before retry number `attempt` (1 = first retry): uniform in
+    /// `[cap/2, cap]` with `cap = min(max_delay, base * 2^(attempt-1))` — "equal jitter", so
+    /// that many clients that failed together spread out but none retries immediately.
+    pub fn delay(&mut self, attempt: u32) -> Duration {
+        let exp = attempt.saturating_sub(1).min(30);
+        let cap = self
+            .policy
+            .base_delay
+            .saturating_mul(1u32 << exp)
+            .min(self.policy.max_delay);
+        let half = cap / 2;
+        let jitter = self.rng.random_range(0.0..=1.0);
+        half + half.mul_f64(jitter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_are_jittered_and_capped() {
+        let p = RetryPolicy {
+            seed: Some(7),
+            ..Default::default()
+        };
+        let mut b = Backoff::new(&p);
+        let d: Vec<Duration> = (1..=12).map(|a| b.delay(a)).collect();
+        for (i, x) in d.iter().enumerate() {
+            let cap = p.base_delay.saturating_mul(1 << i.min(30)).min(p.max_delay);
+            assert!(
+                *x >= cap / 2 && *x <= cap,
+                "attempt {} delay {:?} cap {:?}",
+                i + 1,
+                x,
+                cap
+            );
+        }
+        assert!(d[11] <= p.max_delay);
+        // Same seed, same delays: tests are reproducible.
+        let mut b2 = Backoff::new(&p);
+        assert_eq!(d, (1..=12).map(|a| b2.delay(a)).collect::<Vec<_>>());
+    }
+}
