@@ -1,6 +1,9 @@
 //! Flags shared by every command, and turning them into a library `Config` / `Client`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+
+use crate::exit::{self, Exit};
 
 /// Global options (they may be given before or after the subcommand).
 #[derive(Debug, Clone, clap::Args)]
@@ -43,12 +46,90 @@ pub fn init_tracing(g: &Globals) {
         .try_init();
 }
 
+static CLIENT: tokio::sync::OnceCell<b24::Client> = tokio::sync::OnceCell::const_new();
+
 impl Globals {
-    /// Resolve the configuration (flags > env > profile file > defaults) and build a client.
+    /// The configuration directory: `--config-dir`, `B24_CONFIG_DIR`, or `~/.config/b24`.
+    pub fn config_dir(&self) -> PathBuf {
+        self.config_dir
+            .clone()
+            .or_else(|| std::env::var_os("XDG_CONFIG_HOME").map(|d| PathBuf::from(d).join("b24")))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/b24")))
+            .unwrap_or_else(|| PathBuf::from(".b24/config"))
+    }
+
+    /// The state directory: `--state-dir`, `B24_STATE_DIR`, or `~/.local/state/b24`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .or_else(|| std::env::var_os("XDG_STATE_HOME").map(|d| PathBuf::from(d).join("b24")))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/b24")))
+            .unwrap_or_else(|| PathBuf::from(".b24/state"))
+    }
+
+    /// Look up a `B24_*` setting: env > `--env-file` > profile in `config.toml` (keys may be
+    /// written `B24_WEBHOOK_URL` or `webhook_url`).
+    pub fn lookup(&self) -> anyhow::Result<impl Fn(&str) -> Option<String> + use<>> {
+        let mut file_vars: HashMap<String, String> = HashMap::new();
+        if let Some(path) = &self.env_file {
+            let iter = dotenvy::from_path_iter(path)
+                .map_err(|e| Exit::new(exit::USAGE, format!("--env-file {}: {e}", path.display())))?;
+            for item in iter {
+                let (k, v) = item.map_err(|e| Exit::new(exit::USAGE, format!("--env-file {}: {e}", path.display())))?;
+                file_vars.insert(k, v);
+            }
+        }
+        let mut profile_vars: HashMap<String, String> = HashMap::new();
+        let cfg_path = self.config_dir().join("config.toml");
+        if let Ok(text) = std::fs::read_to_string(&cfg_path) {
+            let doc: toml::Table = text
+                .parse()
+                .map_err(|e| Exit::new(exit::USAGE, format!("{}: {e}", cfg_path.display())))?;
+            let name = self.profile.clone().or_else(|| {
+                doc.get("default_profile").and_then(|v| v.as_str()).map(str::to_string)
+            });
+            if let Some(name) = name {
+                let table = doc
+                    .get("profiles")
+                    .and_then(|p| p.get(&name))
+                    .and_then(|p| p.as_table())
+                    .ok_or_else(|| Exit::new(exit::USAGE, format!("profile `{name}` is not in {}", cfg_path.display())))?;
+                for (k, v) in table {
+                    let key = if k.to_ascii_uppercase().starts_with("B24_") { k.to_ascii_uppercase() } else { format!("B24_{}", k.to_ascii_uppercase()) };
+                    let val = match v {
+                        toml::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    profile_vars.insert(key, val);
+                }
+            }
+        } else if let Some(name) = &self.profile {
+            return Err(Exit::new(exit::USAGE, format!("--profile {name}: {} does not exist", cfg_path.display())));
+        }
+        Ok(move |k: &str| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .or_else(|| file_vars.get(k).cloned())
+                .or_else(|| profile_vars.get(k).cloned())
+        })
+    }
+
+    /// Resolve the configuration (flags > env > profile file > defaults).
+    pub fn config(&self) -> anyhow::Result<b24::Config> {
+        let lookup = self.lookup()?;
+        b24::Config::from_lookup(&lookup, self.state_dir()).map_err(|e| Exit::new(exit::USAGE, e.to_string()))
+    }
+
+    /// The process's client (built once).
     pub async fn client(&self) -> anyhow::Result<b24::Client> {
-        Err(crate::exit::Exit::new(
-            crate::exit::USAGE,
-            "configuration loading is not built yet",
-        ))
+        let c = CLIENT
+            .get_or_try_init(|| async {
+                let cfg = self.config()?;
+                b24::auth::ensure_private_dir(&cfg.state_dir).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+                b24::Client::new(cfg).await.map_err(anyhow::Error::new)
+            })
+            .await?;
+        Ok(c.clone())
     }
 }

@@ -1,10 +1,102 @@
-//! `b24 call`: call any rest method (v2, or v3 with --v3).
+//! `b24 call`: call any REST method (v2, or v3 with --v3) and print its result as JSON.
 
+use std::io::Read;
+
+use crate::exec::{self, Api, CallSpec, ExecOutcome};
+use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:
+  b24 call user.current
+  b24 call crm.lead.list --params '{\"select\":[\"ID\",\"TITLE\"],\"filter\":{\">ID\":0}}'
+  b24 call crm.lead.add --params @lead.json --confirm-write --idempotent
+  echo '{\"id\":42}' | b24 call crm.lead.get --params -
+  b24 call tasks.task.get --v3 --params '{\"id\":1,\"select\":[\"id\",\"title\"]}'")]
+pub struct Args {
+    /// REST method, e.g. `crm.lead.list`.
+    pub method: String,
+    /// Parameters: inline JSON, `@file` or `-` for stdin.
+    #[arg(long, short = 'p', value_name = "JSON|@FILE|-")]
+    pub params: Option<String>,
+    /// Print the whole envelope (result, next, total, time) instead of `result`.
+    #[arg(long)]
+    pub raw: bool,
+    /// Use REST 3.0 (`/rest/api/...`, JSON body, v3 error shape).
+    #[arg(long, conflicts_with = "api")]
+    pub v3: bool,
+    /// API version: v2 (default) or v3.
+    #[arg(long, value_parser = ["v2", "v3"])]
+    pub api: Option<String>,
+    /// Allow a write (add/update/...).
+    #[arg(long)]
+    pub confirm_write: bool,
+    /// Allow a destructive call (delete/kill/...).
+    #[arg(long)]
+    pub confirm_destructive: bool,
+    /// Show what would be sent (method, risk, endpoint without secrets, params); send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Record this write under a key: repeating it returns the recorded result, sends nothing.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// Derive the idempotency key from method + params.
+    #[arg(long, conflicts_with = "idempotency_key")]
+    pub idempotent: bool,
+}
 
-pub async fn run(_args: Args, _g: &Globals) -> anyhow::Result<i32> {
-    Err(crate::exit::Exit::new(crate::exit::USAGE, "`b24 call` is not built yet"))
+/// Read `--params`: inline JSON, `@file`, or `-` (stdin).
+pub fn read_params(arg: Option<&str>) -> anyhow::Result<serde_json::Value> {
+    let Some(arg) = arg else {
+        return Ok(serde_json::json!({}));
+    };
+    let (text, from) = if arg == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Exit::new(exit::USAGE, format!("reading params from stdin: {e}")))?;
+        (s, "stdin".to_string())
+    } else if let Some(path) = arg.strip_prefix('@') {
+        let s = std::fs::read_to_string(path).map_err(|e| Exit::new(exit::USAGE, format!("--params @{path}: {e}")))?;
+        (s, path.to_string())
+    } else {
+        (arg.to_string(), "--params".to_string())
+    };
+    let v: serde_json::Value = serde_json::from_str(text.trim())
+        .map_err(|e| Exit::new(exit::USAGE, format!("{from}: not valid JSON: {e}")))?;
+    if !v.is_object() && !v.is_array() {
+        return Err(Exit::new(exit::USAGE, format!("{from}: params must be a JSON object (or array)")));
+    }
+    Ok(v)
+}
+
+pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
+    let params = read_params(args.params.as_deref())?;
+    let api = if args.v3 || args.api.as_deref() == Some("v3") { Api::V3 } else { Api::V2 };
+    let spec = CallSpec {
+        method: args.method,
+        params,
+        api,
+        confirm_write: args.confirm_write,
+        confirm_destructive: args.confirm_destructive,
+        dry_run: args.dry_run,
+        idempotency_key: args.idempotency_key,
+        idempotent: args.idempotent,
+        plan_id: None,
+        origin: exec::Origin::Cli,
+    };
+    match exec::execute(g, spec).await? {
+        ExecOutcome::Done { response, replayed } => {
+            if replayed && !g.quiet {
+                eprintln!("b24: answered from the idempotency record; nothing was sent to the portal");
+            }
+            let out = if args.raw { &response.raw } else { &response.result };
+            println!("{}", serde_json::to_string_pretty(out)?);
+            Ok(exit::OK)
+        }
+        ExecOutcome::DryRun(plan) => {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+            Ok(exit::OK)
+        }
+    }
 }
