@@ -72,10 +72,13 @@ impl Globals {
     pub fn lookup(&self) -> anyhow::Result<impl Fn(&str) -> Option<String> + use<>> {
         let mut file_vars: HashMap<String, String> = HashMap::new();
         if let Some(path) = &self.env_file {
-            let iter = dotenvy::from_path_iter(path)
-                .map_err(|e| Exit::new(exit::USAGE, format!("--env-file {}: {e}", path.display())))?;
+            let iter = dotenvy::from_path_iter(path).map_err(|e| {
+                Exit::new(exit::USAGE, format!("--env-file {}: {e}", path.display()))
+            })?;
             for item in iter {
-                let (k, v) = item.map_err(|e| Exit::new(exit::USAGE, format!("--env-file {}: {e}", path.display())))?;
+                let (k, v) = item.map_err(|e| {
+                    Exit::new(exit::USAGE, format!("--env-file {}: {e}", path.display()))
+                })?;
                 file_vars.insert(k, v);
             }
         }
@@ -86,16 +89,27 @@ impl Globals {
                 .parse()
                 .map_err(|e| Exit::new(exit::USAGE, format!("{}: {e}", cfg_path.display())))?;
             let name = self.profile.clone().or_else(|| {
-                doc.get("default_profile").and_then(|v| v.as_str()).map(str::to_string)
+                doc.get("default_profile")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
             });
             if let Some(name) = name {
                 let table = doc
                     .get("profiles")
                     .and_then(|p| p.get(&name))
                     .and_then(|p| p.as_table())
-                    .ok_or_else(|| Exit::new(exit::USAGE, format!("profile `{name}` is not in {}", cfg_path.display())))?;
+                    .ok_or_else(|| {
+                        Exit::new(
+                            exit::USAGE,
+                            format!("profile `{name}` is not in {}", cfg_path.display()),
+                        )
+                    })?;
                 for (k, v) in table {
-                    let key = if k.to_ascii_uppercase().starts_with("B24_") { k.to_ascii_uppercase() } else { format!("B24_{}", k.to_ascii_uppercase()) };
+                    let key = if k.to_ascii_uppercase().starts_with("B24_") {
+                        k.to_ascii_uppercase()
+                    } else {
+                        format!("B24_{}", k.to_ascii_uppercase())
+                    };
                     let val = match v {
                         toml::Value::String(s) => s.clone(),
                         other => other.to_string(),
@@ -104,7 +118,10 @@ impl Globals {
                 }
             }
         } else if let Some(name) = &self.profile {
-            return Err(Exit::new(exit::USAGE, format!("--profile {name}: {} does not exist", cfg_path.display())));
+            return Err(Exit::new(
+                exit::USAGE,
+                format!("--profile {name}: {} does not exist", cfg_path.display()),
+            ));
         }
         Ok(move |k: &str| {
             std::env::var(k)
@@ -118,7 +135,8 @@ impl Globals {
     /// Resolve the configuration (flags > env > profile file > defaults).
     pub fn config(&self) -> anyhow::Result<b24::Config> {
         let lookup = self.lookup()?;
-        b24::Config::from_lookup(&lookup, self.state_dir()).map_err(|e| Exit::new(exit::USAGE, e.to_string()))
+        b24::Config::from_lookup(&lookup, self.state_dir())
+            .map_err(|e| Exit::new(exit::USAGE, e.to_string()))
     }
 
     /// The process's client (built once).
@@ -126,7 +144,8 @@ impl Globals {
         let c = CLIENT
             .get_or_try_init(|| async {
                 let cfg = self.config()?;
-                b24::auth::ensure_private_dir(&cfg.state_dir).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+                b24::auth::ensure_private_dir(&cfg.state_dir)
+                    .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
                 b24::Client::new(cfg).await.map_err(anyhow::Error::new)
             })
             .await?;

@@ -6,5 +6,8 @@ use crate::globals::Globals;
 pub struct Args {}
 
 pub async fn run(_args: Args, _g: &Globals) -> anyhow::Result<i32> {
-    Err(crate::exit::Exit::new(crate::exit::USAGE, "`b24 audit` is not built yet"))
+    Err(crate::exit::Exit::new(
+        crate::exit::USAGE,
+        "`b24 audit` is not built yet",
+    ))
 }

@@ -57,7 +57,8 @@ pub fn read_params(arg: Option<&str>) -> anyhow::Result<serde_json::Value> {
             .map_err(|e| Exit::new(exit::USAGE, format!("reading params from stdin: {e}")))?;
         (s, "stdin".to_string())
     } else if let Some(path) = arg.strip_prefix('@') {
-        let s = std::fs::read_to_string(path).map_err(|e| Exit::new(exit::USAGE, format!("--params @{path}: {e}")))?;
+        let s = std::fs::read_to_string(path)
+            .map_err(|e| Exit::new(exit::USAGE, format!("--params @{path}: {e}")))?;
         (s, path.to_string())
     } else {
         (arg.to_string(), "--params".to_string())
@@ -65,14 +66,21 @@ pub fn read_params(arg: Option<&str>) -> anyhow::Result<serde_json::Value> {
     let v: serde_json::Value = serde_json::from_str(text.trim())
         .map_err(|e| Exit::new(exit::USAGE, format!("{from}: not valid JSON: {e}")))?;
     if !v.is_object() && !v.is_array() {
-        return Err(Exit::new(exit::USAGE, format!("{from}: params must be a JSON object (or array)")));
+        return Err(Exit::new(
+            exit::USAGE,
+            format!("{from}: params must be a JSON object (or array)"),
+        ));
     }
     Ok(v)
 }
 
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let params = read_params(args.params.as_deref())?;
-    let api = if args.v3 || args.api.as_deref() == Some("v3") { Api::V3 } else { Api::V2 };
+    let api = if args.v3 || args.api.as_deref() == Some("v3") {
+        Api::V3
+    } else {
+        Api::V2
+    };
     let spec = CallSpec {
         method: args.method,
         params,
@@ -88,9 +96,15 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     match exec::execute(g, spec).await? {
         ExecOutcome::Done { response, replayed } => {
             if replayed && !g.quiet {
-                eprintln!("b24: answered from the idempotency record; nothing was sent to the portal");
+                eprintln!(
+                    "b24: answered from the idempotency record; nothing was sent to the portal"
+                );
             }
-            let out = if args.raw { &response.raw } else { &response.result };
+            let out = if args.raw {
+                &response.raw
+            } else {
+                &response.result
+            };
             println!("{}", serde_json::to_string_pretty(out)?);
             Ok(exit::OK)
         }

@@ -1,24 +1,24 @@
 //! The command tree. One module per command; each has `Args` and `run`.
 
-pub mod call;
-pub mod batch;
-pub mod export;
-pub mod list;
-pub mod plan;
 pub mod apply;
 pub mod audit;
-pub mod methods;
-pub mod describe;
-pub mod events;
-pub mod worker;
-pub mod dlq;
-pub mod db;
-pub mod sandbox;
 pub mod auth;
-pub mod doctor;
-pub mod demo;
-pub mod mcp;
+pub mod batch;
+pub mod call;
 pub mod completions;
+pub mod db;
+pub mod demo;
+pub mod describe;
+pub mod dlq;
+pub mod doctor;
+pub mod events;
+pub mod export;
+pub mod list;
+pub mod mcp;
+pub mod methods;
+pub mod plan;
+pub mod sandbox;
+pub mod worker;
 
 use crate::globals::Globals;
 

@@ -1,10 +1,137 @@
-//! `b24 sandbox`: run the local emulated bitrix24 portal.
+//! `b24 sandbox`: run the local emulated Bitrix24 portal until interrupted.
+//!
+//! This command only configures and starts `b24_sandbox`; it uses nothing of the client
+//! library, so the sandbox stays an independent implementation of the protocol.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:
+  b24 sandbox                                   # standard plan, free port on 127.0.0.1
+  b24 sandbox --json --seed-leads 100000 --faults latency=50ms
+  b24 sandbox --plan enterprise --listen 127.0.0.1:8080 --tls
 
-pub async fn run(_args: Args, _g: &Globals) -> anyhow::Result<i32> {
-    Err(crate::exit::Exit::new(crate::exit::USAGE, "`b24 sandbox` is not built yet"))
+Point b24 at it with the printed webhook URL:
+  export B24_WEBHOOK_URL=http://127.0.0.1:PORT/rest/1/CODE/
+
+Control endpoints (loopback, no auth): GET /_sandbox/stats, GET /_sandbox/requests,
+POST /_sandbox/expire-tokens, POST /_sandbox/faults (body = spec), POST /_sandbox/reset-stats,
+POST /_sandbox/advance?secs=N")]
+pub struct Args {
+    /// Address to listen on (port 0 = pick a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Portal plan: standard (bucket 50, 2/s) or enterprise (250, 5/s).
+    #[arg(long, default_value = "standard")]
+    pub plan: String,
+    /// Seed for tokens, generated data and faults (same seed, same run).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Faults, e.g. `latency=50ms,rate503=0.05,rate500=0.01,drop=0.01,expire=0.005,timeout=0.01`.
+    #[arg(long, default_value = "")]
+    pub faults: String,
+    /// Create this many leads at start.
+    #[arg(long, default_value_t = 0)]
+    pub seed_leads: usize,
+    /// Load records from a JSON file (`{"leads":[...],"deals":[...],"contacts":[...],"companies":[...]}`).
+    #[arg(long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// Serve HTTPS with a generated certificate (its CA file is in the start info).
+    #[arg(long)]
+    pub tls: bool,
+    /// Print the start info as one JSON object on the first line of stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Switch off the leaky bucket and the operating-time limit (raw throughput).
+    #[arg(long)]
+    pub no_limits: bool,
+    /// Lifetime of OAuth access tokens in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub token_ttl: u64,
+    /// Operating-time budget per method per ten minutes, seconds.
+    #[arg(long, default_value_t = 480.0)]
+    pub operating_limit: f64,
+}
+
+pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
+    let plan = args
+        .plan
+        .parse()
+        .map_err(|e: String| Exit::new(exit::USAGE, e))?;
+    let faults = args
+        .faults
+        .parse()
+        .map_err(|e: String| Exit::new(exit::USAGE, format!("--faults: {e}")))?;
+    let cfg = b24_sandbox::SandboxConfig {
+        listen: args.listen,
+        plan,
+        seed: args.seed,
+        faults,
+        seed_leads: args.seed_leads,
+        tls: args.tls,
+        limits: !args.no_limits,
+        access_token_ttl: Duration::from_secs(args.token_ttl),
+        data_file: args.data,
+        operating_limit_secs: args.operating_limit,
+        ..Default::default()
+    };
+    let sb = b24_sandbox::start(cfg)
+        .await
+        .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+    let info = sb.info().clone();
+    if args.json {
+        println!("{}", serde_json::to_string(&info)?);
+    } else {
+        println!("b24 sandbox portal listening on {}", info.base_url);
+        println!("  plan:             {:?}", info.plan);
+        println!("  webhook URL:      {}", info.webhook_url);
+        println!("  OAuth client id:  {}", info.client_id);
+        println!("  OAuth secret:     {}", info.client_secret);
+        println!("  access token:     {}", info.access_token);
+        println!("  refresh token:    {}", info.refresh_token);
+        println!("  token endpoint:   {}", info.oauth_token_url);
+        println!("  member id:        {}", info.member_id);
+        println!("  app token:        {}", info.application_token);
+        if let Some(ca) = &info.ca_file {
+            println!("  CA certificate:   {}", ca.display());
+        }
+        println!();
+        println!(
+            "Try:  B24_WEBHOOK_URL={} b24 call user.current",
+            info.webhook_url
+        );
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    if !g.quiet {
+        eprintln!("b24 sandbox: running; Ctrl-C to stop");
+    }
+    let stop = sb.shutdown_token();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate() => {}
+        _ = stop.cancelled() => {}
+    }
+    sb.shutdown().await;
+    Ok(exit::OK)
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending::<()>().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending::<()>().await
 }

@@ -1,0 +1,1055 @@
+//! HTTP: routes, request parsing, the order of checks (bucket → faults → auth → method →
+//! operating limit), the response envelope, the OAuth server and the control endpoints.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State as AxState};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use serde_json::{Map, Value, json};
+
+use crate::events::Delivery;
+use crate::faults::Fault;
+use crate::methods::{self, Caller, Out, PErr, perr};
+use crate::params::{get_ci, parse_query, text, truthy};
+use crate::state::{State, iso};
+use crate::{Sandbox, SandboxConfig, SandboxError, StartInfo};
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub async fn start(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
+    let listener = std::net::TcpListener::bind(cfg.listen).map_err(|e| SandboxError::Listen {
+        addr: cfg.listen,
+        source: e,
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| SandboxError::Listen {
+            addr: cfg.listen,
+            source: e,
+        })?;
+    let addr = listener.local_addr().map_err(|e| SandboxError::Listen {
+        addr: cfg.listen,
+        source: e,
+    })?;
+    let scheme = if cfg.tls { "https" } else { "http" };
+    let base_url = format!("{scheme}://{addr}");
+    let data_file = cfg.data_file.clone();
+    let seed_leads = cfg.seed_leads;
+    let tls = cfg.tls;
+    let mut st = State::new(cfg, base_url.clone());
+    st.seed_leads(seed_leads);
+    if let Some(path) = &data_file {
+        load_data(&mut st, path)?;
+    }
+    let (access, refresh) = st.issue_pair(1);
+    let info = StartInfo {
+        base_url: base_url.clone(),
+        webhook_url: format!("{base_url}/rest/1/{}/", st.webhook_code),
+        user_id: 1,
+        webhook_code: st.webhook_code.clone(),
+        client_id: st.client_id.clone(),
+        client_secret: st.client_secret.clone(),
+        access_token: access,
+        refresh_token: refresh,
+        member_id: st.member_id.clone(),
+        application_token: st.application_token.clone(),
+        domain: st.domain.clone(),
+        oauth_token_url: format!("{base_url}/oauth/token/"),
+        oauth_authorize_url: format!("{base_url}/oauth/authorize/"),
+        plan: st.cfg.plan,
+        ca_file: None,
+        http_url: None,
+    };
+    let max_body = st.cfg.max_body;
+    let shared: Shared = Arc::new(Mutex::new(st));
+    let app = router(shared.clone(), max_body);
+    let token = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::new();
+    let mut info = info;
+    let mut tmp = None;
+    if tls {
+        let ck = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            addr.ip().to_string(),
+        ])
+        .map_err(|e| SandboxError::Tls(e.to_string()))?;
+        let cert_pem = ck.cert.pem();
+        let key_pem = ck.signing_key.serialize_pem();
+        let dir =
+            std::env::temp_dir().join(format!("b24-sandbox-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).map_err(|e| SandboxError::Tls(e.to_string()))?;
+        let ca = dir.join("sandbox-ca.pem");
+        std::fs::write(&ca, &cert_pem).map_err(|e| SandboxError::Tls(e.to_string()))?;
+        info.ca_file = Some(ca);
+        tmp = Some(crate::tempfile_dir::TempDir(dir));
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+            cert_pem.into_bytes(),
+            key_pem.into_bytes(),
+        )
+        .await
+        .map_err(|e| SandboxError::Tls(e.to_string()))?;
+        let handle = axum_server::Handle::new();
+        let h2 = handle.clone();
+        let t2 = token.clone();
+        tokio::spawn(async move {
+            t2.cancelled().await;
+            h2.graceful_shutdown(Some(Duration::from_secs(1)));
+        });
+        let server = axum_server::from_tcp_rustls(listener, config)
+            .map_err(|e| SandboxError::Tls(e.to_string()))?
+            .handle(handle);
+        tasks.push(tokio::spawn(async move {
+            let _ = server.serve(app.into_make_service()).await;
+        }));
+        // Plain http next to it answers "Https required", as the real portal does.
+        let plain = tokio::net::TcpListener::bind((addr.ip(), 0))
+            .await
+            .map_err(|e| SandboxError::Listen { addr, source: e })?;
+        let paddr = plain
+            .local_addr()
+            .map_err(|e| SandboxError::Listen { addr, source: e })?;
+        info.http_url = Some(format!("http://{paddr}"));
+        let https_only = Router::new().fallback(|| async {
+            (
+                StatusCode::BAD_REQUEST,
+                axum::Json(
+                    json!({"error": "INVALID_REQUEST", "error_description": "Https required"}),
+                ),
+            )
+        });
+        let t3 = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(plain, https_only)
+                .with_graceful_shutdown(t3.cancelled_owned())
+                .await;
+        }));
+    } else {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| SandboxError::Listen { addr, source: e })?;
+        let t = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(t.cancelled_owned())
+                .await;
+        }));
+    }
+    Ok(Sandbox {
+        info,
+        state: shared,
+        shutdown: token,
+        tasks,
+        _tmp: tmp,
+    })
+}
+
+fn load_data(st: &mut State, path: &std::path::Path) -> Result<(), SandboxError> {
+    let err = |reason: String| SandboxError::Data {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    let who = Caller {
+        kind: "webhook",
+        user_id: 1,
+        cred: "seed".into(),
+    };
+    let mut dl = Vec::new();
+    for (key, kind) in [
+        ("leads", "lead"),
+        ("deals", "deal"),
+        ("contacts", "contact"),
+        ("companies", "company"),
+    ] {
+        for rec in v.get(key).and_then(|x| x.as_array()).into_iter().flatten() {
+            methods::call(
+                st,
+                &who,
+                &format!("crm.{kind}.add"),
+                &json!({"fields": rec}),
+                &mut dl,
+            )
+            .map_err(|e| err(format!("{key}: {}", e.desc)))?;
+        }
+    }
+    Ok(())
+}
+
+fn router(shared: Shared, max_body: usize) -> Router {
+    Router::new()
+        .route("/rest/{*path}", any(rest))
+        .route("/oauth/token", any(oauth_token))
+        .route("/oauth/token/", any(oauth_token))
+        .route("/oauth/authorize", get(oauth_authorize))
+        .route("/oauth/authorize/", get(oauth_authorize))
+        .route("/_sandbox/stats", get(ctl_stats))
+        .route("/_sandbox/requests", get(ctl_requests))
+        .route("/_sandbox/expire-tokens", post(ctl_expire))
+        .route("/_sandbox/faults", post(ctl_faults))
+        .route("/_sandbox/reset-stats", post(ctl_reset))
+        .route("/_sandbox/advance", post(ctl_advance))
+        .fallback(|| async {
+            error_response(
+                &perr(404, "ERROR_METHOD_NOT_FOUND", "Method not found!"),
+                false,
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state((shared, max_body))
+}
+
+type AppState = (Shared, usize);
+
+fn error_response(e: &PErr, v3: bool) -> Response {
+    let body = if v3 && e.code.starts_with("BITRIX_REST_V3") {
+        json!({"error": {"code": e.code, "message": e.desc}})
+    } else {
+        json!({"error": e.code, "error_description": e.desc})
+    };
+    (
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+/// Read the body with a cap; parse JSON, form or multipart into parameters.
+async fn read_params(headers: &HeaderMap, body: Body, max: usize, v3: bool) -> Result<Value, PErr> {
+    let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
+        perr(
+            413,
+            "REQUEST_ENTITY_TOO_LARGE",
+            &format!("Request body is larger than {max} bytes"),
+        )
+    })?;
+    if bytes.is_empty() {
+        return Ok(Value::Object(Map::new()));
+    }
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let bad_json = |m: String| {
+        if v3 {
+            perr(400, "BITRIX_REST_V3_EXCEPTION_INVALIDJSONEXCEPTION", &m)
+        } else {
+            perr(400, "INVALID_REQUEST", &m)
+        }
+    };
+    if ct.starts_with("application/json") || (v3 && ct.is_empty()) {
+        return serde_json::from_slice(&bytes)
+            .map_err(|e| bad_json(format!("Invalid JSON in request body: {e}")));
+    }
+    if v3 {
+        return Err(bad_json(
+            "Request body must be JSON (Content-Type: application/json)".into(),
+        ));
+    }
+    if ct.starts_with("application/x-www-form-urlencoded") || ct.is_empty() {
+        return Ok(parse_query(&String::from_utf8_lossy(&bytes)));
+    }
+    if ct.starts_with("multipart/form-data") {
+        let boundary = ct
+            .split("boundary=")
+            .nth(1)
+            .map(|b| b.trim_matches('"').to_string());
+        let raw_ct = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let boundary = raw_ct
+            .split("boundary=")
+            .nth(1)
+            .map(|b| b.trim_matches('"').to_string())
+            .or(boundary);
+        let Some(b) = boundary else {
+            return Err(perr(
+                400,
+                "INVALID_REQUEST",
+                "multipart body without a boundary",
+            ));
+        };
+        return Ok(parse_multipart(&bytes, &b));
+    }
+    Err(perr(
+        400,
+        "INVALID_REQUEST",
+        &format!("Unsupported Content-Type `{ct}`: send JSON, form-urlencoded or multipart"),
+    ))
+}
+
+fn parse_multipart(body: &[u8], boundary: &str) -> Value {
+    let text = String::from_utf8_lossy(body);
+    let delim = format!("--{boundary}");
+    let mut pairs = Vec::new();
+    for part in text.split(&delim) {
+        let part = part.trim_start_matches("\r\n");
+        if part.starts_with("--") || part.trim().is_empty() {
+            continue;
+        }
+        let Some((head, content)) = part.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let name = head.split(';').find_map(|p| {
+            p.trim()
+                .strip_prefix("name=")
+                .map(|n| n.trim_matches('"').to_string())
+        });
+        if let Some(name) = name {
+            pairs.push((name, content.trim_end_matches("\r\n").to_string()));
+        }
+    }
+    crate::params::from_pairs(pairs)
+}
+
+fn merge(query: Value, body: Value) -> Value {
+    match (query, body) {
+        (Value::Object(mut q), Value::Object(b)) => {
+            q.extend(b);
+            Value::Object(q)
+        }
+        (Value::Object(q), Value::Null) => Value::Object(q),
+        (Value::Object(q), other) if q.is_empty() => other,
+        (_, b) => b,
+    }
+}
+
+struct Route {
+    v3: bool,
+    webhook: Option<(String, String)>,
+    method: String,
+}
+
+fn route(path: &str) -> Option<Route> {
+    let mut segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let v3 = segs.first() == Some(&"api");
+    if v3 {
+        segs.remove(0);
+    }
+    let (webhook, method) = match segs.as_slice() {
+        [user, code, method] if user.chars().all(|c| c.is_ascii_digit()) => {
+            (Some((user.to_string(), code.to_string())), *method)
+        }
+        [method] => (None, *method),
+        _ => return None,
+    };
+    let method = method
+        .trim_end_matches(".json")
+        .trim_end_matches(".xml")
+        .to_ascii_lowercase();
+    Some(Route {
+        v3,
+        webhook,
+        method,
+    })
+}
+
+fn time_block(st: &mut State, start: f64, cost: f64, op: Option<(f64, Option<f64>)>) -> Value {
+    let mut t = json!({
+        "start": start,
+        "finish": start + cost,
+        "duration": cost,
+        "processing": cost,
+        "date_start": iso(start),
+        "date_finish": iso(start + cost),
+    });
+    if let Some((operating, reset)) = op {
+        t["operating"] = json!((operating * 1000.0).round() / 1000.0);
+        if let Some(r) = reset {
+            t["operating_reset_at"] = json!(r.floor() as i64);
+        }
+    }
+    let _ = st;
+    t
+}
+
+enum Reply {
+    Json(StatusCode, Value, Vec<(&'static str, String)>),
+    Drop,
+}
+
+async fn rest(
+    AxState((shared, max)): AxState<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let path = uri.path().trim_start_matches("/rest");
+    let Some(rt) = route(path) else {
+        return error_response(
+            &perr(404, "ERROR_METHOD_NOT_FOUND", "Method not found!"),
+            false,
+        );
+    };
+    let query = if rt.v3 {
+        Value::Object(Map::new())
+    } else {
+        parse_query(uri.query().unwrap_or(""))
+    };
+    let body_params = if method == Method::GET || method == Method::HEAD {
+        Ok(Value::Object(Map::new()))
+    } else {
+        read_params(&headers, body, max, rt.v3).await
+    };
+    let idem_key = headers.get("idempotency-key").map(|v| {
+        v.to_str()
+            .map(str::to_string)
+            .unwrap_or_else(|_| "\u{0}".into())
+    });
+    let mut deliveries = Vec::new();
+    let (reply, latency, hold) = {
+        let mut st = lock(&shared);
+        let mut latency = Duration::ZERO;
+        let mut fault = Fault::None;
+        let spec = st.cfg.faults.clone();
+        if spec != crate::FaultSpec::default() {
+            let (u, w) = st.fault_draw();
+            if let Some((a, b)) = spec.latency {
+                latency = a + (b - a).mul_f64(w);
+            }
+            fault = spec.pick(u);
+            if fault != Fault::None {
+                st.stats_.faults_injected += 1;
+            }
+        }
+        let r = handle(
+            &mut st,
+            &rt,
+            query,
+            body_params,
+            idem_key,
+            fault,
+            &mut deliveries,
+        );
+        (r, latency, fault == Fault::Timeout)
+    };
+    spawn_deliveries(shared.clone(), deliveries);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if hold {
+        tokio::time::sleep(Duration::from_secs(300)).await;
+    }
+    match reply {
+        Reply::Json(status, v, hdrs) => {
+            let mut resp = (status, axum::Json(v)).into_response();
+            for (k, val) in hdrs {
+                if let Ok(hv) = HeaderValue::from_str(&val) {
+                    resp.headers_mut().insert(k, hv);
+                }
+            }
+            resp
+        }
+        Reply::Drop => {
+            let stream = futures::stream::once(async {
+                Err::<Bytes, std::io::Error>(std::io::Error::other(
+                    "connection dropped by fault injection",
+                ))
+            });
+            Response::builder()
+                .status(200)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from_stream(stream))
+                .unwrap_or_default()
+        }
+    }
+}
+
+fn err_reply(st: &mut State, method: &str, auth: &str, v3: bool, e: PErr) -> Reply {
+    st.record(method, auth, e.status, v3, vec![]);
+    let body = if v3 && e.code.starts_with("BITRIX_REST_V3") {
+        json!({"error": {"code": e.code, "message": e.desc}})
+    } else {
+        json!({"error": e.code, "error_description": e.desc})
+    };
+    Reply::Json(
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+        body,
+        vec![],
+    )
+}
+
+fn handle(
+    st: &mut State,
+    rt: &Route,
+    query: Value,
+    body: Result<Value, PErr>,
+    idem: Option<String>,
+    fault: Fault,
+    dl: &mut Vec<Delivery>,
+) -> Reply {
+    let m = rt.method.as_str();
+    let auth_kind = if rt.webhook.is_some() {
+        "webhook"
+    } else {
+        "oauth"
+    };
+    if !st.bucket_admit() {
+        return err_reply(
+            st,
+            m,
+            auth_kind,
+            rt.v3,
+            perr(503, "QUERY_LIMIT_EXCEEDED", "Too many requests"),
+        );
+    }
+    match fault {
+        Fault::Err503 => {
+            return err_reply(
+                st,
+                m,
+                auth_kind,
+                rt.v3,
+                perr(503, "QUERY_LIMIT_EXCEEDED", "Too many requests"),
+            );
+        }
+        Fault::Err500 => {
+            return err_reply(
+                st,
+                m,
+                auth_kind,
+                rt.v3,
+                perr(500, "INTERNAL_SERVER_ERROR", "Internal server error"),
+            );
+        }
+        Fault::Drop => {
+            st.record(m, auth_kind, 0, rt.v3, vec![]);
+            return Reply::Drop;
+        }
+        _ => {}
+    }
+    let params = match body {
+        Ok(b) => merge(query, b),
+        Err(e) => return err_reply(st, m, auth_kind, rt.v3, e),
+    };
+    if st.cfg.free_plan {
+        return err_reply(
+            st,
+            m,
+            auth_kind,
+            rt.v3,
+            perr(
+                403,
+                "ACCESS_DENIED",
+                "REST API is available only on commercial plans",
+            ),
+        );
+    }
+    // Authentication.
+    let who = match &rt.webhook {
+        Some((user, code)) => {
+            if user != "1" || *code != st.webhook_code {
+                return err_reply(
+                    st,
+                    m,
+                    "webhook",
+                    rt.v3,
+                    perr(401, "NO_AUTH_FOUND", "Wrong authorization data"),
+                );
+            }
+            Caller {
+                kind: "webhook",
+                user_id: 1,
+                cred: format!("webhook:{code}"),
+            }
+        }
+        None => {
+            let token = get_ci(&params, "auth").map(text).unwrap_or_default();
+            if token.is_empty() {
+                return err_reply(
+                    st,
+                    m,
+                    "none",
+                    rt.v3,
+                    perr(401, "NO_AUTH_FOUND", "Wrong authorization data"),
+                );
+            }
+            if fault == Fault::Expire {
+                if let Some(t) = st.access.get_mut(&token) {
+                    t.expires_at = 0.0;
+                }
+            }
+            let now = st.now();
+            match st.access.get(&token) {
+                None => {
+                    return err_reply(
+                        st,
+                        m,
+                        "oauth",
+                        rt.v3,
+                        perr(401, "NO_AUTH_FOUND", "Wrong authorization data"),
+                    );
+                }
+                Some(t) if t.expires_at <= now => {
+                    return err_reply(
+                        st,
+                        m,
+                        "oauth",
+                        rt.v3,
+                        perr(
+                            401,
+                            "expired_token",
+                            "The access token provided has expired",
+                        ),
+                    );
+                }
+                Some(t) => Caller {
+                    kind: "oauth",
+                    user_id: t.user_id,
+                    cred: format!("app:{}", st.client_id),
+                },
+            }
+        }
+    };
+    let mut params = params;
+    if let Some(o) = params.as_object_mut() {
+        o.remove("auth");
+    }
+    if rt.v3 {
+        return handle_v3(st, &who, m, &params, idem);
+    }
+    if let Err(e) = access_check(st, &who, m) {
+        return err_reply(st, m, who.kind, false, e);
+    }
+    let start = st.now();
+    let (result, sub_methods) = if m == "batch" {
+        run_batch(st, &who, &params, dl)
+    } else {
+        (run_one(st, &who, m, &params, dl), vec![])
+    };
+    match result {
+        Ok((out, op)) => {
+            let mut body = json!({"result": out.result});
+            if let Some(n) = out.next {
+                body["next"] = json!(n);
+            }
+            if let Some(t) = out.total {
+                body["total"] = json!(t);
+            }
+            body["time"] = time_block(st, start, out.cost, op);
+            st.record(m, who.kind, 200, false, sub_methods);
+            Reply::Json(StatusCode::OK, body, vec![])
+        }
+        Err(e) => err_reply(st, m, who.kind, false, e),
+    }
+}
+
+fn access_check(st: &State, who: &Caller, m: &str) -> Result<(), PErr> {
+    if m != "batch" && !methods::known(m) {
+        return Err(perr(404, "ERROR_METHOD_NOT_FOUND", "Method not found!"));
+    }
+    if who.kind == "webhook" && methods::app_only(m) {
+        return Err(perr(
+            403,
+            "WRONG_AUTH_TYPE",
+            "Current authorization type is denied for this method. Application context required",
+        ));
+    }
+    if who.kind == "webhook" {
+        if let Some(scopes) = &st.cfg.webhook_scopes {
+            let need = methods::scope_of(m);
+            if need != "basic" && !scopes.iter().any(|s| s == need) {
+                return Err(perr(
+                    403,
+                    "insufficient_scope",
+                    "The request requires higher privileges than provided by the webhook token",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run one method under the operating-time limit; returns the result and the `operating` view.
+fn run_one(
+    st: &mut State,
+    who: &Caller,
+    m: &str,
+    params: &Value,
+    dl: &mut Vec<Delivery>,
+) -> Result<(Out, Option<(f64, Option<f64>)>), PErr> {
+    let limits = st.cfg.limits;
+    if limits {
+        let (used, _) = st.operating(&who.cred, m);
+        if used > st.cfg.operating_limit_secs {
+            return Err(perr(
+                429,
+                "OPERATION_TIME_LIMIT",
+                "Method is blocked due to operation time limit",
+            ));
+        }
+    }
+    let mut out = methods::call(st, who, m, params, dl)?;
+    out.cost *= st.cfg.cost_scale;
+    if limits {
+        st.bill(&who.cred, m, out.cost);
+        Ok((out, Some(st.operating(&who.cred, m))))
+    } else {
+        Ok((out, Some((0.0, None))))
+    }
+}
+
+fn run_batch(
+    st: &mut State,
+    who: &Caller,
+    params: &Value,
+    dl: &mut Vec<Delivery>,
+) -> (Result<(Out, Option<(f64, Option<f64>)>), PErr>, Vec<String>) {
+    let halt = truthy(get_ci(params, "halt"));
+    let (cmds, as_array): (Vec<(String, String)>, bool) = match get_ci(params, "cmd") {
+        Some(Value::Object(o)) => (o.iter().map(|(k, v)| (k.clone(), text(v))).collect(), false),
+        Some(Value::Array(a)) => (
+            a.iter()
+                .enumerate()
+                .map(|(i, v)| (i.to_string(), text(v)))
+                .collect(),
+            true,
+        ),
+        _ => {
+            return (
+                Err(perr(400, "ERROR_BATCH_EMPTY", "Batch is empty")),
+                vec![],
+            );
+        }
+    };
+    if cmds.len() > 50 {
+        return (
+            Err(perr(
+                400,
+                "ERROR_BATCH_LENGTH_EXCEEDED",
+                "Max batch length exceeded",
+            )),
+            vec![],
+        );
+    }
+    for (_, c) in &cmds {
+        if methods::parse_cmd(c).0 == "batch" {
+            return (
+                Err(perr(
+                    405,
+                    "ERROR_BATCH_METHOD_NOT_ALLOWED",
+                    "Method is not allowed for batch usage",
+                )),
+                vec![],
+            );
+        }
+    }
+    let mut results = Map::new();
+    let (mut errors, mut totals, mut nexts, mut times) =
+        (Map::new(), Map::new(), Map::new(), Map::new());
+    let mut subs = Vec::new();
+    let mut cost = 0.0;
+    for (key, cmd) in cmds {
+        let cmd = methods::substitute(&cmd, &results);
+        let (m, p) = methods::parse_cmd(&cmd);
+        subs.push(m.clone());
+        let start = st.now();
+        let r = access_check(st, who, &m).and_then(|_| run_one(st, who, &m, &p, dl));
+        match r {
+            Ok((out, op)) => {
+                cost += out.cost;
+                if let Some(t) = out.total {
+                    totals.insert(key.clone(), json!(t));
+                }
+                if let Some(n) = out.next {
+                    nexts.insert(key.clone(), json!(n));
+                }
+                times.insert(key.clone(), time_block(st, start, out.cost, op));
+                results.insert(key, out.result);
+            }
+            Err(e) => {
+                errors.insert(key, json!({"error": e.code, "error_description": e.desc}));
+                if halt {
+                    break;
+                }
+            }
+        }
+    }
+    let shape = |m: Map<String, Value>| -> Value {
+        if m.is_empty() {
+            return json!([]);
+        }
+        if as_array {
+            let mut keys: Vec<usize> = m.keys().filter_map(|k| k.parse().ok()).collect();
+            keys.sort();
+            // Arrays only when every index is present; otherwise PHP would emit an object.
+            if keys.iter().enumerate().all(|(i, k)| i == *k) {
+                return Value::Array(m.into_iter().map(|(_, v)| v).collect());
+            }
+        }
+        Value::Object(m)
+    };
+    let result = json!({
+        "result": shape(results),
+        "result_error": shape(errors),
+        "result_total": shape(totals),
+        "result_next": shape(nexts),
+        "result_time": shape(times),
+    });
+    (
+        Ok((
+            Out {
+                result,
+                next: None,
+                total: None,
+                cost: cost.max(0.001),
+            },
+            None,
+        )),
+        subs,
+    )
+}
+
+fn handle_v3(st: &mut State, who: &Caller, m: &str, params: &Value, idem: Option<String>) -> Reply {
+    if !methods::is_v3(m) {
+        return err_reply(
+            st,
+            m,
+            who.kind,
+            true,
+            perr(404, "ERROR_METHOD_NOT_FOUND", "Method not found!"),
+        );
+    }
+    let write = methods::v3_write(m);
+    let mut hdrs = vec![];
+    let key = if write { idem } else { None };
+    if let Some(k) = &key {
+        if k.is_empty() || k.len() > 255 || !k.chars().all(|c| (' '..='~').contains(&c)) {
+            return err_reply(
+                st,
+                m,
+                who.kind,
+                true,
+                perr(
+                    400,
+                    "BITRIX_REST_V3_EXCEPTION_INVALIDIDEMPOTENCYKEYEXCEPTION",
+                    "Invalid idempotency key",
+                ),
+            );
+        }
+        let hash = methods::body_hash(params);
+        let slot = (who.cred.clone(), m.to_string(), k.clone());
+        let now = st.now();
+        if let Some((h, stored, at)) = st.idempotency.get(&slot).cloned() {
+            if now - at < 86_400.0 {
+                if h != hash {
+                    return err_reply(
+                        st,
+                        m,
+                        who.kind,
+                        true,
+                        perr(
+                            422,
+                            "BITRIX_REST_V3_EXCEPTION_IDEMPOTENCYKEYREUSEDEXCEPTION",
+                            "Idempotency key was already used with another request body",
+                        ),
+                    );
+                }
+                st.record(m, who.kind, 200, true, vec![]);
+                return Reply::Json(
+                    StatusCode::OK,
+                    stored,
+                    vec![
+                        ("idempotency-key", k.clone()),
+                        ("idempotent-replayed", "true".into()),
+                    ],
+                );
+            }
+        }
+        hdrs.push(("idempotency-key", k.clone()));
+    }
+    let start = st.now();
+    match methods::call_v3(st, m, params) {
+        Ok(result) => {
+            let body = json!({"result": result, "time": time_block(st, start, 0.01, None)});
+            if let Some(k) = key {
+                let hash = methods::body_hash(params);
+                st.idempotency.insert(
+                    (who.cred.clone(), m.to_string(), k),
+                    (hash, body.clone(), start),
+                );
+            }
+            st.record(m, who.kind, 200, true, vec![]);
+            Reply::Json(StatusCode::OK, body, hdrs)
+        }
+        Err(e) => err_reply(st, m, who.kind, true, e),
+    }
+}
+
+fn spawn_deliveries(shared: Shared, deliveries: Vec<Delivery>) {
+    if deliveries.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build();
+        let Ok(client) = client else { return };
+        for d in deliveries {
+            // No retries: the real portal never redelivers an online event.
+            let ok = client
+                .post(&d.url)
+                .form(&d.form)
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            let mut st = lock(&shared);
+            if ok {
+                st.stats_.online_delivered += 1;
+            } else {
+                st.stats_.online_failed += 1;
+            }
+        }
+    });
+}
+
+async fn oauth_token(
+    AxState((shared, max)): AxState<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut params = parse_query(uri.query().unwrap_or(""));
+    if method == Method::POST {
+        match read_params(&headers, body, max, false).await {
+            Ok(b) => params = merge(params, b),
+            Err(e) => return error_response(&e, false),
+        }
+    }
+    let g = |k: &str| params.get(k).map(text).unwrap_or_default();
+    let mut st = lock(&shared);
+    let fail = |st: &mut State, status: u16, code: &str, desc: &str| {
+        st.record("oauth/token", "oauth", status, false, vec![]);
+        (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            axum::Json(json!({"error": code, "error_description": desc})),
+        )
+            .into_response()
+    };
+    if g("client_id") != st.client_id || g("client_secret") != st.client_secret {
+        return fail(&mut st, 401, "invalid_client", "Invalid client");
+    }
+    let user = match g("grant_type").as_str() {
+        "authorization_code" => {
+            let now = st.now();
+            match st.codes.remove(&g("code")) {
+                Some(exp) if exp > now => {
+                    st.stats_.code_exchanges += 1;
+                    1
+                }
+                _ => return fail(&mut st, 400, "invalid_grant", "Invalid authorization code"),
+            }
+        }
+        "refresh_token" => match st.refresh.remove(&g("refresh_token")) {
+            Some(u) => {
+                st.stats_.refreshes += 1;
+                u
+            }
+            None => return fail(&mut st, 400, "invalid_grant", "Invalid refresh token"),
+        },
+        _ => return fail(&mut st, 400, "invalid_request", "Unsupported grant_type"),
+    };
+    let (a, r) = st.issue_pair(user);
+    let body = st.token_json(&a, &r, user);
+    st.record("oauth/token", "oauth", 200, false, vec![]);
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+async fn oauth_authorize(
+    AxState((shared, _)): AxState<AppState>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let mut st = lock(&shared);
+    if q.get("client_id")
+        .map(|c| c != &st.client_id)
+        .unwrap_or(true)
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({"error": "invalid_client", "error_description": "Unknown client_id"}),
+            ),
+        )
+            .into_response();
+    }
+    let code = st.random_token(32);
+    let exp = st.now() + 30.0;
+    st.codes.insert(code.clone(), exp);
+    st.record("oauth/authorize", "none", 302, false, vec![]);
+    let state = q.get("state").cloned().unwrap_or_default();
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let extra = format!(
+        "code={}&state={}&domain={}&member_id={}&scope={}&server_domain={}",
+        enc(&code),
+        enc(&state),
+        enc(&st.domain),
+        enc(&st.member_id),
+        enc("crm,user,task,basic"),
+        enc(&st.domain)
+    );
+    match q.get("redirect_uri") {
+        Some(uri) => {
+            let sep = if uri.contains('?') { '&' } else { '?' };
+            Response::builder()
+                .status(302)
+                .header(header::LOCATION, format!("{uri}{sep}{extra}"))
+                .body(Body::empty())
+                .unwrap_or_default()
+        }
+        None => (StatusCode::OK, axum::Json(json!({"code": code, "state": state, "note": "no redirect_uri: paste this code into your app"}))).into_response(),
+    }
+}
+
+async fn ctl_stats(AxState((shared, _)): AxState<AppState>) -> Response {
+    axum::Json(lock(&shared).stats()).into_response()
+}
+
+async fn ctl_requests(AxState((shared, _)): AxState<AppState>) -> Response {
+    axum::Json(lock(&shared).log.clone()).into_response()
+}
+
+async fn ctl_expire(AxState((shared, _)): AxState<AppState>) -> Response {
+    lock(&shared).expire_tokens();
+    axum::Json(json!({"ok": true})).into_response()
+}
+
+async fn ctl_reset(AxState((shared, _)): AxState<AppState>) -> Response {
+    lock(&shared).reset_stats();
+    axum::Json(json!({"ok": true})).into_response()
+}
+
+async fn ctl_faults(AxState((shared, _)): AxState<AppState>, body: String) -> Response {
+    match body.parse::<crate::FaultSpec>() {
+        Ok(f) => {
+            lock(&shared).set_faults(f);
+            axum::Json(json!({"ok": true})).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": e}))).into_response(),
+    }
+}
+
+async fn ctl_advance(
+    AxState((shared, _)): AxState<AppState>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let secs: f64 = q.get("secs").and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    lock(&shared).clock_offset += secs.max(0.0);
+    axum::Json(json!({"ok": true})).into_response()
+}
