@@ -85,6 +85,8 @@ pub struct SandboxConfig {
     pub free_plan: bool,
     /// Maximum request body size in bytes.
     pub max_body: usize,
+    /// Freeze the clock: time moves only with [`Sandbox::advance_clock`] (exact limit tests).
+    pub manual_clock: bool,
 }
 
 impl Default for SandboxConfig {
@@ -104,6 +106,7 @@ impl Default for SandboxConfig {
             webhook_scopes: None,
             free_plan: false,
             max_body: 10 * 1024 * 1024,
+            manual_clock: false,
         }
     }
 }

@@ -94,6 +94,7 @@ pub struct State {
     pub rng: StdRng,
     pub fault_rng: StdRng,
     pub clock_offset: f64,
+    frozen_at: Option<f64>,
     bucket_level: f64,
     bucket_at: f64,
     /// (credential, method) → one-minute baskets (start, seconds).
@@ -159,6 +160,7 @@ impl State {
             rng,
             fault_rng,
             clock_offset: 0.0,
+            frozen_at: None,
             bucket_level: 0.0,
             bucket_at: 0.0,
             operating: HashMap::new(),
@@ -176,6 +178,9 @@ impl State {
             seq: 0,
         };
         st.stats_.bucket_capacity = st.cfg.plan.bucket().0;
+        if st.cfg.manual_clock {
+            st.frozen_at = Some(now_unix());
+        }
         for k in [Kind::Lead, Kind::Deal, Kind::Contact, Kind::Company] {
             st.tables.insert(k, Table::default());
         }
@@ -183,7 +188,10 @@ impl State {
     }
 
     pub fn now(&self) -> f64 {
-        now_unix() + self.clock_offset
+        match self.frozen_at {
+            Some(t) => t + self.clock_offset,
+            None => now_unix() + self.clock_offset,
+        }
     }
 
     pub fn random_token(&mut self, n: usize) -> String {

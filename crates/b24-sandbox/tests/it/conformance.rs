@@ -1,0 +1,662 @@
+use std::time::Duration;
+
+use b24_sandbox::{Sandbox, SandboxConfig};
+use serde_json::{Value, json};
+
+async fn start(cfg: SandboxConfig) -> Sandbox {
+    b24_sandbox::start(cfg).await.unwrap()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// POST JSON to a webhook method; returns (status, body).
+async fn hook(sb: &Sandbox, method: &str, params: Value) -> (u16, Value) {
+    let r = http()
+        .post(format!("{}{method}.json", sb.info().webhook_url))
+        .json(&params)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// POST JSON with the OAuth token in the body.
+async fn app(sb: &Sandbox, method: &str, mut params: Value) -> (u16, Value) {
+    params["auth"] = json!(sb.info().access_token);
+    let r = http()
+        .post(format!("{}/rest/{method}", sb.base_url()))
+        .json(&params)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+fn err(b: &Value) -> (&str, &str) {
+    (
+        b["error"].as_str().unwrap_or("?"),
+        b["error_description"].as_str().unwrap_or("?"),
+    )
+}
+
+#[tokio::test]
+async fn error_codes_and_statuses() {
+    let sb = start(SandboxConfig {
+        seed_leads: 1,
+        ..Default::default()
+    })
+    .await;
+    let base = sb.base_url().to_string();
+    let r = http()
+        .get(format!("{base}/rest/1/wrongcode/user.current.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "NO_AUTH_FOUND");
+    let (s, b) = hook(&sb, "no.such.method", json!({})).await;
+    assert_eq!((s, err(&b).0), (404, "ERROR_METHOD_NOT_FOUND"));
+    let (s, b) = hook(
+        &sb,
+        "event.bind",
+        json!({"event": "ONCRMLEADADD", "handler": "https://x.example/h"}),
+    )
+    .await;
+    assert_eq!((s, err(&b).0), (403, "WRONG_AUTH_TYPE"));
+    let (s, b) = hook(&sb, "app.info", json!({})).await;
+    assert_eq!(
+        err(&b),
+        (
+            "ACCESS_DENIED",
+            "Access denied! Application context required"
+        )
+    );
+    assert_eq!(s, 400);
+    let (s, b) = hook(&sb, "crm.lead.get", json!({"id": 999})).await;
+    assert_eq!((s, err(&b)), (400, ("", "Not found")));
+    let (s, b) = hook(&sb, "crm.lead.get", json!({})).await;
+    assert_eq!((s, err(&b)), (400, ("", "ID is not defined or invalid.")));
+    let (s, b) = hook(&sb, "crm.lead.add", json!({"fields": "x"})).await;
+    assert_eq!(
+        (s, err(&b)),
+        (400, ("", "Parameter 'fields' must be array."))
+    );
+    let (s, b) = hook(&sb, "crm.item.get", json!({"entityTypeId": 999, "id": 1})).await;
+    assert_eq!((s, err(&b).0), (400, "NOT_FOUND"));
+    let (s, b) = app(&sb, "profile", json!({})).await;
+    assert_eq!((s, b["result"]["ADMIN"].clone()), (200, json!(true)));
+    sb.expire_access_tokens();
+    let (s, b) = app(&sb, "profile", json!({})).await;
+    assert_eq!((s, err(&b).0), (401, "expired_token"));
+    // Malformed bodies get an error, never a crash; the server keeps serving.
+    let r = http()
+        .post(format!("{}crm.lead.list.json", sb.info().webhook_url))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "INVALID_REQUEST");
+    let big = vec![b'a'; 11 * 1024 * 1024];
+    let r = http()
+        .post(format!("{}crm.lead.list.json", sb.info().webhook_url))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 413);
+    }
+    let (s, _) = hook(&sb, "server.time", json!({})).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn scopes_and_plans() {
+    let sb = start(SandboxConfig {
+        webhook_scopes: Some(vec!["user".into()]),
+        ..Default::default()
+    })
+    .await;
+    let (s, b) = hook(&sb, "crm.lead.list", json!({})).await;
+    assert_eq!((s, err(&b).0), (403, "insufficient_scope"));
+    let (_, b) = hook(&sb, "scope", json!({})).await;
+    assert_eq!(b["result"], json!(["user"]));
+    let sb = start(SandboxConfig {
+        free_plan: true,
+        ..Default::default()
+    })
+    .await;
+    let (s, b) = hook(&sb, "user.current", json!({})).await;
+    assert_eq!(
+        (s, err(&b)),
+        (
+            403,
+            (
+                "ACCESS_DENIED",
+                "REST API is available only on commercial plans"
+            )
+        )
+    );
+}
+
+#[tokio::test]
+async fn paging_edges() {
+    let sb = start(SandboxConfig {
+        seed_leads: 120,
+        limits: false,
+        ..Default::default()
+    })
+    .await;
+    let (_, b) = hook(&sb, "crm.lead.list", json!({"select": ["ID"]})).await;
+    assert_eq!(
+        (
+            b["result"].as_array().unwrap().len(),
+            b["next"].clone(),
+            b["total"].clone()
+        ),
+        (50, json!(50), json!(120))
+    );
+    let (_, b) = hook(&sb, "crm.lead.list", json!({"start": 100})).await;
+    assert_eq!(b["result"].as_array().unwrap().len(), 20);
+    assert!(b.get("next").is_none(), "no next on the last page");
+    let (_, b) = hook(&sb, "crm.lead.list", json!({"start": 500})).await;
+    assert_eq!(b["result"], json!([]));
+    // start=-1: no counting, no next; keyset by ID.
+    let (_, b) = hook(
+        &sb,
+        "crm.lead.list",
+        json!({"start": -1, "order": {"ID": "ASC"}, "filter": {">ID": 100}, "select": ["ID"]}),
+    )
+    .await;
+    let ids: Vec<&str> = b["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ID"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 20);
+    assert_eq!(ids[0], "101");
+    assert!(b.get("next").is_none());
+    assert_eq!(b["total"], json!(0));
+    // Values are strings, as on the portal; crm.item is typed camelCase.
+    let (_, b) = hook(&sb, "crm.lead.get", json!({"ID": 5})).await;
+    assert_eq!(b["result"]["ID"], json!("5"));
+    assert!(b["result"]["OPPORTUNITY"].is_string());
+    let (_, b) = hook(
+        &sb,
+        "crm.item.list",
+        json!({"entityTypeId": 1, "select": ["id", "title"], "order": {"id": "DESC"}}),
+    )
+    .await;
+    assert_eq!(b["result"]["items"][0]["id"], json!(120));
+    assert_eq!(b["total"], json!(120));
+    // Filter operators.
+    let (_, b) = hook(
+        &sb,
+        "crm.lead.list",
+        json!({"filter": {"@ID": [3, 4, 200], "!ID": 4}, "select": ["ID"]}),
+    )
+    .await;
+    assert_eq!(b["result"], json!([{"ID": "3"}]));
+    let (s, b) = hook(
+        &sb,
+        "crm.item.list",
+        json!({"entityTypeId": 1, "filter": {"bogusField": 1}}),
+    )
+    .await;
+    assert_eq!((s, err(&b).0), (400, "INVALID_ARG_VALUE"));
+}
+
+#[tokio::test]
+async fn batch_substitution_halt_and_limits() {
+    let sb = start(SandboxConfig {
+        limits: false,
+        ..Default::default()
+    })
+    .await;
+    let (_, b) = hook(
+        &sb,
+        "batch",
+        json!({"halt": 0, "cmd": {
+            "a": "crm.lead.add?fields[TITLE]=A%26B",
+            "b": "crm.lead.get?id=$result[a]",
+            "bad": "crm.lead.get?id=424242",
+            "c": "crm.lead.list?filter[ID]=$result[a]&select[]=TITLE"
+        }}),
+    )
+    .await;
+    let r = &b["result"];
+    assert_eq!(r["result"]["b"]["TITLE"], "A&B");
+    assert_eq!(r["result"]["c"][0]["TITLE"], "A&B");
+    assert_eq!(r["result_error"]["bad"]["error_description"], "Not found");
+    assert_eq!(r["result_total"]["c"], json!(1));
+    assert!(
+        r["result_next"] == json!([]),
+        "empty maps are PHP empty arrays"
+    );
+    // halt stops at the first failure: later commands are absent everywhere.
+    let (_, b) = hook(
+        &sb,
+        "batch",
+        json!({"halt": 1, "cmd": ["crm.lead.get?id=424242", "server.time"]}),
+    )
+    .await;
+    assert_eq!(b["result"]["result"], json!([]));
+    assert!(
+        b["result"]["result_error"]
+            .as_array()
+            .map(|a| a.len() == 1)
+            .unwrap_or(false),
+        "{b}"
+    );
+    // An unresolved reference is sent on as literal text (that's the portal's behaviour).
+    let (_, b) = hook(
+        &sb,
+        "batch",
+        json!({"cmd": {"x": "crm.lead.get?id=$result[nope][ID]"}}),
+    )
+    .await;
+    assert_eq!(
+        b["result"]["result_error"]["x"]["error_description"],
+        "ID is not defined or invalid."
+    );
+    let cmds: Vec<String> = (0..51).map(|_| "server.time".to_string()).collect();
+    let (s, b) = hook(&sb, "batch", json!({"cmd": cmds})).await;
+    assert_eq!((s, err(&b).0), (400, "ERROR_BATCH_LENGTH_EXCEEDED"));
+    let (s, b) = hook(
+        &sb,
+        "batch",
+        json!({"cmd": {"x": "batch?cmd[y]=server.time"}}),
+    )
+    .await;
+    assert_eq!((s, err(&b).0), (405, "ERROR_BATCH_METHOD_NOT_ALLOWED"));
+    // A batch is one request against the bucket.
+    assert_eq!(sb.stats().methods["batch"], 5);
+}
+
+#[tokio::test]
+async fn leaky_bucket_capacity_and_drain() {
+    let sb = start(SandboxConfig {
+        manual_clock: true,
+        ..Default::default()
+    })
+    .await; // standard: 50, 2/s
+    for i in 0..50 {
+        let (s, _) = hook(&sb, "server.time", json!({})).await;
+        assert_eq!(s, 200, "request {i} within the burst");
+    }
+    let (s, b) = hook(&sb, "server.time", json!({})).await;
+    assert_eq!(
+        (s, err(&b)),
+        (503, ("QUERY_LIMIT_EXCEEDED", "Too many requests"))
+    );
+    sb.advance_clock(Duration::from_secs(1)); // drains two
+    assert_eq!(hook(&sb, "server.time", json!({})).await.0, 200);
+    assert_eq!(hook(&sb, "server.time", json!({})).await.0, 200);
+    assert_eq!(hook(&sb, "server.time", json!({})).await.0, 503);
+    let st = sb.stats();
+    assert_eq!((st.count_503, st.max_bucket_level.round()), (2, 50.0));
+    let ent = start(SandboxConfig {
+        plan: b24_sandbox::Plan::Enterprise,
+        manual_clock: true,
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..250 {
+        assert_eq!(hook(&ent, "server.time", json!({})).await.0, 200);
+    }
+    assert_eq!(hook(&ent, "server.time", json!({})).await.0, 503);
+}
+
+#[tokio::test]
+async fn operating_limit_blocks_one_method_and_resets() {
+    let sb = start(SandboxConfig {
+        seed_leads: 10,
+        operating_limit_secs: 0.1,
+        cost_scale: 10.0,
+        manual_clock: true,
+        ..Default::default()
+    })
+    .await;
+    let (s, b) = hook(&sb, "crm.lead.list", json!({})).await;
+    assert_eq!(s, 200);
+    let t = &b["time"];
+    assert!(t["operating"].as_f64().unwrap() > 0.1);
+    let reset = t["operating_reset_at"].as_i64().unwrap();
+    let (s, b) = hook(&sb, "crm.lead.list", json!({})).await;
+    assert_eq!((s, err(&b).0), (429, "OPERATION_TIME_LIMIT"));
+    // Other methods keep working.
+    assert_eq!(hook(&sb, "crm.deal.list", json!({})).await.0, 200);
+    sb.advance_clock(Duration::from_secs(601));
+    let (s, b) = hook(&sb, "crm.lead.list", json!({})).await;
+    assert_eq!(s, 200, "unblocked after the baskets expired");
+    assert!(b["time"]["operating_reset_at"].as_i64().unwrap() > reset);
+}
+
+#[tokio::test]
+async fn offline_events_process_id_semantics() {
+    let sb = start(SandboxConfig {
+        limits: false,
+        ..Default::default()
+    })
+    .await;
+    let (s, _) = app(
+        &sb,
+        "event.bind",
+        json!({"event": "ONCRMLEADADD", "event_type": "offline"}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    app(
+        &sb,
+        "event.bind",
+        json!({"event": "ONCRMLEADUPDATE", "event_type": "offline"}),
+    )
+    .await;
+    for t in ["a", "b", "c"] {
+        hook(&sb, "crm.lead.add", json!({"fields": {"TITLE": t}})).await;
+    }
+    for _ in 0..5 {
+        hook(
+            &sb,
+            "crm.lead.update",
+            json!({"id": 1, "fields": {"TITLE": "z"}}),
+        )
+        .await;
+    }
+    let (_, b) = app(&sb, "event.offline.list", json!({})).await;
+    assert_eq!(
+        b["total"],
+        json!(4),
+        "three adds and one coalesced update: {b}"
+    );
+    let row = &b["result"][0];
+    for k in [
+        "ID",
+        "TIMESTAMP_X",
+        "EVENT_NAME",
+        "EVENT_DATA",
+        "EVENT_ADDITIONAL",
+        "MESSAGE_ID",
+        "PROCESS_ID",
+        "ERROR",
+    ] {
+        assert!(row.get(k).is_some(), "offline rows carry {k}");
+    }
+    let (_, g1) = app(&sb, "event.offline.get", json!({"clear": 0, "limit": 3})).await;
+    let p1 = g1["result"]["process_id"].as_str().unwrap().to_string();
+    assert_eq!(g1["result"]["events"].as_array().unwrap().len(), 3);
+    assert_eq!(g1["result"]["events"][0]["EVENT_DATA"]["FIELDS"]["ID"], "1");
+    let (_, g2) = app(&sb, "event.offline.get", json!({"clear": 0})).await;
+    let p2 = g2["result"]["process_id"].as_str().unwrap().to_string();
+    assert_ne!(p1, p2);
+    assert_eq!(
+        g2["result"]["events"].as_array().unwrap().len(),
+        1,
+        "reserved rows are hidden from other readers"
+    );
+    let (_, again) = app(&sb, "event.offline.get", json!({"process_id": p1})).await;
+    assert_eq!(
+        again["result"]["events"], g1["result"]["events"],
+        "re-read by process_id"
+    );
+    app(&sb, "event.offline.clear", json!({"process_id": p1})).await;
+    let (_, b) = app(&sb, "event.offline.list", json!({})).await;
+    assert_eq!(b["total"], json!(1));
+    let mid = g2["result"]["events"][0]["MESSAGE_ID"].clone();
+    app(
+        &sb,
+        "event.offline.error",
+        json!({"process_id": p2, "message_id": [mid]}),
+    )
+    .await;
+    let (_, b) = app(&sb, "event.offline.list", json!({})).await;
+    assert_eq!(b["result"][0]["ERROR"], "1");
+    let (_, g) = app(&sb, "event.offline.get", json!({"clear": 0})).await;
+    assert_eq!(g["result"]["events"], json!([]));
+    let (_, g) = app(&sb, "event.offline.get", json!({"clear": 1, "error": 1})).await;
+    assert_eq!(g["result"]["events"].as_array().unwrap().len(), 1);
+    assert_eq!(g["result"]["process_id"], Value::Null);
+    let (_, b) = app(&sb, "event.offline.list", json!({})).await;
+    assert_eq!(b["total"], json!(0));
+    let (s, b) = app(&sb, "event.offline.clear", json!({})).await;
+    assert_eq!((s, err(&b).0), (400, "ERROR_REQUIRED_PARAMETERS_MISSING"));
+}
+
+#[tokio::test]
+async fn online_events_are_delivered_form_encoded_once() {
+    use std::sync::{Arc, Mutex};
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let g2 = got.clone();
+    let app_router = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let g = g2.clone();
+            async move {
+                g.lock().unwrap().push(body);
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR // the portal must not retry
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app_router).await.unwrap() });
+    let sb = start(SandboxConfig {
+        limits: false,
+        ..Default::default()
+    })
+    .await;
+    app(
+        &sb,
+        "event.bind",
+        json!({"event": "ONCRMDEALADD", "handler": format!("http://{addr}/hook")}),
+    )
+    .await;
+    let (s, b) = app(
+        &sb,
+        "event.bind",
+        json!({"event": "ONCRMDEALADD", "handler": format!("http://{addr}/hook")}),
+    )
+    .await;
+    assert_eq!((s, err(&b).0), (400, "ERROR_HANDLER_ALREADY_EXIST"));
+    hook(&sb, "crm.deal.add", json!({"fields": {"TITLE": "d"}})).await;
+    for _ in 0..50 {
+        if !got.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "delivered once, never redelivered");
+    let body = &got[0];
+    assert!(body.contains("event=ONCRMDEALADD"));
+    assert!(body.contains("data%5BFIELDS%5D%5BID%5D=1"));
+    assert!(body.contains(&format!(
+        "auth%5Bapplication_token%5D={}",
+        sb.info().application_token
+    )));
+    assert!(body.contains(&format!("auth%5Bmember_id%5D={}", sb.info().member_id)));
+}
+
+#[tokio::test]
+async fn oauth_server_rotates_refresh_tokens() {
+    let sb = start(SandboxConfig::default()).await;
+    let i = sb.info().clone();
+    let url = |rt: &str, secret: &str| {
+        format!(
+            "{}?grant_type=refresh_token&client_id={}&client_secret={secret}&refresh_token={rt}",
+            i.oauth_token_url, i.client_id
+        )
+    };
+    let r = http()
+        .get(url(&i.refresh_token, &i.client_secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let pair: Value = r.json().await.unwrap();
+    assert_ne!(pair["refresh_token"], json!(i.refresh_token));
+    assert_eq!(pair["member_id"], json!(i.member_id));
+    assert_eq!(pair["expires_in"], json!(3600));
+    // The old refresh token was consumed.
+    let r = http()
+        .get(url(&i.refresh_token, &i.client_secret))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_grant");
+    let r = http()
+        .get(url(pair["refresh_token"].as_str().unwrap(), "bad"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // The new access token works.
+    let r = http()
+        .post(format!("{}/rest/profile", i.base_url))
+        .json(&json!({"auth": pair["access_token"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(sb.stats().refreshes, 1);
+    // Authorization code flow: authorize → redirect with code → exchange.
+    let nr = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = nr
+        .get(format!(
+            "{}?client_id={}&state=s1&redirect_uri=http://127.0.0.1:9/cb",
+            i.oauth_authorize_url, i.client_id
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(loc.starts_with("http://127.0.0.1:9/cb?code=") && loc.contains("state=s1"));
+    let code = loc
+        .split("code=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let r = http()
+        .get(format!(
+            "{}?grant_type=authorization_code&client_id={}&client_secret={}&code={code}",
+            i.oauth_token_url, i.client_id, i.client_secret
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn rest_v3_idempotency_key() {
+    let sb = start(SandboxConfig::default()).await;
+    let url = format!(
+        "{}/rest/api/1/{}/tasks.task.add",
+        sb.base_url(),
+        sb.info().webhook_code
+    );
+    let body = json!({"fields": {"title": "Call back"}});
+    let send = |key: &str, body: &Value| {
+        http()
+            .post(&url)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .send()
+    };
+    let r1 = send("k1", &body).await.unwrap();
+    assert_eq!(r1.status(), 200);
+    assert!(r1.headers().get("idempotent-replayed").is_none());
+    let v1: Value = r1.json().await.unwrap();
+    let r2 = send("k1", &body).await.unwrap();
+    assert_eq!(r2.headers()["idempotent-replayed"], "true");
+    assert_eq!(r2.json::<Value>().await.unwrap()["result"], v1["result"]);
+    let r3 = send("k1", &json!({"fields": {"title": "other"}}))
+        .await
+        .unwrap();
+    assert_eq!(r3.status(), 422);
+    let v3: Value = r3.json().await.unwrap();
+    assert_eq!(
+        v3["error"]["code"],
+        "BITRIX_REST_V3_EXCEPTION_IDEMPOTENCYKEYREUSEDEXCEPTION"
+    );
+    let r4 = send("k2", &body).await.unwrap();
+    let v4: Value = r4.json().await.unwrap();
+    assert_ne!(v4["result"]["item"]["id"], v1["result"]["item"]["id"]);
+    // v3 wants JSON only and reads no query string.
+    let r = http()
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("fields[title]=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "BITRIX_REST_V3_EXCEPTION_INVALIDJSONEXCEPTION"
+    );
+    let get = format!(
+        "{}/rest/api/1/{}/tasks.task.get?id=1",
+        sb.base_url(),
+        sb.info().webhook_code
+    );
+    let r = http().get(&get).send().await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "BITRIX_REST_V3_EXCEPTION_VALIDATION_REQUESTVALIDATIONEXCEPTION"
+    );
+}
+
+#[tokio::test]
+async fn form_and_multipart_bodies() {
+    let sb = start(SandboxConfig {
+        limits: false,
+        ..Default::default()
+    })
+    .await;
+    let url = format!("{}crm.contact.add", sb.info().webhook_url);
+    let r = http()
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            "fields[NAME]=Ann&fields[EMAIL][0][VALUE]=ann%40x.io&fields[EMAIL][0][VALUE_TYPE]=WORK",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["result"], json!(1));
+    let form = reqwest::multipart::Form::new().text("fields[NAME]", "Bob");
+    let r = http().post(&url).multipart(form).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["result"], json!(2));
+    let r = http()
+        .get(format!("{}crm.contact.get?id=1", sb.info().webhook_url))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["result"]["NAME"], "Ann");
+    assert_eq!(v["result"]["HAS_EMAIL"], "Y");
+    let (_, v) = hook(
+        &sb,
+        "crm.contact.list",
+        json!({"select": ["ID", "EMAIL"], "filter": {"EMAIL": "ann@x.io"}}),
+    )
+    .await;
+    assert_eq!(v["result"][0]["EMAIL"][0]["VALUE"], "ann@x.io");
+}

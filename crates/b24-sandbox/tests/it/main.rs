@@ -1,0 +1,4 @@
+//! Conformance of the sandbox with the protocol reference, checked with a plain HTTP client
+//! (never the b24 client, so a shared misunderstanding cannot hide).
+
+mod conformance;
