@@ -1,1 +1,35 @@
-//! placeholder
+//! # b24-guard — guardrails for Bitrix24 calls made by agents
+//!
+//! Pure policy, no HTTP: the CLI and the MCP server both run every call through here, so the
+//! same gates hold whichever front end an agent uses.
+//!
+//! - [`catalog`]: every documented method with its scope, risk class, pack and doc link (data in
+//!   `data/catalog.tsv`, generated from the official method list plus reviewed rules and overrides);
+//! - [`policy`]: allow/deny globs, packs, read-only, confirmations, plans-required — with an
+//!   operator file the calling agent cannot loosen;
+//! - [`store`]: plans (plan → apply exactly once), idempotency records and the write budget,
+//!   in one SQLite file (mode 0600) in the state dir;
+//! - [`audit`]: the append-only, hash-chained JSONL audit log, with secrets redacted.
+
+pub mod audit;
+pub mod catalog;
+pub mod policy;
+pub mod redact;
+pub mod store;
+
+pub use catalog::{Catalog, MethodInfo, Risk};
+pub use policy::{Policy, PolicyFile, Refusal};
+
+/// Errors of the guard's stores.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuardError {
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("guard store: {0}")]
+    Store(String),
+    #[error("policy file {path}: {reason}")]
+    PolicyFile { path: String, reason: String },
+    #[error("audit log {path}: {reason}")]
+    Audit { path: String, reason: String },
+}
