@@ -8,19 +8,33 @@ use support::*;
 async fn call_prints_result_and_raw_envelope() {
     let sb = sandbox_with_leads(60).await;
     let env = Env::webhook(&sb);
-    let o = env.run(&["call", "crm.lead.list", "--params", r#"{"select":["ID"]}"#]).await;
+    let o = env
+        .run(&["call", "crm.lead.list", "--params", r#"{"select":["ID"]}"#])
+        .await;
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(json(&o).as_array().unwrap().len(), 50);
     let o = env.run(&["call", "crm.lead.list", "--raw"]).await;
     let v = json(&o);
-    assert_eq!((v["next"].as_u64(), v["total"].as_u64()), (Some(50), Some(60)));
+    assert_eq!(
+        (v["next"].as_u64(), v["total"].as_u64()),
+        (Some(50), Some(60))
+    );
     assert!(v["time"]["operating"].is_number());
     // params from stdin and from a file
-    let o = env.run_stdin(&["call", "crm.lead.get", "--params", "-"], r#"{"id": 7}"#).await;
+    let o = env
+        .run_stdin(&["call", "crm.lead.get", "--params", "-"], r#"{"id": 7}"#)
+        .await;
     assert_eq!(json(&o)["ID"], "7");
     let f = env.dir.path().join("p.json");
     std::fs::write(&f, r#"{"ID": 8}"#).unwrap();
-    let o = env.run(&["call", "crm.lead.get", "--params", &format!("@{}", f.display())]).await;
+    let o = env
+        .run(&[
+            "call",
+            "crm.lead.get",
+            "--params",
+            &format!("@{}", f.display()),
+        ])
+        .await;
     assert_eq!(json(&o)["ID"], "8");
 }
 
@@ -28,14 +42,30 @@ async fn call_prints_result_and_raw_envelope() {
 async fn errors_map_to_exit_codes() {
     let sb = sandbox_with_leads(1).await;
     let env = Env::webhook(&sb);
+    // Unknown methods count as destructive until proven otherwise.
     let o = env.run(&["call", "no.such.method"]).await;
+    assert_eq!(code(&o), 4);
+    let o = env
+        .run(&["call", "no.such.method", "--confirm-destructive"])
+        .await;
     assert_eq!(code(&o), 3);
-    assert!(stderr(&o).contains("ERROR_METHOD_NOT_FOUND"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("ERROR_METHOD_NOT_FOUND"),
+        "{}",
+        stderr(&o)
+    );
     assert!(o.stdout.is_empty(), "errors never go to stdout");
-    let o = env.run(&["call", "crm.lead.get", "--params", "{not json"]).await;
+    let o = env
+        .run(&["call", "crm.lead.get", "--params", "{not json"])
+        .await;
     assert_eq!(code(&o), 2);
     let mut bad = Env::webhook(&sb);
-    bad.set("B24_WEBHOOK_URL", &sb.info().webhook_url.replace(&sb.info().webhook_code, "wrongcode1234567"));
+    bad.set(
+        "B24_WEBHOOK_URL",
+        &sb.info()
+            .webhook_url
+            .replace(&sb.info().webhook_code, "wrongcode1234567"),
+    );
     let o = bad.run(&["call", "user.current"]).await;
     assert_eq!(code(&o), 5, "{}", stderr(&o));
     assert!(stderr(&o).contains("NO_AUTH_FOUND"));
@@ -43,7 +73,10 @@ async fn errors_map_to_exit_codes() {
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("B24_WEBHOOK_URL"));
     let mut insecure = Env::bare();
-    insecure.set("B24_WEBHOOK_URL", "http://portal.example.com/rest/1/abcdefabcdef/");
+    insecure.set(
+        "B24_WEBHOOK_URL",
+        "http://portal.example.com/rest/1/abcdefabcdef/",
+    );
     let o = insecure.run(&["call", "user.current"]).await;
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("plain http"), "{}", stderr(&o));
@@ -51,16 +84,31 @@ async fn errors_map_to_exit_codes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn write_timeout_exits_7_without_resending() {
-    let sb = sandbox(SandboxConfig { limits: false, ..Default::default() }).await;
+    let sb = sandbox(SandboxConfig {
+        limits: false,
+        ..Default::default()
+    })
+    .await;
     sb.set_faults("timeout=1".parse().unwrap());
     let mut env = Env::webhook(&sb);
     env.set("B24_TIMEOUT_SECS", "0.5");
     let o = env
-        .run(&["call", "crm.lead.add", "--params", r#"{"fields":{"TITLE":"t"}}"#, "--confirm-write", "--idempotency-key", "order-77"])
+        .run(&[
+            "call",
+            "crm.lead.add",
+            "--params",
+            r#"{"fields":{"TITLE":"t"}}"#,
+            "--confirm-write",
+            "--idempotency-key",
+            "order-77",
+        ])
         .await;
     assert_eq!(code(&o), 7, "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("outcome unknown") && err.contains("not resent"), "{err}");
+    assert!(
+        err.contains("outcome unknown") && err.contains("not resent"),
+        "{err}"
+    );
     assert_eq!(calls_of(&sb, "crm.lead.add"), 1);
 }
 
@@ -96,12 +144,19 @@ async fn two_processes_share_one_bucket() {
             threads.push(std::thread::spawn(move || {
                 for mut c in cmds {
                     let o = c.output().unwrap();
-                    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+                    assert_eq!(
+                        o.status.code(),
+                        Some(0),
+                        "{}",
+                        String::from_utf8_lossy(&o.stderr)
+                    );
                 }
             }));
         }
         for t in threads {
-            tokio::task::spawn_blocking(move || t.join().unwrap()).await.unwrap();
+            tokio::task::spawn_blocking(move || t.join().unwrap())
+                .await
+                .unwrap();
         }
         sb.stats()
     }
@@ -111,14 +166,22 @@ async fn two_processes_share_one_bucket() {
     assert_eq!(shared.methods["server.time"], 72);
     // Control: processes that each keep their own bucket overrun the portal.
     let separate = load("memory").await;
-    assert!(separate.count_503 > 0, "per-process limiters should have drawn 503s: {separate:?}");
+    assert!(
+        separate.count_503 > 0,
+        "per-process limiters should have drawn 503s: {separate:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_leave_the_process() {
     let sb = sandbox_with_leads(5).await;
     let i = sb.info().clone();
-    let secrets = vec![i.webhook_code.clone(), i.access_token.clone(), i.refresh_token.clone(), i.client_secret.clone()];
+    let secrets = vec![
+        i.webhook_code.clone(),
+        i.access_token.clone(),
+        i.refresh_token.clone(),
+        i.client_secret.clone(),
+    ];
     let mut outputs = Vec::new();
     let wh = Env::webhook(&sb);
     let oa = Env::oauth(&sb);
@@ -126,8 +189,20 @@ async fn secrets_never_leave_the_process() {
         vec!["call", "crm.lead.list", "--raw"],
         vec!["-vvv", "call", "user.current"],
         vec!["call", "no.such.method"],
-        vec!["call", "crm.lead.add", "--params", r#"{"fields":{"TITLE":"x"}}"#, "--dry-run"],
-        vec!["call", "crm.lead.add", "--params", r#"{"fields":{"TITLE":"x"}}"#, "--confirm-write"],
+        vec![
+            "call",
+            "crm.lead.add",
+            "--params",
+            r#"{"fields":{"TITLE":"x"}}"#,
+            "--dry-run",
+        ],
+        vec![
+            "call",
+            "crm.lead.add",
+            "--params",
+            r#"{"fields":{"TITLE":"x"}}"#,
+            "--confirm-write",
+        ],
     ] {
         outputs.push(wh.run(&args).await);
         outputs.push(oa.run(&args).await);
@@ -144,7 +219,11 @@ async fn secrets_never_leave_the_process() {
             if name.starts_with("tokens-") {
                 continue; // the token store holds tokens by design (0600)
             }
-            assert_no_secrets(&f.display().to_string(), &std::fs::read(&f).unwrap(), &secrets);
+            assert_no_secrets(
+                &f.display().to_string(),
+                &std::fs::read(&f).unwrap(),
+                &secrets,
+            );
         }
     }
 }

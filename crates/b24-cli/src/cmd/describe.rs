@@ -1,13 +1,82 @@
-//! `b24 describe`: describe one method from the catalog.
+//! `b24 describe`: one method from the catalog — scope, risk, version, paging, idempotency,
+//! documentation link and the errors to expect.
 
+use b24_guard::{Catalog, Risk};
+use serde_json::json;
+
+use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Example:
+  b24 describe crm.deal.list")]
+pub struct Args {
+    /// Method name, e.g. `crm.deal.list`.
+    pub method: String,
+}
 
-pub async fn run(_args: Args, _g: &Globals) -> anyhow::Result<i32> {
-    Err(crate::exit::Exit::new(
-        crate::exit::USAGE,
-        "`b24 describe` is not built yet",
-    ))
+pub async fn run(args: Args, _g: &Globals) -> anyhow::Result<i32> {
+    let cat = Catalog::builtin();
+    let Some(m) = cat.get(&args.method) else {
+        let close: Vec<String> = cat
+            .search(args.method.rsplit('.').nth(1), None, None)
+            .iter()
+            .take(8)
+            .map(|m| m.name.clone())
+            .collect();
+        return Err(Exit::new(
+            exit::API,
+            format!(
+                "`{}` is not in the catalog of documented methods; similar: {}",
+                args.method,
+                close.join(", ")
+            ),
+        ));
+    };
+    let mut errors = vec![
+        json!({"code": "QUERY_LIMIT_EXCEEDED", "http": 503, "fix": "b24 retries automatically; lower concurrency"}),
+        json!({"code": "OPERATION_TIME_LIMIT", "http": 429, "fix": "b24 waits until operating_reset_at; request fewer fields/pages"}),
+        json!({"code": "insufficient_scope", "http": 403, "fix": format!("grant the `{}` scope to the webhook or app", m.scope)}),
+        json!({"code": "NO_AUTH_FOUND", "http": 401, "fix": "check B24_WEBHOOK_URL / the token (`b24 doctor`)"}),
+    ];
+    if m.who_can_call
+        .to_ascii_lowercase()
+        .contains("administrator")
+    {
+        errors
+            .push(json!({"code": "ACCESS_DENIED", "http": 403, "fix": "call as an administrator"}));
+    }
+    if m.name.starts_with("event.") {
+        errors.push(json!({"code": "WRONG_AUTH_TYPE", "http": 403, "fix": "application (OAuth) context required; webhooks cannot call it"}));
+    }
+    if m.name.starts_with("crm.") {
+        errors.push(json!({"code": "", "http": 400, "fix": "legacy CRM methods use an empty code with a description such as \"Not found\""}));
+    }
+    let confirm = match m.risk {
+        Risk::Read => None,
+        Risk::Destructive => Some("--confirm-destructive"),
+        _ => Some("--confirm-write"),
+    };
+    let paging = if m.lists {
+        json!({"pages_of": 50, "export": format!("b24 export {} (keyset by ID, 50 lists per batch, no counting)", m.name)})
+    } else {
+        json!(null)
+    };
+    let out = json!({
+        "name": m.name,
+        "scope": m.scope,
+        "risk": m.risk,
+        "needs": confirm,
+        "pack": m.pack,
+        "api": m.api,
+        "lists": m.lists,
+        "paging": paging,
+        "idempotent": m.idempotent,
+        "deprecated": m.deprecated,
+        "who_can_call": m.who_can_call,
+        "doc": m.doc_url(),
+        "common_errors": errors,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(exit::OK)
 }

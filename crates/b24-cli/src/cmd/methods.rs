@@ -1,13 +1,58 @@
-//! `b24 methods`: search the method catalog.
+//! `b24 methods`: search the method catalog (1,600+ documented methods).
 
+use b24_guard::{Catalog, Risk};
+
+use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:
+  b24 methods --search deal --risk read
+  b24 methods --pack automation
+  b24 methods --packs-summary")]
+pub struct Args {
+    /// Substring of the method name (or a scope).
+    #[arg(long, short = 's')]
+    pub search: Option<String>,
+    /// Only this capability pack (core, comms, automation, collab, content, boards, commerce, …).
+    #[arg(long)]
+    pub pack: Option<String>,
+    /// Only this risk class (read, write, admin, destructive).
+    #[arg(long)]
+    pub risk: Option<String>,
+    /// Print each pack with its method count instead.
+    #[arg(long)]
+    pub packs_summary: bool,
+}
 
-pub async fn run(_args: Args, _g: &Globals) -> anyhow::Result<i32> {
-    Err(crate::exit::Exit::new(
-        crate::exit::USAGE,
-        "`b24 methods` is not built yet",
-    ))
+pub async fn run(args: Args, _g: &Globals) -> anyhow::Result<i32> {
+    let cat = Catalog::builtin();
+    if args.packs_summary {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for m in cat.search(None, None, None) {
+            *counts.entry(m.pack.clone()).or_default() += 1;
+        }
+        println!("{}", serde_json::to_string_pretty(&counts)?);
+        return Ok(exit::OK);
+    }
+    let risk = match &args.risk {
+        Some(r) => Some(Risk::parse(r).ok_or_else(|| {
+            Exit::new(
+                exit::USAGE,
+                format!("--risk must be read, write, admin or destructive, not `{r}`"),
+            )
+        })?),
+        None => None,
+    };
+    let found = cat.search(args.search.as_deref(), args.pack.as_deref(), risk);
+    for m in &found {
+        println!(
+            "{}",
+            serde_json::json!({"name": m.name, "scope": m.scope, "risk": m.risk, "pack": m.pack, "api": m.api, "lists": m.lists, "deprecated": m.deprecated, "doc": m.doc_url()})
+        );
+    }
+    if found.is_empty() {
+        eprintln!("b24: no method matches");
+    }
+    Ok(exit::OK)
 }
