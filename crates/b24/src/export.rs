@@ -1,1 +1,851 @@
-//! (in progress)
+//! Whole lists as a stream of items, at the portal's ceiling (reference §6, §7).
+//!
+//! # Keyset over ID ranges (strategy `keyset`, the default for `auto`)
+//!
+//! One `batch` request first asks for the smallest and the largest ID (`order ID ASC` and `DESC`,
+//! `start=-1`, `select ID`: two cheap commands, no counting). The span `(min-1, max]` is then
+//! cut into sub-ranges, and every list command covers one of them:
+//! `filter {">ID": lo, "<=ID": hi}`, `order {ID: ASC}`, `start=-1`. Fifty such commands go into
+//! one request, so a request returns up to 2,500 items, and several requests are in flight at
+//! once (the client's limiter keeps them within the portal's rate budget).
+//!
+//! Why ranges rather than chaining `$result[prev][49][ID]` inside one request: a chain needs no
+//! density estimate, but when a page comes back short (a gap, the end of the data) every later
+//! command in the chain gets an unresolved reference, which the portal sends on as literal text
+//! (reference §5.2) — wasted commands at best, a wrong filter at worst — and a chain cannot be
+//! split across parallel requests. Ranges are independent, so they parallelise, and each is
+//! sized from the density observed so far (`width = 50 / items-per-ID`). With the usual dense
+//! auto-increment IDs a range of 50 IDs holds exactly 50 items: N items cost ⌈N/2,500⌉ requests
+//! plus the probe. A range that comes back full (50 items) but ends before its upper bound keeps
+//! its remainder `(last, hi]` as new work; a short page closes its range.
+//!
+//! Exactly once: every ID belongs to exactly one pending range, an item is emitted only by the
+//! command whose range holds its ID (items outside it are dropped), and a range shrinks only past
+//! emitted IDs. Records added or deleted during the export cannot shift anything, unlike offsets.
+//!
+//! # Offset (`offset`)
+//!
+//! For methods that cannot be keyed: `start = 0, 50, …`, also packed 50 pages to a request once
+//! the first page has told the total. Offsets shift if records are added or deleted meanwhile;
+//! that is the method's limitation, not ours.
+//!
+//! # Resuming
+//!
+//! Every [`Page`] carries a [`Progress`]: the ranges not yet emitted (including those in
+//! flight), counted items and the request's identity. Write the page's items first, then the
+//! progress (see [`Progress::prepare`]): a restart from that file emits the rest exactly once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sha2::Digest;
+use tokio::task::JoinSet;
+
+use crate::Error;
+use crate::batch::{MAX_COMMANDS, Outcome, Reply, Transport, query};
+use crate::envelope::lenient_u64;
+use crate::error::ApiError;
+
+/// The page size of v2 list methods.
+const PAGE: usize = 50;
+
+/// Consecutive failed requests (after the client's own retries) an export survives.
+const EXPORT_RETRIES: u32 = 3;
+
+/// How to page through a list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Keyset when the method can be keyed by ID, offset otherwise.
+    #[default]
+    Auto,
+    Keyset,
+    Offset,
+}
+
+/// What to export.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub method: String,
+    /// The list method's params (`filter`, `select`, ...). `order` and `start` are set by the
+    /// exporter.
+    pub params: Value,
+    pub strategy: Strategy,
+    /// Requests in flight at once (each up to 50 commands).
+    pub concurrency: usize,
+    /// Continue from a saved [`Progress`] (it must match method and params).
+    pub resume: Option<Progress>,
+}
+
+impl ExportOptions {
+    pub fn new(method: &str, params: Value) -> ExportOptions {
+        ExportOptions {
+            method: method.to_string(),
+            params,
+            strategy: Strategy::Auto,
+            concurrency: 4,
+            resume: None,
+        }
+    }
+}
+
+/// Where an export stands; serialised as the checkpoint file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub version: u32,
+    pub method: String,
+    /// SHA-256 of the method and params, so a checkpoint is not applied to another export.
+    pub params_digest: String,
+    /// `keyset` or `offset` (never `auto`).
+    pub strategy: Strategy,
+    /// Keyset: ID ranges `(lo, hi]` not yet emitted. Offset: page-number ranges `(lo, hi]`.
+    pub pending: Vec<(u64, u64)>,
+    /// Items emitted so far.
+    pub emitted: u64,
+    /// The list's total, when known (offset), or an estimate from the ID span (keyset).
+    pub total: Option<u64>,
+    /// True once the probe has run (`pending` is meaningful).
+    pub started: bool,
+}
+
+impl Progress {
+    fn fresh(opts: &ExportOptions, strategy: Strategy) -> Progress {
+        Progress {
+            version: 1,
+            method: opts.method.clone(),
+            params_digest: digest(&opts.method, &opts.params),
+            strategy,
+            pending: Vec::new(),
+            emitted: 0,
+            total: None,
+            started: false,
+        }
+    }
+
+    /// True when nothing remains.
+    pub fn is_done(&self) -> bool {
+        self.started && self.pending.is_empty()
+    }
+
+    /// Read a checkpoint; `Ok(None)` when the file does not exist.
+    pub fn load(path: &Path) -> Result<Option<Progress>, Error> {
+        match std::fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                Error::State(format!("checkpoint {} is not valid: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::State(format!(
+                "cannot read checkpoint {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// Write the checkpoint to a temporary file next to `path` and fsync it, without making it
+    /// visible. The intended order is: prepare, write and flush the page's items, then
+    /// [`Prepared::commit`] (one `rename`). A kill before the items are flushed loses nothing
+    /// (the visible checkpoint still lists the page's ranges as pending and nothing of the page
+    /// was written); a kill after the commit loses nothing either. Only a kill in the instant
+    /// between the flush and the rename — no await point, no allocation between them — would
+    /// make a resume repeat that one page; the order never loses an item.
+    pub fn prepare(&self, path: &Path) -> Result<Prepared, Error> {
+        use std::io::Write;
+        let tmp = tmp_path(path);
+        let io = |e: std::io::Error| {
+            Error::State(format!("cannot write checkpoint {}: {e}", path.display()))
+        };
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        let body = serde_json::to_vec(self).map_err(|e| Error::State(e.to_string()))?;
+        f.write_all(&body).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        Ok(Prepared {
+            tmp,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Prepare and commit at once.
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
+        self.prepare(path)?.commit()
+    }
+
+    /// Check that this checkpoint belongs to `opts`.
+    pub fn matches(&self, opts: &ExportOptions) -> bool {
+        self.method == opts.method && self.params_digest == digest(&opts.method, &opts.params)
+    }
+}
+
+/// A checkpoint written but not yet visible.
+#[derive(Debug)]
+pub struct Prepared {
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl Prepared {
+    pub fn commit(self) -> Result<(), Error> {
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| {
+            Error::State(format!(
+                "cannot write checkpoint {}: {e}",
+                self.path.display()
+            ))
+        })
+    }
+}
+
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+fn digest(method: &str, params: &Value) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(method.as_bytes());
+    h.update(b"\n");
+    h.update(params.to_string().as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The items of one request, in ID order per range, and the progress after them.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<Value>,
+    pub progress: Progress,
+}
+
+/// Stream pages of items. Memory is bounded by `concurrency` requests of 2,500 items.
+pub fn pages<T: Transport + Clone + 'static>(
+    transport: T,
+    opts: ExportOptions,
+) -> impl Stream<Item = Result<Page, Error>> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Page, Error>>(1);
+    tokio::spawn(async move {
+        let res = drive(transport, opts, &tx).await;
+        if let Err(e) = res {
+            let _ = tx.send(Err(e)).await;
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) })
+}
+
+/// Stream items one by one (a convenience over [`pages`]).
+pub fn items<T: Transport + Clone + 'static>(
+    transport: T,
+    opts: ExportOptions,
+) -> impl Stream<Item = Result<Value, Error>> + Send + 'static {
+    use futures::StreamExt;
+    pages(transport, opts).flat_map(|p| {
+        let v: Vec<Result<Value, Error>> = match p {
+            Ok(p) => p.items.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(v)
+    })
+}
+
+type Tx = tokio::sync::mpsc::Sender<Result<Page, Error>>;
+
+/// Field names for a method: `crm.item.*` speaks camelCase `id`.
+fn id_field(method: &str) -> &'static str {
+    let m = method.to_ascii_lowercase();
+    if m.starts_with("crm.item.") {
+        "id"
+    } else {
+        "ID"
+    }
+}
+
+/// The items of a list result: an array, `{"items": [...]}`, or a map keyed by ID.
+pub fn extract_items(result: Value) -> Vec<Value> {
+    match result {
+        Value::Array(a) => a,
+        Value::Object(mut o) => match o.remove("items") {
+            Some(Value::Array(a)) => a,
+            Some(other) => {
+                o.insert("items".into(), other);
+                o.into_iter()
+                    .map(|(_, v)| v)
+                    .filter(Value::is_object)
+                    .collect()
+            }
+            None => o
+                .into_iter()
+                .map(|(_, v)| v)
+                .filter(Value::is_object)
+                .collect(),
+        },
+        _ => Vec::new(),
+    }
+}
+
+fn id_of(item: &Value) -> Option<u64> {
+    item.get("ID")
+        .or_else(|| item.get("id"))
+        .and_then(lenient_u64)
+}
+
+fn api(method: &str, code: &str, description: String) -> Error {
+    Error::Api(ApiError {
+        code: code.into(),
+        description,
+        http_status: 200,
+        method: method.into(),
+    })
+}
+
+async fn drive<T: Transport + Clone + 'static>(
+    transport: T,
+    opts: ExportOptions,
+    tx: &Tx,
+) -> Result<(), Error> {
+    if !opts.params.is_object() && !opts.params.is_null() {
+        return Err(Error::Config("export params must be a JSON object".into()));
+    }
+    let mut probed = None;
+    let progress = match &opts.resume {
+        Some(p) if !p.matches(&opts) => {
+            return Err(Error::State(
+                "the checkpoint belongs to another export (method or params differ)".into(),
+            ));
+        }
+        Some(p) => p.clone(),
+        None => {
+            let strategy = match opts.strategy {
+                Strategy::Auto => match probe_keyset(&transport, &opts).await? {
+                    Some(span) => {
+                        probed = Some(span);
+                        Strategy::Keyset
+                    }
+                    None => Strategy::Offset,
+                },
+                s => s,
+            };
+            Progress::fresh(&opts, strategy)
+        }
+    };
+    if progress.is_done() {
+        return Ok(());
+    }
+    match progress.strategy {
+        Strategy::Offset => offset(transport, opts, progress, tx).await,
+        _ => keyset(transport, opts, progress, probed, tx).await,
+    }
+}
+
+/// Base params: the user's, with `filter` as an object and without `order`/`start`.
+fn base_params(params: &Value) -> (Map<String, Value>, Map<String, Value>) {
+    let mut base = params.as_object().cloned().unwrap_or_default();
+    let mut filter = Map::new();
+    let keys: Vec<String> = base.keys().cloned().collect();
+    for k in keys {
+        let lk = k.to_ascii_lowercase();
+        if lk == "filter" {
+            if let Some(Value::Object(f)) = base.remove(&k) {
+                filter = f;
+            }
+        } else if lk == "order" || lk == "start" {
+            base.remove(&k);
+        }
+    }
+    // Keyset needs the ID in every item.
+    if let Some(Value::Array(a)) = base
+        .iter_mut()
+        .find(|(k, _)| k.eq_ignore_ascii_case("select"))
+        .map(|(_, v)| v)
+        && !a.is_empty()
+        && !a.iter().any(|s| {
+            s.as_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case("id") || s == "*")
+        })
+    {
+        a.push(json!("ID"));
+    }
+    (base, filter)
+}
+
+#[allow(clippy::too_many_arguments)] // a private helper; a struct would only rename them
+fn keyed_command(
+    method: &str,
+    base: &Map<String, Value>,
+    filter: &Map<String, Value>,
+    idf: &str,
+    lo: Option<u64>,
+    hi: Option<u64>,
+    desc: bool,
+    id_only: bool,
+) -> String {
+    let mut p = base.clone();
+    let mut f = filter.clone();
+    if let Some(lo) = lo {
+        f.insert(format!(">{idf}"), json!(lo));
+    }
+    if let Some(hi) = hi {
+        f.insert(format!("<={idf}"), json!(hi));
+    }
+    if !f.is_empty() {
+        p.insert("filter".into(), Value::Object(f));
+    }
+    p.insert(
+        "order".into(),
+        json!({ idf: if desc { "DESC" } else { "ASC" } }),
+    );
+    p.insert("start".into(), json!(-1));
+    if id_only {
+        p.retain(|k, _| !k.eq_ignore_ascii_case("select"));
+        p.insert("select".into(), json!([idf]));
+    }
+    format!("{method}?{}", query::encode(&Value::Object(p)))
+}
+
+/// Ask for the smallest and largest ID in one request. `Ok(None)` when the method cannot be
+/// keyed (the commands fail, or items have no ID); `Ok(Some(None))` when the list is empty.
+async fn probe_keyset<T: Transport>(
+    t: &T,
+    opts: &ExportOptions,
+) -> Result<Option<Option<(u64, u64)>>, Error> {
+    let (base, filter) = base_params(&opts.params);
+    let idf = id_field(&opts.method);
+    let mut cmd = Map::new();
+    cmd.insert(
+        "lo".into(),
+        Value::String(keyed_command(
+            &opts.method,
+            &base,
+            &filter,
+            idf,
+            None,
+            None,
+            false,
+            true,
+        )),
+    );
+    cmd.insert(
+        "hi".into(),
+        Value::String(keyed_command(
+            &opts.method,
+            &base,
+            &filter,
+            idf,
+            None,
+            None,
+            true,
+            true,
+        )),
+    );
+    let resp = send_read(t, cmd).await?;
+    let mut reply = Reply::from_result(resp.result);
+    let (lo, hi) = (reply.outcome("lo"), reply.outcome("hi"));
+    if !lo.is_ok() || !hi.is_ok() {
+        if opts.strategy == Strategy::Keyset
+            && let Outcome::Error { code, description } = if lo.is_ok() { hi } else { lo }
+        {
+            return Err(api(&opts.method, &code, description));
+        }
+        return Ok(None);
+    }
+    let lo_items = extract_items(reply.take("lo").unwrap_or_default());
+    let hi_items = extract_items(reply.take("hi").unwrap_or_default());
+    let (Some(first), Some(last)) = (lo_items.first(), hi_items.first()) else {
+        return Ok(Some(None));
+    };
+    match (id_of(first), id_of(last)) {
+        (Some(a), Some(b)) if a <= b => Ok(Some(Some((a, b)))),
+        _ => {
+            if opts.strategy == Strategy::Keyset {
+                return Err(Error::Config(format!(
+                    "{} cannot be exported by ID (its items carry no usable ID); use --strategy offset",
+                    opts.method
+                )));
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Merge `(lo, hi]` ranges into a sorted, coalesced list.
+fn coalesce(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+    for (lo, hi) in v {
+        if lo >= hi {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+async fn keyset<T: Transport + Clone + 'static>(
+    transport: T,
+    opts: ExportOptions,
+    mut progress: Progress,
+    probed: Option<Option<(u64, u64)>>,
+    tx: &Tx,
+) -> Result<(), Error> {
+    let method = opts.method.clone();
+    let (base, filter) = base_params(&opts.params);
+    let idf = id_field(&method);
+    if !progress.started {
+        let span = match probed {
+            Some(s) => Some(s),
+            None => probe_keyset(&transport, &opts).await?,
+        };
+        match span {
+            None => {
+                return Err(Error::Config(format!(
+                    "{method} cannot be exported by ID; use --strategy offset"
+                )));
+            }
+            Some(None) => {}
+            Some(Some((min, max))) => {
+                progress.pending = vec![(min - 1, max)];
+                progress.total = Some(max - min + 1);
+            }
+        }
+        progress.started = true;
+        // An empty list or the probe alone: tell the caller where we are.
+        if progress.pending.is_empty() {
+            let _ = tx
+                .send(Ok(Page {
+                    items: Vec::new(),
+                    progress,
+                }))
+                .await;
+            return Ok(());
+        }
+    }
+    let mut free: BTreeMap<u64, u64> = progress.pending.iter().copied().collect();
+    let mut inflight: HashMap<u64, Vec<(u64, u64)>> = HashMap::new();
+    let mut tasks: JoinSet<Done> = JoinSet::new();
+    let mut next_id = 0u64;
+    // Density (items per ID) observed so far; dense auto-increment IDs are the usual case.
+    let (mut seen_items, mut seen_width) = (1.0f64, 1.0f64);
+    let concurrency = opts.concurrency.max(1);
+    let mut failures = 0u32;
+    loop {
+        while tasks.len() < concurrency && !free.is_empty() {
+            let density = (seen_items / seen_width).clamp(1e-9, 1.0);
+            let width = ((PAGE as f64 / density).floor() as u64).clamp(1, u64::MAX / 4);
+            let mut ranges = Vec::with_capacity(MAX_COMMANDS);
+            while ranges.len() < MAX_COMMANDS {
+                let Some((lo, hi)) = free.pop_first() else {
+                    break;
+                };
+                let end = hi.min(lo.saturating_add(width));
+                ranges.push((lo, end));
+                if end < hi {
+                    free.insert(end, hi);
+                }
+            }
+            let cmd: Map<String, Value> = ranges
+                .iter()
+                .enumerate()
+                .map(|(i, (lo, hi))| {
+                    (
+                        format!("r{i}"),
+                        Value::String(keyed_command(
+                            &method,
+                            &base,
+                            &filter,
+                            idf,
+                            Some(*lo),
+                            Some(*hi),
+                            false,
+                            false,
+                        )),
+                    )
+                })
+                .collect();
+            let id = next_id;
+            next_id += 1;
+            inflight.insert(id, ranges.clone());
+            let t = transport.clone();
+            tasks.spawn(async move {
+                let r = t.send_batch(cmd, false, false).await;
+                (id, ranges, r)
+            });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        let (id, ranges, result) =
+            joined.map_err(|e| Error::State(format!("export task failed: {e}")))?;
+        inflight.remove(&id);
+        let resp = match result {
+            Ok(r) => {
+                failures = 0;
+                r
+            }
+            // Lists are reads: a request that failed after the client's own retries is put
+            // back as pending work a few more times before the export gives up.
+            Err(e) if e.class() == crate::ErrorClass::Transient && failures < EXPORT_RETRIES => {
+                failures += 1;
+                tracing::warn!(error = %e, "export request failed; its ranges go back to the queue");
+                for (lo, hi) in ranges {
+                    free.insert(lo, hi);
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // The envelope as received is a second copy of every item: drop it now.
+        drop(resp.raw);
+        let mut reply = Reply::from_result(resp.result);
+        let mut items_out = Vec::new();
+        for (i, (lo, hi)) in ranges.iter().copied().enumerate() {
+            let key = format!("r{i}");
+            match reply.outcome_ref(&key) {
+                OutcomeKind::Ok => {}
+                OutcomeKind::Error(code, description) => {
+                    return Err(api(&method, &code, description));
+                }
+                OutcomeKind::Missing => {
+                    free.insert(lo, hi);
+                    continue;
+                }
+            }
+            let raw = extract_items(reply.take(&key).unwrap_or_default());
+            let full = raw.len() >= PAGE;
+            let mut got: Vec<(u64, Value)> = raw
+                .into_iter()
+                .filter_map(|it| id_of(&it).map(|i| (i, it)))
+                .filter(|(i, _)| *i > lo && *i <= hi)
+                .collect();
+            got.sort_by_key(|(i, _)| *i);
+            got.dedup_by_key(|(i, _)| *i);
+            if full {
+                let Some(&(last, _)) = got.last() else {
+                    return Err(Error::Config(format!(
+                        "{method} ignores the ID filter (a full page held no ID of its range); use --strategy offset"
+                    )));
+                };
+                if last < hi {
+                    free.insert(last, hi);
+                }
+                seen_width += (last - lo) as f64;
+            } else {
+                seen_width += (hi - lo) as f64;
+            }
+            seen_items += got.len() as f64;
+            items_out.extend(got.into_iter().map(|(_, v)| v));
+        }
+        progress.emitted += items_out.len() as u64;
+        let mut pending: Vec<(u64, u64)> = free.iter().map(|(a, b)| (*a, *b)).collect();
+        pending.extend(inflight.values().flatten().copied());
+        progress.pending = coalesce(pending);
+        if tx
+            .send(Ok(Page {
+                items: items_out,
+                progress: progress.clone(),
+            }))
+            .await
+            .is_err()
+        {
+            return Ok(()); // the consumer went away
+        }
+    }
+    Ok(())
+}
+
+/// A finished request: its id, its ranges and the answer.
+type Done = (u64, Vec<(u64, u64)>, Result<crate::Response, Error>);
+
+/// Send a read-only request; one that failed after the client's own retries is sent again a
+/// few times (lists are reads, resending cannot duplicate anything).
+async fn send_read<T: Transport>(t: &T, cmd: Map<String, Value>) -> Result<crate::Response, Error> {
+    let mut failures = 0;
+    loop {
+        match t.send_batch(cmd.clone(), false, false).await {
+            Err(e) if e.class() == crate::ErrorClass::Transient && failures < EXPORT_RETRIES => {
+                failures += 1;
+                tracing::warn!(error = %e, "export request failed; sending it again");
+            }
+            other => return other,
+        }
+    }
+}
+
+enum OutcomeKind {
+    Ok,
+    Error(String, String),
+    Missing,
+}
+
+impl Reply {
+    fn outcome_ref(&self, key: &str) -> OutcomeKind {
+        if self.error.contains_key(key)
+            && let Outcome::Error { code, description } = self.outcome(key)
+        {
+            return OutcomeKind::Error(code, description);
+        }
+        if self.result.contains_key(key) {
+            OutcomeKind::Ok
+        } else {
+            OutcomeKind::Missing
+        }
+    }
+}
+
+async fn offset<T: Transport + Clone + 'static>(
+    transport: T,
+    opts: ExportOptions,
+    mut progress: Progress,
+    tx: &Tx,
+) -> Result<(), Error> {
+    let method = opts.method.clone();
+    let mut base = opts.params.as_object().cloned().unwrap_or_default();
+    base.retain(|k, _| !k.eq_ignore_ascii_case("start"));
+    let page_cmd = |page: u64| -> String {
+        let mut p = base.clone();
+        p.insert("start".into(), json!((page - 1) * PAGE as u64));
+        format!("{method}?{}", query::encode(&Value::Object(p)))
+    };
+    if !progress.started {
+        let mut cmd = Map::new();
+        cmd.insert("p".into(), Value::String(page_cmd(1)));
+        let resp = send_read(&transport, cmd).await?;
+        let mut reply = Reply::from_result(resp.result);
+        let o = reply.outcome("p");
+        let (total, next) = match o {
+            Outcome::Ok { total, next, .. } => (total, next),
+            Outcome::Error { code, description } => return Err(api(&method, &code, description)),
+            _ => {
+                return Err(api(
+                    &method,
+                    "NOT_EXECUTED",
+                    "the first page did not run".into(),
+                ));
+            }
+        };
+        let items = extract_items(reply.take("p").unwrap_or_default());
+        let short = items.len() < PAGE || next.is_none();
+        let pages = match total {
+            Some(t) if t > 0 => t.div_ceil(PAGE as u64),
+            _ if short => 1,
+            _ => u64::MAX / 2, // unknown: pages past the end come back empty
+        };
+        progress.started = true;
+        progress.total = total;
+        progress.pending = if short || pages <= 1 {
+            Vec::new()
+        } else {
+            vec![(1, pages)]
+        };
+        progress.emitted += items.len() as u64;
+        if tx
+            .send(Ok(Page {
+                items,
+                progress: progress.clone(),
+            }))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+    // Pages are emitted in order (one request at a time) so the checkpoint stays a single range.
+    loop {
+        let Some(&(lo, hi)) = progress.pending.first() else {
+            return Ok(());
+        };
+        let last = hi.min(lo + MAX_COMMANDS as u64);
+        let cmd: Map<String, Value> = (lo + 1..=last)
+            .map(|p| (format!("p{p}"), Value::String(page_cmd(p))))
+            .collect();
+        let resp = send_read(&transport, cmd).await?;
+        let mut reply = Reply::from_result(resp.result);
+        let mut items_out = Vec::new();
+        let mut end = hi;
+        let mut done_to = lo;
+        for p in lo + 1..=last {
+            let key = format!("p{p}");
+            match reply.outcome_ref(&key) {
+                OutcomeKind::Ok => {}
+                OutcomeKind::Error(code, description) => {
+                    return Err(api(&method, &code, description));
+                }
+                OutcomeKind::Missing => break,
+            }
+            let next = reply.next.get(&key).and_then(lenient_u64);
+            let items = extract_items(reply.take(&key).unwrap_or_default());
+            let short = items.len() < PAGE || next.is_none();
+            items_out.extend(items);
+            done_to = p;
+            if short {
+                end = p;
+                break;
+            }
+        }
+        progress.emitted += items_out.len() as u64;
+        progress.pending = if done_to >= end {
+            Vec::new()
+        } else {
+            vec![(done_to, end)]
+        };
+        if tx
+            .send(Ok(Page {
+                items: items_out,
+                progress: progress.clone(),
+            }))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_coalesce() {
+        assert_eq!(
+            coalesce(vec![(5, 9), (0, 5), (20, 30), (9, 9)]),
+            vec![(0, 9), (20, 30)]
+        );
+    }
+
+    #[test]
+    fn items_in_every_shape() {
+        assert_eq!(extract_items(json!([{"ID": "1"}])).len(), 1);
+        assert_eq!(
+            extract_items(json!({"items": [{"id": 1}, {"id": 2}]})).len(),
+            2
+        );
+        assert_eq!(extract_items(json!({"1": {"ID": "1"}})).len(), 1);
+        assert_eq!(id_of(&json!({"id": 7})), Some(7));
+        assert_eq!(id_of(&json!({"ID": "8"})), Some(8));
+    }
+
+    #[test]
+    fn commands_carry_keyset_params() {
+        let (b, f) =
+            base_params(&json!({"select": ["TITLE"], "filter": {"STATUS_ID": "NEW"}, "start": 5}));
+        let c = keyed_command(
+            "crm.lead.list",
+            &b,
+            &f,
+            "ID",
+            Some(10),
+            Some(60),
+            false,
+            false,
+        );
+        assert_eq!(
+            c,
+            "crm.lead.list?select[0]=TITLE&select[1]=ID&filter[STATUS_ID]=NEW&filter[%3EID]=10&filter[%3C%3DID]=60&order[ID]=ASC&start=-1"
+        );
+    }
+}

@@ -1,13 +1,317 @@
 //! `b24 batch`: run many commands in batches of 50, with $result references.
+//!
+//! Input: a JSON object `{key: {method, params}}` or `{key: "method?query"}`, a JSON array of
+//! `{key?, method, params}` objects or `"method?query"` strings, or NDJSON (one command a line),
+//! from FILE, `-`/stdin, and/or repeated `--cmd`. Output: one NDJSON line per command, in input
+//! order: `{key, status: ok|error|not_executed|unknown, result|error|reason}`.
 
+use std::io::Read;
+use std::time::Instant;
+
+use b24::batch::{Batch, Outcome};
+use serde_json::{Value, json};
+
+use crate::exec::{self, BatchSpec};
+use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:
+  b24 batch --cmd '{\"key\":\"me\",\"method\":\"user.current\"}' \\
+            --cmd '{\"key\":\"leads\",\"method\":\"crm.lead.list\",\"params\":{\"filter\":{\"ASSIGNED_BY_ID\":\"$result[me][ID]\"}}}'
+  b24 batch cmds.json                  # {\"a\": {\"method\": \"crm.lead.get\", \"params\": {\"id\": 1}}, \"b\": \"user.current\"}
+  jq -c '.[]' leads.json | jq -c '{method:\"crm.lead.add\",params:{fields:.}}' | b24 batch - --confirm-write
+  b24 batch big.json --halt --dry-run
 
-pub async fn run(_args: Args, _g: &Globals) -> anyhow::Result<i32> {
-    Err(crate::exit::Exit::new(
-        crate::exit::USAGE,
-        "`b24 batch` is not built yet",
-    ))
+Any number of commands: they are sent 50 to a request. `$result[key][path]` refers to an
+earlier command; a reference to a failed command is reported as an error and never sent.
+Exit code: 0 all ok, 1 some commands failed or were not executed, 7 a write's outcome is unknown.")]
+pub struct Args {
+    /// File with the commands (JSON object, JSON array or NDJSON); `-` for stdin.
+    #[arg(value_name = "FILE|-")]
+    pub file: Option<String>,
+    /// One command as JSON (`{"key":..,"method":..,"params":{..}}` or `"method?query"`); repeatable.
+    #[arg(long = "cmd", value_name = "JSON")]
+    pub cmds: Vec<String>,
+    /// Stop at the first failing command; later ones are not executed.
+    #[arg(long)]
+    pub halt: bool,
+    /// Allow writes (add/update/...).
+    #[arg(long)]
+    pub confirm_write: bool,
+    /// Allow destructive commands (delete/...).
+    #[arg(long)]
+    pub confirm_destructive: bool,
+    /// Print the commands as they would be sent (with their request number); send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// A parsed input command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Params {
+        key: String,
+        method: String,
+        params: Value,
+    },
+    Text {
+        key: String,
+        text: String,
+    },
+}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Exit::new(exit::USAGE, msg.into())
+}
+
+/// One command from a JSON value; `key` is the default key (object key or position).
+fn one(key: String, v: &Value) -> anyhow::Result<Input> {
+    match v {
+        Value::String(s) => Ok(Input::Text {
+            key,
+            text: s.clone(),
+        }),
+        Value::Object(o) => {
+            let key = match o.get("key") {
+                Some(Value::String(k)) => k.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => key,
+            };
+            let method = o
+                .get("method")
+                .and_then(Value::as_str)
+                .ok_or_else(|| usage(format!("command `{key}` has no \"method\"")))?
+                .to_string();
+            let params = o.get("params").cloned().unwrap_or(json!({}));
+            if !params.is_object() && !params.is_array() {
+                return Err(usage(format!(
+                    "command `{key}`: \"params\" must be a JSON object or array"
+                )));
+            }
+            Ok(Input::Params {
+                key,
+                method,
+                params,
+            })
+        }
+        _ => Err(usage(format!(
+            "command `{key}` must be an object {{method, params}} or a \"method?query\" string"
+        ))),
+    }
+}
+
+/// Parse commands from text: a JSON object/array, else NDJSON.
+pub fn parse_input(text: &str, first_index: usize) -> anyhow::Result<Vec<Input>> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Ok(v) = serde_json::from_str::<Value>(t) {
+        return match v {
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .map(|(i, c)| one((first_index + i).to_string(), c))
+                .collect(),
+            Value::Object(o) if o.contains_key("method") => {
+                Ok(vec![one(first_index.to_string(), &Value::Object(o))?])
+            }
+            Value::Object(o) => o.iter().map(|(k, c)| one(k.clone(), c)).collect(),
+            s @ Value::String(_) => Ok(vec![one(first_index.to_string(), &s)?]),
+            _ => Err(usage("commands must be a JSON object, array or NDJSON")),
+        };
+    }
+    let mut out = Vec::new();
+    for (n, line) in t.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let v: Value = serde_json::from_str(line)
+            .map_err(|e| usage(format!("line {}: not valid JSON: {e}", n + 1)))?;
+        out.push(one((first_index + out.len()).to_string(), &v)?);
+    }
+    Ok(out)
+}
+
+fn read_all(args: &Args) -> anyhow::Result<Vec<Input>> {
+    let mut inputs = Vec::new();
+    let stdin_text = |what: &str| -> anyhow::Result<String> {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| usage(format!("reading {what}: {e}")))?;
+        Ok(s)
+    };
+    match args.file.as_deref() {
+        Some("-") => inputs.extend(parse_input(&stdin_text("stdin")?, 0)?),
+        Some(path) => {
+            let s = std::fs::read_to_string(path).map_err(|e| usage(format!("{path}: {e}")))?;
+            inputs.extend(parse_input(&s, 0)?);
+        }
+        None if args.cmds.is_empty() => {
+            use std::io::IsTerminal;
+            if std::io::stdin().is_terminal() {
+                return Err(usage(
+                    "no commands: give a FILE, `-` for stdin, or --cmd (see --help)",
+                ));
+            }
+            inputs.extend(parse_input(&stdin_text("stdin")?, 0)?);
+        }
+        None => {}
+    }
+    for c in &args.cmds {
+        let v: Value =
+            serde_json::from_str(c).map_err(|e| usage(format!("--cmd: not valid JSON: {e}")))?;
+        inputs.push(one(inputs.len().to_string(), &v)?);
+    }
+    if inputs.is_empty() {
+        return Err(usage("no commands given"));
+    }
+    Ok(inputs)
+}
+
+pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let inputs = read_all(&args)?;
+    let mut batch = Batch::new();
+    batch.halt(args.halt);
+    let mut spec_cmds = Vec::with_capacity(inputs.len());
+    for i in &inputs {
+        let r = match i {
+            Input::Params {
+                key,
+                method,
+                params,
+            } => {
+                spec_cmds.push((key.clone(), method.clone(), params.clone()));
+                batch.add(key, method, params.clone())
+            }
+            Input::Text { key, text } => {
+                let (m, q) = text.split_once('?').unwrap_or((text, ""));
+                spec_cmds.push((key.clone(), m.to_string(), Value::String(q.to_string())));
+                batch.add_text(key, text)
+            }
+        };
+        r.map_err(|e| usage(e.to_string()))?;
+    }
+    let order = batch.order().map_err(|e| usage(e.to_string()))?;
+    let spec = BatchSpec {
+        commands: spec_cmds,
+        confirm_write: args.confirm_write,
+        confirm_destructive: args.confirm_destructive,
+        dry_run: args.dry_run,
+        origin: exec::Origin::Cli,
+    };
+    let permit = exec::authorize_batch(g, &spec).await?;
+    if args.dry_run {
+        let cmds = batch.commands();
+        for (n, &i) in order.iter().enumerate() {
+            let c = &cmds[i];
+            println!(
+                "{}",
+                json!({"key": c.key, "method": c.method, "command": c.text(), "write": c.is_write,
+                       "position": n, "request_at_least": n / b24::batch::MAX_COMMANDS + 1})
+            );
+        }
+        permit.finish(&json!({"dry_run": true}))?;
+        return Ok(exit::OK);
+    }
+    let client = g.client().await?;
+    let results = batch.run(&client).await;
+    let mut lines = Vec::with_capacity(results.len());
+    let (mut ok, mut failed, mut skipped, mut unknown) = (0, 0, 0, 0);
+    {
+        use std::io::Write;
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        for (key, o) in &results {
+            let line = match o {
+                Outcome::Ok {
+                    result,
+                    total,
+                    next,
+                } => {
+                    ok += 1;
+                    let mut l = json!({"key": key, "status": "ok", "result": result});
+                    if let Some(t) = total {
+                        l["total"] = json!(t);
+                    }
+                    if let Some(n) = next {
+                        l["next"] = json!(n);
+                    }
+                    l
+                }
+                Outcome::Error { code, description } => {
+                    failed += 1;
+                    json!({"key": key, "status": "error", "error": {"code": code, "description": description}})
+                }
+                Outcome::NotExecuted { reason } => {
+                    skipped += 1;
+                    json!({"key": key, "status": "not_executed", "reason": reason})
+                }
+                Outcome::Unknown { reason } => {
+                    unknown += 1;
+                    json!({"key": key, "status": "unknown", "reason": reason})
+                }
+            };
+            writeln!(out, "{line}")?;
+            lines.push(match o {
+                Outcome::Error { code, .. } => json!({"key": key, "status": "error", "code": code}),
+                other => json!({"key": key, "status": other.status()}),
+            });
+        }
+        out.flush()?;
+    }
+    permit.finish(&Value::Array(lines))?;
+    let st = client.stats();
+    if !g.quiet {
+        eprintln!(
+            "b24 batch: {} commands: {ok} ok, {failed} error, {skipped} not executed{}; {} requests, {} retries, {:.1} s",
+            results.len(),
+            if unknown > 0 {
+                format!(", {unknown} outcome unknown")
+            } else {
+                String::new()
+            },
+            st.requests,
+            st.retries,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(if unknown > 0 {
+        exit::OUTCOME_UNKNOWN
+    } else if failed + skipped > 0 {
+        exit::PARTIAL
+    } else {
+        exit::OK
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_input_shape() {
+        let a = parse_input(
+            r#"{"a": {"method": "crm.lead.get", "params": {"id": 1}}, "b": "user.current"}"#,
+            0,
+        )
+        .unwrap();
+        assert_eq!(a.len(), 2);
+        assert!(matches!(&a[1], Input::Text { key, text } if key == "b" && text == "user.current"));
+        let b = parse_input(
+            r#"[{"method": "x.get"}, "y.get?id=1", {"key": "k", "method": "z.get"}]"#,
+            0,
+        )
+        .unwrap();
+        assert!(matches!(&b[0], Input::Params { key, .. } if key == "0"));
+        assert!(matches!(&b[2], Input::Params { key, .. } if key == "k"));
+        let c = parse_input("{\"method\":\"a.get\"}\n\n\"b.get\"\n", 0).unwrap();
+        assert_eq!(c.len(), 2);
+        assert!(parse_input("{\"method\": 1}", 0).is_err());
+        assert!(parse_input("not json\n", 0).is_err());
+    }
 }

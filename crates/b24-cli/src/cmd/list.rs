@@ -1,13 +1,70 @@
 //! `b24 list`: list one page, or every page with --all.
 
+use std::path::PathBuf;
+
+use b24::export::{ExportOptions, Strategy};
+
+use crate::cmd::call::read_params;
+use crate::exec::{self, CallSpec, ExecOutcome};
+use crate::exit;
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:
+  b24 list crm.lead.list --params '{\"select\":[\"ID\",\"TITLE\"]}'      # one page (50) as JSON
+  b24 list crm.lead.list --start 50                                    # the second page
+  b24 list crm.lead.list --all > leads.ndjson                          # every item, as `b24 export`
 
-pub async fn run(_args: Args, _g: &Globals) -> anyhow::Result<i32> {
-    Err(crate::exit::Exit::new(
-        crate::exit::USAGE,
-        "`b24 list` is not built yet",
-    ))
+One page prints `{\"items\": [...], \"total\": N, \"next\": M}` as JSON; --all streams NDJSON.")]
+pub struct Args {
+    /// List method, e.g. `crm.lead.list`.
+    pub method: String,
+    /// Parameters: inline JSON, `@file` or `-` for stdin.
+    #[arg(long, short = 'p', value_name = "JSON|@FILE|-")]
+    pub params: Option<String>,
+    /// Offset of the page (`start`).
+    #[arg(long, conflicts_with = "all")]
+    pub start: Option<i64>,
+    /// Every item (NDJSON), exactly as `b24 export METHOD`.
+    #[arg(long)]
+    pub all: bool,
+    /// With --all: resume from / record progress in this file.
+    #[arg(long, requires = "all", value_name = "FILE")]
+    pub checkpoint: Option<PathBuf>,
+}
+
+pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
+    let mut params = read_params(args.params.as_deref())?;
+    if args.all {
+        let mut opts = ExportOptions::new(&args.method, params);
+        opts.strategy = Strategy::Auto;
+        return crate::cmd::export::stream(opts, args.checkpoint, g).await;
+    }
+    if let (Some(start), Some(o)) = (args.start, params.as_object_mut()) {
+        o.insert("start".into(), start.into());
+    }
+    let spec = CallSpec {
+        method: args.method,
+        params,
+        origin: exec::Origin::Cli,
+        ..Default::default()
+    };
+    match exec::execute(g, spec).await? {
+        ExecOutcome::Done { response, .. } => {
+            let items = b24::export::extract_items(response.result);
+            let mut out = serde_json::json!({"items": items});
+            if let Some(t) = response.total {
+                out["total"] = t.into();
+            }
+            if let Some(n) = response.next {
+                out["next"] = n.into();
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(exit::OK)
+        }
+        ExecOutcome::DryRun(plan) => {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+            Ok(exit::OK)
+        }
+    }
 }

@@ -14,7 +14,11 @@ pub async fn sandbox(cfg: SandboxConfig) -> Sandbox {
 
 /// A sandbox with `n` seeded leads and default limits.
 pub async fn sandbox_with_leads(n: usize) -> Sandbox {
-    sandbox(SandboxConfig { seed_leads: n, ..Default::default() }).await
+    sandbox(SandboxConfig {
+        seed_leads: n,
+        ..Default::default()
+    })
+    .await
 }
 
 /// Temp dirs for one test's `b24` invocations.
@@ -48,7 +52,10 @@ impl Env {
     /// No portal configured; only the temp dirs.
     pub fn bare() -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut e = Env { dir, vars: Vec::new() };
+        let mut e = Env {
+            dir,
+            vars: Vec::new(),
+        };
         let (c, s, h) = (e.config_dir(), e.state_dir(), e.dir.path().join("home"));
         std::fs::create_dir_all(&c).unwrap();
         std::fs::create_dir_all(&h).unwrap();
@@ -89,7 +96,9 @@ impl Env {
     /// Run to completion (off the async runtime's worker threads).
     pub async fn run(&self, args: &[&str]) -> Output {
         let mut c = self.cmd(args);
-        tokio::task::spawn_blocking(move || c.output().expect("b24 runs")).await.unwrap()
+        tokio::task::spawn_blocking(move || c.output().expect("b24 runs"))
+            .await
+            .unwrap()
     }
 
     /// Run with `stdin` as input.
@@ -98,8 +107,18 @@ impl Env {
         let input = stdin.to_string();
         tokio::task::spawn_blocking(move || {
             use std::io::Write;
-            let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
-            child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+            let mut child = c
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
             child.wait_with_output().unwrap()
         })
         .await
@@ -120,7 +139,13 @@ pub fn stderr(o: &Output) -> String {
 }
 
 pub fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", stdout(o), stderr(o)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            stdout(o),
+            stderr(o)
+        )
+    })
 }
 
 pub fn code(o: &Output) -> i32 {
@@ -132,7 +157,9 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -149,7 +176,11 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn assert_no_secrets(what: &str, haystack: &[u8], secrets: &[String]) {
     let text = String::from_utf8_lossy(haystack);
     for s in secrets.iter().filter(|s| s.len() >= 6) {
-        assert!(!text.contains(s.as_str()), "a secret ({}…) appears in {what}", &s[..3]);
+        assert!(
+            !text.contains(s.as_str()),
+            "a secret ({}…) appears in {what}",
+            &s[..3]
+        );
     }
 }
 

@@ -104,7 +104,10 @@ mod tests {
 
     #[test]
     fn positional_and_empty() {
-        assert_eq!(encode(&json!([123, {"POST_MESSAGE": "t"}])), "0=123&1[POST_MESSAGE]=t");
+        assert_eq!(
+            encode(&json!([123, {"POST_MESSAGE": "t"}])),
+            "0=123&1[POST_MESSAGE]=t"
+        );
         assert_eq!(encode(&json!({})), "");
         assert_eq!(encode(&json!({"a": []})), "a=");
     }

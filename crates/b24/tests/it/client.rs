@@ -11,12 +11,22 @@ use b24_sandbox::{FaultSpec, SandboxConfig};
 use serde_json::{Value, json};
 
 fn config(vars: &[(&str, &str)], state: &std::path::Path) -> Config {
-    let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let m: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     Config::from_lookup(&|k| m.get(k).cloned(), state.to_path_buf()).expect("config")
 }
 
-async fn webhook_client(sb: &b24_sandbox::Sandbox, extra: &[(&str, &str)], state: &std::path::Path) -> Client {
-    let mut vars = vec![("B24_WEBHOOK_URL", sb.info().webhook_url.as_str()), ("B24_RATE_LIMITER", "memory")];
+async fn webhook_client(
+    sb: &b24_sandbox::Sandbox,
+    extra: &[(&str, &str)],
+    state: &std::path::Path,
+) -> Client {
+    let mut vars = vec![
+        ("B24_WEBHOOK_URL", sb.info().webhook_url.as_str()),
+        ("B24_RATE_LIMITER", "memory"),
+    ];
     vars.extend_from_slice(extra);
     Client::new(config(&vars, state)).await.unwrap()
 }
@@ -42,10 +52,18 @@ async fn oauth_client(sb: &b24_sandbox::Sandbox, state: &std::path::Path) -> Cli
 
 #[tokio::test]
 async fn webhook_and_oauth_calls() {
-    let sb = b24_sandbox::start(SandboxConfig { seed_leads: 3, ..Default::default() }).await.unwrap();
+    let sb = b24_sandbox::start(SandboxConfig {
+        seed_leads: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let c = webhook_client(&sb, &[], dir.path()).await;
-    let r = c.call("crm.lead.list", json!({"select": ["ID"]})).await.unwrap();
+    let r = c
+        .call("crm.lead.list", json!({"select": ["ID"]}))
+        .await
+        .unwrap();
     assert_eq!(r.result.as_array().unwrap().len(), 3);
     assert_eq!(r.total, Some(3));
     assert!(r.time.unwrap().operating.is_some());
@@ -55,7 +73,10 @@ async fn webhook_and_oauth_calls() {
     assert_eq!(r.result["INSTALLED"], json!(true));
     // The webhook may not call app-only methods: a permanent error, not retried.
     let e = c.call("event.get", json!({})).await.unwrap_err();
-    assert!(matches!(&e, Error::Api(a) if a.code == "WRONG_AUTH_TYPE" && a.http_status == 403), "{e}");
+    assert!(
+        matches!(&e, Error::Api(a) if a.code == "WRONG_AUTH_TYPE" && a.http_status == 403),
+        "{e}"
+    );
     assert_eq!(sb.stats().methods["event.get"], 1);
 }
 
@@ -74,18 +95,34 @@ async fn expired_token_refreshes_once_and_retries() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let stored: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-    assert_ne!(stored["refresh_token"], json!(sb.info().refresh_token), "the refresh token rotated");
+    assert_ne!(
+        stored["refresh_token"],
+        json!(sb.info().refresh_token),
+        "the refresh token rotated"
+    );
     let c2 = oauth_client(&sb, dir.path()).await;
     c2.call("profile", json!({})).await.unwrap();
-    assert_eq!(sb.stats().refreshes, 1, "a new client uses the stored pair, not the consumed env one");
+    assert_eq!(
+        sb.stats().refreshes,
+        1,
+        "a new client uses the stored pair, not the consumed env one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_expiry_causes_a_single_refresh() {
-    let sb = b24_sandbox::start(SandboxConfig { limits: false, ..Default::default() }).await.unwrap();
+    let sb = b24_sandbox::start(SandboxConfig {
+        limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let c = oauth_client(&sb, dir.path()).await;
     c.call("profile", json!({})).await.unwrap();
@@ -93,7 +130,9 @@ async fn concurrent_expiry_causes_a_single_refresh() {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let c = c.clone();
-        tasks.push(tokio::spawn(async move { c.call("user.current", json!({})).await }));
+        tasks.push(tokio::spawn(async move {
+            c.call("user.current", json!({})).await
+        }));
     }
     for t in tasks {
         t.await.unwrap().unwrap();
@@ -105,14 +144,27 @@ async fn concurrent_expiry_causes_a_single_refresh() {
 #[tokio::test]
 async fn query_limit_exceeded_is_retried_even_for_writes() {
     // The first request of every pair is refused with 503 by the fault spec's seed.
-    let sb = b24_sandbox::start(SandboxConfig { limits: false, seed: 3, ..Default::default() }).await.unwrap();
+    let sb = b24_sandbox::start(SandboxConfig {
+        limits: false,
+        seed: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     sb.set_faults("rate503=0.5".parse::<FaultSpec>().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let c = webhook_client(&sb, &[("B24_RETRY_BUDGET_SECS", "60")], dir.path()).await;
     let mut ids = Vec::new();
     for i in 0..10 {
         let r = c
-            .call_with("crm.lead.add", json!({"fields": {"TITLE": format!("t{i}")}}), CallOptions { is_write: Some(true), ..Default::default() })
+            .call_with(
+                "crm.lead.add",
+                json!({"fields": {"TITLE": format!("t{i}")}}),
+                CallOptions {
+                    is_write: Some(true),
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         ids.push(r.result.as_u64().unwrap());
@@ -128,18 +180,38 @@ async fn query_limit_exceeded_is_retried_even_for_writes() {
 
 #[tokio::test]
 async fn a_write_that_times_out_is_not_resent() {
-    let sb = b24_sandbox::start(SandboxConfig { limits: false, ..Default::default() }).await.unwrap();
+    let sb = b24_sandbox::start(SandboxConfig {
+        limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     sb.set_faults("timeout=1".parse().unwrap());
     let dir = tempfile::tempdir().unwrap();
     let c = webhook_client(&sb, &[("B24_TIMEOUT_SECS", "0.5")], dir.path()).await;
     let e = c
-        .call_with("crm.lead.add", json!({"fields": {"TITLE": "x"}}), CallOptions { idempotency_key: Some("k-1".into()), ..Default::default() })
+        .call_with(
+            "crm.lead.add",
+            json!({"fields": {"TITLE": "x"}}),
+            CallOptions {
+                idempotency_key: Some("k-1".into()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
-    assert!(matches!(&e, Error::OutcomeUnknown { idempotency_key: Some(k), .. } if k == "k-1"), "{e}");
+    assert!(
+        matches!(&e, Error::OutcomeUnknown { idempotency_key: Some(k), .. } if k == "k-1"),
+        "{e}"
+    );
     assert_eq!(sb.stats().methods["crm.lead.add"], 1, "sent exactly once");
     // A read in the same situation is retried (and gives up within its budget).
-    let c = webhook_client(&sb, &[("B24_TIMEOUT_SECS", "0.3"), ("B24_MAX_RETRIES", "2")], dir.path()).await;
+    let c = webhook_client(
+        &sb,
+        &[("B24_TIMEOUT_SECS", "0.3"), ("B24_MAX_RETRIES", "2")],
+        dir.path(),
+    )
+    .await;
     let e = c.call("crm.lead.list", json!({})).await.unwrap_err();
     assert!(matches!(e, Error::Transient { attempts: 3, .. }), "{e}");
     assert_eq!(sb.stats().methods["crm.lead.list"], 3);
@@ -157,8 +229,15 @@ fn scripted(answers: Vec<(u16, Value)>) -> (Router, Arc<Mutex<Vec<Instant>>>) {
             let answers = answers.clone();
             async move {
                 seen.lock().unwrap().push(Instant::now());
-                let (status, body) = answers.lock().unwrap().next().unwrap_or((500, json!({"error": "INTERNAL_SERVER_ERROR"})));
-                (axum::http::StatusCode::from_u16(status).unwrap(), axum::Json(body))
+                let (status, body) = answers
+                    .lock()
+                    .unwrap()
+                    .next()
+                    .unwrap_or((500, json!({"error": "INTERNAL_SERVER_ERROR"})));
+                (
+                    axum::http::StatusCode::from_u16(status).unwrap(),
+                    axum::Json(body),
+                )
             }
         }),
     );
@@ -173,27 +252,44 @@ async fn serve(app: Router) -> String {
 }
 
 fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 #[tokio::test]
 async fn operation_time_limit_waits_for_the_reset() {
     let reset = unix_now().ceil() + 2.0;
     let (app, seen) = scripted(vec![
-        (200, json!({"result": [], "time": {"operating": 12.0, "operating_reset_at": reset}})),
-        (429, json!({"error": "OPERATION_TIME_LIMIT", "error_description": "Method is blocked due to operation time limit"})),
+        (
+            200,
+            json!({"result": [], "time": {"operating": 12.0, "operating_reset_at": reset}}),
+        ),
+        (
+            429,
+            json!({"error": "OPERATION_TIME_LIMIT", "error_description": "Method is blocked due to operation time limit"}),
+        ),
         (200, json!({"result": [1], "time": {"operating": 1.0}})),
     ]);
     let url = serve(app).await;
     let dir = tempfile::tempdir().unwrap();
-    let c = Client::new(config(&[("B24_WEBHOOK_URL", &url), ("B24_RATE_LIMITER", "memory")], dir.path())).await.unwrap();
+    let c = Client::new(config(
+        &[("B24_WEBHOOK_URL", &url), ("B24_RATE_LIMITER", "memory")],
+        dir.path(),
+    ))
+    .await
+    .unwrap();
     c.call("crm.deal.list", json!({})).await.unwrap();
     let r = c.call("crm.deal.list", json!({})).await.unwrap();
     assert_eq!(r.result, json!([1]));
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 3, "one blocked call, one retry after the reset");
     let waited = seen[2].duration_since(seen[1]);
-    assert!(waited >= Duration::from_millis(900), "retried only after operating_reset_at (waited {waited:?})");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "retried only after operating_reset_at (waited {waited:?})"
+    );
     assert_eq!(c.stats().status_429, 1);
 }
 
@@ -201,17 +297,28 @@ async fn operation_time_limit_waits_for_the_reset() {
 async fn a_method_near_its_budget_pauses_before_the_portal_blocks_it() {
     let reset = unix_now().ceil() + 2.0;
     let (app, seen) = scripted(vec![
-        (200, json!({"result": [], "time": {"operating": 470.0, "operating_reset_at": reset}})),
+        (
+            200,
+            json!({"result": [], "time": {"operating": 470.0, "operating_reset_at": reset}}),
+        ),
         (200, json!({"result": [2], "time": {"operating": 3.0}})),
     ]);
     let url = serve(app).await;
     let dir = tempfile::tempdir().unwrap();
-    let c = Client::new(config(&[("B24_WEBHOOK_URL", &url), ("B24_RATE_LIMITER", "memory")], dir.path())).await.unwrap();
+    let c = Client::new(config(
+        &[("B24_WEBHOOK_URL", &url), ("B24_RATE_LIMITER", "memory")],
+        dir.path(),
+    ))
+    .await
+    .unwrap();
     c.call("crm.deal.list", json!({})).await.unwrap();
     c.call("crm.deal.list", json!({})).await.unwrap();
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2, "no 429 was provoked");
-    assert!(unix_now() >= reset - 0.05, "the second call waited for the reset");
+    assert!(
+        unix_now() >= reset - 0.05,
+        "the second call waited for the reset"
+    );
 }
 
 #[tokio::test]
@@ -223,9 +330,16 @@ async fn garbage_answers_give_clear_errors() {
     ]);
     let url = serve(app).await;
     let dir = tempfile::tempdir().unwrap();
-    let c = Client::new(config(&[("B24_WEBHOOK_URL", &url), ("B24_RATE_LIMITER", "memory"), ("B24_MAX_RETRIES", "0")], dir.path()))
-        .await
-        .unwrap();
+    let c = Client::new(config(
+        &[
+            ("B24_WEBHOOK_URL", &url),
+            ("B24_RATE_LIMITER", "memory"),
+            ("B24_MAX_RETRIES", "0"),
+        ],
+        dir.path(),
+    ))
+    .await
+    .unwrap();
     // 502 on a write: may have executed → outcome unknown, and the message never shows the code.
     let e = c.call("crm.deal.add", json!({})).await.unwrap_err();
     assert!(matches!(e, Error::OutcomeUnknown { .. }), "{e}");
@@ -233,5 +347,8 @@ async fn garbage_answers_give_clear_errors() {
     let e = c.call("crm.deal.get", json!({"id": 1})).await.unwrap_err();
     assert!(matches!(e, Error::Decode { .. }), "{e}");
     let e = c.call("crm.deal.get", json!({"id": 1})).await.unwrap_err();
-    assert!(matches!(&e, Error::Api(a) if a.code.is_empty() && a.description == "Not found"), "{e}");
+    assert!(
+        matches!(&e, Error::Api(a) if a.code.is_empty() && a.description == "Not found"),
+        "{e}"
+    );
 }

@@ -1,0 +1,5 @@
+//! Integration tests of the b24 library (one binary, one module per area).
+
+mod batch;
+mod client;
+mod export;
