@@ -1,0 +1,271 @@
+//! The SQLite queue (default): WAL, one writer at a time, claims inside `BEGIN IMMEDIATE`.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use serde_json::Value;
+
+use crate::queue::{DeadLetter, Job, NewEvent, QueueStats, RetryRule};
+use crate::{EventsError, Result, now};
+
+fn e(err: rusqlite::Error) -> EventsError {
+    EventsError::Store(err.to_string())
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS b24_jobs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  key TEXT NOT NULL UNIQUE,
+  source TEXT NOT NULL,
+  name TEXT NOT NULL,
+  payload TEXT NOT NULL,
+  state TEXT NOT NULL DEFAULT 'ready',
+  attempts INTEGER NOT NULL DEFAULT 0,
+  run_at REAL NOT NULL,
+  lease_until REAL,
+  locked_by TEXT,
+  last_error TEXT,
+  created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS b24_jobs_ready ON b24_jobs (state, run_at, id);
+CREATE TABLE IF NOT EXISTS b24_processed (key TEXT PRIMARY KEY, done_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS b24_dlq (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, source TEXT NOT NULL, name TEXT NOT NULL,
+  payload TEXT NOT NULL, attempts INTEGER NOT NULL, last_error TEXT NOT NULL, failed_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS b24_offline_pending (process_id TEXT PRIMARY KEY, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS b24_app_tokens (member_id TEXT PRIMARY KEY, token TEXT NOT NULL, updated_at REAL NOT NULL);
+";
+
+pub struct SqliteQueue {
+    conn: Mutex<rusqlite::Connection>,
+}
+
+impl SqliteQueue {
+    pub fn open(path: &Path) -> Result<SqliteQueue> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|x| EventsError::Store(format!("{}: {x}", dir.display())))?;
+        }
+        let conn = rusqlite::Connection::open(path).map_err(e)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(e)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(e)?;
+        conn.execute_batch(SCHEMA).map_err(e)?;
+        Ok(SqliteQueue { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(tx: &rusqlite::Transaction, events: &[NewEvent]) -> Result<usize> {
+        let t = now();
+        let mut n = 0;
+        let mut done = tx.prepare_cached("SELECT 1 FROM b24_processed WHERE key = ?1").map_err(e)?;
+        let mut ins = tx
+            .prepare_cached("INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT(key) DO NOTHING")
+            .map_err(e)?;
+        for ev in events {
+            if done.exists([&ev.key]).map_err(e)? {
+                continue;
+            }
+            n += ins.execute(params![ev.key, ev.source, ev.name, ev.payload.to_string(), t]).map_err(e)?;
+        }
+        Ok(n)
+    }
+
+    pub async fn enqueue(&self, events: &[NewEvent]) -> Result<usize> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let n = Self::insert(&tx, events)?;
+        tx.commit().map_err(e)?;
+        Ok(n)
+    }
+
+    pub async fn enqueue_offline(&self, events: &[NewEvent], process_id: &str) -> Result<usize> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let n = Self::insert(&tx, events)?;
+        tx.execute("INSERT INTO b24_offline_pending VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![process_id, now()]).map_err(e)?;
+        tx.commit().map_err(e)?;
+        Ok(n)
+    }
+
+    pub async fn pending_processes(&self) -> Result<Vec<String>> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT process_id FROM b24_offline_pending ORDER BY created_at").map_err(e)?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(e)?;
+        rows.collect::<std::result::Result<Vec<String>, _>>().map_err(e)
+    }
+
+    pub async fn forget_process(&self, process_id: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM b24_offline_pending WHERE process_id = ?1", [process_id]).map_err(e)?;
+        Ok(())
+    }
+
+    pub async fn claim(&self, worker: &str, n: i64, lease_secs: f64) -> Result<Vec<Job>> {
+        let t = now();
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let jobs = {
+            let mut st = tx
+                .prepare_cached(
+                    "UPDATE b24_jobs SET state = 'running', attempts = attempts + 1, locked_by = ?1, lease_until = ?2
+                     WHERE id IN (SELECT id FROM b24_jobs WHERE state = 'ready' AND run_at <= ?3 ORDER BY run_at, id LIMIT ?4)
+                     RETURNING id, key, name, payload, attempts",
+                )
+                .map_err(e)?;
+            let rows = st
+                .query_map(params![worker, t + lease_secs, t, n], |r| {
+                    Ok(Job {
+                        id: r.get(0)?,
+                        key: r.get(1)?,
+                        name: r.get(2)?,
+                        payload: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null),
+                        attempts: r.get(4)?,
+                    })
+                })
+                .map_err(e)?;
+            rows.collect::<std::result::Result<Vec<Job>, _>>().map_err(e)?
+        };
+        tx.commit().map_err(e)?;
+        Ok(jobs)
+    }
+
+    pub async fn complete(&self, job: &Job, worker: &str) -> Result<bool> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let n = tx.execute("DELETE FROM b24_jobs WHERE id = ?1 AND locked_by = ?2 AND state = 'running'", params![job.id, worker]).map_err(e)?;
+        tx.execute("INSERT INTO b24_processed VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![job.key, now()]).map_err(e)?;
+        tx.commit().map_err(e)?;
+        Ok(n == 1)
+    }
+
+    pub async fn fail(&self, job: &Job, worker: &str, error: &str, rule: RetryRule) -> Result<bool> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let dead = job.attempts >= rule.max_attempts;
+        if dead {
+            let n = tx
+                .execute(
+                    "INSERT INTO b24_dlq (key, source, name, payload, attempts, last_error, failed_at)
+                     SELECT key, source, name, payload, attempts, ?3, ?4 FROM b24_jobs WHERE id = ?1 AND locked_by = ?2",
+                    params![job.id, worker, error, now()],
+                )
+                .map_err(e)?;
+            if n == 1 {
+                tx.execute("DELETE FROM b24_jobs WHERE id = ?1", [job.id]).map_err(e)?;
+            }
+        } else {
+            tx.execute(
+                "UPDATE b24_jobs SET state = 'ready', locked_by = NULL, lease_until = NULL, last_error = ?3, run_at = ?4 WHERE id = ?1 AND locked_by = ?2",
+                params![job.id, worker, error, now() + rule.delay(job.attempts)],
+            )
+            .map_err(e)?;
+        }
+        tx.commit().map_err(e)?;
+        Ok(dead)
+    }
+
+    pub async fn release(&self, job: &Job, worker: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE b24_jobs SET state = 'ready', locked_by = NULL, lease_until = NULL, attempts = MAX(attempts - 1, 0) WHERE id = ?1 AND locked_by = ?2",
+                params![job.id, worker],
+            )
+            .map_err(e)?;
+        Ok(())
+    }
+
+    pub async fn reap(&self) -> Result<u64> {
+        let n = self
+            .conn()
+            .execute("UPDATE b24_jobs SET state = 'ready', locked_by = NULL, lease_until = NULL WHERE state = 'running' AND lease_until < ?1", [now()])
+            .map_err(e)?;
+        Ok(n as u64)
+    }
+
+    pub async fn stats(&self) -> Result<QueueStats> {
+        let c = self.conn();
+        let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(e);
+        let oldest: Option<f64> = c.query_row("SELECT MIN(created_at) FROM b24_jobs", [], |r| r.get(0)).map_err(e)?;
+        Ok(QueueStats {
+            ready: count("SELECT COUNT(*) FROM b24_jobs WHERE state = 'ready'")?,
+            running: count("SELECT COUNT(*) FROM b24_jobs WHERE state = 'running'")?,
+            dead: count("SELECT COUNT(*) FROM b24_dlq")?,
+            processed: count("SELECT COUNT(*) FROM b24_processed")?,
+            oldest_age_secs: oldest.map(|o| (now() - o).max(0.0)).unwrap_or(0.0),
+        })
+    }
+
+    pub async fn is_processed(&self, key: &str) -> Result<bool> {
+        self.conn().prepare_cached("SELECT 1 FROM b24_processed WHERE key = ?1").map_err(e)?.exists([key]).map_err(e)
+    }
+
+    fn dead(r: &rusqlite::Row) -> rusqlite::Result<DeadLetter> {
+        Ok(DeadLetter {
+            id: r.get(0)?,
+            key: r.get(1)?,
+            name: r.get(2)?,
+            payload: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null),
+            attempts: r.get(4)?,
+            last_error: r.get(5)?,
+            failed_at: r.get(6)?,
+        })
+    }
+
+    pub async fn dlq_list(&self, limit: i64) -> Result<Vec<DeadLetter>> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT id, key, name, payload, attempts, last_error, failed_at FROM b24_dlq ORDER BY id LIMIT ?1").map_err(e)?;
+        let rows = st.query_map([limit], Self::dead).map_err(e)?;
+        rows.collect::<std::result::Result<Vec<_>, _>>().map_err(e)
+    }
+
+    pub async fn dlq_get(&self, id: i64) -> Result<Option<DeadLetter>> {
+        self.conn()
+            .query_row("SELECT id, key, name, payload, attempts, last_error, failed_at FROM b24_dlq WHERE id = ?1", [id], Self::dead)
+            .optional()
+            .map_err(e)
+    }
+
+    pub async fn dlq_replay(&self, id: Option<i64>) -> Result<u64> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let filter = if id.is_some() { "WHERE id = ?1" } else { "WHERE ?1 IS NULL" };
+        let n = tx
+            .execute(
+                &format!("INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at) SELECT key, source, name, payload, ?2, ?2 FROM b24_dlq {filter} ON CONFLICT(key) DO NOTHING"),
+                params![id, now()],
+            )
+            .map_err(e)?;
+        tx.execute(&format!("DELETE FROM b24_dlq {filter}"), params![id]).map_err(e)?;
+        tx.commit().map_err(e)?;
+        Ok(n as u64)
+    }
+
+    pub async fn dlq_purge(&self) -> Result<u64> {
+        Ok(self.conn().execute("DELETE FROM b24_dlq", []).map_err(e)? as u64)
+    }
+
+    pub async fn app_token(&self, member_id: &str) -> Result<Option<String>> {
+        self.conn().query_row("SELECT token FROM b24_app_tokens WHERE member_id = ?1", [member_id], |r| r.get(0)).optional().map_err(e)
+    }
+
+    pub async fn set_app_token(&self, member_id: &str, token: Option<&str>) -> Result<()> {
+        let c = self.conn();
+        match token {
+            Some(t) => c
+                .execute(
+                    "INSERT INTO b24_app_tokens VALUES (?1, ?2, ?3) ON CONFLICT(member_id) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at",
+                    params![member_id, t, now()],
+                )
+                .map_err(e)?,
+            None => c.execute("DELETE FROM b24_app_tokens WHERE member_id = ?1", [member_id]).map_err(e)?,
+        };
+        Ok(())
+    }
+}
