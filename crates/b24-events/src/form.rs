@@ -54,7 +54,11 @@ fn decode(s: &str) -> Option<String> {
 }
 
 fn insert(map: &mut Map<String, Value>, path: &[String], v: Value) {
-    let key = if path[0].is_empty() { map.len().to_string() } else { path[0].clone() };
+    let key = if path[0].is_empty() {
+        map.len().to_string()
+    } else {
+        path[0].clone()
+    };
     if path.len() == 1 {
         map.insert(key, v);
         return;
@@ -76,7 +80,10 @@ mod tests {
     #[test]
     fn bracket_bodies() {
         let v = parse(b"event=ONCRMDEALADD&data%5BFIELDS%5D%5BID%5D=7405&ts=1&auth%5Bmember_id%5D=m&auth%5Bapplication_token%5D=t").unwrap();
-        assert_eq!(v, json!({"event":"ONCRMDEALADD","data":{"FIELDS":{"ID":"7405"}},"ts":"1","auth":{"member_id":"m","application_token":"t"}}));
+        assert_eq!(
+            v,
+            json!({"event":"ONCRMDEALADD","data":{"FIELDS":{"ID":"7405"}},"ts":"1","auth":{"member_id":"m","application_token":"t"}})
+        );
         assert!(parse(b"a=%zz").is_none());
         assert!(parse(b"a[b=1").is_none());
         assert!(parse(&[0xff, 0xfe]).is_none());

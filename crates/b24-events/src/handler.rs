@@ -15,7 +15,11 @@ pub enum Handler {
     /// exit 0 = done.
     Exec { cmd: String, timeout: Duration },
     /// HTTP POST of the event JSON (header `X-B24-Event-Key`); 2xx = done.
-    Forward { url: String, timeout: Duration, client: reqwest::Client },
+    Forward {
+        url: String,
+        timeout: Duration,
+        client: reqwest::Client,
+    },
 }
 
 /// The JSON a handler receives.
@@ -25,11 +29,18 @@ pub fn event_json(job: &Job) -> serde_json::Value {
 
 impl Handler {
     pub fn exec(cmd: impl Into<String>, timeout: Duration) -> Handler {
-        Handler::Exec { cmd: cmd.into(), timeout }
+        Handler::Exec {
+            cmd: cmd.into(),
+            timeout,
+        }
     }
 
     pub fn forward(url: impl Into<String>, timeout: Duration) -> Handler {
-        Handler::Forward { url: url.into(), timeout, client: reqwest::Client::new() }
+        Handler::Forward {
+            url: url.into(),
+            timeout,
+            client: reqwest::Client::new(),
+        }
     }
 
     /// Run for one job: `Ok(())` = done, `Err(reason)` = failed (retried later).
@@ -58,12 +69,27 @@ impl Handler {
                     Ok(Ok(out)) if out.status.success() => Ok(()),
                     Ok(Ok(out)) => {
                         let err = String::from_utf8_lossy(&out.stderr);
-                        let tail: String = err.chars().rev().take(300).collect::<Vec<_>>().into_iter().rev().collect();
-                        Err(format!("handler exited with {}: {}", out.status, tail.trim()))
+                        let tail: String = err
+                            .chars()
+                            .rev()
+                            .take(300)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect();
+                        Err(format!(
+                            "handler exited with {}: {}",
+                            out.status,
+                            tail.trim()
+                        ))
                     }
                 }
             }
-            Handler::Forward { url, timeout, client } => {
+            Handler::Forward {
+                url,
+                timeout,
+                client,
+            } => {
                 let r = client
                     .post(url)
                     .timeout(*timeout)
@@ -73,7 +99,11 @@ impl Handler {
                     .send()
                     .await
                     .map_err(|e| format!("forward failed: {}", e.without_url()))?;
-                if r.status().is_success() { Ok(()) } else { Err(format!("forward answered HTTP {}", r.status())) }
+                if r.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("forward answered HTTP {}", r.status()))
+                }
             }
         }
     }

@@ -46,11 +46,20 @@ impl Drop for PgQueue {
 impl PgQueue {
     pub async fn connect(url: &str) -> Result<PgQueue> {
         let cfg: tokio_postgres::Config = url.parse().map_err(e)?;
-        let mgr = Manager::from_config(cfg.clone(), tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let mgr = Manager::from_config(
+            cfg.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(mgr).max_size(8).build().map_err(e)?;
         let client = pool.get().await.map_err(e)?;
         // Concurrent first connects may race on CREATE TABLE IF NOT EXISTS: serialise them.
-        client.batch_execute("SELECT pg_advisory_lock(724242)").await.map_err(e)?;
+        client
+            .batch_execute("SELECT pg_advisory_lock(724242)")
+            .await
+            .map_err(e)?;
         let mut res = Ok(());
         for m in MIGRATIONS {
             if let Err(x) = client.batch_execute(m).await {
@@ -58,11 +67,18 @@ impl PgQueue {
                 break;
             }
         }
-        client.batch_execute("SELECT pg_advisory_unlock(724242)").await.map_err(e)?;
+        client
+            .batch_execute("SELECT pg_advisory_unlock(724242)")
+            .await
+            .map_err(e)?;
         res?;
         let notify = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(cfg, notify.clone()));
-        Ok(PgQueue { pool, notify, listener })
+        Ok(PgQueue {
+            pool,
+            notify,
+            listener,
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -85,7 +101,13 @@ impl PgQueue {
             .map_err(e)?;
         let mut n = 0;
         for ev in events {
-            n += tx.execute(&st, &[&ev.key, &ev.source, &ev.name, &ev.payload.to_string(), &t]).await.map_err(e)? as usize;
+            n += tx
+                .execute(
+                    &st,
+                    &[&ev.key, &ev.source, &ev.name, &ev.payload.to_string(), &t],
+                )
+                .await
+                .map_err(e)? as usize;
         }
         if n > 0 {
             tx.batch_execute("NOTIFY b24_jobs").await.map_err(e)?;
@@ -105,18 +127,38 @@ impl PgQueue {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(e)?;
         let n = Self::insert(&tx, events).await?;
-        tx.execute("INSERT INTO b24_offline_pending VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&process_id, &now()]).await.map_err(e)?;
+        tx.execute(
+            "INSERT INTO b24_offline_pending VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&process_id, &now()],
+        )
+        .await
+        .map_err(e)?;
         tx.commit().await.map_err(e)?;
         Ok(n)
     }
 
     pub async fn pending_processes(&self) -> Result<Vec<String>> {
-        let rows = self.client().await?.query("SELECT process_id FROM b24_offline_pending ORDER BY created_at", &[]).await.map_err(e)?;
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT process_id FROM b24_offline_pending ORDER BY created_at",
+                &[],
+            )
+            .await
+            .map_err(e)?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     pub async fn forget_process(&self, process_id: &str) -> Result<()> {
-        self.client().await?.execute("DELETE FROM b24_offline_pending WHERE process_id = $1", &[&process_id]).await.map_err(e)?;
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM b24_offline_pending WHERE process_id = $1",
+                &[&process_id],
+            )
+            .await
+            .map_err(e)?;
         Ok(())
     }
 
@@ -151,13 +193,30 @@ impl PgQueue {
     pub async fn complete(&self, job: &Job, worker: &str) -> Result<bool> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(e)?;
-        let n = tx.execute("DELETE FROM b24_jobs WHERE id = $1 AND locked_by = $2 AND state = 'running'", &[&job.id, &worker]).await.map_err(e)?;
-        tx.execute("INSERT INTO b24_processed VALUES ($1, $2) ON CONFLICT DO NOTHING", &[&job.key, &now()]).await.map_err(e)?;
+        let n = tx
+            .execute(
+                "DELETE FROM b24_jobs WHERE id = $1 AND locked_by = $2 AND state = 'running'",
+                &[&job.id, &worker],
+            )
+            .await
+            .map_err(e)?;
+        tx.execute(
+            "INSERT INTO b24_processed VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&job.key, &now()],
+        )
+        .await
+        .map_err(e)?;
         tx.commit().await.map_err(e)?;
         Ok(n == 1)
     }
 
-    pub async fn fail(&self, job: &Job, worker: &str, error: &str, rule: RetryRule) -> Result<bool> {
+    pub async fn fail(
+        &self,
+        job: &Job,
+        worker: &str,
+        error: &str,
+        rule: RetryRule,
+    ) -> Result<bool> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(e)?;
         let dead = job.attempts >= rule.max_attempts;
@@ -171,7 +230,9 @@ impl PgQueue {
                 .await
                 .map_err(e)?;
             if n == 1 {
-                tx.execute("DELETE FROM b24_jobs WHERE id = $1", &[&job.id]).await.map_err(e)?;
+                tx.execute("DELETE FROM b24_jobs WHERE id = $1", &[&job.id])
+                    .await
+                    .map_err(e)?;
             }
         } else {
             tx.execute(
@@ -226,7 +287,13 @@ impl PgQueue {
     }
 
     pub async fn is_processed(&self, key: &str) -> Result<bool> {
-        Ok(!self.client().await?.query("SELECT 1 FROM b24_processed WHERE key = $1", &[&key]).await.map_err(e)?.is_empty())
+        Ok(!self
+            .client()
+            .await?
+            .query("SELECT 1 FROM b24_processed WHERE key = $1", &[&key])
+            .await
+            .map_err(e)?
+            .is_empty())
     }
 
     fn dead(r: &tokio_postgres::Row) -> DeadLetter {
@@ -272,18 +339,35 @@ impl PgQueue {
             )
             .await
             .map_err(e)?;
-        tx.execute("DELETE FROM b24_dlq WHERE ($1::BIGINT IS NULL OR id = $1)", &[&id]).await.map_err(e)?;
+        tx.execute(
+            "DELETE FROM b24_dlq WHERE ($1::BIGINT IS NULL OR id = $1)",
+            &[&id],
+        )
+        .await
+        .map_err(e)?;
         tx.batch_execute("NOTIFY b24_jobs").await.map_err(e)?;
         tx.commit().await.map_err(e)?;
         Ok(n)
     }
 
     pub async fn dlq_purge(&self) -> Result<u64> {
-        self.client().await?.execute("DELETE FROM b24_dlq", &[]).await.map_err(e)
+        self.client()
+            .await?
+            .execute("DELETE FROM b24_dlq", &[])
+            .await
+            .map_err(e)
     }
 
     pub async fn app_token(&self, member_id: &str) -> Result<Option<String>> {
-        let rows = self.client().await?.query("SELECT token FROM b24_app_tokens WHERE member_id = $1", &[&member_id]).await.map_err(e)?;
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT token FROM b24_app_tokens WHERE member_id = $1",
+                &[&member_id],
+            )
+            .await
+            .map_err(e)?;
         Ok(rows.first().map(|r| r.get(0)))
     }
 
@@ -325,4 +409,26 @@ async fn listen(cfg: tokio_postgres::Config, notify: Arc<Notify>) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Create a fresh schema and return a URL whose connections use it (tests, multi-tenant).
+pub async fn isolated_url(base: &str, schema: &str) -> Result<String> {
+    if !schema
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(EventsError::Config(format!("bad schema name `{schema}`")));
+    }
+    let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .map_err(e)?;
+    let h = tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .await
+        .map_err(e)?;
+    drop(client);
+    let _ = h.await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Ok(format!("{base}{sep}options=-csearch_path%3D{schema}"))
 }

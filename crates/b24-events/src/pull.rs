@@ -32,7 +32,8 @@ fn to_events(portal: &str, events: &[Value]) -> Result<Vec<NewEvent>> {
     events
         .iter()
         .map(|ev| {
-            let key = offline_key(portal, ev).ok_or_else(|| EventsError::Store(format!("offline event without ID: {ev}")))?;
+            let key = offline_key(portal, ev)
+                .ok_or_else(|| EventsError::Store(format!("offline event without ID: {ev}")))?;
             Ok(NewEvent {
                 key,
                 source: "offline".into(),
@@ -51,10 +52,19 @@ pub struct Pulled {
     pub batches: usize,
 }
 
-async fn commit_and_clear(client: &b24::Client, store: &Store, events: &[Value], pid: &str) -> Result<usize> {
+async fn commit_and_clear(
+    client: &b24::Client,
+    store: &Store,
+    events: &[Value],
+    pid: &str,
+) -> Result<usize> {
     let portal = client.portal().to_string();
-    let new = store.enqueue_offline(&to_events(&portal, events)?, pid).await?;
-    client.call("event.offline.clear", json!({"process_id": pid})).await?;
+    let new = store
+        .enqueue_offline(&to_events(&portal, events)?, pid)
+        .await?;
+    client
+        .call("event.offline.clear", json!({"process_id": pid}))
+        .await?;
     store.forget_process(pid).await?;
     Ok(new)
 }
@@ -67,7 +77,10 @@ pub async fn recover(client: &b24::Client, store: &Store) -> Result<Pulled> {
     let mut start = 0u64;
     loop {
         let r = client
-            .call("event.offline.list", json!({"filter": {"!PROCESS_ID": ""}, "start": start}))
+            .call(
+                "event.offline.list",
+                json!({"filter": {"!PROCESS_ID": ""}, "start": start}),
+            )
             .await?;
         for row in r.result.as_array().into_iter().flatten() {
             let pid = row.get("PROCESS_ID").map(text).unwrap_or_default();
@@ -81,8 +94,18 @@ pub async fn recover(client: &b24::Client, store: &Store) -> Result<Pulled> {
         }
     }
     for pid in pids {
-        let r = client.call("event.offline.get", json!({"process_id": pid, "clear": 0, "limit": 1000})).await?;
-        let events: Vec<Value> = r.result.get("events").and_then(|e| e.as_array()).cloned().unwrap_or_default();
+        let r = client
+            .call(
+                "event.offline.get",
+                json!({"process_id": pid, "clear": 0, "limit": 1000}),
+            )
+            .await?;
+        let events: Vec<Value> = r
+            .result
+            .get("events")
+            .and_then(|e| e.as_array())
+            .cloned()
+            .unwrap_or_default();
         p.fetched += events.len();
         p.new += commit_and_clear(client, store, &events, &pid).await?;
         p.batches += 1;
@@ -91,13 +114,38 @@ pub async fn recover(client: &b24::Client, store: &Store) -> Result<Pulled> {
 }
 
 /// Pull until the portal's queue is empty (or `max_batches` reached).
-pub async fn pull(client: &b24::Client, store: &Store, limit: u32, max_batches: usize) -> Result<Pulled> {
+pub async fn pull(
+    client: &b24::Client,
+    store: &Store,
+    limit: u32,
+    max_batches: usize,
+) -> Result<Pulled> {
     let mut p = Pulled::default();
     while p.batches < max_batches {
-        let r = client.call_with("event.offline.get", json!({"clear": 0, "limit": limit}), b24::CallOptions { is_write: Some(false), ..Default::default() }).await?;
-        let events: Vec<Value> = r.result.get("events").and_then(|e| e.as_array()).cloned().unwrap_or_default();
-        let pid = r.result.get("process_id").and_then(|v| v.as_str()).map(str::to_string);
-        let Some(pid) = pid.filter(|_| !events.is_empty()) else { break };
+        let r = client
+            .call_with(
+                "event.offline.get",
+                json!({"clear": 0, "limit": limit}),
+                b24::CallOptions {
+                    is_write: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let events: Vec<Value> = r
+            .result
+            .get("events")
+            .and_then(|e| e.as_array())
+            .cloned()
+            .unwrap_or_default();
+        let pid = r
+            .result
+            .get("process_id")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let Some(pid) = pid.filter(|_| !events.is_empty()) else {
+            break;
+        };
         p.fetched += events.len();
         p.new += commit_and_clear(client, store, &events, &pid).await?;
         p.batches += 1;

@@ -60,7 +60,11 @@ pub struct RetryRule {
 
 impl Default for RetryRule {
     fn default() -> Self {
-        RetryRule { max_attempts: 5, base_secs: 2.0, max_secs: 300.0 }
+        RetryRule {
+            max_attempts: 5,
+            base_secs: 2.0,
+            max_secs: 300.0,
+        }
     }
 }
 
@@ -91,8 +95,13 @@ impl Store {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Store::Postgres(PgQueue::connect(url).await?));
         }
-        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
-        Ok(Store::Sqlite(SqliteQueue::open(std::path::Path::new(path))?))
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .unwrap_or(url);
+        Ok(Store::Sqlite(SqliteQueue::open(std::path::Path::new(
+            path,
+        ))?))
     }
 
     pub fn backend(&self) -> &'static str {
@@ -133,7 +142,13 @@ impl Store {
 
     /// Failed: retry later with backoff, or move to the dead letters after the last attempt.
     /// Returns true when it was dead-lettered.
-    pub async fn fail(&self, job: &Job, worker: &str, error: &str, rule: RetryRule) -> Result<bool> {
+    pub async fn fail(
+        &self,
+        job: &Job,
+        worker: &str,
+        error: &str,
+        rule: RetryRule,
+    ) -> Result<bool> {
         both!(self, q => q.fail(job, worker, error, rule).await)
     }
 
@@ -184,7 +199,9 @@ impl Store {
     /// Wait until new jobs may be available (PostgreSQL: LISTEN/NOTIFY; SQLite: a short sleep).
     pub async fn wait_for_work(&self, max: std::time::Duration) {
         match self {
-            Store::Sqlite(_) => tokio::time::sleep(max.min(std::time::Duration::from_millis(200))).await,
+            Store::Sqlite(_) => {
+                tokio::time::sleep(max.min(std::time::Duration::from_millis(200))).await
+            }
             Store::Postgres(q) => q.wait_for_work(max).await,
         }
     }

@@ -59,33 +59,65 @@ fn same(a: &str, b: &str) -> bool {
 
 /// The key of an online event: Bitrix24 gives no delivery id, so (event, data, ts, member).
 pub fn online_key(member: &str, ev: &Value) -> String {
-    let h = sha2::Sha256::digest(format!("{}\n{}\n{}\n{}", member, s(ev.get("event")), ev.get("data").cloned().unwrap_or(Value::Null), s(ev.get("ts"))).as_bytes());
+    let h = sha2::Sha256::digest(
+        format!(
+            "{}\n{}\n{}\n{}",
+            member,
+            s(ev.get("event")),
+            ev.get("data").cloned().unwrap_or(Value::Null),
+            s(ev.get("ts"))
+        )
+        .as_bytes(),
+    );
     format!("online:{}", hex::encode(&h[..16]))
 }
 
 async fn receive(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
     let Some(ev) = crate::form::parse(&body) else {
-        return reply(StatusCode::BAD_REQUEST, json!({"status": "error", "error": "malformed_body"}));
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"status": "error", "error": "malformed_body"}),
+        );
     };
     let event = s(ev.get("event")).to_ascii_uppercase();
     let member = s(ev.get("auth").and_then(|a| a.get("member_id")));
     let token = s(ev.get("auth").and_then(|a| a.get("application_token")));
-    if event.is_empty() || member.is_empty() || token.is_empty() || !event.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return reply(StatusCode::BAD_REQUEST, json!({"status": "error", "error": "missing event, auth[member_id] or auth[application_token]"}));
+    if event.is_empty()
+        || member.is_empty()
+        || token.is_empty()
+        || !event.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"status": "error", "error": "missing event, auth[member_id] or auth[application_token]"}),
+        );
     }
     let stored = match sh.store.app_token(&member).await {
         Ok(t) => t,
-        Err(_) => return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "error", "error": "store_unavailable"})),
+        Err(_) => {
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "error", "error": "store_unavailable"}),
+            );
+        }
     };
     let expected = sh.cfg.pinned_token.clone().or(stored.clone());
-    let verified = expected.as_deref().map(|t| same(t, &token)).unwrap_or(false);
+    let verified = expected
+        .as_deref()
+        .map(|t| same(t, &token))
+        .unwrap_or(false);
     match event.as_str() {
         // First install of the app on this portal: trust on first use, unless a token is
         // pinned by configuration or already known (a re-install must match it).
         "ONAPPINSTALL" if expected.is_none() => {}
         // An update carries a new token; it must come for a portal we already know.
         "ONAPPUPDATE" if stored.is_some() && sh.cfg.pinned_token.is_none() => {}
-        _ if !verified => return reply(StatusCode::UNAUTHORIZED, json!({"status": "error", "error": "invalid_application_token"})),
+        _ if !verified => {
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                json!({"status": "error", "error": "invalid_application_token"}),
+            );
+        }
         _ => {}
     }
     let mut payload = ev.clone();
@@ -97,10 +129,18 @@ async fn receive(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
             }
         }
     }
-    let new = NewEvent { key: online_key(&member, &ev), source: "online".into(), name: event.clone(), payload };
+    let new = NewEvent {
+        key: online_key(&member, &ev),
+        source: "online".into(),
+        name: event.clone(),
+        payload,
+    };
     if sh.store.enqueue(&[new]).await.is_err() {
         // Nothing is committed: do not answer 200.
-        return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "error", "error": "store_unavailable"}));
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "error", "error": "store_unavailable"}),
+        );
     }
     let lifecycle = match event.as_str() {
         "ONAPPINSTALL" | "ONAPPUPDATE" => sh.store.set_app_token(&member, Some(&token)).await,
@@ -108,7 +148,10 @@ async fn receive(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
         _ => Ok(()),
     };
     if lifecycle.is_err() {
-        return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "error", "error": "store_unavailable"}));
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "error", "error": "store_unavailable"}),
+        );
     }
     reply(StatusCode::OK, json!({"status": "ok"}))
 }

@@ -43,7 +43,8 @@ pub struct SqliteQueue {
 impl SqliteQueue {
     pub fn open(path: &Path) -> Result<SqliteQueue> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|x| EventsError::Store(format!("{}: {x}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|x| EventsError::Store(format!("{}: {x}", dir.display())))?;
         }
         let conn = rusqlite::Connection::open(path).map_err(e)?;
         #[cfg(unix)]
@@ -51,11 +52,15 @@ impl SqliteQueue {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
-        conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(e)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(e)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(e)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(e)?;
         conn.execute_batch(SCHEMA).map_err(e)?;
-        Ok(SqliteQueue { conn: Mutex::new(conn) })
+        Ok(SqliteQueue {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
@@ -65,7 +70,9 @@ impl SqliteQueue {
     fn insert(tx: &rusqlite::Transaction, events: &[NewEvent]) -> Result<usize> {
         let t = now();
         let mut n = 0;
-        let mut done = tx.prepare_cached("SELECT 1 FROM b24_processed WHERE key = ?1").map_err(e)?;
+        let mut done = tx
+            .prepare_cached("SELECT 1 FROM b24_processed WHERE key = ?1")
+            .map_err(e)?;
         let mut ins = tx
             .prepare_cached("INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT(key) DO NOTHING")
             .map_err(e)?;
@@ -73,14 +80,24 @@ impl SqliteQueue {
             if done.exists([&ev.key]).map_err(e)? {
                 continue;
             }
-            n += ins.execute(params![ev.key, ev.source, ev.name, ev.payload.to_string(), t]).map_err(e)?;
+            n += ins
+                .execute(params![
+                    ev.key,
+                    ev.source,
+                    ev.name,
+                    ev.payload.to_string(),
+                    t
+                ])
+                .map_err(e)?;
         }
         Ok(n)
     }
 
     pub async fn enqueue(&self, events: &[NewEvent]) -> Result<usize> {
         let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e)?;
         let n = Self::insert(&tx, events)?;
         tx.commit().map_err(e)?;
         Ok(n)
@@ -88,29 +105,45 @@ impl SqliteQueue {
 
     pub async fn enqueue_offline(&self, events: &[NewEvent], process_id: &str) -> Result<usize> {
         let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e)?;
         let n = Self::insert(&tx, events)?;
-        tx.execute("INSERT INTO b24_offline_pending VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![process_id, now()]).map_err(e)?;
+        tx.execute(
+            "INSERT INTO b24_offline_pending VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![process_id, now()],
+        )
+        .map_err(e)?;
         tx.commit().map_err(e)?;
         Ok(n)
     }
 
     pub async fn pending_processes(&self) -> Result<Vec<String>> {
         let c = self.conn();
-        let mut st = c.prepare("SELECT process_id FROM b24_offline_pending ORDER BY created_at").map_err(e)?;
+        let mut st = c
+            .prepare("SELECT process_id FROM b24_offline_pending ORDER BY created_at")
+            .map_err(e)?;
         let rows = st.query_map([], |r| r.get(0)).map_err(e)?;
-        rows.collect::<std::result::Result<Vec<String>, _>>().map_err(e)
+        rows.collect::<std::result::Result<Vec<String>, _>>()
+            .map_err(e)
     }
 
     pub async fn forget_process(&self, process_id: &str) -> Result<()> {
-        self.conn().execute("DELETE FROM b24_offline_pending WHERE process_id = ?1", [process_id]).map_err(e)?;
+        self.conn()
+            .execute(
+                "DELETE FROM b24_offline_pending WHERE process_id = ?1",
+                [process_id],
+            )
+            .map_err(e)?;
         Ok(())
     }
 
     pub async fn claim(&self, worker: &str, n: i64, lease_secs: f64) -> Result<Vec<Job>> {
         let t = now();
         let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e)?;
         let jobs = {
             let mut st = tx
                 .prepare_cached(
@@ -125,12 +158,14 @@ impl SqliteQueue {
                         id: r.get(0)?,
                         key: r.get(1)?,
                         name: r.get(2)?,
-                        payload: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null),
+                        payload: serde_json::from_str(&r.get::<_, String>(3)?)
+                            .unwrap_or(Value::Null),
                         attempts: r.get(4)?,
                     })
                 })
                 .map_err(e)?;
-            rows.collect::<std::result::Result<Vec<Job>, _>>().map_err(e)?
+            rows.collect::<std::result::Result<Vec<Job>, _>>()
+                .map_err(e)?
         };
         tx.commit().map_err(e)?;
         Ok(jobs)
@@ -138,16 +173,35 @@ impl SqliteQueue {
 
     pub async fn complete(&self, job: &Job, worker: &str) -> Result<bool> {
         let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
-        let n = tx.execute("DELETE FROM b24_jobs WHERE id = ?1 AND locked_by = ?2 AND state = 'running'", params![job.id, worker]).map_err(e)?;
-        tx.execute("INSERT INTO b24_processed VALUES (?1, ?2) ON CONFLICT DO NOTHING", params![job.key, now()]).map_err(e)?;
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e)?;
+        let n = tx
+            .execute(
+                "DELETE FROM b24_jobs WHERE id = ?1 AND locked_by = ?2 AND state = 'running'",
+                params![job.id, worker],
+            )
+            .map_err(e)?;
+        tx.execute(
+            "INSERT INTO b24_processed VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![job.key, now()],
+        )
+        .map_err(e)?;
         tx.commit().map_err(e)?;
         Ok(n == 1)
     }
 
-    pub async fn fail(&self, job: &Job, worker: &str, error: &str, rule: RetryRule) -> Result<bool> {
+    pub async fn fail(
+        &self,
+        job: &Job,
+        worker: &str,
+        error: &str,
+        rule: RetryRule,
+    ) -> Result<bool> {
         let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e)?;
         let dead = job.attempts >= rule.max_attempts;
         if dead {
             let n = tx
@@ -158,7 +212,8 @@ impl SqliteQueue {
                 )
                 .map_err(e)?;
             if n == 1 {
-                tx.execute("DELETE FROM b24_jobs WHERE id = ?1", [job.id]).map_err(e)?;
+                tx.execute("DELETE FROM b24_jobs WHERE id = ?1", [job.id])
+                    .map_err(e)?;
             }
         } else {
             tx.execute(
@@ -192,7 +247,9 @@ impl SqliteQueue {
     pub async fn stats(&self) -> Result<QueueStats> {
         let c = self.conn();
         let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).map_err(e);
-        let oldest: Option<f64> = c.query_row("SELECT MIN(created_at) FROM b24_jobs", [], |r| r.get(0)).map_err(e)?;
+        let oldest: Option<f64> = c
+            .query_row("SELECT MIN(created_at) FROM b24_jobs", [], |r| r.get(0))
+            .map_err(e)?;
         Ok(QueueStats {
             ready: count("SELECT COUNT(*) FROM b24_jobs WHERE state = 'ready'")?,
             running: count("SELECT COUNT(*) FROM b24_jobs WHERE state = 'running'")?,
@@ -203,7 +260,11 @@ impl SqliteQueue {
     }
 
     pub async fn is_processed(&self, key: &str) -> Result<bool> {
-        self.conn().prepare_cached("SELECT 1 FROM b24_processed WHERE key = ?1").map_err(e)?.exists([key]).map_err(e)
+        self.conn()
+            .prepare_cached("SELECT 1 FROM b24_processed WHERE key = ?1")
+            .map_err(e)?
+            .exists([key])
+            .map_err(e)
     }
 
     fn dead(r: &rusqlite::Row) -> rusqlite::Result<DeadLetter> {
@@ -234,15 +295,22 @@ impl SqliteQueue {
 
     pub async fn dlq_replay(&self, id: Option<i64>) -> Result<u64> {
         let mut c = self.conn();
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(e)?;
-        let filter = if id.is_some() { "WHERE id = ?1" } else { "WHERE ?1 IS NULL" };
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e)?;
+        let filter = if id.is_some() {
+            "WHERE id = ?1"
+        } else {
+            "WHERE ?1 IS NULL"
+        };
         let n = tx
             .execute(
                 &format!("INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at) SELECT key, source, name, payload, ?2, ?2 FROM b24_dlq {filter} ON CONFLICT(key) DO NOTHING"),
                 params![id, now()],
             )
             .map_err(e)?;
-        tx.execute(&format!("DELETE FROM b24_dlq {filter}"), params![id]).map_err(e)?;
+        tx.execute(&format!("DELETE FROM b24_dlq {filter}"), params![id])
+            .map_err(e)?;
         tx.commit().map_err(e)?;
         Ok(n as u64)
     }
@@ -252,7 +320,14 @@ impl SqliteQueue {
     }
 
     pub async fn app_token(&self, member_id: &str) -> Result<Option<String>> {
-        self.conn().query_row("SELECT token FROM b24_app_tokens WHERE member_id = ?1", [member_id], |r| r.get(0)).optional().map_err(e)
+        self.conn()
+            .query_row(
+                "SELECT token FROM b24_app_tokens WHERE member_id = ?1",
+                [member_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(e)
     }
 
     pub async fn set_app_token(&self, member_id: &str, token: Option<&str>) -> Result<()> {

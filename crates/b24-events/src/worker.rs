@@ -49,7 +49,13 @@ impl WorkerStats {
 /// Run until `stop` is cancelled (or, with `once`, until the queue is drained).
 /// On stop, no new job is claimed; running handlers finish, and their leases are completed
 /// or released, so nothing is lost.
-pub async fn run(store: Arc<Store>, handler: Handler, cfg: WorkerConfig, stats: Arc<WorkerStats>, stop: CancellationToken) -> Result<()> {
+pub async fn run(
+    store: Arc<Store>,
+    handler: Handler,
+    cfg: WorkerConfig,
+    stats: Arc<WorkerStats>,
+    stop: CancellationToken,
+) -> Result<()> {
     if let Some(client) = &cfg.pull {
         let r = pull::recover(client, &store).await?;
         stats.pulled.fetch_add(r.fetched as u64, Relaxed);
@@ -68,10 +74,20 @@ pub async fn run(store: Arc<Store>, handler: Handler, cfg: WorkerConfig, stats: 
         }
         stats.reaped.fetch_add(store.reap().await?, Relaxed);
         let free = cfg.concurrency.saturating_sub(tasks.len()) as i64;
-        let jobs = if free > 0 { store.claim(&cfg.id, free, cfg.lease_secs).await? } else { vec![] };
+        let jobs = if free > 0 {
+            store.claim(&cfg.id, free, cfg.lease_secs).await?
+        } else {
+            vec![]
+        };
         let claimed = jobs.len();
         for job in jobs {
-            let (store, handler, stats, id, retry) = (store.clone(), handler.clone(), stats.clone(), cfg.id.clone(), cfg.retry);
+            let (store, handler, stats, id, retry) = (
+                store.clone(),
+                handler.clone(),
+                stats.clone(),
+                cfg.id.clone(),
+                cfg.retry,
+            );
             tasks.spawn(async move {
                 match handler.run(&job).await {
                     Ok(()) => {
@@ -133,25 +149,75 @@ pub async fn run(store: Arc<Store>, handler: Handler, cfg: WorkerConfig, stats: 
 }
 
 /// Prometheus text for the queue and the worker.
-pub fn metrics(q: &crate::QueueStats, w: &WorkerStats, client: Option<&b24::ClientStats>) -> String {
+pub fn metrics(
+    q: &crate::QueueStats,
+    w: &WorkerStats,
+    client: Option<&b24::ClientStats>,
+) -> String {
     let mut s = String::new();
     let mut g = |name: &str, help: &str, v: f64| {
-        s.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"));
+        s.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+        ));
     };
-    g("b24_queue_ready", "Events waiting to be handled", q.ready as f64);
-    g("b24_queue_running", "Events being handled", q.running as f64);
-    g("b24_queue_oldest_age_seconds", "Age of the oldest queued event", q.oldest_age_secs);
+    g(
+        "b24_queue_ready",
+        "Events waiting to be handled",
+        q.ready as f64,
+    );
+    g(
+        "b24_queue_running",
+        "Events being handled",
+        q.running as f64,
+    );
+    g(
+        "b24_queue_oldest_age_seconds",
+        "Age of the oldest queued event",
+        q.oldest_age_secs,
+    );
     g("b24_dlq_size", "Dead-lettered events", q.dead as f64);
-    g("b24_events_processed_total", "Events recorded as done", q.processed as f64);
-    g("b24_worker_handled_total", "Events handled by this worker", w.handled.load(Relaxed) as f64);
-    g("b24_worker_failures_total", "Handler failures (retried or dead-lettered)", w.failed.load(Relaxed) as f64);
-    g("b24_worker_pulled_total", "Offline events pulled from the portal", w.pulled.load(Relaxed) as f64);
+    g(
+        "b24_events_processed_total",
+        "Events recorded as done",
+        q.processed as f64,
+    );
+    g(
+        "b24_worker_handled_total",
+        "Events handled by this worker",
+        w.handled.load(Relaxed) as f64,
+    );
+    g(
+        "b24_worker_failures_total",
+        "Handler failures (retried or dead-lettered)",
+        w.failed.load(Relaxed) as f64,
+    );
+    g(
+        "b24_worker_pulled_total",
+        "Offline events pulled from the portal",
+        w.pulled.load(Relaxed) as f64,
+    );
     if let Some(c) = client {
-        g("b24_http_requests_total", "REST requests sent", c.requests as f64);
+        g(
+            "b24_http_requests_total",
+            "REST requests sent",
+            c.requests as f64,
+        );
         g("b24_http_retries_total", "REST retries", c.retries as f64);
-        g("b24_http_503_total", "QUERY_LIMIT_EXCEEDED answers", c.status_503 as f64);
-        g("b24_http_429_total", "OPERATION_TIME_LIMIT answers", c.status_429 as f64);
-        g("b24_limiter_waits_total", "Times the limiter delayed a request", c.limiter_waits as f64);
+        g(
+            "b24_http_503_total",
+            "QUERY_LIMIT_EXCEEDED answers",
+            c.status_503 as f64,
+        );
+        g(
+            "b24_http_429_total",
+            "OPERATION_TIME_LIMIT answers",
+            c.status_429 as f64,
+        );
+        g(
+            "b24_limiter_waits_total",
+            "Times the limiter delayed a request",
+            c.limiter_waits as f64,
+        );
     }
     s
 }

@@ -1,13 +1,43 @@
-//! `b24 db`: database maintenance (migrations for postgresql stores).
+//! `b24 db`: database maintenance for the PostgreSQL store.
 
+use crate::cmd::events::open_store;
+use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Example:
+  B24_STORE_URL=postgres://b24@db.internal/b24 b24 db migrate")]
+pub struct Args {
+    #[command(subcommand)]
+    pub cmd: Sub,
+    /// Store URL (postgres://… or a SQLite path).
+    #[arg(long, env = "B24_STORE_URL", global = true)]
+    pub store: Option<String>,
+}
 
-pub async fn run(_args: Args, _g: &Globals) -> anyhow::Result<i32> {
-    Err(crate::exit::Exit::new(
-        crate::exit::USAGE,
-        "`b24 db` is not built yet",
-    ))
+#[derive(Debug, clap::Subcommand)]
+pub enum Sub {
+    /// Apply the schema (also done automatically on connect).
+    Migrate,
+    /// Queue statistics.
+    Status,
+}
+
+pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
+    let store = open_store(g, args.store.as_deref()).await?;
+    let stats = store
+        .stats()
+        .await
+        .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+    match args.cmd {
+        Sub::Migrate => println!(
+            "{}",
+            serde_json::json!({"migrated": true, "backend": store.backend()})
+        ),
+        Sub::Status => println!(
+            "{}",
+            serde_json::json!({"backend": store.backend(), "queue": stats})
+        ),
+    }
+    Ok(exit::OK)
 }

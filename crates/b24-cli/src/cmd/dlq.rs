@@ -1,13 +1,81 @@
 //! `b24 dlq`: inspect, replay and purge dead-lettered events.
 
+use crate::cmd::events::open_store;
+use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:
+  b24 dlq list
+  b24 dlq show 12
+  b24 dlq replay 12        # or: b24 dlq replay --all
+  b24 dlq purge --yes")]
+pub struct Args {
+    #[command(subcommand)]
+    pub cmd: Sub,
+    /// Queue store: a SQLite path (default: queue.db in the state dir) or postgres://…
+    #[arg(long, env = "B24_STORE_URL", global = true)]
+    pub store: Option<String>,
+}
 
-pub async fn run(_args: Args, _g: &Globals) -> anyhow::Result<i32> {
-    Err(crate::exit::Exit::new(
-        crate::exit::USAGE,
-        "`b24 dlq` is not built yet",
-    ))
+#[derive(Debug, clap::Subcommand)]
+pub enum Sub {
+    /// Dead letters as NDJSON.
+    List {
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// One dead letter with its payload and last error.
+    Show { id: i64 },
+    /// Put dead letters back into the queue with fresh attempts.
+    Replay {
+        id: Option<i64>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Delete every dead letter.
+    Purge {
+        /// Required: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
+    let store = open_store(g, args.store.as_deref()).await?;
+    let err = |e: b24_events::EventsError| Exit::new(exit::USAGE, e.to_string());
+    match args.cmd {
+        Sub::List { limit } => {
+            for d in store.dlq_list(limit).await.map_err(err)? {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": d.id, "key": d.key, "event": d.name, "attempts": d.attempts, "last_error": d.last_error, "failed_at": d.failed_at})
+                );
+            }
+        }
+        Sub::Show { id } => match store.dlq_get(id).await.map_err(err)? {
+            Some(d) => println!("{}", serde_json::to_string_pretty(&d)?),
+            None => return Err(Exit::new(exit::API, format!("no dead letter {id}"))),
+        },
+        Sub::Replay { id, all } => {
+            if id.is_none() && !all {
+                return Err(Exit::new(exit::USAGE, "give a dead-letter id or --all"));
+            }
+            let n = store.dlq_replay(id).await.map_err(err)?;
+            println!("{}", serde_json::json!({"replayed": n}));
+        }
+        Sub::Purge { yes } => {
+            if !yes {
+                return Err(Exit::new(
+                    exit::USAGE,
+                    "purging deletes dead letters for good: re-run with --yes",
+                ));
+            }
+            println!(
+                "{}",
+                serde_json::json!({"purged": store.dlq_purge().await.map_err(err)?})
+            );
+        }
+    }
+    Ok(exit::OK)
 }

@@ -1,13 +1,135 @@
-//! `b24 worker`: pull offline events and run handlers for queued events.
+//! `b24 worker`: pull offline events and run a handler for every queued event.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use b24_events::handler::Handler;
+use b24_events::queue::RetryRule;
+use b24_events::worker::{WorkerConfig, WorkerStats};
+
+use crate::cmd::events::{open_store, shutdown_token};
+use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Examples:
+  b24 worker --exec ./handle-deal.sh --once          # drain and exit
+  b24 worker --forward https://internal/b24 --concurrency 8 --metrics-listen 127.0.0.1:9464
+  B24_STORE_URL=postgres://b24@db/b24 b24 worker --exec ./h.sh --no-pull
 
-pub async fn run(_args: Args, _g: &Globals) -> anyhow::Result<i32> {
-    Err(crate::exit::Exit::new(
-        crate::exit::USAGE,
-        "`b24 worker` is not built yet",
-    ))
+The handler gets the event JSON on stdin and B24_EVENT_KEY in its environment; exit 0 = done.
+A worker killed at any moment loses nothing: leases expire and events are handled again, so
+make the handler's effect idempotent with B24_EVENT_KEY.")]
+pub struct Args {
+    /// Run this shell command per event (event JSON on stdin).
+    #[arg(long, conflicts_with = "forward")]
+    pub exec: Option<String>,
+    /// POST each event as JSON to this URL (2xx = done).
+    #[arg(long)]
+    pub forward: Option<String>,
+    /// Drain the portal's offline queue and the local queue, then exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Handlers running at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Lease per job, seconds (an unfinished job is retried after it).
+    #[arg(long, default_value_t = 60.0)]
+    pub lease: f64,
+    /// Attempts before an event goes to the dead letters.
+    #[arg(long, default_value_t = 5)]
+    pub max_attempts: i32,
+    /// First retry delay, seconds (doubles each attempt).
+    #[arg(long, default_value_t = 2.0)]
+    pub retry_base: f64,
+    /// Handler timeout, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub handler_timeout: f64,
+    /// Do not pull offline events from the portal (queue only; for extra workers).
+    #[arg(long)]
+    pub no_pull: bool,
+    /// Queue store: a SQLite path (default: queue.db in the state dir) or postgres://…
+    #[arg(long, env = "B24_STORE_URL")]
+    pub store: Option<String>,
+    /// Serve Prometheus metrics on this address.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
+    let timeout = Duration::from_secs_f64(args.handler_timeout.max(0.1));
+    let handler = match (&args.exec, &args.forward) {
+        (Some(cmd), _) => Handler::exec(cmd.clone(), timeout),
+        (None, Some(url)) => Handler::forward(url.clone(), timeout),
+        (None, None) => {
+            return Err(Exit::new(
+                exit::USAGE,
+                "a worker needs a handler: --exec CMD or --forward URL (there is no default handler that would acknowledge events without doing anything)",
+            ));
+        }
+    };
+    let store = Arc::new(open_store(g, args.store.as_deref()).await?);
+    let client = if args.no_pull {
+        None
+    } else {
+        Some(g.client().await?)
+    };
+    let stats = Arc::new(WorkerStats::default());
+    if let Some(addr) = args.metrics_listen {
+        let (store, stats, client) = (store.clone(), stats.clone(), client.clone());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Exit::new(exit::USAGE, format!("--metrics-listen {addr}: {e}")))?;
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let (store, stats, client) = (store.clone(), stats.clone(), client.clone());
+                async move {
+                    let q = store.stats().await.unwrap_or_default();
+                    b24_events::worker::metrics(
+                        &q,
+                        &stats,
+                        client.as_ref().map(|c| c.stats()).as_ref(),
+                    )
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+    }
+    let cfg = WorkerConfig {
+        id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+        concurrency: args.concurrency.max(1),
+        lease_secs: args.lease.max(1.0),
+        retry: RetryRule {
+            max_attempts: args.max_attempts.max(1),
+            base_secs: args.retry_base.max(0.0),
+            max_secs: 300.0,
+        },
+        pull: client,
+        once: args.once,
+    };
+    let stop = shutdown_token();
+    b24_events::worker::run(store.clone(), handler, cfg, stats.clone(), stop.clone())
+        .await
+        .map_err(|e| match e {
+            b24_events::EventsError::Portal(p) => anyhow::Error::new(p),
+            other => Exit::new(exit::TRANSIENT, other.to_string()),
+        })?;
+    let q = store.stats().await.unwrap_or_default();
+    if !g.quiet {
+        eprintln!(
+            "b24 worker: {} (queue: {} ready, {} dead)",
+            stats.snapshot(),
+            q.ready,
+            q.dead
+        );
+    }
+    Ok(if stop.is_cancelled() {
+        exit::INTERRUPTED
+    } else {
+        exit::OK
+    })
 }
