@@ -7,6 +7,7 @@ mod cmd;
 mod exec;
 mod exit;
 mod globals;
+mod mcp;
 mod policy_args;
 
 use clap::Parser;

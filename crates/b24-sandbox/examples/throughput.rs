@@ -11,9 +11,13 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let secs: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5.0);
     let conc: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(32);
-    let sb = b24_sandbox::start(b24_sandbox::SandboxConfig { limits: false, seed_leads: 1000, ..Default::default() })
-        .await
-        .expect("sandbox");
+    let sb = b24_sandbox::start(b24_sandbox::SandboxConfig {
+        limits: false,
+        seed_leads: 1000,
+        ..Default::default()
+    })
+    .await
+    .expect("sandbox");
     let url = format!("{}server.time.json", sb.info().webhook_url);
     let list = format!("{}crm.lead.get.json", sb.info().webhook_url);
     let client = reqwest::Client::new();
@@ -29,7 +33,11 @@ async fn main() {
                 let r = if (i + w as u64) % 2 == 0 {
                     client.post(&url).json(&serde_json::json!({})).send().await
                 } else {
-                    client.post(&list).json(&serde_json::json!({"id": 1 + (i % 1000)})).send().await
+                    client
+                        .post(&list)
+                        .json(&serde_json::json!({"id": 1 + (i % 1000)}))
+                        .send()
+                        .await
                 };
                 let ok = match r {
                     Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),

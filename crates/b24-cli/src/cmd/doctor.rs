@@ -1,13 +1,546 @@
 //! `b24 doctor`: diagnose configuration, connectivity, auth and limits.
+//!
+//! Output: the JSON report always goes to stdout (so an agent can parse it without a flag), and
+//! each finding with its fix goes to stderr as text. Exit 0 when nothing failed (warnings are
+//! allowed), 2 when a check failed. Every message is passed through the redactor built from the
+//! configuration's secrets: no webhook code, token or client secret is ever printed.
 
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::exit;
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "\
+Prints a JSON report on stdout ({\"ok\": bool, \"checks\": [{\"name\", \"status\", \"detail\", \"fix\"}]})
+and the findings with their fixes on stderr. Exit code 0 if no check failed, 2 otherwise.
 
-pub async fn run(_args: Args, _g: &Globals) -> anyhow::Result<i32> {
-    Err(crate::exit::Exit::new(
-        crate::exit::USAGE,
-        "`b24 doctor` is not built yet",
-    ))
+Examples:
+  b24 doctor
+  b24 doctor --method crm.deal.list     # also check that this method works with this auth")]
+pub struct Args {
+    /// Also try this (read) method and explain its error, if any.
+    #[arg(long, value_name = "METHOD")]
+    pub method: Vec<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "fail",
+        }
+    }
+}
+
+struct Report {
+    checks: Vec<(String, Status, String, Option<String>, Option<String>)>,
+    secrets: Vec<String>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, st: Status, detail: impl Into<String>, fix: Option<String>) {
+        self.add_coded(name, st, detail, fix, None)
+    }
+
+    fn add_coded(
+        &mut self,
+        name: &str,
+        st: Status,
+        detail: impl Into<String>,
+        fix: Option<String>,
+        code: Option<String>,
+    ) {
+        let detail = self.redact(&detail.into());
+        let fix = fix.map(|f| self.redact(&f));
+        self.checks.push((name.to_string(), st, detail, fix, code));
+    }
+
+    fn redact(&self, s: &str) -> String {
+        let mut out = s.to_string();
+        for sec in &self.secrets {
+            if sec.len() >= 4 {
+                out = out.replace(sec.as_str(), "[redacted]");
+            }
+        }
+        out
+    }
+}
+
+/// The fix for a known API error code (protocol reference §8; the users' common mistakes).
+pub fn diagnose(code: &str, description: &str, webhook: bool) -> (String, String) {
+    let d = description.to_ascii_lowercase();
+    let (what, fix) = match code {
+        "NO_AUTH_FOUND" => (
+            "the portal does not recognise the credentials (wrong webhook code or token)",
+            if webhook {
+                "copy the webhook URL again from the portal (Developer resources → Other → Inbound webhook); \
+                 the code is the last path segment, after /rest/<user_id>/"
+            } else {
+                "run `b24 auth login` again, or check B24_ACCESS_TOKEN"
+            },
+        ),
+        "ERROR_METHOD_NOT_FOUND" => (
+            "method not found — with a webhook this usually means the URL is cut short or the \
+             method name is misspelled",
+            "use the full webhook URL https://<portal>/rest/<user_id>/<code>/ and check the method \
+             name with `b24 methods --search`",
+        ),
+        "WRONG_AUTH_TYPE" => (
+            "this method is for applications only and cannot be called with a webhook",
+            "use OAuth (an app with a client id/secret: `b24 auth login`) for app-only methods \
+             (event.offline.*, app.*, placement.*)",
+        ),
+        "insufficient_scope" => (
+            "the webhook or app lacks the scope this method needs",
+            "add the scope in the webhook/app settings in the portal (then re-authorize an app), \
+             see `b24 describe METHOD` for the scope",
+        ),
+        "ACCESS_DENIED" if d.contains("commercial") || d.contains("plan") => (
+            "the REST API is available only on commercial plans; this portal is on the free plan",
+            "upgrade the portal's plan (or use `b24 sandbox` to develop)",
+        ),
+        "ACCESS_DENIED" => (
+            "the user behind the webhook/token lacks rights for this",
+            "use a webhook created by a user with the needed CRM rights, or grant them",
+        ),
+        "expired_token" => (
+            "the access token has expired and could not be refreshed",
+            "run `b24 auth login` (or provide B24_REFRESH_TOKEN)",
+        ),
+        "invalid_token" | "invalid_grant" => (
+            "the token was refused",
+            "run `b24 auth login` to get a new pair",
+        ),
+        "INVALID_CREDENTIALS" => (
+            "the user behind the credentials is not allowed to use the REST API",
+            "check the user is active and has access; create the webhook as an administrator",
+        ),
+        "QUERY_LIMIT_EXCEEDED" => (
+            "the portal's rate limit was hit",
+            "lower concurrency; b24's limiter (B24_RATE_*) paces calls — share it across processes \
+             with the default sqlite limiter",
+        ),
+        "PORTAL_DELETED" => ("the portal was deleted", "check the portal address"),
+        _ => (
+            "the portal answered with an error",
+            "see `b24 describe METHOD` and the protocol reference §8",
+        ),
+    };
+    (what.to_string(), fix.to_string())
+}
+
+fn mode_of(p: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o777)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = p;
+        None
+    }
+}
+
+/// Mistakes visible in the raw settings before any request (they may also make the config fail).
+fn lint_raw(get: &dyn Fn(&str) -> Option<String>, r: &mut Report) {
+    if let Some(code) = get("B24_WEBHOOK_CODE")
+        && let Some((first, _)) = code.split_once('/')
+    {
+        let digits = first.chars().all(|c| c.is_ascii_digit()) && !first.is_empty();
+        r.add(
+            "webhook_code",
+            Status::Fail,
+            if digits {
+                format!("B24_WEBHOOK_CODE still carries its user id prefix (`{first}/…`)")
+            } else {
+                "B24_WEBHOOK_CODE contains a `/`".to_string()
+            },
+            Some(format!(
+                "put only the part after `{first}/` in B24_WEBHOOK_CODE and {first} in B24_WEBHOOK_USER_ID \
+                 — or set the whole URL in B24_WEBHOOK_URL"
+            )),
+        );
+    }
+    if let Some(u) = get("B24_WEBHOOK_URL")
+        && let Ok(parsed) = url::Url::parse(u.trim())
+    {
+        let segs: Vec<String> = parsed
+            .path_segments()
+            .map(|s| s.filter(|x| !x.is_empty()).map(str::to_string).collect())
+            .unwrap_or_default();
+        let ok_shape =
+            segs.len() >= 3 && segs[0] == "rest" && segs[1].chars().all(|c| c.is_ascii_digit());
+        if !ok_shape {
+            r.add(
+                "webhook_url",
+                Status::Fail,
+                "B24_WEBHOOK_URL looks cut short: it needs /rest/<user_id>/<code>/",
+                Some(
+                    "copy the whole inbound webhook URL from the portal, including the code".into(),
+                ),
+            );
+        }
+    }
+    for key in ["B24_WEBHOOK_URL", "B24_DOMAIN", "B24_OAUTH_TOKEN_URL"] {
+        if let Some(v) = get(key)
+            && let Some(rest) = v.trim().strip_prefix("http://")
+        {
+            let host = rest.split(['/', '?']).next().unwrap_or("");
+            let host_only = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+            let host_only = host_only.trim_start_matches('[').trim_end_matches(']');
+            if !b24::config::is_loopback_host(host_only) {
+                r.add(
+                    "transport",
+                    Status::Fail,
+                    format!("{key} uses http:// to a non-loopback host ({host_only}): credentials would travel in clear text"),
+                    Some("use https:// (plain http is only allowed for 127.0.0.1/localhost, e.g. the sandbox)".into()),
+                );
+            }
+        }
+    }
+}
+
+pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
+    let mut r = Report {
+        checks: Vec::new(),
+        secrets: Vec::new(),
+    };
+    let lookup = g.lookup()?;
+    for k in [
+        "B24_WEBHOOK_CODE",
+        "B24_ACCESS_TOKEN",
+        "B24_REFRESH_TOKEN",
+        "B24_CLIENT_SECRET",
+    ] {
+        if let Some(v) = lookup(k) {
+            r.secrets.push(v.trim().to_string());
+            if let Some((_, tail)) = v.split_once('/') {
+                r.secrets.push(tail.trim().to_string());
+            }
+        }
+    }
+    if let Some(u) = lookup("B24_WEBHOOK_URL")
+        && let Ok(p) = url::Url::parse(u.trim())
+        && let Some(segs) = p.path_segments()
+    {
+        let segs: Vec<&str> = segs.filter(|s| !s.is_empty()).collect();
+        if segs.len() >= 3 {
+            r.secrets.push(segs[2].to_string());
+        }
+    }
+    lint_raw(&lookup, &mut r);
+
+    // Directories.
+    let state = g.state_dir();
+    let config_dir = g.config_dir();
+    r.add(
+        "config_dir",
+        Status::Ok,
+        format!(
+            "{} ({})",
+            config_dir.display(),
+            if config_dir.join("config.toml").exists() {
+                "config.toml present"
+            } else {
+                "no config.toml; settings come from the environment"
+            }
+        ),
+        None,
+    );
+    if state.exists() {
+        let mode = mode_of(&state);
+        match mode {
+            Some(m) if m & 0o077 != 0 => r.add(
+                "state_dir",
+                Status::Warn,
+                format!(
+                    "{} is mode {m:o}: others can read tokens and audit records",
+                    state.display()
+                ),
+                Some(format!("chmod 700 {}", state.display())),
+            ),
+            _ => r.add(
+                "state_dir",
+                Status::Ok,
+                format!("{} (private)", state.display()),
+                None,
+            ),
+        }
+        let mut loose = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(&state) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with("tokens-")
+                    && name.ends_with(".json")
+                    && let Some(m) = mode_of(&e.path())
+                    && m & 0o077 != 0
+                {
+                    loose.push(format!("{name} ({m:o})"));
+                }
+            }
+        }
+        if loose.is_empty() {
+            r.add("secret_files", Status::Ok, "token files are 0600", None);
+        } else {
+            r.add(
+                "secret_files",
+                Status::Fail,
+                format!("token files readable by others: {}", loose.join(", ")),
+                Some(format!("chmod 600 {}/tokens-*.json", state.display())),
+            );
+        }
+    } else {
+        r.add(
+            "state_dir",
+            Status::Ok,
+            format!("{} (will be created 0700 on first use)", state.display()),
+            None,
+        );
+    }
+
+    // Configuration.
+    let cfg = match g.config() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            let msg = e.to_string();
+            if !r.checks.iter().any(|c| c.1 == Status::Fail) {
+                r.add(
+                    "config",
+                    Status::Fail,
+                    msg,
+                    Some("set B24_WEBHOOK_URL=https://<portal>/rest/<user_id>/<code>/ (or OAuth: `b24 auth login`); try `b24 demo` to see a working setup".into()),
+                );
+            } else {
+                r.add("config", Status::Fail, msg, None);
+            }
+            None
+        }
+    };
+    if let Some(cfg) = &cfg {
+        r.secrets.extend(cfg.secrets());
+        let (kind, webhook) = match &cfg.auth {
+            b24::config::Auth::Webhook { .. } => ("webhook", true),
+            _ => ("oauth", false),
+        };
+        r.add(
+            "config",
+            Status::Ok,
+            format!("{kind} auth, portal {} ({})", cfg.portal, cfg.base_url),
+            None,
+        );
+        if !webhook {
+            let tf = cfg.token_file();
+            if tf.exists() {
+                r.add(
+                    "oauth_tokens",
+                    Status::Ok,
+                    format!("stored pair in {}", tf.display()),
+                    None,
+                );
+            }
+        }
+        probe(cfg, webhook, &args, g, &mut r).await;
+    }
+
+    let failed = r.checks.iter().any(|c| c.1 == Status::Fail);
+    let warned = r.checks.iter().any(|c| c.1 == Status::Warn);
+    if !g.quiet || failed {
+        for (name, st, detail, fix, _) in &r.checks {
+            let tag = match st {
+                Status::Ok => "  ok ",
+                Status::Warn => " WARN",
+                Status::Fail => " FAIL",
+            };
+            eprintln!("{tag}  {name}: {detail}");
+            if let Some(f) = fix
+                && *st != Status::Ok
+            {
+                eprintln!("        fix: {f}");
+            }
+        }
+        eprintln!(
+            "b24 doctor: {}",
+            if failed {
+                "problems found (see FAIL above)"
+            } else if warned {
+                "usable, with warnings"
+            } else {
+                "all checks passed"
+            }
+        );
+    }
+    let checks: Vec<Value> = r
+        .checks
+        .iter()
+        .map(|(n, s, d, f, c)| json!({"name": n, "status": s.as_str(), "detail": d, "fix": f, "code": c}))
+        .collect();
+    let report = json!({"ok": !failed, "warnings": warned, "checks": checks});
+    println!("{}", r.redact(&serde_json::to_string_pretty(&report)?));
+    Ok(if failed { exit::USAGE } else { exit::OK })
+}
+
+fn api_finding(r: &mut Report, name: &str, e: &b24::Error, webhook: bool) {
+    match e {
+        b24::Error::Api(a) => {
+            let (what, fix) = diagnose(&a.code, &a.description, webhook);
+            r.add_coded(
+                name,
+                Status::Fail,
+                format!("{} — {}: {what}", a.code, a.description),
+                Some(fix),
+                Some(a.code.clone()),
+            );
+        }
+        b24::Error::Transient { .. } => r.add(
+            name,
+            Status::Fail,
+            format!("the portal is unreachable or overloaded: {e}"),
+            Some(
+                "check the portal address, network, proxy and TLS (B24_CA_FILE for a private CA)"
+                    .into(),
+            ),
+        ),
+        other => r.add(name, Status::Fail, other.to_string(), None),
+    }
+}
+
+async fn probe(cfg: &b24::Config, webhook: bool, args: &Args, g: &Globals, r: &mut Report) {
+    let client = match g.client().await {
+        Ok(c) => c,
+        Err(e) => {
+            r.add("client", Status::Fail, e.to_string(), None);
+            return;
+        }
+    };
+    // Reachability and auth together: `user.current` needs only the basic scope.
+    let t0 = std::time::Instant::now();
+    match client.call("user.current", json!({})).await {
+        Ok(resp) => {
+            let who = resp
+                .result
+                .get("ID")
+                .map(|v| v.to_string().trim_matches('"').to_string())
+                .unwrap_or_default();
+            r.add(
+                "reachability",
+                Status::Ok,
+                format!(
+                    "{} answered in {} ms",
+                    cfg.base_url,
+                    t0.elapsed().as_millis()
+                ),
+                None,
+            );
+            r.add(
+                "auth",
+                Status::Ok,
+                format!("authenticated as user {who}"),
+                None,
+            );
+        }
+        Err(e) => {
+            match &e {
+                b24::Error::Api(_) => {
+                    r.add(
+                        "reachability",
+                        Status::Ok,
+                        format!("{} answered", cfg.base_url),
+                        None,
+                    );
+                    api_finding(r, "auth", &e, webhook);
+                }
+                b24::Error::Auth(_) | b24::Error::Config(_) => api_finding(r, "auth", &e, webhook),
+                _ => api_finding(r, "reachability", &e, webhook),
+            }
+            return;
+        }
+    }
+    match client.call("scope", json!({})).await {
+        Ok(resp) => {
+            let scopes: Vec<String> = resp
+                .result
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if scopes.iter().any(|s| s == "crm") {
+                r.add("scopes", Status::Ok, scopes.join(","), None);
+            } else {
+                r.add(
+                    "scopes",
+                    Status::Warn,
+                    format!("no `crm` scope ({})", scopes.join(",")),
+                    Some("add the crm scope to the webhook/app if you work with CRM".into()),
+                );
+            }
+        }
+        Err(e) => api_finding(r, "scopes", &e, webhook),
+    }
+    match client.call("server.time", json!({})).await {
+        Ok(resp) => {
+            let s = resp.result.as_str().unwrap_or_default().to_string();
+            let parsed = s
+                .parse::<jiff::Timestamp>()
+                .ok()
+                .or_else(|| s.parse::<jiff::Zoned>().ok().map(|z| z.timestamp()));
+            match parsed {
+                Some(ts) => {
+                    let skew = (jiff::Timestamp::now().as_second() - ts.as_second()).abs();
+                    if skew > 60 {
+                        r.add(
+                            "clock",
+                            Status::Warn,
+                            format!("local clock differs from the portal's by {skew} s"),
+                            Some(
+                                "sync the clock (NTP); token expiry and audit times depend on it"
+                                    .into(),
+                            ),
+                        );
+                    } else {
+                        r.add("clock", Status::Ok, format!("skew {skew} s"), None);
+                    }
+                }
+                None => r.add(
+                    "clock",
+                    Status::Warn,
+                    format!("cannot parse server.time `{s}`"),
+                    None,
+                ),
+            }
+        }
+        Err(e) => api_finding(r, "clock", &e, webhook),
+    }
+    for m in &args.method {
+        match client.call(m, json!({})).await {
+            Ok(_) => r.add(&format!("method {m}"), Status::Ok, "works", None),
+            Err(e) => api_finding(r, &format!("method {m}"), &e, webhook),
+        }
+    }
+    let st = client.stats();
+    r.add(
+        "limiter",
+        Status::Ok,
+        format!(
+            "{:?} limiter, burst {} at {}/s; this run: {} requests, {} limiter waits, {} retries, {} HTTP 503",
+            cfg.limiter, cfg.limits.burst, cfg.limits.per_sec, st.requests, st.limiter_waits, st.retries, st.status_503
+        ),
+        None,
+    );
 }
