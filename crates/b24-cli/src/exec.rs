@@ -73,6 +73,7 @@ pub struct CallSpec {
 
 /// What happened.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per command, consumed at once
 pub enum ExecOutcome {
     /// The call was sent (or answered from the idempotency store when `replayed` is true).
     Done {
@@ -332,21 +333,21 @@ pub async fn execute(g: &Globals, mut spec: CallSpec) -> anyhow::Result<ExecOutc
     }
     let is_write = risk != Risk::Read;
     let store = if is_write { Some(guard.store()?) } else { None };
-    if let (Some(store), Some(max)) = (&store, guard.policy.max_writes_per_hour()) {
-        if store
+    if let (Some(store), Some(max)) = (&store, guard.policy.max_writes_per_hour())
+        && store
             .writes_last_hour()
             .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?
             >= max as u64
-        {
-            let r = Refusal {
-                method: method.clone(),
-                risk: Some(risk),
-                reason: format!("the write budget of {max} per hour is used up"),
-                fix: "wait for the hour to roll over, or ask the operator to raise max_writes_per_hour".into(),
-                operator_locked: guard.policy.operator.max_writes_per_hour.is_some(),
-            };
-            return Err(guard.refuse(spec.origin, &r, &spec.params, vec![]));
-        }
+    {
+        let r = Refusal {
+            method: method.clone(),
+            risk: Some(risk),
+            reason: format!("the write budget of {max} per hour is used up"),
+            fix: "wait for the hour to roll over, or ask the operator to raise max_writes_per_hour"
+                .into(),
+            operator_locked: guard.policy.operator.max_writes_per_hour.is_some(),
+        };
+        return Err(guard.refuse(spec.origin, &r, &spec.params, vec![]));
     }
     let key = match (&spec.idempotency_key, spec.idempotent) {
         (Some(k), _) => Some(k.clone()),
@@ -563,21 +564,20 @@ pub async fn authorize_batch(g: &Globals, spec: &BatchSpec) -> anyhow::Result<Ba
     }
     if worst != Risk::Read && !spec.dry_run {
         let store = guard.store()?;
-        if let Some(max) = guard.policy.max_writes_per_hour() {
-            if store
+        if let Some(max) = guard.policy.max_writes_per_hour()
+            && store
                 .writes_last_hour()
                 .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?
                 >= max as u64
-            {
-                let r = Refusal {
-                    method: "batch".into(),
-                    risk: Some(worst),
-                    reason: format!("the write budget of {max} per hour is used up"),
-                    fix: "wait for the hour to roll over".into(),
-                    operator_locked: false,
-                };
-                return Err(guard.refuse(spec.origin, &r, &json!({}), vec![]));
-            }
+        {
+            let r = Refusal {
+                method: "batch".into(),
+                risk: Some(worst),
+                reason: format!("the write budget of {max} per hour is used up"),
+                fix: "wait for the hour to roll over".into(),
+                operator_locked: false,
+            };
+            return Err(guard.refuse(spec.origin, &r, &json!({}), vec![]));
         }
         let _ = store.count_write();
     }

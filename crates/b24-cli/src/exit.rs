@@ -25,6 +25,8 @@ pub struct Exit {
 }
 
 impl Exit {
+    /// Builds the `anyhow::Error` directly: every caller returns it with `?` or `Err(..)`.
+    #[allow(clippy::new_ret_no_self)]
     pub fn new(code: i32, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Exit {
             code,

@@ -259,7 +259,6 @@ async fn receiver_takes_10000_events_from_50_clients() {
     let mut tasks = Vec::new();
     for c in 0..50 {
         let post = post.clone();
-        let ev = ev;
         tasks.push(tokio::spawn(async move {
             let mut bad = 0;
             for i in 0..200 {

@@ -135,10 +135,10 @@ pub async fn run(
                     Some(r) = tasks.join_next(), if !tasks.is_empty() => { r.map_err(|e| crate::EventsError::Handler(e.to_string()))??; }
                 }
             }
-        } else if tasks.len() >= cfg.concurrency {
-            if let Some(r) = tasks.join_next().await {
-                r.map_err(|e| crate::EventsError::Handler(e.to_string()))??;
-            }
+        } else if tasks.len() >= cfg.concurrency
+            && let Some(r) = tasks.join_next().await
+        {
+            r.map_err(|e| crate::EventsError::Handler(e.to_string()))??;
         }
     }
     // Graceful stop: let running handlers finish (their results are recorded).

@@ -312,13 +312,13 @@ pub fn generate(methods_tsv: &str, overrides_tsv: &str) -> String {
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
     {
         let cols: Vec<&str> = line.split('\t').collect();
-        if cols.len() >= 3 {
-            if let Some(r) = Risk::parse(cols[1]) {
-                overrides.insert(
-                    cols[0].trim().to_ascii_lowercase(),
-                    (r, cols[2].trim().to_string()),
-                );
-            }
+        if cols.len() >= 3
+            && let Some(r) = Risk::parse(cols[1])
+        {
+            overrides.insert(
+                cols[0].trim().to_ascii_lowercase(),
+                (r, cols[2].trim().to_string()),
+            );
         }
     }
     let mut rows: Vec<String> = Vec::new();

@@ -240,28 +240,30 @@ impl Policy {
             .get(&m)
             .map(|i| i.pack.clone())
             .unwrap_or_else(|| "other".into());
-        if let Some(p) = &self.operator.packs {
-            if !p.iter().any(|x| x.eq_ignore_ascii_case(&pack)) && m != "batch" {
-                return Err(refuse(
-                    Some(risk),
-                    format!("pack `{pack}` is not enabled by the operator"),
-                    format!(
-                        "the operator policy ({}) enables packs {p:?}; no flag can allow it",
-                        self.op_file()
-                    ),
-                    true,
-                ));
-            }
+        if let Some(p) = &self.operator.packs
+            && !p.iter().any(|x| x.eq_ignore_ascii_case(&pack))
+            && m != "batch"
+        {
+            return Err(refuse(
+                Some(risk),
+                format!("pack `{pack}` is not enabled by the operator"),
+                format!(
+                    "the operator policy ({}) enables packs {p:?}; no flag can allow it",
+                    self.op_file()
+                ),
+                true,
+            ));
         }
-        if let Some(p) = &self.agent.packs {
-            if !p.iter().any(|x| x.eq_ignore_ascii_case(&pack)) && m != "batch" {
-                return Err(refuse(
-                    Some(risk),
-                    format!("pack `{pack}` is not enabled"),
-                    format!("add `{pack}` to --packs (now {})", p.join(",")),
-                    false,
-                ));
-            }
+        if let Some(p) = &self.agent.packs
+            && !p.iter().any(|x| x.eq_ignore_ascii_case(&pack))
+            && m != "batch"
+        {
+            return Err(refuse(
+                Some(risk),
+                format!("pack `{pack}` is not enabled"),
+                format!("add `{pack}` to --packs (now {})", p.join(",")),
+                false,
+            ));
         }
         if risk == Risk::Read {
             return Ok(risk);

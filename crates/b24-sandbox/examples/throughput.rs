@@ -30,7 +30,7 @@ async fn main() {
             let mut i = 0u64;
             while Instant::now() < deadline {
                 let t = Instant::now();
-                let r = if (i + w as u64) % 2 == 0 {
+                let r = if (i + w as u64).is_multiple_of(2) {
                     client.post(&url).json(&serde_json::json!({})).send().await
                 } else {
                     client

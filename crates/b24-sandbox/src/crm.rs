@@ -393,13 +393,13 @@ impl Filter {
     pub fn id_lower_bound(&self) -> u64 {
         let mut lb = 0;
         for c in &self.all {
-            if c.field == "ID" {
-                if let Some(n) = int(&c.value) {
-                    match c.op {
-                        ">" => lb = lb.max((n.max(0) as u64) + 1),
-                        ">=" => lb = lb.max(n.max(0) as u64),
-                        _ => {}
-                    }
+            if c.field == "ID"
+                && let Some(n) = int(&c.value)
+            {
+                match c.op {
+                    ">" => lb = lb.max((n.max(0) as u64) + 1),
+                    ">=" => lb = lb.max(n.max(0) as u64),
+                    _ => {}
                 }
             }
         }
@@ -526,10 +526,10 @@ pub fn select_v2(row: &Map<String, Value>, select: &[String]) -> Value {
             out.insert(k.clone(), v.clone());
         }
     }
-    if !out.contains_key("ID") {
-        if let Some(id) = row.get("ID") {
-            out.insert("ID".into(), id.clone());
-        }
+    if !out.contains_key("ID")
+        && let Some(id) = row.get("ID")
+    {
+        out.insert("ID".into(), id.clone());
     }
     Value::Object(out)
 }

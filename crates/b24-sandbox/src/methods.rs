@@ -508,13 +508,11 @@ fn select_param(params: &Value) -> Vec<String> {
     }
 }
 
+/// One page of a list: rows, `next`, `total`, and the call's cost in seconds.
+type Page = (Vec<Map<String, Value>>, Option<u64>, Option<u64>, f64);
+
 /// List rows with filter/order/paging. `start = -1` skips counting (no total, no next).
-fn list_rows(
-    st: &State,
-    kind: Kind,
-    params: &Value,
-    item_names: bool,
-) -> Result<(Vec<Map<String, Value>>, Option<u64>, Option<u64>, f64), PErr> {
+fn list_rows(st: &State, kind: Kind, params: &Value, item_names: bool) -> Result<Page, PErr> {
     let bad = |m: String| {
         if item_names {
             perr(400, "INVALID_ARG_VALUE", &m)
@@ -610,22 +608,23 @@ fn crm_v2(
         "fields" => ok(crm::describe_fields(kind)),
         "add" => {
             let fields = fields_param(params)?;
-            if let Some(p) = get_ci(params, "params") {
-                if !p.is_object() && !p.as_array().map(|a| a.is_empty()).unwrap_or(false) {
-                    return Err(crm_err("Parameter 'params' must be array."));
-                }
+            if let Some(p) = get_ci(params, "params")
+                && !p.is_object()
+                && !p.as_array().map(|a| a.is_empty()).unwrap_or(false)
+            {
+                return Err(crm_err("Parameter 'params' must be array."));
             }
-            if kind == Kind::Contact {
-                if let Some(Value::Array(emails)) = fields.get("EMAIL") {
-                    for e in emails {
-                        let v = e.get("VALUE").map(text).unwrap_or_default();
-                        if !v.is_empty() && !v.contains('@') {
-                            return Err(perr(
-                                400,
-                                "ERROR_CORE",
-                                &format!("E-mail address \"{v}\" is invalid."),
-                            ));
-                        }
+            if kind == Kind::Contact
+                && let Some(Value::Array(emails)) = fields.get("EMAIL")
+            {
+                for e in emails {
+                    let v = e.get("VALUE").map(text).unwrap_or_default();
+                    if !v.is_empty() && !v.contains('@') {
+                        return Err(perr(
+                            400,
+                            "ERROR_CORE",
+                            &format!("E-mail address \"{v}\" is invalid."),
+                        ));
                     }
                 }
             }

@@ -577,10 +577,10 @@ fn handle(
                     perr(401, "NO_AUTH_FOUND", "Wrong authorization data"),
                 );
             }
-            if fault == Fault::Expire {
-                if let Some(t) = st.access.get_mut(&token) {
-                    t.expires_at = 0.0;
-                }
+            if fault == Fault::Expire
+                && let Some(t) = st.access.get_mut(&token)
+            {
+                t.expires_at = 0.0;
             }
             let now = st.now();
             match st.access.get(&token) {
@@ -658,29 +658,32 @@ fn access_check(st: &State, who: &Caller, m: &str) -> Result<(), PErr> {
             "Current authorization type is denied for this method. Application context required",
         ));
     }
-    if who.kind == "webhook" {
-        if let Some(scopes) = &st.cfg.webhook_scopes {
-            let need = methods::scope_of(m);
-            if need != "basic" && !scopes.iter().any(|s| s == need) {
-                return Err(perr(
-                    403,
-                    "insufficient_scope",
-                    "The request requires higher privileges than provided by the webhook token",
-                ));
-            }
+    if who.kind == "webhook"
+        && let Some(scopes) = &st.cfg.webhook_scopes
+    {
+        let need = methods::scope_of(m);
+        if need != "basic" && !scopes.iter().any(|s| s == need) {
+            return Err(perr(
+                403,
+                "insufficient_scope",
+                "The request requires higher privileges than provided by the webhook token",
+            ));
         }
     }
     Ok(())
 }
 
 /// Run one method under the operating-time limit; returns the result and the `operating` view.
+/// A method's output with the caller's operating time (used seconds, reset-at) after it ran.
+type Ran = (Out, Option<(f64, Option<f64>)>);
+
 fn run_one(
     st: &mut State,
     who: &Caller,
     m: &str,
     params: &Value,
     dl: &mut Vec<Delivery>,
-) -> Result<(Out, Option<(f64, Option<f64>)>), PErr> {
+) -> Result<Ran, PErr> {
     let limits = st.cfg.limits;
     if limits {
         let (used, _) = st.operating(&who.cred, m);
@@ -707,7 +710,7 @@ fn run_batch(
     who: &Caller,
     params: &Value,
     dl: &mut Vec<Delivery>,
-) -> (Result<(Out, Option<(f64, Option<f64>)>), PErr>, Vec<String>) {
+) -> (Result<Ran, PErr>, Vec<String>) {
     let halt = truthy(get_ci(params, "halt"));
     let (cmds, as_array): (Vec<(String, String)>, bool) = match get_ci(params, "cmd") {
         Some(Value::Object(o)) => (o.iter().map(|(k, v)| (k.clone(), text(v))).collect(), false),
@@ -843,31 +846,31 @@ fn handle_v3(st: &mut State, who: &Caller, m: &str, params: &Value, idem: Option
         let hash = methods::body_hash(params);
         let slot = (who.cred.clone(), m.to_string(), k.clone());
         let now = st.now();
-        if let Some((h, stored, at)) = st.idempotency.get(&slot).cloned() {
-            if now - at < 86_400.0 {
-                if h != hash {
-                    return err_reply(
-                        st,
-                        m,
-                        who.kind,
-                        true,
-                        perr(
-                            422,
-                            "BITRIX_REST_V3_EXCEPTION_IDEMPOTENCYKEYREUSEDEXCEPTION",
-                            "Idempotency key was already used with another request body",
-                        ),
-                    );
-                }
-                st.record(m, who.kind, 200, true, vec![]);
-                return Reply::Json(
-                    StatusCode::OK,
-                    stored,
-                    vec![
-                        ("idempotency-key", k.clone()),
-                        ("idempotent-replayed", "true".into()),
-                    ],
+        if let Some((h, stored, at)) = st.idempotency.get(&slot).cloned()
+            && now - at < 86_400.0
+        {
+            if h != hash {
+                return err_reply(
+                    st,
+                    m,
+                    who.kind,
+                    true,
+                    perr(
+                        422,
+                        "BITRIX_REST_V3_EXCEPTION_IDEMPOTENCYKEYREUSEDEXCEPTION",
+                        "Idempotency key was already used with another request body",
+                    ),
                 );
             }
+            st.record(m, who.kind, 200, true, vec![]);
+            return Reply::Json(
+                StatusCode::OK,
+                stored,
+                vec![
+                    ("idempotency-key", k.clone()),
+                    ("idempotent-replayed", "true".into()),
+                ],
+            );
         }
         hdrs.push(("idempotency-key", k.clone()));
     }

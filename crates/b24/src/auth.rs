@@ -311,10 +311,10 @@ impl OAuthSession {
         let _one = self.refresh_lock.lock().await;
         {
             let g = self.current.read().unwrap_or_else(|p| p.into_inner());
-            if g.0 != seen {
-                if let Some(p) = &g.1 {
-                    return Ok((g.0, p.access_token.clone()));
-                }
+            if g.0 != seen
+                && let Some(p) = &g.1
+            {
+                return Ok((g.0, p.access_token.clone()));
             }
         }
         let refused = self

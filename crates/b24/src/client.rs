@@ -116,6 +116,7 @@ struct Inner {
     clock: Box<dyn Clock>,
 }
 
+#[allow(clippy::large_enum_variant)] // built once per attempt; boxing buys nothing
 enum Attempt {
     Done(Response),
     /// Retry after this delay (None = use backoff).
@@ -443,10 +444,11 @@ impl Client {
         if let Some(t) = opts.timeout {
             req = req.timeout(t);
         }
-        if v3 && is_write {
-            if let Some(k) = &opts.idempotency_key {
-                req = req.header("Idempotency-Key", k);
-            }
+        if v3
+            && is_write
+            && let Some(k) = &opts.idempotency_key
+        {
+            req = req.header("Idempotency-Key", k);
         }
         inner.counters.requests.fetch_add(1, Relaxed);
         let resp = match req.send().await {

@@ -36,6 +36,7 @@ pub struct Response {
 
 /// What a response body turned out to be.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // short-lived, returned once per response
 pub(crate) enum Parsed {
     Ok(Response),
     /// A Bitrix24 error envelope (v2 flat or v3 nested).

@@ -43,8 +43,11 @@ impl Status {
     }
 }
 
+/// One check: name, status, detail, suggested fix, machine-readable code.
+type Check = (String, Status, String, Option<String>, Option<String>);
+
 struct Report {
-    checks: Vec<(String, Status, String, Option<String>, Option<String>)>,
+    checks: Vec<Check>,
     secrets: Vec<String>,
 }
 

@@ -1,3 +1,4 @@
+#![allow(clippy::type_complexity)] // test doubles record calls in nested collections
 //! Integration tests of the b24 library (one binary, one module per area).
 
 mod batch;
