@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -111,14 +112,17 @@ pub(crate) fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Where the token pair lives. A PostgreSQL implementation lets a cluster share it.
+/// Where the token pair lives: a 0600 file by default, PostgreSQL when a cluster shares it.
+///
+/// Futures are boxed so that the network store fits behind the same object as the file store.
 pub trait TokenStore: Send + Sync {
-    fn load(&self) -> Result<Option<TokenPair>, Error>;
-    fn save(&self, pair: &TokenPair) -> Result<(), Error>;
-    /// An exclusive, cross-process lock held while refreshing. Dropping the guard releases it.
-    fn lock(&self) -> Result<Box<dyn Send>, Error>;
+    fn load(&self) -> BoxFuture<'_, Result<Option<TokenPair>, Error>>;
+    fn save<'a>(&'a self, pair: &'a TokenPair) -> BoxFuture<'a, Result<(), Error>>;
+    /// An exclusive lock, across processes (and hosts, for a shared store), held while
+    /// refreshing. Dropping the guard releases it.
+    fn lock(&self) -> BoxFuture<'_, Result<Box<dyn Send>, Error>>;
     /// Forget the pair (logout).
-    fn clear(&self) -> Result<(), Error>;
+    fn clear(&self) -> BoxFuture<'_, Result<(), Error>>;
     /// Where it is, for people (never contains a secret).
     fn describe(&self) -> String;
 }
@@ -184,8 +188,9 @@ pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     Ok(())
 }
 
-impl TokenStore for FileTokenStore {
-    fn load(&self) -> Result<Option<TokenPair>, Error> {
+impl FileTokenStore {
+    /// Read the pair (blocking; the file is small).
+    pub fn read(&self) -> Result<Option<TokenPair>, Error> {
         match std::fs::read(&self.path) {
             Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
                 Error::State(format!(
@@ -198,12 +203,14 @@ impl TokenStore for FileTokenStore {
         }
     }
 
-    fn save(&self, pair: &TokenPair) -> Result<(), Error> {
+    /// Write the pair atomically with mode 0600.
+    pub fn write(&self, pair: &TokenPair) -> Result<(), Error> {
         let bytes = serde_json::to_vec_pretty(pair).map_err(|e| Error::State(e.to_string()))?;
         write_private_atomic(&self.path, &bytes)
     }
 
-    fn lock(&self) -> Result<Box<dyn Send>, Error> {
+    /// Take the exclusive lock on `<file>.lock`, blocking until it is free.
+    pub fn lock_blocking(&self) -> Result<std::fs::File, Error> {
         let lock_path = self.path.with_extension("lock");
         if let Some(dir) = lock_path.parent() {
             ensure_private_dir(dir)?;
@@ -217,15 +224,40 @@ impl TokenStore for FileTokenStore {
         }
         let f = opts.open(&lock_path).map_err(|e| io_err(&lock_path, e))?;
         f.lock().map_err(|e| io_err(&lock_path, e))?;
-        Ok(Box::new(f))
+        Ok(f)
     }
 
-    fn clear(&self) -> Result<(), Error> {
+    /// Delete the file (a missing file is fine).
+    pub fn remove(&self) -> Result<(), Error> {
         match std::fs::remove_file(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(&self.path, e)),
         }
+    }
+}
+
+impl TokenStore for FileTokenStore {
+    fn load(&self) -> BoxFuture<'_, Result<Option<TokenPair>, Error>> {
+        Box::pin(std::future::ready(self.read()))
+    }
+
+    fn save<'a>(&'a self, pair: &'a TokenPair) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(std::future::ready(self.write(pair)))
+    }
+
+    fn lock(&self) -> BoxFuture<'_, Result<Box<dyn Send>, Error>> {
+        let me = self.clone();
+        Box::pin(async move {
+            let f = tokio::task::spawn_blocking(move || me.lock_blocking())
+                .await
+                .map_err(|e| Error::State(format!("token lock task: {e}")))??;
+            Ok(Box::new(f) as Box<dyn Send>)
+        })
+    }
+
+    fn clear(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(std::future::ready(self.remove()))
     }
 
     fn describe(&self) -> String {
@@ -247,7 +279,7 @@ pub struct OAuthSession {
 
 impl OAuthSession {
     /// `initial` comes from env/config; a stored pair that is newer wins (it was rotated since).
-    pub fn new(
+    pub async fn new(
         client_id: String,
         client_secret: SecretString,
         token_url: String,
@@ -255,7 +287,7 @@ impl OAuthSession {
         initial: Option<TokenPair>,
         http: reqwest::Client,
     ) -> Result<OAuthSession, Error> {
-        let stored = store.load()?;
+        let stored = store.load().await?;
         let pair = match (stored, initial) {
             (Some(s), Some(i)) => Some(if s.obtained_at >= i.obtained_at { s } else { i }),
             (s, i) => s.or(i),
@@ -323,12 +355,9 @@ impl OAuthSession {
             .unwrap_or_else(|p| p.into_inner())
             .1
             .clone();
-        let store = self.store.clone();
-        let guard = tokio::task::spawn_blocking(move || store.lock())
-            .await
-            .map_err(|e| Error::State(format!("token lock task: {e}")))??;
+        let guard = self.store.lock().await?;
         // Another process may have rotated the pair while we waited for the lock.
-        if let Some(stored) = self.store.load()? {
+        if let Some(stored) = self.store.load().await? {
             let rotated = match &refused {
                 Some(r) => stored.access_token != r.access_token,
                 None => true,
@@ -374,7 +403,7 @@ impl OAuthSession {
         if pair.member_id.is_none() {
             pair.member_id = refused.as_ref().and_then(|p| p.member_id.clone());
         }
-        self.store.save(&pair)?;
+        self.store.save(&pair).await?;
         self.refreshes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         drop(guard);
@@ -390,8 +419,8 @@ impl OAuthSession {
     }
 
     /// Store a freshly obtained pair (after `auth login`).
-    pub fn adopt(&self, pair: TokenPair) -> Result<(), Error> {
-        self.store.save(&pair)?;
+    pub async fn adopt(&self, pair: TokenPair) -> Result<(), Error> {
+        self.store.save(&pair).await?;
         self.install(pair);
         Ok(())
     }
@@ -405,22 +434,22 @@ mod tests {
     fn token_file_is_private_and_atomic() {
         let d = tempfile::tempdir().unwrap();
         let s = FileTokenStore::new(d.path().join("st/tokens.json"));
-        assert!(s.load().unwrap().is_none());
+        assert!(s.read().unwrap().is_none());
         let p = TokenPair::from_token_response(
             200,
             br#"{"access_token":"a1","refresh_token":"r1","expires_in":3600,"member_id":"m"}"#,
         )
         .unwrap();
-        s.save(&p).unwrap();
+        s.write(&p).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(s.path()).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
-        assert_eq!(s.load().unwrap().unwrap().access_token, "a1");
+        assert_eq!(s.read().unwrap().unwrap().access_token, "a1");
         assert!(!format!("{p:?}").contains("a1"));
-        let _g = s.lock().unwrap();
+        let _g = s.lock_blocking().unwrap();
     }
 
     #[test]

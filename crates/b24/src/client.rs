@@ -23,7 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use crate::auth::{FileTokenStore, OAuthSession, TokenPair, TokenStore, now_unix};
-use crate::config::{Auth, LimiterBackend};
+use crate::config::{Auth, LimiterBackend, TokenBackend};
 use crate::envelope::{Parsed, parse};
 use crate::error::ApiError;
 use crate::limiter::{Clock, Limiter, MemoryStore, OperatingBudget, SqliteStore, SystemClock};
@@ -128,6 +128,53 @@ enum Attempt {
     Fail(Error),
 }
 
+/// The token store the configuration names: the 0600 file, or the PostgreSQL row of a cluster.
+pub async fn token_store(config: &Config) -> Result<Arc<dyn TokenStore>, Error> {
+    match config.token_backend {
+        TokenBackend::File => Ok(Arc::new(FileTokenStore::new(config.token_file()))),
+        TokenBackend::Postgres => pg_store(config).await?.token_store_arc(&config.portal),
+    }
+}
+
+#[cfg(feature = "postgres")]
+async fn pg_store(config: &Config) -> Result<crate::pg::PgStore, Error> {
+    let url = config
+        .store_url
+        .as_ref()
+        .ok_or_else(|| Error::Config("the PostgreSQL store needs B24_STORE_URL".into()))?;
+    crate::pg::PgStore::connect(url.expose_secret()).await
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn pg_store(_config: &Config) -> Result<NoPg, Error> {
+    Err(Error::Config(
+        "this b24 was built without the `postgres` feature; B24_STORE_URL=postgres://… is unavailable".into(),
+    ))
+}
+
+#[cfg(not(feature = "postgres"))]
+enum NoPg {}
+
+#[cfg(not(feature = "postgres"))]
+impl NoPg {
+    fn rate_store_boxed(self) -> Box<dyn crate::limiter::RateStore> {
+        match self {}
+    }
+    fn token_store_arc(self, _: &str) -> Result<Arc<dyn TokenStore>, Error> {
+        match self {}
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl crate::pg::PgStore {
+    fn rate_store_boxed(self) -> Box<dyn crate::limiter::RateStore> {
+        Box::new(self.rate_store())
+    }
+    fn token_store_arc(self, portal: &str) -> Result<Arc<dyn TokenStore>, Error> {
+        Ok(Arc::new(self.token_store(portal)))
+    }
+}
+
 impl Client {
     pub async fn new(config: Config) -> Result<Client, Error> {
         Self::with_token_store(config, None).await
@@ -171,6 +218,11 @@ impl Client {
                     Box::new(SystemClock),
                 ))
             }
+            LimiterBackend::Postgres => Some(Limiter::new(
+                pg_store(&config).await?.rate_store_boxed(),
+                config.limits,
+                Box::new(SystemClock),
+            )),
         };
         let oauth = match &config.auth {
             Auth::Webhook { .. } => None,
@@ -181,8 +233,10 @@ impl Client {
                 client_secret,
                 token_url,
             } => {
-                let store: Arc<dyn TokenStore> =
-                    store.unwrap_or_else(|| Arc::new(FileTokenStore::new(config.token_file())));
+                let store = match store {
+                    Some(s) => s,
+                    None => token_store(&config).await?,
+                };
                 let initial =
                     (access_token.is_some() || refresh_token.is_some()).then(|| TokenPair {
                         access_token: access_token
@@ -200,14 +254,17 @@ impl Client {
                         user_id: None,
                         obtained_at: 0,
                     });
-                Some(OAuthSession::new(
-                    client_id.clone(),
-                    SecretString::from(client_secret.expose_secret().to_string()),
-                    token_url.clone(),
-                    store,
-                    initial,
-                    http.clone(),
-                )?)
+                Some(
+                    OAuthSession::new(
+                        client_id.clone(),
+                        SecretString::from(client_secret.expose_secret().to_string()),
+                        token_url.clone(),
+                        store,
+                        initial,
+                        http.clone(),
+                    )
+                    .await?,
+                )
             }
         };
         Ok(Client {
@@ -237,11 +294,11 @@ impl Client {
     }
 
     /// The limiter's modelled bucket level for this portal (requests), if limiting is on.
-    pub fn limiter_level(&self) -> Option<f64> {
-        self.inner
-            .limiter
-            .as_ref()
-            .and_then(|l| l.level(&self.inner.config.portal).ok())
+    pub async fn limiter_level(&self) -> Option<f64> {
+        match &self.inner.limiter {
+            Some(l) => l.level(&self.inner.config.portal).await.ok(),
+            None => None,
+        }
     }
 
     /// Operating-time seen per method: (method, seconds, reset_at).
@@ -561,7 +618,7 @@ impl Client {
                             inner.counters.s429.fetch_add(1, Relaxed);
                         }
                         if let Some(l) = &inner.limiter {
-                            let _ = l.fill(&inner.config.portal);
+                            let _ = l.fill(&inner.config.portal).await;
                         }
                         Attempt::Retry {
                             reason: format!("{} (HTTP {status})", err.code),
@@ -673,7 +730,7 @@ impl Client {
         let mut pair = TokenPair::from_token_response(status, &body)?;
         pair.obtained_at = now_unix();
         if let Some(o) = &self.inner.oauth {
-            o.adopt(pair.clone())?;
+            o.adopt(pair.clone()).await?;
         }
         Ok(pair)
     }

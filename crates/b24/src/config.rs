@@ -70,6 +70,9 @@ impl Auth {
     }
 }
 
+/// Share of the bucket kept in reserve when `B24_RATE_MARGIN` is not set.
+pub const DEFAULT_MARGIN_SHARE: f64 = 0.04;
+
 /// The portal's leaky bucket (protocol reference §7.2): capacity X, drain Y per second.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimits {
@@ -102,6 +105,17 @@ pub enum LimiterBackend {
     Sqlite(PathBuf),
     /// No client-side limiting at all (the portal's 503s are still retried).
     Off,
+    /// A row in the PostgreSQL database of `Config::store_url`: every host shares one budget.
+    Postgres,
+}
+
+/// Where the OAuth pair lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenBackend {
+    /// A 0600 JSON file in the state dir, guarded by a lock file (one host).
+    File,
+    /// A row in the PostgreSQL database of `Config::store_url` (a cluster).
+    Postgres,
 }
 
 /// A validated configuration.
@@ -114,6 +128,11 @@ pub struct Config {
     pub auth: Auth,
     pub limits: RateLimits,
     pub limiter: LimiterBackend,
+    /// Where the OAuth pair lives (file by default; PostgreSQL with a postgres:// store URL).
+    pub token_backend: TokenBackend,
+    /// `B24_STORE_URL` when it names PostgreSQL: the shared store of a cluster. It may hold a
+    /// database password, so it is kept as a secret.
+    pub store_url: Option<SecretString>,
     pub retry: RetryPolicy,
     /// Per-request timeout (the portal cuts requests off at 60 s).
     pub timeout: Duration,
@@ -128,7 +147,16 @@ pub struct Config {
 impl Config {
     /// Every secret in this configuration, so that outputs can be checked and redacted.
     pub fn secrets(&self) -> Vec<String> {
-        self.auth.secrets()
+        let mut v = self.auth.secrets();
+        if let Some(pw) = self
+            .store_url
+            .as_ref()
+            .and_then(|u| url::Url::parse(u.expose_secret()).ok())
+            .and_then(|u| u.password().map(str::to_string))
+        {
+            v.push(pw);
+        }
+        v
     }
 
     /// The token file of this portal in the state dir (OAuth).
@@ -232,9 +260,13 @@ impl Config {
         if let Some(v) = get("B24_RATE_PER_SEC").or_else(|| get("B24_RATE_LIMITER_RATE")) {
             limits.per_sec = parse_num(&v, "B24_RATE_PER_SEC")?;
         }
-        if let Some(v) = get("B24_RATE_MARGIN") {
-            limits.margin = parse_num(&v, "B24_RATE_MARGIN")?;
-        }
+        // Keep 4 % of the bucket in reserve by default (2 of 50, 10 of 250): a request reaches
+        // the portal a little after its slot was reserved, and when several processes share
+        // the budget those small delays can bunch arrivals together; the reserve absorbs that.
+        limits.margin = match get("B24_RATE_MARGIN") {
+            Some(v) => parse_num(&v, "B24_RATE_MARGIN")?,
+            None => limits.burst * DEFAULT_MARGIN_SHARE,
+        };
         if limits.burst < 1.0
             || limits.per_sec <= 0.0
             || limits.margin < 0.0
@@ -244,10 +276,23 @@ impl Config {
                 "rate limits must be burst ≥ 1, per_sec > 0, 0 ≤ margin < burst".into(),
             ));
         }
+        let store_url = get("B24_STORE_URL").filter(|u| {
+            let u = u.to_ascii_lowercase();
+            u.starts_with("postgres://") || u.starts_with("postgresql://")
+        });
         let limiter = match get("B24_RATE_LIMITER")
             .map(|v| v.to_ascii_lowercase())
             .as_deref()
         {
+            None if store_url.is_some() => LimiterBackend::Postgres,
+            Some("postgres") | Some("postgresql") | Some("pg") => {
+                if store_url.is_none() {
+                    return Err(Error::Config(
+                        "B24_RATE_LIMITER=postgres needs B24_STORE_URL=postgres://…".into(),
+                    ));
+                }
+                LimiterBackend::Postgres
+            }
             None | Some("sqlite") | Some("file") => LimiterBackend::Sqlite(
                 get("B24_RATE_LIMITER_FILE")
                     .map(PathBuf::from)
@@ -257,7 +302,22 @@ impl Config {
             Some("off") | Some("none") => LimiterBackend::Off,
             Some(other) => {
                 return Err(Error::Config(format!(
-                    "B24_RATE_LIMITER must be sqlite, memory or off, not `{other}`"
+                    "B24_RATE_LIMITER must be sqlite, memory, postgres or off, not `{other}`"
+                )));
+            }
+        };
+        let token_backend = match get("B24_TOKEN_STORE")
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None if store_url.is_some() => TokenBackend::Postgres,
+            None | Some("file") => TokenBackend::File,
+            Some("postgres") | Some("postgresql") | Some("pg") if store_url.is_some() => {
+                TokenBackend::Postgres
+            }
+            Some(other) => {
+                return Err(Error::Config(format!(
+                    "B24_TOKEN_STORE must be file, or postgres with B24_STORE_URL=postgres://…, not `{other}`"
                 )));
             }
         };
@@ -282,6 +342,8 @@ impl Config {
             auth,
             limits,
             limiter,
+            token_backend,
+            store_url: store_url.map(SecretString::from),
             retry,
             timeout,
             operating_limit_secs,

@@ -21,6 +21,8 @@ pub mod envelope;
 pub mod error;
 pub mod export;
 pub mod limiter;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod retry;
 
 pub use client::{CallOptions, Client, ClientStats};

@@ -17,6 +17,8 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+
 use crate::Error;
 use crate::config::RateLimits;
 
@@ -103,13 +105,26 @@ impl Gcra {
 }
 
 /// Where `tat` per portal lives. Implementations update it atomically.
+///
+/// The methods return boxed futures so that a network store (PostgreSQL) fits behind the same
+/// object as the in-process and SQLite ones; those two finish without awaiting anything.
 pub trait RateStore: Send + Sync {
-    /// Reserve a slot for `key`; returns the seconds to wait before sending.
-    fn reserve(&self, key: &str, g: &Gcra, now: f64) -> Result<f64, Error>;
+    /// Reserve a slot for `key`; resolves to the seconds to wait before sending.
+    fn reserve<'a>(
+        &'a self,
+        key: &'a str,
+        g: &'a Gcra,
+        now: f64,
+    ) -> BoxFuture<'a, Result<f64, Error>>;
     /// Mark the bucket of `key` full (after a 503 `QUERY_LIMIT_EXCEEDED`).
-    fn fill(&self, key: &str, g: &Gcra, now: f64) -> Result<(), Error>;
-    /// Current `tat` (for diagnostics).
-    fn tat(&self, key: &str) -> Result<Option<f64>, Error>;
+    fn fill<'a>(&'a self, key: &'a str, g: &'a Gcra, now: f64) -> BoxFuture<'a, Result<(), Error>>;
+    /// The modelled level of `key`'s bucket at `now`, in requests (for diagnostics).
+    fn level<'a>(
+        &'a self,
+        key: &'a str,
+        g: &'a Gcra,
+        now: f64,
+    ) -> BoxFuture<'a, Result<f64, Error>>;
 }
 
 /// In-process store.
@@ -118,29 +133,49 @@ pub struct MemoryStore {
     tats: Mutex<HashMap<String, f64>>,
 }
 
-impl RateStore for MemoryStore {
-    fn reserve(&self, key: &str, g: &Gcra, now: f64) -> Result<f64, Error> {
+impl MemoryStore {
+    fn reserve_now(&self, key: &str, g: &Gcra, now: f64) -> f64 {
         let mut m = self.tats.lock().unwrap_or_else(|p| p.into_inner());
         let tat = m.get(key).copied().unwrap_or(0.0);
         let (new_tat, wait) = g.reserve(tat, now);
         m.insert(key.to_string(), new_tat);
-        Ok(wait)
+        wait
     }
 
-    fn fill(&self, key: &str, g: &Gcra, now: f64) -> Result<(), Error> {
+    fn fill_now(&self, key: &str, g: &Gcra, now: f64) {
         let mut m = self.tats.lock().unwrap_or_else(|p| p.into_inner());
         let tat = m.get(key).copied().unwrap_or(0.0);
         m.insert(key.to_string(), g.fill(tat, now));
-        Ok(())
     }
 
-    fn tat(&self, key: &str) -> Result<Option<f64>, Error> {
-        Ok(self
-            .tats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .copied())
+    fn level_now(&self, key: &str, g: &Gcra, now: f64) -> f64 {
+        let m = self.tats.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(key).map(|t| g.level(*t, now)).unwrap_or(0.0)
+    }
+}
+
+impl RateStore for MemoryStore {
+    fn reserve<'a>(
+        &'a self,
+        key: &'a str,
+        g: &'a Gcra,
+        now: f64,
+    ) -> BoxFuture<'a, Result<f64, Error>> {
+        Box::pin(std::future::ready(Ok(self.reserve_now(key, g, now))))
+    }
+
+    fn fill<'a>(&'a self, key: &'a str, g: &'a Gcra, now: f64) -> BoxFuture<'a, Result<(), Error>> {
+        self.fill_now(key, g, now);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn level<'a>(
+        &'a self,
+        key: &'a str,
+        g: &'a Gcra,
+        now: f64,
+    ) -> BoxFuture<'a, Result<f64, Error>> {
+        Box::pin(std::future::ready(Ok(self.level_now(key, g, now))))
     }
 }
 
@@ -203,15 +238,7 @@ impl SqliteStore {
     }
 }
 
-impl RateStore for SqliteStore {
-    fn reserve(&self, key: &str, g: &Gcra, now: f64) -> Result<f64, Error> {
-        self.update(key, |tat| g.reserve(tat, now))
-    }
-
-    fn fill(&self, key: &str, g: &Gcra, now: f64) -> Result<(), Error> {
-        self.update(key, |tat| (g.fill(tat, now), 0.0)).map(|_| ())
-    }
-
+impl SqliteStore {
     fn tat(&self, key: &str) -> Result<Option<f64>, Error> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         match conn.query_row("SELECT tat FROM b24_rate WHERE portal = ?1", [key], |r| {
@@ -221,6 +248,38 @@ impl RateStore for SqliteStore {
             Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
             Err(e) => Err(Error::State(format!("limiter store: {e}"))),
         }
+    }
+}
+
+/// One short local transaction per call: it runs inline rather than on a blocking thread,
+/// because handing it to another thread would cost more than the update itself.
+impl RateStore for SqliteStore {
+    fn reserve<'a>(
+        &'a self,
+        key: &'a str,
+        g: &'a Gcra,
+        now: f64,
+    ) -> BoxFuture<'a, Result<f64, Error>> {
+        Box::pin(std::future::ready(
+            self.update(key, |tat| g.reserve(tat, now)),
+        ))
+    }
+
+    fn fill<'a>(&'a self, key: &'a str, g: &'a Gcra, now: f64) -> BoxFuture<'a, Result<(), Error>> {
+        let r = self.update(key, |tat| (g.fill(tat, now), 0.0)).map(|_| ());
+        Box::pin(std::future::ready(r))
+    }
+
+    fn level<'a>(
+        &'a self,
+        key: &'a str,
+        g: &'a Gcra,
+        now: f64,
+    ) -> BoxFuture<'a, Result<f64, Error>> {
+        let r = self
+            .tat(key)
+            .map(|t| t.map(|t| g.level(t, now)).unwrap_or(0.0));
+        Box::pin(std::future::ready(r))
     }
 }
 
@@ -242,27 +301,31 @@ impl Limiter {
 
     /// Wait for a slot for `key`. Returns how long we waited.
     pub async fn acquire(&self, key: &str) -> Result<Duration, Error> {
-        let wait = self.store.reserve(key, &self.gcra, self.clock.now())?;
-        if wait > 0.0 {
-            let d = Duration::from_secs_f64(wait);
+        let d = self.reserve_only(key).await?;
+        if !d.is_zero() {
             tokio::time::sleep(d).await;
-            return Ok(d);
         }
-        Ok(Duration::ZERO)
+        Ok(d)
+    }
+
+    /// Reserve a slot for `key` and return how long to wait before using it, without
+    /// sleeping (for callers that schedule their own sends).
+    pub async fn reserve_only(&self, key: &str) -> Result<Duration, Error> {
+        let wait = self
+            .store
+            .reserve(key, &self.gcra, self.clock.now())
+            .await?;
+        Ok(Duration::from_secs_f64(wait.max(0.0)))
     }
 
     /// The portal answered 503 `QUERY_LIMIT_EXCEEDED`: treat its bucket as full.
-    pub fn fill(&self, key: &str) -> Result<(), Error> {
-        self.store.fill(key, &self.gcra, self.clock.now())
+    pub async fn fill(&self, key: &str) -> Result<(), Error> {
+        self.store.fill(key, &self.gcra, self.clock.now()).await
     }
 
     /// The modelled level of `key`'s bucket now, in requests.
-    pub fn level(&self, key: &str) -> Result<f64, Error> {
-        Ok(self
-            .store
-            .tat(key)?
-            .map(|t| self.gcra.level(t, self.clock.now()))
-            .unwrap_or(0.0))
+    pub async fn level(&self, key: &str) -> Result<f64, Error> {
+        self.store.level(key, &self.gcra, self.clock.now()).await
     }
 }
 
@@ -377,8 +440,8 @@ mod tests {
             Box::new(TokioClock::new()),
         );
         limiter.acquire("p").await.unwrap();
-        limiter.fill("p").unwrap();
-        assert!((limiter.level("p").unwrap() - 50.0).abs() < 1e-6);
+        limiter.fill("p").await.unwrap();
+        assert!((limiter.level("p").await.unwrap() - 50.0).abs() < 1e-6);
         let waited = limiter.acquire("p").await.unwrap();
         assert!(
             (waited.as_secs_f64() - 0.5).abs() < 1e-3,
@@ -386,8 +449,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn sqlite_store_is_shared_between_instances() {
+    #[tokio::test]
+    async fn sqlite_store_is_shared_between_instances() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l.db");
         let a = SqliteStore::open(&path).unwrap();
@@ -397,7 +460,7 @@ mod tests {
         let mut waits = Vec::new();
         for i in 0..60 {
             let s: &dyn RateStore = if i % 2 == 0 { &a } else { &b };
-            waits.push(s.reserve("p", &g, now).unwrap());
+            waits.push(s.reserve("p", &g, now).await.unwrap());
         }
         assert!(waits[..50].iter().all(|w| *w == 0.0));
         assert!(
@@ -406,6 +469,7 @@ mod tests {
             &waits[50..]
         );
         assert_eq!(a.tat("p").unwrap(), b.tat("p").unwrap());
+        assert!((a.level("p", &g, now).await.unwrap() - 60.0).abs() < 1e-9);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use b24::auth::{FileTokenStore, TokenPair, TokenStore};
+use b24::auth::{FileTokenStore, TokenPair};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -78,8 +78,8 @@ pub struct LoginArgs {
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     match args.cmd {
         Sub::Login(a) => login(a, g).await,
-        Sub::Status(a) => status(a, g),
-        Sub::Logout(a) => logout(a, g),
+        Sub::Status(a) => status(a, g).await,
+        Sub::Logout(a) => logout(a, g).await,
     }
 }
 
@@ -408,16 +408,19 @@ async fn login(a: LoginArgs, g: &Globals) -> anyhow::Result<i32> {
         cfg.ca_file.as_deref(),
     )
     .await?;
-    let store = FileTokenStore::new(cfg.token_file());
+    let store = b24::client::token_store(&cfg)
+        .await
+        .map_err(|e| Exit::new(exit::USAGE, format!("cannot open the token store: {e}")))?;
     store
         .save(&pair)
+        .await
         .map_err(|e| Exit::new(exit::USAGE, format!("cannot store the tokens: {e}")))?;
     if !g.quiet {
-        eprintln!(
-            "b24: logged in to {}; tokens stored (0600) in {}",
-            cfg.portal,
-            cfg.token_file().display()
-        );
+        let where_ = match cfg.token_backend {
+            b24::config::TokenBackend::File => format!("(0600) in {}", cfg.token_file().display()),
+            _ => format!("in {}", store.describe()),
+        };
+        eprintln!("b24: logged in to {}; tokens stored {where_}", cfg.portal);
         eprintln!(
             "b24: to use them: B24_AUTH_MODE=oauth B24_DOMAIN={} B24_CLIENT_ID=… B24_CLIENT_SECRET=… b24 call user.current",
             cfg.portal
@@ -427,17 +430,25 @@ async fn login(a: LoginArgs, g: &Globals) -> anyhow::Result<i32> {
     Ok(exit::OK)
 }
 
-fn status(a: PortalArgs, g: &Globals) -> anyhow::Result<i32> {
+async fn status(a: PortalArgs, g: &Globals) -> anyhow::Result<i32> {
     let lookup = g.lookup()?;
     if a.portal.is_none() && lookup("B24_DOMAIN").is_none() && lookup("B24_PORTAL").is_none() {
         return status_all(g);
     }
     let (cfg, ..) = oauth_config(&a, None, false, g)?;
-    let store = FileTokenStore::new(cfg.token_file());
+    let store = b24::client::token_store(&cfg)
+        .await
+        .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
     let pair = store
         .load()
+        .await
         .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
-    print_json(&status_json(&cfg, pair.as_ref()));
+    let mut report = status_json(&cfg, pair.as_ref());
+    if cfg.token_backend != b24::config::TokenBackend::File {
+        report["token_file"] = serde_json::Value::Null;
+        report["token_store"] = json!(store.describe());
+    }
+    print_json(&report);
     if pair.is_none() {
         if !g.quiet {
             eprintln!(
@@ -470,7 +481,7 @@ fn status_all(g: &Globals) -> anyhow::Result<i32> {
             continue;
         };
         let pair = FileTokenStore::new(&path)
-            .load()
+            .read()
             .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
         if let Some(p) = pair {
             found += 1;
@@ -489,12 +500,30 @@ fn status_all(g: &Globals) -> anyhow::Result<i32> {
     Ok(exit::OK)
 }
 
-fn logout(a: PortalArgs, g: &Globals) -> anyhow::Result<i32> {
+async fn logout(a: PortalArgs, g: &Globals) -> anyhow::Result<i32> {
     let (cfg, ..) = oauth_config(&a, None, false, g)?;
+    if cfg.token_backend != b24::config::TokenBackend::File {
+        let store = b24::client::token_store(&cfg)
+            .await
+            .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+        let existed = store
+            .load()
+            .await
+            .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?
+            .is_some();
+        store
+            .clear()
+            .await
+            .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+        print_json(
+            &json!({"logged_out": true, "portal": cfg.portal, "removed": existed, "token_store": store.describe()}),
+        );
+        return Ok(exit::OK);
+    }
     let path = cfg.token_file();
     let existed = path.exists();
     FileTokenStore::new(&path)
-        .clear()
+        .remove()
         .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
     let _ = std::fs::remove_file(path.with_extension("lock"));
     if !g.quiet {

@@ -30,10 +30,26 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         .await
         .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
     match args.cmd {
-        Sub::Migrate => println!(
-            "{}",
-            serde_json::json!({"migrated": true, "backend": store.backend()})
-        ),
+        Sub::Migrate => {
+            // The client's shared tables (rate-limit state, OAuth tokens) live beside the queue.
+            let url = args
+                .store
+                .clone()
+                .or_else(|| g.lookup().ok().and_then(|l| l("B24_STORE_URL")));
+            let client_tables = match url.filter(|u| u.starts_with("postgres")) {
+                Some(u) => {
+                    b24::pg::PgStore::connect(&u)
+                        .await
+                        .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+                    true
+                }
+                None => false,
+            };
+            println!(
+                "{}",
+                serde_json::json!({"migrated": true, "backend": store.backend(), "client_tables": client_tables})
+            )
+        }
         Sub::Status => println!(
             "{}",
             serde_json::json!({"backend": store.backend(), "queue": stats})

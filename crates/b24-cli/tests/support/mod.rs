@@ -188,3 +188,22 @@ pub fn assert_no_secrets(what: &str, haystack: &[u8], secrets: &[String]) {
 pub fn calls_of(sb: &Sandbox, method: &str) -> u64 {
     sb.stats().methods.get(method).copied().unwrap_or(0)
 }
+
+/// A fresh PostgreSQL schema for one test, or None (the test is skipped, and says so) when
+/// `B24_TEST_PG_URL` is not set. `.ci/run` sets it together with `B24_REQUIRE_PG=1`.
+pub async fn pg_test_url(test: &str) -> Option<String> {
+    let Ok(base) = std::env::var("B24_TEST_PG_URL") else {
+        assert!(
+            std::env::var("B24_REQUIRE_PG").is_err(),
+            "B24_REQUIRE_PG is set but B24_TEST_PG_URL is not"
+        );
+        eprintln!("skipped: B24_TEST_PG_URL not set ({test} needs PostgreSQL)");
+        return None;
+    };
+    let schema = format!("cli_{test}_{}", uuid::Uuid::new_v4().simple());
+    Some(
+        b24_events::postgres::isolated_url(&base, &schema)
+            .await
+            .expect("PostgreSQL reachable at B24_TEST_PG_URL"),
+    )
+}

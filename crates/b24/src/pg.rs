@@ -1,0 +1,294 @@
+//! PostgreSQL stores for a cluster: the shared rate-limit state and the OAuth token pair.
+//!
+//! When several hosts call one portal, the portal still counts one bucket (per portal and
+//! source address) and still rotates one refresh token, so both must live where every host
+//! sees them. `B24_STORE_URL=postgres://…` selects these stores (the event queue uses the same
+//! URL, see `b24-events`).
+//!
+//! Rate limit: one row per portal holding the GCRA `tat`, updated by a single `INSERT … ON
+//! CONFLICT DO UPDATE … RETURNING` statement. The statement reads the *database's* clock, so
+//! hosts whose clocks disagree still share one consistent bucket; the `now` the limiter passes
+//! is ignored here.
+//!
+//! Tokens: one row per portal. A refresh holds a session-level advisory lock on a dedicated
+//! connection; the lock is released when the guard is dropped (the connection closes, and the
+//! server releases session locks of a closed session). Saving the rotated pair is one upsert,
+//! so readers see either the old pair or the new one, never half of each. Whoever can read this
+//! table can use the portal: grant it like a secret.
+
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::future::BoxFuture;
+
+use crate::Error;
+use crate::auth::{TokenPair, TokenStore};
+use crate::limiter::{Gcra, RateStore};
+
+/// The schema these stores need. Applied on connect (idempotent) and by `b24 db migrate`.
+pub const MIGRATION: &str = "
+CREATE TABLE IF NOT EXISTS b24_rate_limit (
+    portal TEXT PRIMARY KEY,
+    tat DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS b24_oauth_tokens (
+    portal TEXT PRIMARY KEY,
+    pair JSONB NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+";
+
+fn pg_err(what: &str, e: impl std::fmt::Display) -> Error {
+    // tokio-postgres errors never include the connection string, so the password stays out.
+    Error::State(format!("postgres {what}: {e}"))
+}
+
+/// A connection pool to the store database, shared by the rate and token stores.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    config: Arc<tokio_postgres::Config>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connect and apply [`MIGRATION`].
+    pub async fn connect(url: &str) -> Result<PgStore, Error> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| Error::Config(format!("B24_STORE_URL is not a PostgreSQL URL: {e}")))?;
+        let mgr = Manager::from_config(
+            config.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(mgr)
+            .max_size(4)
+            .build()
+            .map_err(|e| pg_err("pool", e))?;
+        let store = PgStore {
+            pool,
+            config: Arc::new(config),
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Create the tables if they are missing. Two hosts migrating at once are serialized by
+    /// an advisory lock so that `CREATE TABLE IF NOT EXISTS` cannot race.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let mut c = self.pool.get().await.map_err(|e| pg_err("connect", e))?;
+        let tx = c.transaction().await.map_err(|e| pg_err("migrate", e))?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('b24-client-migrate'))",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_err("migrate", e))?;
+        tx.batch_execute(MIGRATION)
+            .await
+            .map_err(|e| pg_err("migrate", e))?;
+        tx.commit().await.map_err(|e| pg_err("migrate", e))
+    }
+
+    /// The shared rate-limit store.
+    pub fn rate_store(&self) -> PgRateStore {
+        PgRateStore { db: self.clone() }
+    }
+
+    /// The token store of one portal.
+    pub fn token_store(&self, portal: &str) -> PgTokenStore {
+        PgTokenStore {
+            db: self.clone(),
+            portal: portal.to_string(),
+        }
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, Error> {
+        self.pool.get().await.map_err(|e| pg_err("connect", e))
+    }
+}
+
+/// GCRA state shared by every host that uses the database.
+#[derive(Debug, Clone)]
+pub struct PgRateStore {
+    db: PgStore,
+}
+
+/// `$1` portal, `$2` seconds per request; returns the new `tat` and the database's `now`.
+const RESERVE: &str = "
+WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now)
+INSERT INTO b24_rate_limit AS r (portal, tat)
+SELECT $1, clock.now + $2 FROM clock
+ON CONFLICT (portal) DO UPDATE
+    SET tat = GREATEST(r.tat, (SELECT now FROM clock)) + $2
+RETURNING tat, (SELECT now FROM clock)";
+
+/// `$1` portal, `$2` seconds the full bucket takes to drain; never moves `tat` backwards.
+const FILL: &str = "
+WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now)
+INSERT INTO b24_rate_limit AS r (portal, tat)
+SELECT $1, clock.now + $2 FROM clock
+ON CONFLICT (portal) DO UPDATE
+    SET tat = GREATEST(r.tat, (SELECT now FROM clock) + $2)";
+
+const LEVEL: &str = "
+SELECT tat, extract(epoch FROM clock_timestamp())::float8 FROM b24_rate_limit WHERE portal = $1";
+
+impl RateStore for PgRateStore {
+    fn reserve<'a>(
+        &'a self,
+        key: &'a str,
+        g: &'a Gcra,
+        _now: f64,
+    ) -> BoxFuture<'a, Result<f64, Error>> {
+        Box::pin(async move {
+            let c = self.db.client().await?;
+            let row = c
+                .query_one(RESERVE, &[&key, &g.t])
+                .await
+                .map_err(|e| pg_err("rate reserve", e))?;
+            let (tat, now): (f64, f64) = (row.get(0), row.get(1));
+            Ok((tat - now - g.capacity * g.t).max(0.0))
+        })
+    }
+
+    fn fill<'a>(
+        &'a self,
+        key: &'a str,
+        g: &'a Gcra,
+        _now: f64,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let c = self.db.client().await?;
+            c.execute(FILL, &[&key, &(g.capacity * g.t)])
+                .await
+                .map_err(|e| pg_err("rate fill", e))?;
+            Ok(())
+        })
+    }
+
+    fn level<'a>(
+        &'a self,
+        key: &'a str,
+        g: &'a Gcra,
+        _now: f64,
+    ) -> BoxFuture<'a, Result<f64, Error>> {
+        Box::pin(async move {
+            let c = self.db.client().await?;
+            let row = c
+                .query_opt(LEVEL, &[&key])
+                .await
+                .map_err(|e| pg_err("rate level", e))?;
+            Ok(row
+                .map(|r| g.level(r.get::<_, f64>(0), r.get::<_, f64>(1)))
+                .unwrap_or(0.0))
+        })
+    }
+}
+
+/// The OAuth pair of one portal, shared by every host that uses the database.
+#[derive(Debug, Clone)]
+pub struct PgTokenStore {
+    db: PgStore,
+    portal: String,
+}
+
+/// Holds the advisory lock: the dedicated session ends (and the lock with it) on drop.
+struct SessionLock {
+    _client: tokio_postgres::Client,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SessionLock {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+impl TokenStore for PgTokenStore {
+    fn load(&self) -> BoxFuture<'_, Result<Option<TokenPair>, Error>> {
+        Box::pin(async move {
+            let c = self.db.client().await?;
+            let row = c
+                .query_opt(
+                    "SELECT pair::text FROM b24_oauth_tokens WHERE portal = $1",
+                    &[&self.portal],
+                )
+                .await
+                .map_err(|e| pg_err("token load", e))?;
+            match row {
+                None => Ok(None),
+                Some(r) => serde_json::from_str(r.get::<_, &str>(0))
+                    .map(Some)
+                    .map_err(|e| Error::State(format!("unreadable token row: {e}"))),
+            }
+        })
+    }
+
+    fn save<'a>(&'a self, pair: &'a TokenPair) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            let json = serde_json::to_string(pair).map_err(|e| Error::State(e.to_string()))?;
+            let c = self.db.client().await?;
+            c.execute(
+                "INSERT INTO b24_oauth_tokens (portal, pair, updated_at) VALUES ($1, $2::text::jsonb, now())
+                 ON CONFLICT (portal) DO UPDATE SET pair = excluded.pair, updated_at = now()",
+                &[&self.portal, &json],
+            )
+            .await
+            .map_err(|e| pg_err("token save", e))?;
+            Ok(())
+        })
+    }
+
+    fn lock(&self) -> BoxFuture<'_, Result<Box<dyn Send>, Error>> {
+        Box::pin(async move {
+            let (client, conn) = self
+                .db
+                .config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| pg_err("connect", e))?;
+            let driver = tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            let guard = SessionLock {
+                _client: client,
+                driver,
+            };
+            guard
+                ._client
+                .execute(
+                    "SELECT pg_advisory_lock(hashtext('b24-token:' || $1))",
+                    &[&self.portal],
+                )
+                .await
+                .map_err(|e| pg_err("token lock", e))?;
+            Ok(Box::new(guard) as Box<dyn Send>)
+        })
+    }
+
+    fn clear(&self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let c = self.db.client().await?;
+            c.execute(
+                "DELETE FROM b24_oauth_tokens WHERE portal = $1",
+                &[&self.portal],
+            )
+            .await
+            .map_err(|e| pg_err("token clear", e))?;
+            Ok(())
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("PostgreSQL table b24_oauth_tokens, portal {}", self.portal)
+    }
+}

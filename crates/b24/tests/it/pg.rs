@@ -1,0 +1,180 @@
+//! The PostgreSQL stores of a cluster: one rate budget and one OAuth pair shared by clients
+//! that have nothing else in common (separate pools, as separate hosts would have).
+//!
+//! They run when `B24_TEST_PG_URL` is set (`.ci/run` sets it and `B24_REQUIRE_PG=1`); a plain
+//! `cargo test` says they were skipped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use b24::config::RateLimits;
+use b24::limiter::{Limiter, SystemClock};
+use b24::pg::PgStore;
+use b24::{Client, Config};
+use b24_sandbox::SandboxConfig;
+use serde_json::json;
+
+/// A fresh schema on the test server, or None (skipped) when no server was given.
+async fn pg_url(test: &str) -> Option<String> {
+    let Ok(base) = std::env::var("B24_TEST_PG_URL") else {
+        assert!(
+            std::env::var("B24_REQUIRE_PG").is_err(),
+            "B24_REQUIRE_PG is set but B24_TEST_PG_URL is not"
+        );
+        eprintln!("skipped: B24_TEST_PG_URL not set ({test} needs PostgreSQL)");
+        return None;
+    };
+    let schema = format!("b24c_{test}_{}", std::process::id());
+    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL reachable at B24_TEST_PG_URL");
+    let h = tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .await
+        .unwrap();
+    drop(client);
+    let _ = h.await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-csearch_path%3D{schema}"))
+}
+
+/// The portal's counter (+1 a request, drains at `rate`); returns the highest level reached.
+fn portal_level_peak(times: &[f64], rate: f64) -> f64 {
+    let (mut level, mut last, mut peak) = (0.0f64, times[0], 0.0f64);
+    for &t in times {
+        level = (level - (t - last) * rate).max(0.0) + 1.0;
+        last = t;
+        peak = peak.max(level);
+    }
+    peak
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hosts_share_one_bucket() {
+    let Some(url) = pg_url("rate").await else {
+        return;
+    };
+    let mut limiters = Vec::new();
+    for _ in 0..3 {
+        let store = PgStore::connect(&url).await.unwrap();
+        limiters.push(Arc::new(Limiter::new(
+            Box::new(store.rate_store()),
+            RateLimits::STANDARD,
+            Box::new(SystemClock),
+        )));
+    }
+    // 150 reservations at once from three "hosts": each learns when it may send. The limiter
+    // would sleep until then; we record the send time instead of waiting 50 s.
+    let origin = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..150 {
+        let l = limiters[i % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            let store_wait = l_reserve(&l).await;
+            origin.elapsed().as_secs_f64() + store_wait
+        }));
+    }
+    let mut sends = Vec::new();
+    for t in tasks {
+        sends.push(t.await.unwrap());
+    }
+    sends.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    // The 51st slot is 0.5 s after the first: everything within 0.25 s went in the burst.
+    let immediate = sends.iter().filter(|s| **s < sends[0] + 0.25).count();
+    assert!(
+        (48..=50).contains(&immediate),
+        "the burst of 50 is shared, not 50 per host: {immediate} went at once"
+    );
+    let peak = portal_level_peak(&sends, 2.0);
+    assert!(
+        peak <= 50.05,
+        "the shared model let the bucket reach {peak:.2}"
+    );
+    // 100 beyond the burst drain at 2/s: the last goes out ~50 s after the first.
+    let span = sends[149] - sends[0];
+    assert!((span - 50.0).abs() < 1.0, "span {span:.2}");
+    // A 503 seen by one host fills the bucket for all of them.
+    let fresh = PgStore::connect(&url).await.unwrap();
+    let other = Limiter::new(
+        Box::new(fresh.rate_store()),
+        RateLimits::STANDARD,
+        Box::new(SystemClock),
+    );
+    other.fill("other.portal").await.unwrap();
+    let level = limiters[0].level("other.portal").await.unwrap();
+    assert!((level - 50.0).abs() < 0.1, "level after a 503: {level}");
+}
+
+/// Reserve without sleeping: the store's answer is the wait.
+async fn l_reserve(l: &Limiter) -> f64 {
+    l.reserve_only("cluster.portal")
+        .await
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn oauth_config(sb: &b24_sandbox::Sandbox, url: &str, state: &std::path::Path) -> Config {
+    let i = sb.info();
+    let vars: HashMap<&str, String> = [
+        ("B24_AUTH_MODE", "oauth".to_string()),
+        ("B24_DOMAIN", i.base_url.clone()),
+        ("B24_CLIENT_ID", i.client_id.clone()),
+        ("B24_CLIENT_SECRET", i.client_secret.clone()),
+        ("B24_ACCESS_TOKEN", i.access_token.clone()),
+        ("B24_REFRESH_TOKEN", i.refresh_token.clone()),
+        ("B24_OAUTH_TOKEN_URL", i.oauth_token_url.clone()),
+        ("B24_STORE_URL", url.to_string()),
+    ]
+    .into_iter()
+    .collect();
+    Config::from_lookup(&|k| vars.get(k).cloned(), state.to_path_buf()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eight_hosts_expire_at_once_and_refresh_once() {
+    let Some(url) = pg_url("tokens").await else {
+        return;
+    };
+    let sb = b24_sandbox::start(SandboxConfig::default()).await.unwrap();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        // Separate state dirs: no file lock is shared, only the database.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = oauth_config(&sb, &url, dir.path());
+        assert_eq!(cfg.token_backend, b24::config::TokenBackend::Postgres);
+        clients.push((Client::new(cfg).await.unwrap(), dir));
+    }
+    clients[0].0.call("profile", json!({})).await.unwrap();
+    sb.expire_access_tokens();
+    let mut tasks = Vec::new();
+    for (c, _) in &clients {
+        let c = c.clone();
+        tasks.push(tokio::spawn(
+            async move { c.call("profile", json!({})).await },
+        ));
+    }
+    for t in tasks {
+        t.await
+            .unwrap()
+            .expect("every host got through after the refresh");
+    }
+    assert_eq!(sb.stats().refreshes, 1, "{:?}", sb.stats());
+    // A host that starts later takes the rotated pair from the database, not the stale env.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = oauth_config(&sb, &url, dir.path());
+    let token_file = cfg.token_file();
+    let late = Client::new(cfg).await.unwrap();
+    late.call("profile", json!({})).await.unwrap();
+    assert_eq!(sb.stats().refreshes, 1);
+    for (c, d) in &clients {
+        assert!(
+            !c.config().token_file().exists() && d.path().exists(),
+            "no token file is written when the pair lives in PostgreSQL"
+        );
+    }
+    assert!(!token_file.exists());
+}
