@@ -117,7 +117,9 @@ async fn offline_events_survive_sigkills_and_are_handled_once() {
     }
     // Expired leases come back after their 5 s; a final run drains everything.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let o = env.run(&["worker", "--exec", &h, "--once"]).await;
+    let o = env
+        .run(&["worker", "--exec", &h, "--once", "--concurrency", "8"])
+        .await;
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(
         effects(env.dir.path()),
