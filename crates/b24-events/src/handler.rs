@@ -1,9 +1,12 @@
-//! What runs for each event: an external command (`--exec`) or an HTTP endpoint (`--forward`).
-//! Both get the event's idempotency key so their own side effects can be made idempotent: a
-//! worker killed after the handler ran but before the queue recorded it will run it again.
+//! What runs for each event: an external command (`--exec`), an HTTP endpoint (`--forward`),
+//! or, for library users and benchmarks, an async function in the same process. All get the
+//! event's idempotency key so their own side effects can be made idempotent: a worker killed
+//! after the handler ran but before the queue recorded it will run it again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::io::AsyncWriteExt;
 
 use crate::queue::Job;
@@ -20,6 +23,23 @@ pub enum Handler {
         timeout: Duration,
         client: reqwest::Client,
     },
+    /// An async function in this process (library users, benchmarks); `Ok(())` = done. See
+    /// [`Handler::in_process`].
+    InProcess(InProcess),
+}
+
+/// The function behind [`Handler::InProcess`]. It gets the job by reference and returns a
+/// future that owns what it needs (clone from the job what the work uses).
+pub type HandlerFn = dyn Fn(&Job) -> BoxFuture<'static, Result<(), String>> + Send + Sync;
+
+/// An in-process handler function (cheap to clone).
+#[derive(Clone)]
+pub struct InProcess(pub Arc<HandlerFn>);
+
+impl std::fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InProcess(..)")
+    }
 }
 
 /// The JSON a handler receives.
@@ -43,11 +63,24 @@ impl Handler {
         }
     }
 
+    /// Run an async function in this process for each job, e.g. a no-op that measures the
+    /// queue alone: `Handler::in_process(|_job| async { Ok(()) })`.
+    pub fn in_process<F, Fut>(f: F) -> Handler
+    where
+        F: Fn(&Job) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Handler::InProcess(InProcess(Arc::new(move |job: &Job| {
+            Box::pin(f(job)) as BoxFuture<'static, Result<(), String>>
+        })))
+    }
+
     /// Run for one job: `Ok(())` = done, `Err(reason)` = failed (retried later).
     pub async fn run(&self, job: &Job) -> Result<(), String> {
-        let body = event_json(job).to_string();
         match self {
+            Handler::InProcess(InProcess(f)) => f(job).await,
             Handler::Exec { cmd, timeout } => {
+                let body = event_json(job).to_string();
                 let mut child = tokio::process::Command::new("sh")
                     .arg("-c")
                     .arg(cmd)
@@ -90,6 +123,7 @@ impl Handler {
                 timeout,
                 client,
             } => {
+                let body = event_json(job).to_string();
                 let r = client
                     .post(url)
                     .timeout(*timeout)

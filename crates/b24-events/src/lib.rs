@@ -8,7 +8,8 @@
 //! - [`queue`]: the durable queue ([`sqlite`] by default, [`postgres`] for many workers) with
 //!   leases, a reaper, retries with backoff, a dead-letter table and idempotency records:
 //!   completing a job and recording its key happen in one transaction.
-//! - [`worker`] and [`handler`]: run `--exec` or `--forward` handlers for queued events.
+//! - [`worker`] and [`handler`]: run `--exec` or `--forward` handlers for queued events (or,
+//!   for library users and benchmarks, an in-process async function).
 
 pub mod form;
 pub mod handler;

@@ -210,6 +210,28 @@ impl PgQueue {
         Ok(n == 1)
     }
 
+    /// One transaction per job (as [`PgQueue::complete`]), run concurrently over the pool:
+    /// no transaction holds one job's row while it waits for another's.
+    pub async fn complete_many(&self, jobs: &[Job], worker: &str) -> Result<Vec<bool>> {
+        futures::future::try_join_all(jobs.iter().map(|j| self.complete(j, worker))).await
+    }
+
+    /// [`PgQueue::complete_many`], then a claim of up to `n` jobs.
+    pub async fn complete_and_claim(
+        &self,
+        done: &[Job],
+        worker: &str,
+        n: i64,
+        lease_secs: f64,
+    ) -> Result<Vec<Job>> {
+        self.complete_many(done, worker).await?;
+        if n > 0 {
+            self.claim(worker, n, lease_secs).await
+        } else {
+            Ok(vec![])
+        }
+    }
+
     pub async fn fail(
         &self,
         job: &Job,

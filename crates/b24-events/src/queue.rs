@@ -140,6 +140,25 @@ impl Store {
         both!(self, q => q.complete(job, worker).await)
     }
 
+    /// Done, for several jobs: each job's delete and its idempotency record commit together
+    /// (SQLite: all in one transaction; PostgreSQL: one transaction per job, run concurrently).
+    /// Per job, whether this worker still held its lease.
+    pub async fn complete_many(&self, jobs: &[Job], worker: &str) -> Result<Vec<bool>> {
+        both!(self, q => q.complete_many(jobs, worker).await)
+    }
+
+    /// Complete `done` (as [`Store::complete_many`]) and claim up to `n` more jobs. On SQLite
+    /// both happen in one transaction: the worker's usual step costs one commit.
+    pub async fn complete_and_claim(
+        &self,
+        done: &[Job],
+        worker: &str,
+        n: i64,
+        lease_secs: f64,
+    ) -> Result<Vec<Job>> {
+        both!(self, q => q.complete_and_claim(done, worker, n, lease_secs).await)
+    }
+
     /// Failed: retry later with backoff, or move to the dead letters after the last attempt.
     /// Returns true when it was dead-lettered.
     pub async fn fail(

@@ -1,4 +1,8 @@
 //! The SQLite queue (default): WAL, one writer at a time, claims inside `BEGIN IMMEDIATE`.
+//!
+//! Every write transaction costs a WAL write of each page it touches, so the worker completes
+//! the jobs that finished together and claims their successors in one transaction
+//! ([`SqliteQueue::complete_and_claim`]).
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -57,6 +61,13 @@ impl SqliteQueue {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(e)?;
+        // Stable plans: otherwise the claim's bound `LIMIT ?` makes SQLite re-prepare the
+        // statement whenever the bound value (the number of free slots) changes.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )
+        .map_err(e)?;
         conn.execute_batch(SCHEMA).map_err(e)?;
         Ok(SqliteQueue {
             conn: Mutex::new(conn),
@@ -139,56 +150,100 @@ impl SqliteQueue {
     }
 
     pub async fn claim(&self, worker: &str, n: i64, lease_secs: f64) -> Result<Vec<Job>> {
+        self.complete_and_claim(&[], worker, n, lease_secs).await
+    }
+
+    /// Claim up to `n` ready jobs (inside the caller's transaction).
+    fn claim_in(
+        tx: &rusqlite::Transaction,
+        worker: &str,
+        n: i64,
+        lease_secs: f64,
+    ) -> Result<Vec<Job>> {
         let t = now();
-        let mut c = self.conn();
-        let tx = c
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        let mut st = tx
+            .prepare_cached(
+                "UPDATE b24_jobs SET state = 'running', attempts = attempts + 1, locked_by = ?1, lease_until = ?2
+                 WHERE id IN (SELECT id FROM b24_jobs WHERE state = 'ready' AND run_at <= ?3 ORDER BY run_at, id LIMIT ?4)
+                 RETURNING id, key, name, payload, attempts",
+            )
             .map_err(e)?;
-        let jobs = {
-            let mut st = tx
-                .prepare_cached(
-                    "UPDATE b24_jobs SET state = 'running', attempts = attempts + 1, locked_by = ?1, lease_until = ?2
-                     WHERE id IN (SELECT id FROM b24_jobs WHERE state = 'ready' AND run_at <= ?3 ORDER BY run_at, id LIMIT ?4)
-                     RETURNING id, key, name, payload, attempts",
-                )
-                .map_err(e)?;
-            let rows = st
-                .query_map(params![worker, t + lease_secs, t, n], |r| {
-                    Ok(Job {
-                        id: r.get(0)?,
-                        key: r.get(1)?,
-                        name: r.get(2)?,
-                        payload: serde_json::from_str(&r.get::<_, String>(3)?)
-                            .unwrap_or(Value::Null),
-                        attempts: r.get(4)?,
-                    })
+        let rows = st
+            .query_map(params![worker, t + lease_secs, t, n], |r| {
+                Ok(Job {
+                    id: r.get(0)?,
+                    key: r.get(1)?,
+                    name: r.get(2)?,
+                    payload: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null),
+                    attempts: r.get(4)?,
                 })
-                .map_err(e)?;
-            rows.collect::<std::result::Result<Vec<Job>, _>>()
-                .map_err(e)?
-        };
-        tx.commit().map_err(e)?;
-        Ok(jobs)
+            })
+            .map_err(e)?;
+        rows.collect::<std::result::Result<Vec<Job>, _>>()
+            .map_err(e)
+    }
+
+    /// Complete jobs (inside the caller's transaction): delete each one this worker still holds
+    /// and record its key. Per job, whether the lease was still held.
+    fn complete_in(tx: &rusqlite::Transaction, jobs: &[Job], worker: &str) -> Result<Vec<bool>> {
+        let t = now();
+        let mut del = tx
+            .prepare_cached(
+                "DELETE FROM b24_jobs WHERE id = ?1 AND locked_by = ?2 AND state = 'running'",
+            )
+            .map_err(e)?;
+        let mut rec = tx
+            .prepare_cached("INSERT INTO b24_processed VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+            .map_err(e)?;
+        let mut held = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            held.push(del.execute(params![job.id, worker]).map_err(e)? == 1);
+            rec.execute(params![job.key, t]).map_err(e)?;
+        }
+        Ok(held)
     }
 
     pub async fn complete(&self, job: &Job, worker: &str) -> Result<bool> {
+        Ok(self
+            .complete_many(std::slice::from_ref(job), worker)
+            .await?[0])
+    }
+
+    /// One transaction for a batch of completions (each job's delete with its idempotency
+    /// record); per job, whether its lease was still held.
+    pub async fn complete_many(&self, jobs: &[Job], worker: &str) -> Result<Vec<bool>> {
+        if jobs.is_empty() {
+            return Ok(vec![]);
+        }
         let mut c = self.conn();
         let tx = c
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(e)?;
-        let n = tx
-            .execute(
-                "DELETE FROM b24_jobs WHERE id = ?1 AND locked_by = ?2 AND state = 'running'",
-                params![job.id, worker],
-            )
-            .map_err(e)?;
-        tx.execute(
-            "INSERT INTO b24_processed VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            params![job.key, now()],
-        )
-        .map_err(e)?;
+        let held = Self::complete_in(&tx, jobs, worker)?;
         tx.commit().map_err(e)?;
-        Ok(n == 1)
+        Ok(held)
+    }
+
+    /// Complete `done` and claim up to `n` more, in one transaction.
+    pub async fn complete_and_claim(
+        &self,
+        done: &[Job],
+        worker: &str,
+        n: i64,
+        lease_secs: f64,
+    ) -> Result<Vec<Job>> {
+        let mut c = self.conn();
+        let tx = c
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(e)?;
+        Self::complete_in(&tx, done, worker)?;
+        let jobs = if n > 0 {
+            Self::claim_in(&tx, worker, n, lease_secs)?
+        } else {
+            vec![]
+        };
+        tx.commit().map_err(e)?;
+        Ok(jobs)
     }
 
     pub async fn fail(
@@ -239,7 +294,9 @@ impl SqliteQueue {
     pub async fn reap(&self) -> Result<u64> {
         let n = self
             .conn()
-            .execute("UPDATE b24_jobs SET state = 'ready', locked_by = NULL, lease_until = NULL WHERE state = 'running' AND lease_until < ?1", [now()])
+            .prepare_cached("UPDATE b24_jobs SET state = 'ready', locked_by = NULL, lease_until = NULL WHERE state = 'running' AND lease_until < ?1")
+            .map_err(e)?
+            .execute([now()])
             .map_err(e)?;
         Ok(n as u64)
     }

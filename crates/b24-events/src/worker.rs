@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::Handler;
-use crate::queue::{RetryRule, Store};
+use crate::queue::{Job, RetryRule, Store};
 use crate::{Result, pull};
 
 /// Worker settings.
@@ -46,6 +46,89 @@ impl WorkerStats {
     }
 }
 
+/// How often a worker returns expired leases to the queue. Leases last at least a second and
+/// usually much longer, so reaping on every claim would only add a write per claim.
+const REAP_EVERY: Duration = Duration::from_millis(500);
+
+/// The running handlers, and the jobs whose handler succeeded but that are not recorded as done
+/// yet. Jobs that finish together are recorded together: one `complete_many` (one transaction
+/// on SQLite), and the next claim refills all their slots at once.
+#[derive(Default)]
+struct Running {
+    /// Each task yields its job when the handler succeeded; failures are recorded by the task.
+    tasks: tokio::task::JoinSet<Result<Option<Job>>>,
+    done: Vec<Job>,
+}
+
+impl Running {
+    fn take(
+        &mut self,
+        r: std::result::Result<Result<Option<Job>>, tokio::task::JoinError>,
+    ) -> Result<()> {
+        let outcome = r.map_err(|e| crate::EventsError::Handler(e.to_string()))??;
+        self.done.extend(outcome);
+        Ok(())
+    }
+
+    /// Collect the tasks that have already finished.
+    fn collect(&mut self) -> Result<()> {
+        while let Some(r) = self.tasks.try_join_next() {
+            self.take(r)?;
+        }
+        Ok(())
+    }
+
+    /// Wait for one task, then collect the others that finished with it.
+    async fn settle(&mut self) -> Result<()> {
+        if let Some(r) = self.tasks.join_next().await {
+            self.take(r)?;
+            // Tasks woken together get to finish before we look.
+            tokio::task::yield_now().await;
+            self.collect()?;
+        }
+        Ok(())
+    }
+
+    async fn join_all(&mut self) -> Result<()> {
+        while let Some(r) = self.tasks.join_next().await {
+            self.take(r)?;
+        }
+        Ok(())
+    }
+
+    /// Record the succeeded jobs as done and claim up to `free` more (one transaction on
+    /// SQLite).
+    async fn record_and_claim(
+        &mut self,
+        store: &Store,
+        cfg: &WorkerConfig,
+        free: i64,
+        stats: &WorkerStats,
+    ) -> Result<Vec<Job>> {
+        if free <= 0 {
+            self.record(store, &cfg.id, stats).await?;
+            return Ok(vec![]);
+        }
+        let jobs = store
+            .complete_and_claim(&self.done, &cfg.id, free, cfg.lease_secs)
+            .await?;
+        stats.handled.fetch_add(self.done.len() as u64, Relaxed);
+        self.done.clear();
+        Ok(jobs)
+    }
+
+    /// Record the succeeded jobs as done: each job's delete with its idempotency record.
+    async fn record(&mut self, store: &Store, worker: &str, stats: &WorkerStats) -> Result<()> {
+        if self.done.is_empty() {
+            return Ok(());
+        }
+        store.complete_many(&self.done, worker).await?;
+        stats.handled.fetch_add(self.done.len() as u64, Relaxed);
+        self.done.clear();
+        Ok(())
+    }
+}
+
 /// Run until `stop` is cancelled (or, with `once`, until the queue is drained).
 /// On stop, no new job is claimed; running handlers finish, and their leases are completed
 /// or released, so nothing is lost.
@@ -61,24 +144,55 @@ pub async fn run(
         stats.pulled.fetch_add(r.fetched as u64, Relaxed);
     }
     let handler = Arc::new(handler);
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut running = Running::default();
+    let result = work(&store, &handler, &cfg, &stats, &stop, &mut running).await;
+    if result.is_err() {
+        // Whatever else failed, record the handlers that did succeed (best effort: if this
+        // fails too, their leases expire and they run again).
+        let _ = running.record(&store, &cfg.id, &stats).await;
+    }
+    result
+}
+
+async fn work(
+    store: &Arc<Store>,
+    handler: &Arc<Handler>,
+    cfg: &WorkerConfig,
+    stats: &Arc<WorkerStats>,
+    stop: &CancellationToken,
+    running: &mut Running,
+) -> Result<()> {
+    let mut last_reap: Option<Instant> = None;
     loop {
         if stop.is_cancelled() {
             break;
         }
         let mut pulled_any = false;
         if let Some(client) = &cfg.pull {
-            let r = pull::pull(client, &store, 50, 20).await?;
+            running.record(store, &cfg.id, stats).await?;
+            // A pull can take a while (up to 20 batches): handlers that finish meanwhile are
+            // recorded as they finish, not after it.
+            let pulling = pull::pull(client, store, 50, 20);
+            tokio::pin!(pulling);
+            let r = loop {
+                tokio::select! {
+                    r = &mut pulling => break r?,
+                    Some(r) = running.tasks.join_next(), if !running.tasks.is_empty() => {
+                        running.take(r)?;
+                        running.collect()?;
+                        running.record(store, &cfg.id, stats).await?;
+                    }
+                }
+            };
             stats.pulled.fetch_add(r.fetched as u64, Relaxed);
             pulled_any = r.fetched > 0;
         }
-        stats.reaped.fetch_add(store.reap().await?, Relaxed);
-        let free = cfg.concurrency.saturating_sub(tasks.len()) as i64;
-        let jobs = if free > 0 {
-            store.claim(&cfg.id, free, cfg.lease_secs).await?
-        } else {
-            vec![]
-        };
+        if last_reap.is_none_or(|t| t.elapsed() >= REAP_EVERY) {
+            stats.reaped.fetch_add(store.reap().await?, Relaxed);
+            last_reap = Some(Instant::now());
+        }
+        let free = cfg.concurrency.saturating_sub(running.tasks.len()) as i64;
+        let jobs = running.record_and_claim(store, cfg, free, stats).await?;
         let claimed = jobs.len();
         for job in jobs {
             let (store, handler, stats, id, retry) = (
@@ -88,32 +202,27 @@ pub async fn run(
                 cfg.id.clone(),
                 cfg.retry,
             );
-            tasks.spawn(async move {
+            running.tasks.spawn(async move {
                 match handler.run(&job).await {
-                    Ok(()) => {
-                        store.complete(&job, &id).await?;
-                        stats.handled.fetch_add(1, Relaxed);
-                    }
+                    // Recorded by the loop, together with the jobs that finish with it.
+                    Ok(()) => Ok(Some(job)),
                     Err(why) => {
                         tracing::warn!(key = %job.key, attempt = job.attempts, %why, "handler failed");
                         stats.failed.fetch_add(1, Relaxed);
                         if store.fail(&job, &id, &why, retry).await? {
                             stats.dead.fetch_add(1, Relaxed);
                         }
+                        Ok(None)
                     }
                 }
-                Ok::<(), crate::EventsError>(())
             });
         }
-        // Reap finished tasks; surface store errors.
-        while let Some(r) = tasks.try_join_next() {
-            r.map_err(|e| crate::EventsError::Handler(e.to_string()))??;
-        }
+        // Collect finished tasks; surface store errors.
+        running.collect()?;
         if claimed == 0 && !pulled_any {
             if cfg.once {
-                while let Some(r) = tasks.join_next().await {
-                    r.map_err(|e| crate::EventsError::Handler(e.to_string()))??;
-                }
+                running.join_all().await?;
+                running.record(store, &cfg.id, stats).await?;
                 let s = store.stats().await?;
                 let due_later = s.ready > 0;
                 if s.running == 0 && !due_later {
@@ -121,31 +230,29 @@ pub async fn run(
                 }
                 if due_later {
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                } else {
+                    // Only other workers' jobs (or expired leases not reaped yet) are running:
+                    // poll gently until they are done rather than spin on the store.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 continue;
             }
-            if tasks.len() >= cfg.concurrency {
-                if let Some(r) = tasks.join_next().await {
-                    r.map_err(|e| crate::EventsError::Handler(e.to_string()))??;
-                }
+            if running.tasks.len() >= cfg.concurrency {
+                running.settle().await?;
             } else {
                 tokio::select! {
                     _ = stop.cancelled() => {}
                     _ = store.wait_for_work(Duration::from_millis(500)) => {}
-                    Some(r) = tasks.join_next(), if !tasks.is_empty() => { r.map_err(|e| crate::EventsError::Handler(e.to_string()))??; }
+                    Some(r) = running.tasks.join_next(), if !running.tasks.is_empty() => running.take(r)?,
                 }
             }
-        } else if tasks.len() >= cfg.concurrency
-            && let Some(r) = tasks.join_next().await
-        {
-            r.map_err(|e| crate::EventsError::Handler(e.to_string()))??;
+        } else if running.tasks.len() >= cfg.concurrency {
+            running.settle().await?;
         }
     }
-    // Graceful stop: let running handlers finish (their results are recorded).
-    while let Some(r) = tasks.join_next().await {
-        r.map_err(|e| crate::EventsError::Handler(e.to_string()))??;
-    }
-    Ok(())
+    // Graceful stop: let running handlers finish and record their results.
+    running.join_all().await?;
+    running.record(store, &cfg.id, stats).await
 }
 
 /// Prometheus text for the queue and the worker.

@@ -33,7 +33,7 @@ pub async fn pg(name: &str) -> Option<String> {
     )
 }
 
-async fn backends(name: &str) -> Vec<(Store, tempfile::TempDir)> {
+pub async fn backends(name: &str) -> Vec<(Store, tempfile::TempDir)> {
     let dir = tempfile::tempdir().unwrap();
     let mut v = vec![(
         Store::open(dir.path().join("q.db").to_str().unwrap())
