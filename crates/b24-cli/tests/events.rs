@@ -380,3 +380,75 @@ async fn four_workers_share_a_postgres_queue_through_sigkills() {
         started.elapsed()
     );
 }
+
+/// `--metrics-listen` serves Prometheus text: queue depth, DLQ, HTTP counters and the
+/// operating time the portal reported per method.
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_serves_prometheus_metrics() {
+    let sb = sandbox(SandboxConfig::default()).await;
+    let env = Env::oauth(&sb);
+    let o = env
+        .run(&["events", "bind", "ONCRMLEADADD", "--offline"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    hook_batch(
+        &sb,
+        (0..5)
+            .map(|i| format!("crm.lead.add?fields[TITLE]=M{i}"))
+            .collect(),
+    )
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let h = handler(env.dir.path());
+    let mut child = spawn(&env, &["worker", "--exec", &h, "--metrics-listen", &addr]);
+    // Wait until the worker has pulled and handled the five events, then read the metrics.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let body = match reqwest::get(format!("http://{addr}/metrics")).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if body.contains("b24_events_processed_total 5") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never showed 5 processed:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for line in [
+        "# TYPE b24_queue_ready gauge",
+        "b24_queue_ready 0",
+        "b24_dlq_size 0",
+        "# TYPE b24_worker_handled_total counter",
+        "b24_worker_handled_total 5",
+        "b24_worker_pulled_total 5",
+        "b24_http_503_total 0",
+        "b24_http_429_total 0",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("b24_http_requests_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("b24_http_requests_total");
+    assert!(requests >= 2.0, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("b24_operating_seconds{method=\"event.offline.get\"} ")),
+        "the portal's operating time per method is exported:\n{text}"
+    );
+    assert_eq!(effects(env.dir.path()), 5);
+}

@@ -255,17 +255,27 @@ async fn work(
     running.record(store, &cfg.id, stats).await
 }
 
-/// Prometheus text for the queue and the worker.
+/// Prometheus text for the queue and the worker. `operating` is the client's view of each
+/// method's operating-time use: `(method, seconds used in the portal's window, reset_at)`.
 pub fn metrics(
     q: &crate::QueueStats,
     w: &WorkerStats,
     client: Option<&b24::ClientStats>,
+    operating: &[(String, f64, Option<i64>)],
 ) -> String {
     let mut s = String::new();
-    let mut g = |name: &str, help: &str, v: f64| {
+    let mut put = |kind: &str, name: &str, help: &str, v: f64| {
         s.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}\n"
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
         ));
+    };
+    let mut g = |name: &str, help: &str, v: f64| {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        put(kind, name, help, v)
     };
     g(
         "b24_queue_ready",
@@ -325,6 +335,26 @@ pub fn metrics(
             "Times the limiter delayed a request",
             c.limiter_waits as f64,
         );
+    }
+    if !operating.is_empty() {
+        s.push_str(
+            "# HELP b24_operating_seconds Operating time each method has used in the portal's 10 minute window (limit 480)\n# TYPE b24_operating_seconds gauge\n",
+        );
+        for (method, used, _) in operating {
+            s.push_str(&format!(
+                "b24_operating_seconds{{method=\"{}\"}} {used}\n",
+                method.replace(['"', '\\', '\n'], "_")
+            ));
+        }
+        s.push_str("# HELP b24_operating_reset_at Unix time the method's operating window resets\n# TYPE b24_operating_reset_at gauge\n");
+        for (method, _, reset) in operating {
+            if let Some(r) = reset {
+                s.push_str(&format!(
+                    "b24_operating_reset_at{{method=\"{}\"}} {r}\n",
+                    method.replace(['"', '\\', '\n'], "_")
+                ));
+            }
+        }
     }
     s
 }

@@ -91,6 +91,10 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                         &q,
                         &stats,
                         client.as_ref().map(|c| c.stats()).as_ref(),
+                        &client
+                            .as_ref()
+                            .map(|c| c.operating_snapshot())
+                            .unwrap_or_default(),
                     )
                 }
             }),
