@@ -16,13 +16,16 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum Sub {
     /// Check the hash chain: exits 0 if intact, 3 naming the first changed or missing line.
+    #[command(after_help = "Example:\n  b24 audit verify")]
     Verify,
     /// Print the last records as NDJSON.
+    #[command(after_help = "Example:\n  b24 audit tail -n 20")]
     Tail {
         #[arg(short = 'n', long, default_value_t = 10)]
         n: usize,
     },
     /// Print where the audit log is.
+    #[command(after_help = "Example:\n  b24 audit path")]
     Path,
 }
 

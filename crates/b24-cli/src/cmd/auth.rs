@@ -17,6 +17,10 @@ use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  b24 auth login --portal example.bitrix24.com --client-id app.123
+  b24 auth status
+  b24 auth logout --portal example.bitrix24.com")]
 pub struct Args {
     #[command(subcommand)]
     pub cmd: Sub,
@@ -27,8 +31,10 @@ pub enum Sub {
     /// Authorize this machine for a portal's app (OAuth authorization code) and store the tokens.
     Login(LoginArgs),
     /// Show the stored tokens' portal, member id, scopes and expiry (never the tokens).
+    #[command(after_help = "Example:\n  b24 auth status --portal example.bitrix24.com")]
     Status(PortalArgs),
     /// Delete the stored tokens.
+    #[command(after_help = "Example:\n  b24 auth logout --portal example.bitrix24.com")]
     Logout(PortalArgs),
 }
 

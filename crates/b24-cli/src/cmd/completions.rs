@@ -8,6 +8,10 @@ use clap::CommandFactory;
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  b24 completions bash > ~/.local/share/bash-completion/completions/b24
+  b24 completions zsh > ~/.zfunc/_b24
+  b24 completions man > b24.1")]
 pub struct Args {
     /// bash, zsh, fish, elvish, powershell — or `man` for a roff man page of `b24`.
     #[arg(value_name = "SHELL")]

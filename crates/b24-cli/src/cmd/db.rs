@@ -18,8 +18,12 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum Sub {
     /// Apply the schema (also done automatically on connect).
+    #[command(
+        after_help = "Example:\n  B24_STORE_URL=postgres://b24@db.internal/b24 b24 db migrate"
+    )]
     Migrate,
     /// Queue statistics.
+    #[command(after_help = "Example:\n  b24 db status")]
     Status,
 }
 

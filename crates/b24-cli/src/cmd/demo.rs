@@ -25,7 +25,10 @@ Runs offline: starts an emulated portal in this process and walks through a read
 planned write, a refused delete, a batch, a bulk export and an event handled by the worker,
 printing the equivalent `b24` command for each step. Prints a JSON summary on stdout.
 
-Uses a temporary state directory unless --state-dir (or B24_STATE_DIR) is given.")]
+Uses a temporary state directory unless --state-dir (or B24_STATE_DIR) is given.
+
+Example:
+  b24 demo")]
 pub struct Args {
     /// Leads to seed in the embedded portal (the export step reads them all).
     #[arg(long, default_value_t = 3000)]

@@ -21,19 +21,23 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum Sub {
     /// Dead letters as NDJSON.
+    #[command(after_help = "Example:\n  b24 dlq list --limit 20")]
     List {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
     /// One dead letter with its payload and last error.
+    #[command(after_help = "Example:\n  b24 dlq show 42")]
     Show { id: i64 },
     /// Put dead letters back into the queue with fresh attempts.
+    #[command(after_help = "Example:\n  b24 dlq replay --all")]
     Replay {
         id: Option<i64>,
         #[arg(long, conflicts_with = "id")]
         all: bool,
     },
     /// Delete every dead letter.
+    #[command(after_help = "Example:\n  b24 dlq purge --yes")]
     Purge {
         /// Required: purging cannot be undone.
         #[arg(long)]

@@ -23,12 +23,16 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum Sub {
     /// Subscribe to an event (app auth only; `--offline` needs an administrator).
+    #[command(after_help = "Example:\n  b24 events bind ONCRMDEALUPDATE --offline")]
     Bind(BindArgs),
     /// Remove a subscription.
+    #[command(after_help = "Example:\n  b24 events unbind ONCRMDEALUPDATE --offline")]
     Unbind(BindArgs),
     /// List the app's subscriptions (`event.get`).
+    #[command(after_help = "Example:\n  b24 events list")]
     List,
     /// Run the online receiver.
+    #[command(after_help = "Example:\n  b24 events serve --listen 0.0.0.0:8080")]
     Serve(ServeArgs),
 }
 
