@@ -453,3 +453,54 @@ async fn auth_login_with_a_pasted_code_and_clear_failures() {
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("B24_CLIENT_SECRET"));
 }
+
+/// Every command and subcommand's `--help` ends with at least one example.
+#[test]
+fn every_help_has_an_example() {
+    fn subcommands(help: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut in_cmds = false;
+        for line in help.lines() {
+            if line.trim_end() == "Commands:" {
+                in_cmds = true;
+                continue;
+            }
+            if in_cmds {
+                if line.trim().is_empty() || !line.starts_with("  ") {
+                    break;
+                }
+                if let Some(name) = line.split_whitespace().next()
+                    && name != "help"
+                {
+                    out.push(name.to_string());
+                }
+            }
+        }
+        out
+    }
+    let env = Env::bare();
+    let mut stack: Vec<Vec<String>> = vec![vec![]];
+    let mut checked = 0;
+    while let Some(path) = stack.pop() {
+        let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
+        args.push("--help");
+        let o = env.cmd(&args).output().unwrap();
+        assert_eq!(code(&o), 0, "b24 {}: {}", path.join(" "), stderr(&o));
+        let help = stdout(&o);
+        let subs = subcommands(&help);
+        if !path.is_empty() {
+            assert!(
+                help.contains("Example"),
+                "`b24 {} --help` has no example",
+                path.join(" ")
+            );
+            checked += 1;
+        }
+        for s in subs {
+            let mut p = path.clone();
+            p.push(s);
+            stack.push(p);
+        }
+    }
+    assert!(checked > 30, "only {checked} commands found");
+}
