@@ -303,7 +303,12 @@ async fn four_workers_share_a_postgres_queue_through_sigkills() {
             std::env::var("B24_REQUIRE_PG").is_err(),
             "B24_REQUIRE_PG is set but B24_TEST_PG_URL is not"
         );
-        eprintln!("skipped: B24_TEST_PG_URL not set");
+        // Straight to the process's stderr: the test harness captures `eprintln!`, and a skip
+        // must be visible in a plain `cargo test`.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("skipped: B24_TEST_PG_URL not set\n").as_bytes(),
+        );
         return;
     };
     let url = b24_events::postgres::isolated_url(

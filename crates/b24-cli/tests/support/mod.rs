@@ -197,7 +197,12 @@ pub async fn pg_test_url(test: &str) -> Option<String> {
             std::env::var("B24_REQUIRE_PG").is_err(),
             "B24_REQUIRE_PG is set but B24_TEST_PG_URL is not"
         );
-        eprintln!("skipped: B24_TEST_PG_URL not set ({test} needs PostgreSQL)");
+        // Straight to the process's stderr: the test harness captures `eprintln!`, and a skip
+        // must be visible in a plain `cargo test`.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("skipped: B24_TEST_PG_URL not set ({test} needs PostgreSQL)\n").as_bytes(),
+        );
         return None;
     };
     let schema = format!("cli_{test}_{}", uuid::Uuid::new_v4().simple());

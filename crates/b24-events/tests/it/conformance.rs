@@ -22,7 +22,12 @@ pub async fn pg(name: &str) -> Option<String> {
             std::env::var("B24_REQUIRE_PG").is_err(),
             "B24_REQUIRE_PG is set but B24_TEST_PG_URL is not"
         );
-        eprintln!("skipped: B24_TEST_PG_URL not set ({name} runs on SQLite only)");
+        // Straight to the process's stderr: the test harness captures `eprintln!`, and a skip
+        // must be visible in a plain `cargo test`.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("skipped: B24_TEST_PG_URL not set ({name} runs on SQLite only)\n").as_bytes(),
+        );
         return None;
     };
     let schema = format!("t_{name}_{}", uuid::Uuid::new_v4().simple());

@@ -4,4 +4,4 @@
 mod batch;
 mod client;
 mod export;
-mod pg;
+mod shared_stores;

@@ -1,7 +1,8 @@
-//! The PostgreSQL stores of a cluster: one rate budget and one OAuth pair shared by clients
-//! that have nothing else in common (separate pools, as separate hosts would have).
+//! Shared stores: one rate budget (the same checks on SQLite and PostgreSQL) and one OAuth pair
+//! shared by clients that have nothing else in common (separate pools, as separate hosts would
+//! have).
 //!
-//! They run when `B24_TEST_PG_URL` is set (`.ci/run` sets it and `B24_REQUIRE_PG=1`); a plain
+//! The PostgreSQL ones run when `B24_TEST_PG_URL` is set (`.ci/run` sets it and `B24_REQUIRE_PG=1`); a plain
 //! `cargo test` says they were skipped.
 
 use std::collections::HashMap;
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use b24::config::RateLimits;
-use b24::limiter::{Limiter, SystemClock};
+use b24::limiter::{Limiter, RateStore, SqliteStore, SystemClock};
 use b24::pg::PgStore;
 use b24::{Client, Config};
 use b24_sandbox::SandboxConfig;
@@ -22,7 +23,12 @@ async fn pg_url(test: &str) -> Option<String> {
             std::env::var("B24_REQUIRE_PG").is_err(),
             "B24_REQUIRE_PG is set but B24_TEST_PG_URL is not"
         );
-        eprintln!("skipped: B24_TEST_PG_URL not set ({test} needs PostgreSQL)");
+        // Straight to the process's stderr: the test harness captures `eprintln!`, and a skip
+        // must be visible in a plain `cargo test`.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("skipped: B24_TEST_PG_URL not set ({test} needs PostgreSQL)\n").as_bytes(),
+        );
         return None;
     };
     let schema = format!("b24c_{test}_{}", std::process::id());
@@ -53,26 +59,19 @@ fn portal_level_peak(times: &[f64], rate: f64) -> f64 {
     peak
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_hosts_share_one_bucket() {
-    let Some(url) = pg_url("rate").await else {
-        return;
-    };
-    let mut limiters = Vec::new();
-    for _ in 0..3 {
-        let store = PgStore::connect(&url).await.unwrap();
-        limiters.push(Arc::new(Limiter::new(
-            Box::new(store.rate_store()),
-            RateLimits::STANDARD,
-            Box::new(SystemClock),
-        )));
-    }
+/// The same checks for every shared rate store: `hosts` are separate connections to one
+/// store, `late` is one more opened afterwards.
+async fn hosts_share_one_bucket(hosts: Vec<Box<dyn RateStore>>, late: Box<dyn RateStore>) {
+    let limiters: Vec<Arc<Limiter>> = hosts
+        .into_iter()
+        .map(|s| Arc::new(Limiter::new(s, RateLimits::STANDARD, Box::new(SystemClock))))
+        .collect();
     // 150 reservations at once from three "hosts": each learns when it may send. The limiter
     // would sleep until then; we record the send time instead of waiting 50 s.
     let origin = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..150 {
-        let l = limiters[i % 3].clone();
+        let l = limiters[i % limiters.len()].clone();
         tasks.push(tokio::spawn(async move {
             let store_wait = l_reserve(&l).await;
             origin.elapsed().as_secs_f64() + store_wait
@@ -98,15 +97,33 @@ async fn three_hosts_share_one_bucket() {
     let span = sends[149] - sends[0];
     assert!((span - 50.0).abs() < 1.0, "span {span:.2}");
     // A 503 seen by one host fills the bucket for all of them.
-    let fresh = PgStore::connect(&url).await.unwrap();
-    let other = Limiter::new(
-        Box::new(fresh.rate_store()),
-        RateLimits::STANDARD,
-        Box::new(SystemClock),
-    );
+    let other = Limiter::new(late, RateLimits::STANDARD, Box::new(SystemClock));
     other.fill("other.portal").await.unwrap();
     let level = limiters[0].level("other.portal").await.unwrap();
     assert!((level - 50.0).abs() < 0.1, "level after a 503: {level}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hosts_share_one_bucket_in_postgres() {
+    let Some(url) = pg_url("rate").await else {
+        return;
+    };
+    let mut hosts: Vec<Box<dyn RateStore>> = Vec::new();
+    for _ in 0..3 {
+        hosts.push(Box::new(PgStore::connect(&url).await.unwrap().rate_store()));
+    }
+    let late = Box::new(PgStore::connect(&url).await.unwrap().rate_store());
+    hosts_share_one_bucket(hosts, late).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_processes_share_one_bucket_in_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("limiter.db");
+    let hosts: Vec<Box<dyn RateStore>> = (0..3)
+        .map(|_| Box::new(SqliteStore::open(&path).unwrap()) as Box<dyn RateStore>)
+        .collect();
+    hosts_share_one_bucket(hosts, Box::new(SqliteStore::open(&path).unwrap())).await;
 }
 
 /// Reserve without sleeping: the store's answer is the wait.
