@@ -307,7 +307,7 @@ async fn four_workers_share_a_postgres_queue_through_sigkills() {
         // must be visible in a plain `cargo test`.
         let _ = std::io::Write::write_all(
             &mut std::io::stderr(),
-            format!("skipped: B24_TEST_PG_URL not set\n").as_bytes(),
+            b"skipped: B24_TEST_PG_URL not set\n",
         );
         return;
     };
