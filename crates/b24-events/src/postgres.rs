@@ -210,10 +210,34 @@ impl PgQueue {
         Ok(n == 1)
     }
 
-    /// One transaction per job (as [`PgQueue::complete`]), run concurrently over the pool:
-    /// no transaction holds one job's row while it waits for another's.
+    /// Every job of `jobs` in one statement (one commit, one flush): the rows this worker
+    /// still holds are deleted and every key is recorded as processed (a handler that
+    /// succeeded ran its effect even if its lease was lost meanwhile). Returns, per job,
+    /// whether this worker still held it. The reaper skips rows locked here, so the two never
+    /// wait on each other in opposite orders.
     pub async fn complete_many(&self, jobs: &[Job], worker: &str) -> Result<Vec<bool>> {
-        futures::future::try_join_all(jobs.iter().map(|j| self.complete(j, worker))).await
+        if jobs.is_empty() {
+            return Ok(vec![]);
+        }
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "WITH gone AS (
+                   DELETE FROM b24_jobs WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'
+                   RETURNING id),
+                 rec AS (
+                   INSERT INTO b24_processed SELECT k, $3 FROM unnest($4::text[]) AS k
+                   ON CONFLICT DO NOTHING)
+                 SELECT id FROM gone",
+                &[&ids, &worker, &now(), &keys],
+            )
+            .await
+            .map_err(e)?;
+        let held: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(jobs.iter().map(|j| held.contains(&j.id)).collect())
     }
 
     /// [`PgQueue::complete_many`], then a claim of up to `n` jobs.
@@ -283,7 +307,14 @@ impl PgQueue {
     pub async fn reap(&self) -> Result<u64> {
         self.client()
             .await?
-            .execute("UPDATE b24_jobs SET state = 'ready', locked_by = NULL, lease_until = NULL WHERE state = 'running' AND lease_until < $1", &[&now()])
+            .execute(
+                "WITH expired AS (
+                   SELECT id FROM b24_jobs WHERE state = 'running' AND lease_until < $1
+                   FOR UPDATE SKIP LOCKED)
+                 UPDATE b24_jobs j SET state = 'ready', locked_by = NULL, lease_until = NULL
+                 FROM expired WHERE j.id = expired.id",
+                &[&now()],
+            )
             .await
             .map_err(e)
     }
