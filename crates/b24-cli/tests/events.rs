@@ -298,25 +298,9 @@ async fn receiver_takes_10000_events_from_50_clients() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn four_workers_share_a_postgres_queue_through_sigkills() {
-    let Ok(base) = std::env::var("B24_TEST_PG_URL") else {
-        assert!(
-            std::env::var("B24_REQUIRE_PG").is_err(),
-            "B24_REQUIRE_PG is set but B24_TEST_PG_URL is not"
-        );
-        // Straight to the process's stderr: the test harness captures `eprintln!`, and a skip
-        // must be visible in a plain `cargo test`.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            b"skipped: B24_TEST_PG_URL not set\n",
-        );
+    let Some(url) = pg_test_url("workers").await else {
         return;
     };
-    let url = b24_events::postgres::isolated_url(
-        &base,
-        &format!("cli_{}", uuid::Uuid::new_v4().simple()),
-    )
-    .await
-    .unwrap();
     let store = b24_events::Store::open(&url).await.unwrap();
     const N: usize = 20_000;
     let events: Vec<b24_events::NewEvent> = (0..N)
