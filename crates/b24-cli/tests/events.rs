@@ -63,6 +63,21 @@ async fn hook_batch(sb: &Sandbox, cmds: Vec<String>) {
     }
 }
 
+/// Bind ONCRMLEADADD as an offline event, then add `n` leads: `n` offline records.
+async fn offline_lead_adds(sb: &Sandbox, env: &Env, n: usize) {
+    let o = env
+        .run(&["events", "bind", "ONCRMLEADADD", "--offline"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    hook_batch(
+        sb,
+        (0..n)
+            .map(|i| format!("crm.lead.add?fields[TITLE]=L{i}"))
+            .collect(),
+    )
+    .await;
+}
+
 fn spawn(env: &Env, args: &[&str]) -> Child {
     env.cmd(args)
         .stdout(Stdio::null())
@@ -79,18 +94,8 @@ async fn offline_events_survive_sigkills_and_are_handled_once() {
     })
     .await;
     let env = Env::oauth(&sb);
-    let o = env
-        .run(&["events", "bind", "ONCRMLEADADD", "--offline"])
-        .await;
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
     // 2,000 changes: 2,000 new leads, one offline record each.
-    hook_batch(
-        &sb,
-        (0..2000)
-            .map(|i| format!("crm.lead.add?fields[TITLE]=L{i}"))
-            .collect(),
-    )
-    .await;
+    offline_lead_adds(&sb, &env, 2000).await;
     let queued = app_call(&sb, "event.offline.list", json!({})).await;
     assert_eq!(queued["total"], json!(2000));
     let h = handler(env.dir.path());
@@ -376,17 +381,7 @@ async fn four_workers_share_a_postgres_queue_through_sigkills() {
 async fn worker_serves_prometheus_metrics() {
     let sb = sandbox(SandboxConfig::default()).await;
     let env = Env::oauth(&sb);
-    let o = env
-        .run(&["events", "bind", "ONCRMLEADADD", "--offline"])
-        .await;
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
-    hook_batch(
-        &sb,
-        (0..5)
-            .map(|i| format!("crm.lead.add?fields[TITLE]=M{i}"))
-            .collect(),
-    )
-    .await;
+    offline_lead_adds(&sb, &env, 5).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

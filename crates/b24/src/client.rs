@@ -27,6 +27,7 @@ use crate::config::{Auth, LimiterBackend, TokenBackend};
 use crate::envelope::{Parsed, parse};
 use crate::error::ApiError;
 use crate::limiter::{Clock, Limiter, MemoryStore, OperatingBudget, SqliteStore, SystemClock};
+use crate::pg::PgStore;
 use crate::retry::Backoff;
 use crate::{Config, Error, ErrorClass, Response};
 
@@ -132,47 +133,19 @@ enum Attempt {
 pub async fn token_store(config: &Config) -> Result<Arc<dyn TokenStore>, Error> {
     match config.token_backend {
         TokenBackend::File => Ok(Arc::new(FileTokenStore::new(config.token_file()))),
-        TokenBackend::Postgres => pg_store(config).await?.token_store_arc(&config.portal),
+        TokenBackend::Postgres => Ok(Arc::new(
+            pg_store(config).await?.token_store(&config.portal),
+        )),
     }
 }
 
-#[cfg(feature = "postgres")]
-async fn pg_store(config: &Config) -> Result<crate::pg::PgStore, Error> {
+/// Connect to `B24_STORE_URL` (and apply its migration).
+async fn pg_store(config: &Config) -> Result<PgStore, Error> {
     let url = config
         .store_url
         .as_ref()
         .ok_or_else(|| Error::Config("the PostgreSQL store needs B24_STORE_URL".into()))?;
-    crate::pg::PgStore::connect(url.expose_secret()).await
-}
-
-#[cfg(not(feature = "postgres"))]
-async fn pg_store(_config: &Config) -> Result<NoPg, Error> {
-    Err(Error::Config(
-        "this b24 was built without the `postgres` feature; B24_STORE_URL=postgres://… is unavailable".into(),
-    ))
-}
-
-#[cfg(not(feature = "postgres"))]
-enum NoPg {}
-
-#[cfg(not(feature = "postgres"))]
-impl NoPg {
-    fn rate_store_boxed(self) -> Box<dyn crate::limiter::RateStore> {
-        match self {}
-    }
-    fn token_store_arc(self, _: &str) -> Result<Arc<dyn TokenStore>, Error> {
-        match self {}
-    }
-}
-
-#[cfg(feature = "postgres")]
-impl crate::pg::PgStore {
-    fn rate_store_boxed(self) -> Box<dyn crate::limiter::RateStore> {
-        Box::new(self.rate_store())
-    }
-    fn token_store_arc(self, portal: &str) -> Result<Arc<dyn TokenStore>, Error> {
-        Ok(Arc::new(self.token_store(portal)))
-    }
+    PgStore::connect(url.expose_secret()).await
 }
 
 impl Client {
@@ -200,6 +173,16 @@ impl Client {
         let http = b
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
+        // One pool for whatever lives in PostgreSQL: start-up connects (and migrates) once.
+        let uses_pg = config.limiter == LimiterBackend::Postgres
+            || (store.is_none()
+                && matches!(config.auth, Auth::OAuth { .. })
+                && config.token_backend == TokenBackend::Postgres);
+        let pg = if uses_pg {
+            Some(pg_store(&config).await?)
+        } else {
+            None
+        };
         let limiter = match &config.limiter {
             LimiterBackend::Off => None,
             LimiterBackend::Memory => Some(Limiter::new(
@@ -219,7 +202,7 @@ impl Client {
                 ))
             }
             LimiterBackend::Postgres => Some(Limiter::new(
-                pg_store(&config).await?.rate_store_boxed(),
+                Box::new(pg.as_ref().expect("connected above").rate_store()),
                 config.limits,
                 Box::new(SystemClock),
             )),
@@ -233,9 +216,12 @@ impl Client {
                 client_secret,
                 token_url,
             } => {
-                let store = match store {
-                    Some(s) => s,
-                    None => token_store(&config).await?,
+                let store: Arc<dyn TokenStore> = match (store, &pg) {
+                    (Some(s), _) => s,
+                    (None, Some(pg)) if config.token_backend == TokenBackend::Postgres => {
+                        Arc::new(pg.token_store(&config.portal))
+                    }
+                    (None, _) => token_store(&config).await?,
                 };
                 let initial =
                     (access_token.is_some() || refresh_token.is_some()).then(|| TokenPair {

@@ -21,7 +21,6 @@ pub mod envelope;
 pub mod error;
 pub mod export;
 pub mod limiter;
-#[cfg(feature = "postgres")]
 pub mod pg;
 pub mod retry;
 
