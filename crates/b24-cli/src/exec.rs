@@ -495,6 +495,59 @@ pub struct BatchSpec {
     pub origin: Origin,
 }
 
+/// Counts a batch's per-command outcomes and renders each one, the same way for the CLI and
+/// the MCP server.
+#[derive(Debug, Default)]
+pub struct BatchTally {
+    pub ok: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub unknown: usize,
+}
+
+impl BatchTally {
+    /// Count `o`; return its output line and its (result-free) audit record.
+    pub fn add(&mut self, key: &str, o: &b24::batch::Outcome) -> (Value, Value) {
+        use b24::batch::Outcome;
+        let line = match o {
+            Outcome::Ok {
+                result,
+                total,
+                next,
+            } => {
+                self.ok += 1;
+                let mut l = json!({"key": key, "status": "ok", "result": result});
+                if let Some(t) = total {
+                    l["total"] = json!(t);
+                }
+                if let Some(n) = next {
+                    l["next"] = json!(n);
+                }
+                l
+            }
+            Outcome::Error { code, description } => {
+                self.failed += 1;
+                json!({"key": key, "status": "error", "error": {"code": code, "description": description}})
+            }
+            Outcome::NotExecuted { reason } => {
+                self.skipped += 1;
+                json!({"key": key, "status": "not_executed", "reason": reason})
+            }
+            Outcome::Unknown { reason } => {
+                self.unknown += 1;
+                json!({"key": key, "status": "unknown", "reason": reason})
+            }
+            #[allow(unreachable_patterns)]
+            other => json!({"key": key, "status": other.status()}),
+        };
+        let audit = match o {
+            Outcome::Error { code, .. } => json!({"key": key, "status": "error", "code": code}),
+            other => json!({"key": key, "status": other.status()}),
+        };
+        (line, audit)
+    }
+}
+
 /// Permission to run a batch; `finish` records the outcome in the audit log.
 pub struct BatchPermit {
     guard: Guard,

@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::time::Instant;
 
-use b24::batch::{Batch, Outcome};
+use b24::batch::Batch;
 use serde_json::{Value, json};
 
 use crate::exec::{self, BatchSpec};
@@ -221,51 +221,26 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let client = g.client().await?;
     let results = batch.run(&client).await;
     let mut lines = Vec::with_capacity(results.len());
-    let (mut ok, mut failed, mut skipped, mut unknown) = (0, 0, 0, 0);
+    let mut tally = crate::exec::BatchTally::default();
     {
         use std::io::Write;
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         for (key, o) in &results {
-            let line = match o {
-                Outcome::Ok {
-                    result,
-                    total,
-                    next,
-                } => {
-                    ok += 1;
-                    let mut l = json!({"key": key, "status": "ok", "result": result});
-                    if let Some(t) = total {
-                        l["total"] = json!(t);
-                    }
-                    if let Some(n) = next {
-                        l["next"] = json!(n);
-                    }
-                    l
-                }
-                Outcome::Error { code, description } => {
-                    failed += 1;
-                    json!({"key": key, "status": "error", "error": {"code": code, "description": description}})
-                }
-                Outcome::NotExecuted { reason } => {
-                    skipped += 1;
-                    json!({"key": key, "status": "not_executed", "reason": reason})
-                }
-                Outcome::Unknown { reason } => {
-                    unknown += 1;
-                    json!({"key": key, "status": "unknown", "reason": reason})
-                }
-            };
+            let (line, audit) = tally.add(key, o);
             writeln!(out, "{line}")?;
-            lines.push(match o {
-                Outcome::Error { code, .. } => json!({"key": key, "status": "error", "code": code}),
-                other => json!({"key": key, "status": other.status()}),
-            });
+            lines.push(audit);
         }
         out.flush()?;
     }
     permit.finish(&Value::Array(lines))?;
     let st = client.stats();
+    let crate::exec::BatchTally {
+        ok,
+        failed,
+        skipped,
+        unknown,
+    } = tally;
     if !g.quiet {
         eprintln!(
             "b24 batch: {} commands: {ok} ok, {failed} error, {skipped} not executed{}; {} requests, {} retries, {:.1} s",

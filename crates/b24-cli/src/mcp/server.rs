@@ -872,47 +872,37 @@ impl B24Mcp {
             Err(e) => return Ok(self.fail(&e)),
         };
         let results = batch.run(&client).await;
-        let (mut ok, mut failed, mut skipped, mut unknown) = (0, 0, 0, 0);
+        let mut tally = crate::exec::BatchTally::default();
         let mut out = Vec::with_capacity(results.len());
         let mut audit = Vec::with_capacity(results.len());
         for (key, o) in &results {
-            use b24::batch::Outcome;
-            let line = match o {
-                Outcome::Ok {
-                    result,
-                    total,
-                    next,
-                } => {
-                    ok += 1;
-                    json!({"key": key, "status": "ok", "result": result, "total": total, "next": next})
-                }
-                Outcome::Error { code, description } => {
-                    failed += 1;
+            let (mut line, record) = tally.add(key, o);
+            // Tool answers also say how to fix what failed.
+            match o {
+                b24::batch::Outcome::Error { code, .. } => {
                     let m = spec
                         .commands
                         .iter()
                         .find(|c| &c.0 == key)
                         .map(|c| c.1.as_str())
                         .unwrap_or("");
-                    json!({"key": key, "status": "error", "error": {"code": code, "description": description, "fix": errors::fix_for_code(code, m)}})
+                    line["error"]["fix"] = json!(errors::fix_for_code(code, m));
                 }
-                Outcome::NotExecuted { reason } => {
-                    skipped += 1;
-                    json!({"key": key, "status": "not_executed", "reason": reason})
+                b24::batch::Outcome::Unknown { .. } => {
+                    line["fix"] =
+                        json!("check the portal for the effect before repeating this command");
                 }
-                Outcome::Unknown { reason } => {
-                    unknown += 1;
-                    json!({"key": key, "status": "unknown", "reason": reason, "fix": "check the portal for the effect before repeating this command"})
-                }
-                #[allow(unreachable_patterns)]
-                other => json!({"key": key, "status": other.status()}),
-            };
-            audit.push(match o {
-                Outcome::Error { code, .. } => json!({"key": key, "status": "error", "code": code}),
-                other => json!({"key": key, "status": other.status()}),
-            });
+                _ => {}
+            }
+            audit.push(record);
             out.push(line);
         }
+        let crate::exec::BatchTally {
+            ok,
+            failed,
+            skipped,
+            unknown,
+        } = tally;
         let _ = permit.finish(&Value::Array(audit));
         let v = json!({
             "commands": results.len(),
