@@ -13,11 +13,14 @@
 
 pub mod form;
 pub mod handler;
+pub mod inbox;
+pub mod listen;
 pub mod postgres;
 pub mod pull;
 pub mod queue;
 pub mod receiver;
 pub mod sqlite;
+pub mod trust;
 pub mod worker;
 
 pub use queue::{Job, NewEvent, QueueStats, Store};

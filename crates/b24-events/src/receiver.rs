@@ -1,20 +1,35 @@
 //! The online receiver: Bitrix24 POSTs events form-encoded and never redelivers them, so an
-//! event is committed to the queue *before* we answer 200. Anything that cannot be verified
-//! gets 401 (forged token), 400 (malformed) or 413 (too big), and nothing is stored.
+//! event is committed to the queue — durably, across power loss — *before* we answer 200.
+//!
+//! Order of work, cheapest and least trusting first:
+//! 1. [`form::scan`]: size, field count and key lengths (400/413), and the few fields that
+//!    authenticate the sender. No tree is built for an unauthenticated body.
+//! 2. The `application_token` for `auth[member_id]`, compared in constant time (401). Installs
+//!    and token rotations follow the [`crate::trust`] rules.
+//! 3. Only then [`form::build`]. A body an authenticated portal sent that cannot be
+//!    represented (nested too deep, bad encoding) is kept raw with the reason in
+//!    [`Inbox::reject`] — never queued as `null`.
+//! 4. Enqueue, flush (see [`Inbox::sync_queue`]), 200.
+//!
+//! Anything refused stores nothing.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 use sha2::Digest;
 use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 
+use crate::form::{self, Envelope, FormError, Limits};
+use crate::inbox::Inbox;
 use crate::queue::{NewEvent, Store};
+use crate::trust::{self, TrustConfig};
 
 /// Receiver settings.
 pub struct ReceiverConfig {
@@ -25,103 +40,195 @@ pub struct ReceiverConfig {
     pub pinned_token: Option<String>,
 }
 
-struct Shared {
-    store: Store,
-    cfg: ReceiverConfig,
+/// Settings beyond [`ReceiverConfig`]: parser bounds and the install trust rules.
+#[derive(Debug, Clone, Default)]
+pub struct ReceiverOptions {
+    /// `max_body` is taken from [`ReceiverConfig::max_body`].
+    pub limits: Limits,
+    pub trust: TrustConfig,
 }
 
-/// The axum router (mount it anywhere; every path accepts events).
+struct Shared {
+    store: Store,
+    inbox: Option<Inbox>,
+    pinned: Option<String>,
+    limits: Limits,
+    trust: TrustConfig,
+    http: reqwest::Client,
+    verifying: Semaphore,
+}
+
+/// Open the queue and the receiver's side store at `url` and build the router. This is the
+/// production path: dead letters for unrepresentable bodies and power-loss durability.
+pub async fn open(url: &str, cfg: ReceiverConfig, opts: ReceiverOptions) -> crate::Result<Router> {
+    let store = Store::open(url).await?;
+    let inbox = Inbox::open(url).await?;
+    Ok(router_with(store, Some(inbox), cfg, opts))
+}
+
+/// The axum router (mount it anywhere; every path accepts events), with default options and
+/// no side store: installs are refused unless a token is pinned, unrepresentable bodies get
+/// 400, and an enqueue is only as durable as the store's own commit. Prefer [`open`].
 pub fn router(store: Store, cfg: ReceiverConfig) -> Router {
-    let max = cfg.max_body;
-    let shared = Arc::new(Shared { store, cfg });
+    router_with(store, None, cfg, ReceiverOptions::default())
+}
+
+/// The router over an opened store and side store.
+pub fn router_with(
+    store: Store,
+    inbox: Option<Inbox>,
+    cfg: ReceiverConfig,
+    opts: ReceiverOptions,
+) -> Router {
+    let limits = Limits {
+        max_body: cfg.max_body,
+        ..opts.limits
+    };
+    let shared = Arc::new(Shared {
+        store,
+        inbox,
+        pinned: cfg.pinned_token,
+        limits,
+        http: trust::http_client(&opts.trust),
+        verifying: Semaphore::new(opts.trust.max_concurrent_verifications.max(1)),
+        trust: opts.trust,
+    });
     Router::new()
         .route("/", post(receive))
         .route("/{*path}", post(receive))
-        .layer(DefaultBodyLimit::max(max))
+        .layer(DefaultBodyLimit::max(cfg.max_body))
         .with_state(shared)
 }
 
-fn reply(status: StatusCode, v: Value) -> Response {
+fn reply(status: StatusCode, error: &str) -> Response {
+    let v = if status == StatusCode::OK {
+        json!({"status": "ok"})
+    } else {
+        json!({"status": "error", "error": error})
+    };
     (status, axum::Json(v)).into_response()
 }
 
-fn s(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::String(x)) => x.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    }
+fn unavailable() -> Response {
+    reply(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable")
 }
 
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// The key of an online event: Bitrix24 gives no delivery id, so (event, data, ts, member).
-pub fn online_key(member: &str, ev: &Value) -> String {
-    let h = sha2::Sha256::digest(
-        format!(
-            "{}\n{}\n{}\n{}",
-            member,
-            s(ev.get("event")),
-            ev.get("data").cloned().unwrap_or(Value::Null),
-            s(ev.get("ts"))
-        )
-        .as_bytes(),
-    );
-    format!("online:{}", hex::encode(&h[..16]))
+/// The key of an online delivery: a digest of the request path and the whole body.
+///
+/// Bitrix24 gives no delivery id. Two distinct deliveries differ somewhere in their bodies
+/// (`ts`, `data`, the handler id, the user's access token), so they get distinct keys; a
+/// byte-identical replay of one delivery gets the same key and is stored once.
+pub fn online_key(path: &str, body: &[u8]) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(path.as_bytes());
+    h.update([0]);
+    h.update(body);
+    format!("online:{}", hex::encode(h.finalize()))
 }
 
-async fn receive(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
-    let Some(ev) = crate::form::parse(&body) else {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            json!({"status": "error", "error": "malformed_body"}),
-        );
-    };
-    let event = s(ev.get("event")).to_ascii_uppercase();
-    let member = s(ev.get("auth").and_then(|a| a.get("member_id")));
-    let token = s(ev.get("auth").and_then(|a| a.get("application_token")));
-    if event.is_empty()
-        || member.is_empty()
-        || token.is_empty()
-        || !event.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            json!({"status": "error", "error": "missing event, auth[member_id] or auth[application_token]"}),
-        );
-    }
-    let stored = match sh.store.app_token(&member).await {
-        Ok(t) => t,
-        Err(_) => {
-            return reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                json!({"status": "error", "error": "store_unavailable"}),
-            );
+fn well_formed(env: &Envelope) -> bool {
+    !env.member_id.is_empty()
+        && env.member_id.len() <= 128
+        && !env.application_token.is_empty()
+        && env.application_token.len() <= 256
+        && !env.event.is_empty()
+        && env.event.len() <= 128
+        && env
+            .event
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// What authentication decided.
+enum Auth {
+    /// The stored (or pinned) token matched.
+    Known,
+    /// A new portal or a rotated token, confirmed: record `token` for the member on `domain`.
+    Admit {
+        domain: String,
+    },
+    Refuse(&'static str),
+}
+
+impl Shared {
+    async fn authenticate(&self, event: &str, env: &Envelope) -> crate::Result<Auth> {
+        if let Some(pinned) = &self.pinned {
+            // Pinned by the operator: nothing can introduce or rotate a token.
+            return Ok(if same(pinned, &env.application_token) {
+                Auth::Known
+            } else {
+                Auth::Refuse("invalid_application_token")
+            });
         }
-    };
-    let expected = sh.cfg.pinned_token.clone().or(stored.clone());
-    let verified = expected
-        .as_deref()
-        .map(|t| same(t, &token))
-        .unwrap_or(false);
-    match event.as_str() {
-        // First install of the app on this portal: trust on first use, unless a token is
-        // pinned by configuration or already known (a re-install must match it).
-        "ONAPPINSTALL" if expected.is_none() => {}
-        // An update carries a new token; it must come for a portal we already know.
-        "ONAPPUPDATE" if stored.is_some() && sh.cfg.pinned_token.is_none() => {}
-        _ if !verified => {
-            return reply(
-                StatusCode::UNAUTHORIZED,
-                json!({"status": "error", "error": "invalid_application_token"}),
-            );
+        let stored = self.store.app_token(&env.member_id).await?;
+        match (stored, event) {
+            (Some(t), _) if same(&t, &env.application_token) => Ok(Auth::Known),
+            // A rotation: only a portal confirmation on the portal this member was verified
+            // on at install (not the one the body names).
+            (Some(_), "ONAPPUPDATE") => {
+                let known = match &self.inbox {
+                    Some(i) => i.portal(&env.member_id).await?,
+                    None => None,
+                };
+                match known {
+                    Some(d) => self.confirm(&d, env).await,
+                    None => self.admit_new(env).await,
+                }
+            }
+            (Some(_), _) => Ok(Auth::Refuse("invalid_application_token")),
+            (None, "ONAPPINSTALL") => self.admit_new(env).await,
+            (None, _) => Ok(Auth::Refuse("unknown_member_id")),
         }
-        _ => {}
     }
-    let mut payload = ev.clone();
-    // Tokens in the payload are the caller's credentials: keep them out of the queue.
+
+    /// A portal we have no token for: approved by the operator, not recorded for another
+    /// member, and confirmed by the portal itself.
+    async fn admit_new(&self, env: &Envelope) -> crate::Result<Auth> {
+        let domain = env.domain.to_ascii_lowercase();
+        if !self.trust.approves(&domain, &env.member_id) {
+            return Ok(Auth::Refuse("portal_not_approved"));
+        }
+        let Some(inbox) = &self.inbox else {
+            return Ok(Auth::Refuse("portal_not_approved"));
+        };
+        if let Some(m) = inbox.member_of(&domain).await?
+            && m != env.member_id
+        {
+            return Ok(Auth::Refuse("portal_recorded_for_another_member"));
+        }
+        self.confirm(&domain, env).await
+    }
+
+    async fn confirm(&self, domain: &str, env: &Envelope) -> crate::Result<Auth> {
+        let Ok(_permit) = self.verifying.acquire().await else {
+            return Ok(Auth::Refuse("verification_unavailable"));
+        };
+        match trust::confirm_with_portal(
+            &self.trust,
+            &self.http,
+            domain,
+            &env.access_token,
+            &env.member_id,
+        )
+        .await
+        {
+            Ok(()) => Ok(Auth::Admit {
+                domain: domain.to_string(),
+            }),
+            Err(why) => {
+                tracing::warn!(member_id = %env.member_id, %why, "install/update not confirmed by the portal");
+                Ok(Auth::Refuse("not_confirmed_by_portal"))
+            }
+        }
+    }
+}
+
+/// Tokens in the payload are the caller's credentials: keep them out of the queue.
+fn redact(payload: &mut Value) {
     if let Some(auth) = payload.get_mut("auth").and_then(|a| a.as_object_mut()) {
         for k in ["access_token", "refresh_token", "application_token"] {
             if auth.contains_key(k) {
@@ -129,29 +236,96 @@ async fn receive(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
             }
         }
     }
-    let new = NewEvent {
-        key: online_key(&member, &ev),
-        source: "online".into(),
-        name: event.clone(),
-        payload,
+}
+
+async fn receive(State(sh): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Response {
+    let env = match form::scan(&body, &sh.limits) {
+        Ok(env) => env,
+        Err(FormError::TooLarge(_)) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        Err(_) => return reply(StatusCode::BAD_REQUEST, "malformed_body"),
     };
-    if sh.store.enqueue(&[new]).await.is_err() {
-        // Nothing is committed: do not answer 200.
+    if !well_formed(&env) {
         return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "error", "error": "store_unavailable"}),
+            StatusCode::BAD_REQUEST,
+            "missing event, auth[member_id] or auth[application_token]",
         );
     }
-    let lifecycle = match event.as_str() {
-        "ONAPPINSTALL" | "ONAPPUPDATE" => sh.store.set_app_token(&member, Some(&token)).await,
-        "ONAPPUNINSTALL" => sh.store.set_app_token(&member, None).await,
+    let event = env.event.to_ascii_uppercase();
+    let admit = match sh.authenticate(&event, &env).await {
+        Ok(Auth::Known) => None,
+        Ok(Auth::Admit { domain }) => Some(domain),
+        Ok(Auth::Refuse(why)) => return reply(StatusCode::UNAUTHORIZED, why),
+        Err(_) => return unavailable(),
+    };
+
+    // Authenticated from here on.
+    let key = online_key(uri.path(), &body);
+    match form::build(&body, &sh.limits) {
+        Ok(mut payload) => {
+            redact(&mut payload);
+            let new = NewEvent {
+                key,
+                source: "online".into(),
+                name: event.clone(),
+                payload,
+            };
+            if sh.store.enqueue(&[new]).await.is_err() {
+                // Nothing is committed: do not answer 200.
+                return unavailable();
+            }
+            if let Some(i) = &sh.inbox
+                && i.sync_queue().await.is_err()
+            {
+                return unavailable();
+            }
+        }
+        Err(why) => {
+            let Some(inbox) = &sh.inbox else {
+                return reply(StatusCode::BAD_REQUEST, "unrepresentable_body");
+            };
+            tracing::warn!(member_id = %env.member_id, %event, %why, "event kept as a reject");
+            if inbox
+                .reject(&key, &env.member_id, &event, &why.to_string(), &body)
+                .await
+                .is_err()
+            {
+                return unavailable();
+            }
+        }
+    }
+    if lifecycle(&sh, &event, &env, admit).await.is_err() {
+        return unavailable();
+    }
+    reply(StatusCode::OK, "")
+}
+
+/// Record a confirmed install or rotation; forget a portal on uninstall.
+async fn lifecycle(
+    sh: &Shared,
+    event: &str,
+    env: &Envelope,
+    admit: Option<String>,
+) -> crate::Result<()> {
+    match (event, admit) {
+        ("ONAPPINSTALL" | "ONAPPUPDATE", Some(domain)) => {
+            if let Some(i) = &sh.inbox {
+                i.set_portal(&env.member_id, Some(&domain)).await?;
+            }
+            sh.store
+                .set_app_token(&env.member_id, Some(&env.application_token))
+                .await
+        }
+        ("ONAPPINSTALL" | "ONAPPUPDATE", None) if sh.pinned.is_some() => {
+            sh.store
+                .set_app_token(&env.member_id, Some(&env.application_token))
+                .await
+        }
+        ("ONAPPUNINSTALL", _) => {
+            if let Some(i) = &sh.inbox {
+                i.set_portal(&env.member_id, None).await?;
+            }
+            sh.store.set_app_token(&env.member_id, None).await
+        }
         _ => Ok(()),
-    };
-    if lifecycle.is_err() {
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "error", "error": "store_unavailable"}),
-        );
     }
-    reply(StatusCode::OK, json!({"status": "ok"}))
 }
