@@ -144,7 +144,7 @@ impl FileTokenStore {
 }
 
 fn io_err(p: &Path, e: std::io::Error) -> Error {
-    Error::State(format!("{}: {e}", p.display()))
+    Error::state(format!("{}: {e}", p.display()), e)
 }
 
 /// Create a directory (and parents) readable only by the owner.
@@ -193,10 +193,10 @@ impl FileTokenStore {
     pub fn read(&self) -> Result<Option<TokenPair>, Error> {
         match std::fs::read(&self.path) {
             Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-                Error::State(format!(
-                    "{}: unreadable token file ({e})",
-                    self.path.display()
-                ))
+                Error::state(
+                    format!("{}: unreadable token file ({e})", self.path.display()),
+                    e,
+                )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&self.path, e)),
@@ -205,7 +205,7 @@ impl FileTokenStore {
 
     /// Write the pair atomically with mode 0600.
     pub fn write(&self, pair: &TokenPair) -> Result<(), Error> {
-        let bytes = serde_json::to_vec_pretty(pair).map_err(|e| Error::State(e.to_string()))?;
+        let bytes = serde_json::to_vec_pretty(pair).map_err(|e| Error::state("token file", e))?;
         write_private_atomic(&self.path, &bytes)
     }
 
@@ -251,7 +251,7 @@ impl TokenStore for FileTokenStore {
         Box::pin(async move {
             let f = tokio::task::spawn_blocking(move || me.lock_blocking())
                 .await
-                .map_err(|e| Error::State(format!("token lock task: {e}")))??;
+                .map_err(|e| Error::state("token lock task", e))??;
             Ok(Box::new(f) as Box<dyn Send>)
         })
     }

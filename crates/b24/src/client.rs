@@ -194,7 +194,7 @@ impl Client {
                 let path = path.clone();
                 let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
                     .await
-                    .map_err(|e| Error::State(e.to_string()))??;
+                    .map_err(|e| Error::state("limiter store task", e))??;
                 Some(Limiter::new(
                     Box::new(store),
                     config.limits,
@@ -359,7 +359,7 @@ impl Client {
         let policy = &inner.config.retry;
         let mut backoff = Backoff::new(policy);
         let started = tokio::time::Instant::now();
-        let mut base = inner.config.base_url.clone();
+        let base = inner.config.base_url.clone();
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
@@ -410,10 +410,6 @@ impl Client {
                     oauth.refresh(seen).await?;
                     attempt -= 1; // a refresh is not a failed attempt
                     continue;
-                }
-                Attempt::Retry { reason, delay } if reason.starts_with("redirect:") => {
-                    base = reason.trim_start_matches("redirect:").to_string();
-                    (String::from("portal moved"), delay)
                 }
                 Attempt::Retry { reason, delay } => (reason, delay),
             };
@@ -479,77 +475,76 @@ impl Client {
                 format!("{base}/{api}/{method}{}", if v3 { "" } else { ".json" })
             }
         };
-        let mut req = inner
-            .http
-            .post(&url)
-            .header("Accept", "application/json")
-            .json(&body);
-        if let Some(t) = opts.timeout {
-            req = req.timeout(t);
-        }
-        if v3
-            && is_write
-            && let Some(k) = &opts.idempotency_key
-        {
-            req = req.header("Idempotency-Key", k);
-        }
-        inner.counters.requests.fetch_add(1, Relaxed);
-        let resp = match req.send().await {
-            Ok(r) => r,
+        let mut url = match url::Url::parse(&url) {
+            Ok(u) => u,
             Err(e) => {
-                let e = e.without_url();
-                // A failure to connect means the request never left: safe for everyone.
-                if e.is_connect() {
-                    return Attempt::Retry {
-                        reason: format!("cannot connect to the portal ({})", root_cause(&e)),
-                        delay: None,
-                    };
+                return Attempt::Fail(Error::Config(format!(
+                    "cannot build the request address for {method}: {e}"
+                )));
+            }
+        };
+        // Redirects are followed here, not by reqwest, so that every hop is checked: only the
+        // portal's own origin may receive the credentials again (see `redirect_target`).
+        let mut hops = 0;
+        let resp = loop {
+            let mut req = inner
+                .http
+                .post(url.clone())
+                .header("Accept", "application/json")
+                .json(&body);
+            if let Some(t) = opts.timeout {
+                req = req.timeout(t);
+            }
+            if v3
+                && is_write
+                && let Some(k) = &opts.idempotency_key
+            {
+                req = req.header("Idempotency-Key", k);
+            }
+            inner.counters.requests.fetch_add(1, Relaxed);
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => return self.send_failed(e, method, is_write, opts),
+            };
+            let status = resp.status().as_u16();
+            if !is_redirect(status) {
+                break resp;
+            }
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("");
+            match redirect_target(base, &url, location) {
+                Ok(next) if hops < MAX_REDIRECTS => {
+                    hops += 1;
+                    tracing::debug!(status, hops, "following a same-origin redirect");
+                    url = next;
                 }
-                let what = if e.is_timeout() {
-                    "timed out".to_string()
-                } else {
-                    format!("connection failed ({})", root_cause(&e))
-                };
-                if is_write {
-                    return Attempt::Fail(self.unknown(method, &what, opts));
+                Ok(next) => {
+                    return Attempt::Fail(Error::Redirect {
+                        method: method.into(),
+                        status,
+                        location: redact_url(next.as_str()),
+                        reason: format!("more than {MAX_REDIRECTS} redirects in a row"),
+                    });
                 }
-                return Attempt::Retry {
-                    reason: what,
-                    delay: None,
-                };
+                Err(reason) => {
+                    return Attempt::Fail(Error::Redirect {
+                        method: method.into(),
+                        status,
+                        // Resolved against the request, so a relative or scheme-relative
+                        // location still names its host.
+                        location: url
+                            .join(location)
+                            .map(|u| redact_url(u.as_str()))
+                            .unwrap_or_else(|_| redact_url(location)),
+                        reason: reason.into(),
+                    });
+                }
             }
         };
         let status = resp.status().as_u16();
-        if (300..400).contains(&status) {
-            let loc = resp
-                .headers()
-                .get("location")
-                .and_then(|l| l.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            return match url::Url::parse(&loc) {
-                Ok(u) if u.host_str().is_some() && !base.contains(u.host_str().unwrap_or("")) => {
-                    let new_base = format!("{}://{}", u.scheme(), u.host_str().unwrap_or(""));
-                    tracing::warn!(
-                        new_base,
-                        "portal moved (HTTP {status}); re-sending to the new address"
-                    );
-                    Attempt::Retry {
-                        reason: format!("redirect:{new_base}"),
-                        delay: Some(Duration::ZERO),
-                    }
-                }
-                _ => Attempt::Fail(Error::Api(ApiError {
-                    code: "PORTAL_UNAVAILABLE".into(),
-                    description: format!(
-                        "the portal redirected to {} (licence or portal problem)",
-                        redact_path(&loc)
-                    ),
-                    http_status: status,
-                    method: method.into(),
-                })),
-            };
-        }
         let replayed = resp
             .headers()
             .get("idempotent-replayed")
@@ -649,6 +644,37 @@ impl Client {
         }
     }
 
+    /// A request that failed before an answer arrived: retried when it never left or when it
+    /// is a read; a write that may have been received ends as outcome unknown.
+    fn send_failed(
+        &self,
+        e: reqwest::Error,
+        method: &str,
+        is_write: bool,
+        opts: &CallOptions,
+    ) -> Attempt {
+        let e = e.without_url();
+        // A failure to connect means the request never left: safe for everyone.
+        if e.is_connect() {
+            return Attempt::Retry {
+                reason: format!("cannot connect to the portal ({})", root_cause(&e)),
+                delay: None,
+            };
+        }
+        let what = if e.is_timeout() {
+            "timed out".to_string()
+        } else {
+            format!("connection failed ({})", root_cause(&e))
+        };
+        if is_write {
+            return Attempt::Fail(self.unknown(method, &what, opts));
+        }
+        Attempt::Retry {
+            reason: what,
+            delay: None,
+        }
+    }
+
     fn garbage(
         &self,
         method: &str,
@@ -730,11 +756,64 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     cur.to_string()
 }
 
-/// Keep only scheme and host of a URL (paths may hold webhook secrets).
-fn redact_path(url: &str) -> String {
+/// Same-origin redirects followed in a row before giving up.
+const MAX_REDIRECTS: u32 = 5;
+
+/// The statuses that carry a `Location` to follow (304 is a cache answer, not a redirect).
+fn is_redirect(status: u16) -> bool {
+    matches!(status, 301 | 302 | 303 | 307 | 308)
+}
+
+/// Where a redirect from `current` to `location` may be followed, or why not.
+///
+/// The webhook code travels in the path and the OAuth token in the body, so a hop may only
+/// go back to the portal's own origin (scheme, host and port of `base`), which also rules out
+/// a downgrade from https to http. Plain http stays allowed only where the configuration
+/// allows it: loopback addresses, for tests and the sandbox.
+pub(crate) fn redirect_target(
+    base: &str,
+    current: &url::Url,
+    location: &str,
+) -> Result<url::Url, &'static str> {
+    if location.is_empty() {
+        return Err("the redirect has no Location");
+    }
+    let next = current
+        .join(location)
+        .map_err(|_| "the Location is not a valid address")?;
+    let base = url::Url::parse(base).map_err(|_| "the portal address is not a valid URL")?;
+    let secure = match next.scheme() {
+        "https" => true,
+        "http" => next
+            .host_str()
+            .map(crate::config::is_loopback_host)
+            .unwrap_or(false),
+        _ => false,
+    };
+    if base.scheme() == "https" && next.scheme() != "https" {
+        return Err("it would downgrade https to plain http");
+    }
+    if next.origin() != base.origin() {
+        return Err("it leads to another origin, which must not receive the credentials");
+    }
+    if !secure {
+        return Err("plain http is allowed only to loopback addresses");
+    }
+    Ok(next)
+}
+
+/// Keep only the scheme, host and port of a URL: the path may hold a webhook code and the
+/// query a token.
+pub(crate) fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(u) => format!("{}://{}/…", u.scheme(), u.host_str().unwrap_or("")),
-        Err(_) => "(unparsable location)".into(),
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{}://{h}:{p}/…", u.scheme()),
+            (Some(h), None) => format!("{}://{h}/…", u.scheme()),
+            _ => format!("{}:…", u.scheme()),
+        },
+        // A relative location names no other host; show nothing of its path.
+        Err(_) if !url.is_empty() => "(a relative or unparsable location)".into(),
+        Err(_) => "(no location)".into(),
     }
 }
 

@@ -1,4 +1,11 @@
 //! One structured error type for everything the client can fail with.
+//!
+//! Variants that wrap a lower-level failure (I/O, SQLite, PostgreSQL, JSON, a task that
+//! panicked) keep it as their [`std::error::Error::source`], so a caller can walk the chain
+//! and a log shows the real cause.
+
+/// A lower-level error kept as the cause of an [`Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// An error the portal (or the OAuth server) answered with.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -32,6 +39,9 @@ pub enum ErrorClass {
     Transient,
     /// Bad configuration or usage on our side.
     Usage,
+    /// Local state failed (database down, disk full, a worker task crashed): neither the
+    /// caller's input nor the portal is at fault; retrying later may help.
+    Internal,
 }
 
 /// Every way a call can fail.
@@ -62,8 +72,50 @@ pub enum Error {
     Auth(String),
     #[error("{method}: could not decode the response: {reason}")]
     Decode { method: String, reason: String },
-    #[error("state: {0}")]
-    State(String),
+    /// Local state could not be read or written (limiter, token store, checkpoint), or an
+    /// internal task failed. `source` is the underlying I/O, SQLite or PostgreSQL error.
+    #[error("state: {context}")]
+    State {
+        /// What was being done, e.g. `limiter store /path/limiter.db`.
+        context: String,
+        /// The underlying failure, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The portal answered with a redirect that was not followed: to another origin, a
+    /// downgrade from https to http, or too many hops. Nothing was sent to the new location.
+    #[error(
+        "{method}: the portal redirected (HTTP {status}) to {location}, which is not followed: {reason}; \
+         nothing was sent there (if the portal moved, update its address)"
+    )]
+    Redirect {
+        /// The method being called.
+        method: String,
+        /// The redirect status (301, 302, 303, 307 or 308).
+        status: u16,
+        /// The new location, reduced to scheme, host and port (the path may hold a secret).
+        location: String,
+        /// Why it was not followed.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// A state error with its cause.
+    pub fn state(context: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::State {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// A state error without an underlying cause (an invariant of stored state broke).
+    pub fn state_msg(context: impl Into<String>) -> Error {
+        Error::State {
+            context: context.into(),
+            source: None,
+        }
+    }
 }
 
 impl Error {
@@ -76,7 +128,8 @@ impl Error {
             Error::Config(_) => ErrorClass::Usage,
             Error::Auth(_) => ErrorClass::Reauthorize,
             Error::Decode { .. } => ErrorClass::Transient,
-            Error::State(_) => ErrorClass::Usage,
+            Error::State { .. } => ErrorClass::Internal,
+            Error::Redirect { .. } => ErrorClass::Permanent,
         }
     }
 }

@@ -134,13 +134,16 @@ impl Progress {
     pub fn load(path: &Path) -> Result<Option<Progress>, Error> {
         match std::fs::read(path) {
             Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-                Error::State(format!("checkpoint {} is not valid: {e}", path.display()))
+                Error::state(
+                    format!("checkpoint {} is not valid: {e}", path.display()),
+                    e,
+                )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::State(format!(
-                "cannot read checkpoint {}: {e}",
-                path.display()
-            ))),
+            Err(e) => Err(Error::state(
+                format!("cannot read checkpoint {}: {e}", path.display()),
+                e,
+            )),
         }
     }
 
@@ -155,10 +158,13 @@ impl Progress {
         use std::io::Write;
         let tmp = tmp_path(path);
         let io = |e: std::io::Error| {
-            Error::State(format!("cannot write checkpoint {}: {e}", path.display()))
+            Error::state(
+                format!("cannot write checkpoint {}: {e}", path.display()),
+                e,
+            )
         };
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        let body = serde_json::to_vec(self).map_err(|e| Error::State(e.to_string()))?;
+        let body = serde_json::to_vec(self).map_err(|e| Error::state("checkpoint", e))?;
         f.write_all(&body).map_err(io)?;
         f.sync_all().map_err(io)?;
         Ok(Prepared {
@@ -188,10 +194,10 @@ pub struct Prepared {
 impl Prepared {
     pub fn commit(self) -> Result<(), Error> {
         std::fs::rename(&self.tmp, &self.path).map_err(|e| {
-            Error::State(format!(
-                "cannot write checkpoint {}: {e}",
-                self.path.display()
-            ))
+            Error::state(
+                format!("cannot write checkpoint {}: {e}", self.path.display()),
+                e,
+            )
         })
     }
 }
@@ -311,7 +317,7 @@ async fn drive<T: Transport + Clone + 'static>(
     let mut probed = None;
     let progress = match &opts.resume {
         Some(p) if !p.matches(&opts) => {
-            return Err(Error::State(
+            return Err(Error::Config(
                 "the checkpoint belongs to another export (method or params differ)".into(),
             ));
         }
@@ -578,8 +584,7 @@ async fn keyset<T: Transport + Clone + 'static>(
         let Some(joined) = tasks.join_next().await else {
             break;
         };
-        let (id, ranges, result) =
-            joined.map_err(|e| Error::State(format!("export task failed: {e}")))?;
+        let (id, ranges, result) = joined.map_err(|e| Error::state("export task failed", e))?;
         inflight.remove(&id);
         let resp = match result {
             Ok(r) => {

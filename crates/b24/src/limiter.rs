@@ -189,10 +189,10 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<SqliteStore, Error> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
-                .map_err(|e| Error::State(format!("{}: {e}", dir.display())))?;
+                .map_err(|e| Error::state(format!("{}: {e}", dir.display()), e))?;
         }
         let st =
-            |e: rusqlite::Error| Error::State(format!("limiter store {}: {e}", path.display()));
+            |e: rusqlite::Error| Error::state(format!("limiter store {}: {e}", path.display()), e);
         let conn = rusqlite::Connection::open(path).map_err(st)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(st)?;
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -210,7 +210,7 @@ impl SqliteStore {
     }
 
     fn update(&self, key: &str, f: impl FnOnce(f64) -> (f64, f64)) -> Result<f64, Error> {
-        let st = |e: rusqlite::Error| Error::State(format!("limiter store: {e}"));
+        let st = |e: rusqlite::Error| Error::state(format!("limiter store: {e}"), e);
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -246,7 +246,7 @@ impl SqliteStore {
         }) {
             Ok(v) => Ok(Some(v)),
             Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-            Err(e) => Err(Error::State(format!("limiter store: {e}"))),
+            Err(e) => Err(Error::state(format!("limiter store: {e}"), e)),
         }
     }
 }

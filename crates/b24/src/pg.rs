@@ -38,9 +38,9 @@ CREATE TABLE IF NOT EXISTS b24_oauth_tokens (
 );
 ";
 
-fn pg_err(what: &str, e: impl std::fmt::Display) -> Error {
+fn pg_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     // tokio-postgres errors never include the connection string, so the password stays out.
-    Error::State(format!("postgres {what}: {e}"))
+    Error::state(format!("postgres {what}: {e}"), e)
 }
 
 /// A connection pool to the store database, shared by the rate and token stores.
@@ -228,14 +228,14 @@ impl TokenStore for PgTokenStore {
                 None => Ok(None),
                 Some(r) => serde_json::from_str(r.get::<_, &str>(0))
                     .map(Some)
-                    .map_err(|e| Error::State(format!("unreadable token row: {e}"))),
+                    .map_err(|e| Error::state("unreadable token row", e)),
             }
         })
     }
 
     fn save<'a>(&'a self, pair: &'a TokenPair) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let json = serde_json::to_string(pair).map_err(|e| Error::State(e.to_string()))?;
+            let json = serde_json::to_string(pair).map_err(|e| Error::state("token row", e))?;
             let c = self.db.client().await?;
             c.execute(
                 "INSERT INTO b24_oauth_tokens (portal, pair, updated_at) VALUES ($1, $2::text::jsonb, now())

@@ -4,4 +4,5 @@
 mod batch;
 mod client;
 mod export;
+mod redirect;
 mod shared_stores;
