@@ -14,7 +14,7 @@ use crate::globals::Globals;
   b24 events bind ONCRMDEALUPDATE --offline
   b24 events bind ONCRMLEADADD --handler https://hooks.example.com/b24
   b24 events list
-  b24 events serve --listen 0.0.0.0:8080      # receiver: verifies, commits to the queue, then 200")]
+  b24 events serve --listen 0.0.0.0:8080 --allow-portal '*.bitrix24.com'   # receiver: verifies, commits, then 200")]
 pub struct Args {
     #[command(subcommand)]
     pub cmd: Sub,
@@ -32,7 +32,9 @@ pub enum Sub {
     #[command(after_help = "Example:\n  b24 events list")]
     List,
     /// Run the online receiver.
-    #[command(after_help = "Example:\n  b24 events serve --listen 0.0.0.0:8080")]
+    #[command(
+        after_help = "Example:\n  b24 events serve --listen 0.0.0.0:8080 --allow-portal a223c6b3710f85df22e9377d6c4f7553@portal.bitrix24.com"
+    )]
     Serve(ServeArgs),
 }
 
@@ -62,14 +64,41 @@ pub struct ServeArgs {
     /// Largest accepted body, bytes (bigger → 413).
     #[arg(long, default_value_t = 256 * 1024)]
     pub max_body: usize,
-    /// Pin the application token (otherwise learned from ONAPPINSTALL, rotated by ONAPPUPDATE).
+    /// Pin the application token (otherwise learned from a confirmed ONAPPINSTALL, rotated by
+    /// a confirmed ONAPPUPDATE).
     #[arg(long, env = "B24_APPLICATION_TOKEN", hide_env_values = true)]
     pub application_token: Option<String>,
+    /// A portal whose ONAPPINSTALL may be accepted, once the portal confirms the install's
+    /// access token (`app.info`): HOST, *.SUFFIX or MEMBER_ID@HOST. Repeatable. Without any,
+    /// only a pinned --application-token is accepted.
+    #[arg(
+        long = "allow-portal",
+        env = "B24_ALLOW_PORTALS",
+        value_delimiter = ','
+    )]
+    pub allow_portals: Vec<b24_events::trust::ApprovedPortal>,
+    /// The app's code as `app.info` reports it (a local app's client_id, e.g.
+    /// local.5f…): installs of other apps are refused.
+    #[arg(long)]
+    pub app_code: Option<String>,
+    /// Most connections held at once; at the cap the oldest idle one is closed.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (also ends idle keep-alive).
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Seconds a client has to send a request's body.
+    #[arg(long, default_value_t = 30.0)]
+    pub body_timeout: f64,
 }
 
-/// The queue store from `--store` / `B24_STORE_URL`, defaulting to the state dir.
-pub async fn open_store(g: &Globals, url: Option<&str>) -> anyhow::Result<b24_events::Store> {
-    let url = match url {
+fn secs(v: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(v.clamp(0.1, 86_400.0))
+}
+
+/// The queue store URL from `--store` / `B24_STORE_URL`, defaulting to the state dir.
+fn store_url(g: &Globals, url: Option<&str>) -> anyhow::Result<String> {
+    Ok(match url {
         Some(u) => u.to_string(),
         None => {
             let dir = g.state_dir();
@@ -77,7 +106,12 @@ pub async fn open_store(g: &Globals, url: Option<&str>) -> anyhow::Result<b24_ev
                 .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
             dir.join("queue.db").display().to_string()
         }
-    };
+    })
+}
+
+/// The queue store from `--store` / `B24_STORE_URL`, defaulting to the state dir.
+pub async fn open_store(g: &Globals, url: Option<&str>) -> anyhow::Result<b24_events::Store> {
+    let url = store_url(g, url)?;
     b24_events::Store::open(&url)
         .await
         .map_err(|e| Exit::new(exit::USAGE, e.to_string()))
@@ -141,14 +175,32 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             Ok(exit::OK)
         }
         Sub::Serve(s) => {
-            let store = open_store(g, s.store.as_deref()).await?;
-            let app = b24_events::receiver::router(
-                store,
+            let url = store_url(g, s.store.as_deref())?;
+            if s.application_token.is_none() && s.allow_portals.is_empty() {
+                eprintln!(
+                    "b24 events serve: no --allow-portal and no --application-token: every install will be refused"
+                );
+            }
+            let opts = b24_events::receiver::ReceiverOptions {
+                trust: b24_events::trust::TrustConfig {
+                    portals: s.allow_portals,
+                    app_code: s.app_code,
+                    // Plain http only to a loopback portal the operator approved (the sandbox).
+                    loopback_http: true,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let app = b24_events::receiver::open(
+                &url,
                 b24_events::receiver::ReceiverConfig {
                     max_body: s.max_body,
                     pinned_token: s.application_token,
                 },
-            );
+                opts,
+            )
+            .await
+            .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
             let listener = tokio::net::TcpListener::bind(s.listen)
                 .await
                 .map_err(|e| Exit::new(exit::USAGE, format!("{}: {e}", s.listen)))?;
@@ -156,10 +208,13 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             println!("{}", json!({"listening": format!("http://{addr}/")}));
             use std::io::Write;
             std::io::stdout().flush()?;
-            let stop = shutdown_token();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await?;
+            let limits = b24_events::listen::ServeLimits {
+                max_connections: s.max_connections.max(1),
+                header_timeout: secs(s.header_timeout),
+                body_timeout: secs(s.body_timeout),
+                ..Default::default()
+            };
+            b24_events::listen::serve(listener, app, limits, shutdown_token()).await?;
             Ok(exit::OK)
         }
     }
