@@ -123,6 +123,8 @@ const REVIEWED: &[(&str, Risk)] = &[
     ("crm.automation.trigger.delete", Destructive),
     ("department.delete", Destructive),
     ("humanresources.employee.search", Read),
+    ("event.test", Write),
+    ("landing.repo.bind", Admin),
 ];
 
 fn looks_like_read(verb: &str) -> bool {
