@@ -207,6 +207,7 @@ async fn drain(stores: &[Arc<Store>], concurrency: usize) -> Res<(f64, Option<f6
             retry: RetryRule::default(),
             pull: None,
             once: true,
+            ..WorkerConfig::default()
         };
         let (store, stop) = (store.clone(), stop.clone());
         runs.spawn(async move {

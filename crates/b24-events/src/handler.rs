@@ -2,20 +2,33 @@
 //! or, for library users and benchmarks, an async function in the same process. All get the
 //! event's idempotency key so their own side effects can be made idempotent: a worker killed
 //! after the handler ran but before the queue recorded it will run it again.
+//!
+//! Every kind has a timeout, and the timeout covers everything the handler does: for a
+//! command that includes taking its stdin, so a command that never reads a large payload
+//! cannot hold its slot for ever.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::io::AsyncWriteExt;
 
 use crate::queue::Job;
+
+mod exec;
+
+/// How long an in-process handler may run unless told otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How much of a command's stderr is kept (its tail) for the error it fails with. The rest is
+/// read and dropped, so a handler that writes gigabytes of stderr costs no memory.
+pub const STDERR_TAIL: usize = 16 * 1024;
 
 /// A handler for queued events.
 #[derive(Debug, Clone)]
 pub enum Handler {
-    /// `sh -c CMD`, event JSON on stdin, `B24_EVENT_KEY`/`B24_EVENT_NAME`/`B24_EVENT_ID` in env;
-    /// exit 0 = done.
+    /// `sh -c CMD` in its own process group, event JSON on stdin,
+    /// `B24_EVENT_KEY`/`B24_EVENT_NAME`/`B24_EVENT_ID` in env; exit 0 = done. On timeout the
+    /// whole group is killed (the shell and whatever it started).
     Exec { cmd: String, timeout: Duration },
     /// HTTP POST of the event JSON (header `X-B24-Event-Key`); 2xx = done.
     Forward {
@@ -32,13 +45,17 @@ pub enum Handler {
 /// future that owns what it needs (clone from the job what the work uses).
 pub type HandlerFn = dyn Fn(&Job) -> BoxFuture<'static, Result<(), String>> + Send + Sync;
 
-/// An in-process handler function (cheap to clone).
+/// An in-process handler function (cheap to clone) and its timeout: a future still running
+/// at the timeout is dropped and the attempt fails.
 #[derive(Clone)]
-pub struct InProcess(pub Arc<HandlerFn>);
+pub struct InProcess {
+    pub f: Arc<HandlerFn>,
+    pub timeout: Duration,
+}
 
 impl std::fmt::Debug for InProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InProcess(..)")
+        write!(f, "InProcess(timeout {:?})", self.timeout)
     }
 }
 
@@ -64,60 +81,46 @@ impl Handler {
     }
 
     /// Run an async function in this process for each job, e.g. a no-op that measures the
-    /// queue alone: `Handler::in_process(|_job| async { Ok(()) })`.
+    /// queue alone: `Handler::in_process(|_job| async { Ok(()) })`. It times out after
+    /// [`DEFAULT_TIMEOUT`]; change that with [`Handler::with_timeout`].
     pub fn in_process<F, Fut>(f: F) -> Handler
     where
         F: Fn(&Job) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
     {
-        Handler::InProcess(InProcess(Arc::new(move |job: &Job| {
-            Box::pin(f(job)) as BoxFuture<'static, Result<(), String>>
-        })))
+        Handler::InProcess(InProcess {
+            f: Arc::new(move |job: &Job| {
+                Box::pin(f(job)) as BoxFuture<'static, Result<(), String>>
+            }),
+            timeout: DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// The same handler with another timeout.
+    pub fn with_timeout(mut self, t: Duration) -> Handler {
+        match &mut self {
+            Handler::Exec { timeout, .. } | Handler::Forward { timeout, .. } => *timeout = t,
+            Handler::InProcess(p) => p.timeout = t,
+        }
+        self
+    }
+
+    /// The longest one run may take.
+    pub fn timeout(&self) -> Duration {
+        match self {
+            Handler::Exec { timeout, .. } | Handler::Forward { timeout, .. } => *timeout,
+            Handler::InProcess(p) => p.timeout,
+        }
     }
 
     /// Run for one job: `Ok(())` = done, `Err(reason)` = failed (retried later).
     pub async fn run(&self, job: &Job) -> Result<(), String> {
         match self {
-            Handler::InProcess(InProcess(f)) => f(job).await,
-            Handler::Exec { cmd, timeout } => {
-                let body = event_json(job).to_string();
-                let mut child = tokio::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(cmd)
-                    .env("B24_EVENT_KEY", &job.key)
-                    .env("B24_EVENT_NAME", &job.name)
-                    .env("B24_EVENT_ID", job.id.to_string())
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::piped())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .map_err(|e| format!("cannot start handler: {e}"))?;
-                if let Some(mut stdin) = child.stdin.take() {
-                    let _ = stdin.write_all(body.as_bytes()).await;
-                }
-                match tokio::time::timeout(*timeout, child.wait_with_output()).await {
-                    Err(_) => Err(format!("handler timed out after {:?}", timeout)),
-                    Ok(Err(e)) => Err(format!("handler failed: {e}")),
-                    Ok(Ok(out)) if out.status.success() => Ok(()),
-                    Ok(Ok(out)) => {
-                        let err = String::from_utf8_lossy(&out.stderr);
-                        let tail: String = err
-                            .chars()
-                            .rev()
-                            .take(300)
-                            .collect::<Vec<_>>()
-                            .into_iter()
-                            .rev()
-                            .collect();
-                        Err(format!(
-                            "handler exited with {}: {}",
-                            out.status,
-                            tail.trim()
-                        ))
-                    }
-                }
-            }
+            Handler::InProcess(p) => match tokio::time::timeout(p.timeout, (p.f)(job)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("handler timed out after {:?}", p.timeout)),
+            },
+            Handler::Exec { cmd, timeout } => exec::run(cmd, *timeout, job).await,
             Handler::Forward {
                 url,
                 timeout,

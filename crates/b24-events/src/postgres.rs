@@ -10,26 +10,87 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use crate::queue::{DeadLetter, Job, NewEvent, QueueStats, RetryRule};
-use crate::{EventsError, Result, now};
+use crate::{EventsError, Result};
 
 fn e(err: impl std::fmt::Display) -> EventsError {
     EventsError::Store(format!("postgres: {err}"))
 }
 
-/// One migration set; each statement is idempotent.
+/// The database's clock as Unix seconds. Every time the queue reasons about (leases, `run_at`,
+/// reaping, backoff, retention) is read from it, never from a host's clock: hosts whose clocks
+/// disagree still agree on who holds a lease.
+macro_rules! db_now {
+    () => {
+        "extract(epoch from now())::float8"
+    };
+}
+
+/// Versioned migrations: entry `i` takes the schema from version `i` to `i + 1`
+/// (`b24_events_schema`). Version 1 is the original schema (`IF NOT EXISTS`, so stores created
+/// before versioning take it unchanged).
 pub const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS b24_jobs (
        id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL UNIQUE, source TEXT NOT NULL, name TEXT NOT NULL,
        payload TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'ready', attempts INT NOT NULL DEFAULT 0,
        run_at DOUBLE PRECISION NOT NULL, lease_until DOUBLE PRECISION, locked_by TEXT, last_error TEXT,
-       created_at DOUBLE PRECISION NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS b24_jobs_ready ON b24_jobs (state, run_at, id)",
-    "CREATE TABLE IF NOT EXISTS b24_processed (key TEXT PRIMARY KEY, done_at DOUBLE PRECISION NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS b24_dlq (id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, source TEXT NOT NULL, name TEXT NOT NULL,
-       payload TEXT NOT NULL, attempts INT NOT NULL, last_error TEXT NOT NULL, failed_at DOUBLE PRECISION NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS b24_offline_pending (process_id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS b24_app_tokens (member_id TEXT PRIMARY KEY, token TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
+       created_at DOUBLE PRECISION NOT NULL);
+     CREATE INDEX IF NOT EXISTS b24_jobs_ready ON b24_jobs (state, run_at, id);
+     CREATE TABLE IF NOT EXISTS b24_processed (key TEXT PRIMARY KEY, done_at DOUBLE PRECISION NOT NULL);
+     CREATE TABLE IF NOT EXISTS b24_dlq (id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, source TEXT NOT NULL, name TEXT NOT NULL,
+       payload TEXT NOT NULL, attempts INT NOT NULL, last_error TEXT NOT NULL, failed_at DOUBLE PRECISION NOT NULL);
+     CREATE TABLE IF NOT EXISTS b24_offline_pending (process_id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL);
+     CREATE TABLE IF NOT EXISTS b24_app_tokens (member_id TEXT PRIMARY KEY, token TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
+    // 2: pruning processed keys by age scans `done_at`.
+    "CREATE INDEX IF NOT EXISTS b24_processed_done_at ON b24_processed (done_at)",
 ];
+
+/// The advisory lock that serialises migrations (held for one transaction only).
+const MIGRATION_LOCK: i64 = 724242;
+
+/// Processed keys deleted per statement when pruning.
+const PRUNE_BATCH: i64 = 5000;
+
+/// Apply the migrations this database lacks, in one transaction under a transaction-scoped
+/// advisory lock: concurrent starts wait for each other, and a start-up cancelled half-way
+/// rolls back and leaves no lock behind on a pooled connection (a session lock would stay
+/// with the connection the pool keeps).
+async fn migrate(client: &mut deadpool_postgres::Object) -> Result<i64> {
+    let tx = client.transaction().await.map_err(e)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(e)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS b24_events_schema (version BIGINT NOT NULL)")
+        .await
+        .map_err(e)?;
+    let have: i64 = match tx
+        .query_opt("SELECT version FROM b24_events_schema", &[])
+        .await
+        .map_err(e)?
+    {
+        Some(r) => r.get(0),
+        None => {
+            tx.execute("INSERT INTO b24_events_schema VALUES (0)", &[])
+                .await
+                .map_err(e)?;
+            0
+        }
+    };
+    let want = MIGRATIONS.len() as i64;
+    if have > want {
+        // Fail closed: a newer b24 changed the schema in ways this one does not know.
+        return Err(EventsError::Store(format!(
+            "queue schema version {have} is newer than this b24 knows ({want})"
+        )));
+    }
+    for m in &MIGRATIONS[have as usize..] {
+        tx.batch_execute(m).await.map_err(e)?;
+    }
+    tx.execute("UPDATE b24_events_schema SET version = $1", &[&want])
+        .await
+        .map_err(e)?;
+    tx.commit().await.map_err(e)?;
+    Ok(want)
+}
 
 pub struct PgQueue {
     pool: Pool,
@@ -54,24 +115,9 @@ impl PgQueue {
             },
         );
         let pool = Pool::builder(mgr).max_size(8).build().map_err(e)?;
-        let client = pool.get().await.map_err(e)?;
-        // Concurrent first connects may race on CREATE TABLE IF NOT EXISTS: serialise them.
-        client
-            .batch_execute("SELECT pg_advisory_lock(724242)")
-            .await
-            .map_err(e)?;
-        let mut res = Ok(());
-        for m in MIGRATIONS {
-            if let Err(x) = client.batch_execute(m).await {
-                res = Err(e(x));
-                break;
-            }
-        }
-        client
-            .batch_execute("SELECT pg_advisory_unlock(724242)")
-            .await
-            .map_err(e)?;
-        res?;
+        let mut client = pool.get().await.map_err(e)?;
+        migrate(&mut client).await?;
+        drop(client);
         let notify = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(cfg, notify.clone()));
         Ok(PgQueue {
@@ -79,6 +125,17 @@ impl PgQueue {
             notify,
             listener,
         })
+    }
+
+    /// The schema version (`b24_events_schema`).
+    pub async fn schema_version(&self) -> Result<i64> {
+        let r = self
+            .client()
+            .await?
+            .query_one("SELECT version FROM b24_events_schema", &[])
+            .await
+            .map_err(e)?;
+        Ok(r.get(0))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -90,13 +147,16 @@ impl PgQueue {
     }
 
     async fn insert(tx: &deadpool_postgres::Transaction<'_>, events: &[NewEvent]) -> Result<usize> {
-        let t = now();
         let st = tx
-            .prepare_cached(
+            .prepare_cached(concat!(
                 "INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at)
-                 SELECT $1, $2, $3, $4, $5, $5 WHERE NOT EXISTS (SELECT 1 FROM b24_processed WHERE key = $1)
-                 ON CONFLICT (key) DO NOTHING",
-            )
+                 SELECT $1, $2, $3, $4, ",
+                db_now!(),
+                ", ",
+                db_now!(),
+                " WHERE NOT EXISTS (SELECT 1 FROM b24_processed WHERE key = $1)
+                 ON CONFLICT (key) DO NOTHING"
+            ))
             .await
             .map_err(e)?;
         let mut n = 0;
@@ -104,7 +164,7 @@ impl PgQueue {
             n += tx
                 .execute(
                     &st,
-                    &[&ev.key, &ev.source, &ev.name, &ev.payload.to_string(), &t],
+                    &[&ev.key, &ev.source, &ev.name, &ev.payload.to_string()],
                 )
                 .await
                 .map_err(e)? as usize;
@@ -128,8 +188,12 @@ impl PgQueue {
         let tx = c.transaction().await.map_err(e)?;
         let n = Self::insert(&tx, events).await?;
         tx.execute(
-            "INSERT INTO b24_offline_pending VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&process_id, &now()],
+            concat!(
+                "INSERT INTO b24_offline_pending VALUES ($1, ",
+                db_now!(),
+                ") ON CONFLICT DO NOTHING"
+            ),
+            &[&process_id],
         )
         .await
         .map_err(e)?;
@@ -163,18 +227,22 @@ impl PgQueue {
     }
 
     pub async fn claim(&self, worker: &str, n: i64, lease_secs: f64) -> Result<Vec<Job>> {
-        let t = now();
         let rows = self
             .client()
             .await?
             .query(
-                "WITH next AS (
-                   SELECT id FROM b24_jobs WHERE state = 'ready' AND run_at <= $3
-                   ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)
-                 UPDATE b24_jobs j SET state = 'running', attempts = attempts + 1, locked_by = $1, lease_until = $2
+                concat!(
+                    "WITH next AS (
+                   SELECT id FROM b24_jobs WHERE state = 'ready' AND run_at <= ",
+                    db_now!(),
+                    " ORDER BY run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 UPDATE b24_jobs j SET state = 'running', attempts = attempts + 1, locked_by = $1, lease_until = ",
+                    db_now!(),
+                    " + $2
                  FROM next WHERE j.id = next.id
-                 RETURNING j.id, j.key, j.name, j.payload, j.attempts",
-                &[&worker, &(t + lease_secs), &t, &n],
+                 RETURNING j.id, j.key, j.name, j.payload, j.attempts"
+                ),
+                &[&worker, &lease_secs, &n],
             )
             .await
             .map_err(e)?;
@@ -201,8 +269,12 @@ impl PgQueue {
             .await
             .map_err(e)?;
         tx.execute(
-            "INSERT INTO b24_processed VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            &[&job.key, &now()],
+            concat!(
+                "INSERT INTO b24_processed VALUES ($1, ",
+                db_now!(),
+                ") ON CONFLICT DO NOTHING"
+            ),
+            &[&job.key],
         )
         .await
         .map_err(e)?;
@@ -225,14 +297,18 @@ impl PgQueue {
             .client()
             .await?
             .query(
-                "WITH gone AS (
+                concat!(
+                    "WITH gone AS (
                    DELETE FROM b24_jobs WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'
                    RETURNING id),
                  rec AS (
-                   INSERT INTO b24_processed SELECT k, $3 FROM unnest($4::text[]) AS k
+                   INSERT INTO b24_processed SELECT k, ",
+                    db_now!(),
+                    " FROM unnest($3::text[]) AS k
                    ON CONFLICT DO NOTHING)
-                 SELECT id FROM gone",
-                &[&ids, &worker, &now(), &keys],
+                 SELECT id FROM gone"
+                ),
+                &[&ids, &worker, &keys],
             )
             .await
             .map_err(e)?;
@@ -269,9 +345,13 @@ impl PgQueue {
         if dead {
             let n = tx
                 .execute(
-                    "INSERT INTO b24_dlq (key, source, name, payload, attempts, last_error, failed_at)
-                     SELECT key, source, name, payload, attempts, $3, $4 FROM b24_jobs WHERE id = $1 AND locked_by = $2",
-                    &[&job.id, &worker, &error, &now()],
+                    concat!(
+                        "INSERT INTO b24_dlq (key, source, name, payload, attempts, last_error, failed_at)
+                     SELECT key, source, name, payload, attempts, $3, ",
+                        db_now!(),
+                        " FROM b24_jobs WHERE id = $1 AND locked_by = $2"
+                    ),
+                    &[&job.id, &worker, &error],
                 )
                 .await
                 .map_err(e)?;
@@ -282,14 +362,66 @@ impl PgQueue {
             }
         } else {
             tx.execute(
-                "UPDATE b24_jobs SET state = 'ready', locked_by = NULL, lease_until = NULL, last_error = $3, run_at = $4 WHERE id = $1 AND locked_by = $2",
-                &[&job.id, &worker, &error, &(now() + rule.delay(job.attempts))],
+                concat!(
+                    "UPDATE b24_jobs SET state = 'ready', locked_by = NULL, lease_until = NULL, last_error = $3, run_at = ",
+                    db_now!(),
+                    " + $4 WHERE id = $1 AND locked_by = $2"
+                ),
+                &[&job.id, &worker, &error, &rule.delay(job.attempts)],
             )
             .await
             .map_err(e)?;
         }
         tx.commit().await.map_err(e)?;
         Ok(dead)
+    }
+
+    /// Extend the leases this worker still holds to `lease_secs` from the database's now; per
+    /// job, whether it was still held.
+    pub async fn renew(&self, jobs: &[Job], worker: &str, lease_secs: f64) -> Result<Vec<bool>> {
+        if jobs.is_empty() {
+            return Ok(vec![]);
+        }
+        let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+        let rows = self
+            .client()
+            .await?
+            .query(
+                concat!(
+                    "UPDATE b24_jobs SET lease_until = ",
+                    db_now!(),
+                    " + $3 WHERE id = ANY($1) AND locked_by = $2 AND state = 'running' RETURNING id"
+                ),
+                &[&ids, &worker, &lease_secs],
+            )
+            .await
+            .map_err(e)?;
+        let held: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(jobs.iter().map(|j| held.contains(&j.id)).collect())
+    }
+
+    /// Forget processed keys recorded more than `older_than_secs` ago (database clock), in
+    /// batches so no statement holds many row locks for long.
+    pub async fn prune_processed(&self, older_than_secs: f64) -> Result<u64> {
+        let c = self.client().await?;
+        let mut total = 0;
+        loop {
+            let n = c
+                .execute(
+                    concat!(
+                        "DELETE FROM b24_processed WHERE key IN (SELECT key FROM b24_processed WHERE done_at < ",
+                        db_now!(),
+                        " - $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+                    ),
+                    &[&older_than_secs, &PRUNE_BATCH],
+                )
+                .await
+                .map_err(e)?;
+            total += n;
+            if n < PRUNE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     pub async fn release(&self, job: &Job, worker: &str) -> Result<()> {
@@ -308,12 +440,15 @@ impl PgQueue {
         self.client()
             .await?
             .execute(
-                "WITH expired AS (
-                   SELECT id FROM b24_jobs WHERE state = 'running' AND lease_until < $1
-                   FOR UPDATE SKIP LOCKED)
+                concat!(
+                    "WITH expired AS (
+                   SELECT id FROM b24_jobs WHERE state = 'running' AND lease_until < ",
+                    db_now!(),
+                    " FOR UPDATE SKIP LOCKED)
                  UPDATE b24_jobs j SET state = 'ready', locked_by = NULL, lease_until = NULL
-                 FROM expired WHERE j.id = expired.id",
-                &[&now()],
+                 FROM expired WHERE j.id = expired.id"
+                ),
+                &[],
             )
             .await
             .map_err(e)
@@ -324,18 +459,19 @@ impl PgQueue {
         let r = c
             .query_one(
                 "SELECT (SELECT COUNT(*) FROM b24_jobs WHERE state = 'ready'), (SELECT COUNT(*) FROM b24_jobs WHERE state = 'running'),
-                        (SELECT COUNT(*) FROM b24_dlq), (SELECT COUNT(*) FROM b24_processed), (SELECT MIN(created_at) FROM b24_jobs)",
+                        (SELECT COUNT(*) FROM b24_dlq), (SELECT COUNT(*) FROM b24_processed),
+                        (SELECT extract(epoch from now())::float8 - MIN(created_at) FROM b24_jobs)",
                 &[],
             )
             .await
             .map_err(e)?;
-        let oldest: Option<f64> = r.get(4);
+        let age: Option<f64> = r.get(4);
         Ok(QueueStats {
             ready: r.get(0),
             running: r.get(1),
             dead: r.get(2),
             processed: r.get(3),
-            oldest_age_secs: oldest.map(|o| (now() - o).max(0.0)).unwrap_or(0.0),
+            oldest_age_secs: age.map(|a| a.max(0.0)).unwrap_or(0.0),
         })
     }
 
@@ -386,9 +522,15 @@ impl PgQueue {
         let tx = c.transaction().await.map_err(e)?;
         let n = tx
             .execute(
-                "INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at)
-                 SELECT key, source, name, payload, $2, $2 FROM b24_dlq WHERE ($1::BIGINT IS NULL OR id = $1) ON CONFLICT (key) DO NOTHING",
-                &[&id, &now()],
+                concat!(
+                    "INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at)
+                 SELECT key, source, name, payload, ",
+                    db_now!(),
+                    ", ",
+                    db_now!(),
+                    " FROM b24_dlq WHERE ($1::BIGINT IS NULL OR id = $1) ON CONFLICT (key) DO NOTHING"
+                ),
+                &[&id],
             )
             .await
             .map_err(e)?;
@@ -429,8 +571,12 @@ impl PgQueue {
         match token {
             Some(t) => c
                 .execute(
-                    "INSERT INTO b24_app_tokens VALUES ($1, $2, $3) ON CONFLICT (member_id) DO UPDATE SET token = EXCLUDED.token, updated_at = EXCLUDED.updated_at",
-                    &[&member_id, &t, &now()],
+                    concat!(
+                        "INSERT INTO b24_app_tokens VALUES ($1, $2, ",
+                        db_now!(),
+                        ") ON CONFLICT (member_id) DO UPDATE SET token = EXCLUDED.token, updated_at = EXCLUDED.updated_at"
+                    ),
+                    &[&member_id, &t],
                 )
                 .await
                 .map_err(e)?,

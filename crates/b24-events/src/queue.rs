@@ -171,6 +171,38 @@ impl Store {
         both!(self, q => q.fail(job, worker, error, rule).await)
     }
 
+    /// Extend the leases `worker` still holds on `jobs` to `lease_secs` from now (the
+    /// database's clock on PostgreSQL). Per job, whether the lease was still held: `false`
+    /// means it expired and was reaped, and another worker may be running the job.
+    pub async fn renew(&self, jobs: &[Job], worker: &str, lease_secs: f64) -> Result<Vec<bool>> {
+        both!(self, q => q.renew(jobs, worker, lease_secs).await)
+    }
+
+    /// Forget idempotency records older than `older_than_secs`; returns how many. A key
+    /// forgotten this way is queued again if the same delivery ever comes back, so the window
+    /// must exceed the longest time a duplicate can arrive (see the worker's
+    /// `processed_retention`).
+    pub async fn prune_processed(&self, older_than_secs: f64) -> Result<u64> {
+        both!(self, q => q.prune_processed(older_than_secs).await)
+    }
+
+    /// The schema version the store is at (SQLite `user_version`; PostgreSQL
+    /// `b24_events_schema`).
+    pub async fn schema_version(&self) -> Result<i64> {
+        both!(self, q => q.schema_version().await)
+    }
+
+    /// Pretend this host's clock is `secs` off (tests of clock skew). SQLite keeps its times
+    /// from the host's clock (one host by construction), so the offset moves them; PostgreSQL
+    /// reads every time from the database, so the offset changes nothing there, which is
+    /// what the skew tests show.
+    pub fn with_host_clock_offset(mut self, secs: f64) -> Store {
+        if let Store::Sqlite(q) = &mut self {
+            q.set_clock_offset(secs);
+        }
+        self
+    }
+
     /// Give a lease back untouched (shutdown): the attempt does not count.
     pub async fn release(&self, job: &Job, worker: &str) -> Result<()> {
         both!(self, q => q.release(job, worker).await)

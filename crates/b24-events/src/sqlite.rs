@@ -13,11 +13,20 @@ use serde_json::Value;
 use crate::queue::{DeadLetter, Job, NewEvent, QueueStats, RetryRule};
 use crate::{EventsError, Result, now};
 
+/// Processed keys deleted per transaction when pruning.
+const PRUNE_BATCH: i64 = 5000;
+
 fn e(err: rusqlite::Error) -> EventsError {
     EventsError::Store(err.to_string())
 }
 
-const SCHEMA: &str = "
+/// Versioned migrations: entry `i` takes the schema from `user_version` `i` to `i + 1`. They
+/// run in one `BEGIN IMMEDIATE` transaction with the version bump, so concurrent openers (the
+/// receiver and a worker starting together) apply each one once.
+/// Version 1 is the original schema (`IF NOT EXISTS`: stores created before versioning, at
+/// `user_version` 0, take it unchanged).
+pub const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE IF NOT EXISTS b24_jobs (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   key TEXT NOT NULL UNIQUE,
@@ -38,10 +47,39 @@ CREATE TABLE IF NOT EXISTS b24_dlq (
   payload TEXT NOT NULL, attempts INTEGER NOT NULL, last_error TEXT NOT NULL, failed_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS b24_offline_pending (process_id TEXT PRIMARY KEY, created_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS b24_app_tokens (member_id TEXT PRIMARY KEY, token TEXT NOT NULL, updated_at REAL NOT NULL);
-";
+",
+    // 2: pruning processed keys by age scans `done_at`.
+    "CREATE INDEX IF NOT EXISTS b24_processed_done_at ON b24_processed (done_at);",
+];
+
+/// Bring the schema to the newest version, one transaction for all the steps it lacks.
+fn migrate(conn: &mut rusqlite::Connection) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(e)?;
+    let have: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(e)?;
+    if have > MIGRATIONS.len() as i64 {
+        // Fail closed: a newer b24 changed the schema in ways this one does not know.
+        return Err(EventsError::Store(format!(
+            "queue schema version {have} is newer than this b24 knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for m in &MIGRATIONS[have as usize..] {
+        tx.execute_batch(m).map_err(e)?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+        .map_err(e)?;
+    tx.commit().map_err(e)
+}
 
 pub struct SqliteQueue {
     conn: Mutex<rusqlite::Connection>,
+    /// SQLite's clock is this host's clock (one host by construction); the offset lets tests
+    /// simulate a host whose clock is wrong.
+    clock_offset: f64,
 }
 
 impl SqliteQueue {
@@ -50,7 +88,7 @@ impl SqliteQueue {
             std::fs::create_dir_all(dir)
                 .map_err(|x| EventsError::Store(format!("{}: {x}", dir.display())))?;
         }
-        let conn = rusqlite::Connection::open(path).map_err(e)?;
+        let mut conn = rusqlite::Connection::open(path).map_err(e)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -59,8 +97,10 @@ impl SqliteQueue {
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(e)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(e)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(e)?;
+        // FULL: a commit is on disk (WAL fsynced) before it returns, so "queued" survives a
+        // power loss, not only a crash of this process; the worker batches its commits to
+        // keep the cost of the extra fsync low.
+        conn.pragma_update(None, "synchronous", "FULL").map_err(e)?;
         // Stable plans: otherwise the claim's bound `LIMIT ?` makes SQLite re-prepare the
         // statement whenever the bound value (the number of free slots) changes.
         conn.set_db_config(
@@ -68,18 +108,34 @@ impl SqliteQueue {
             true,
         )
         .map_err(e)?;
-        conn.execute_batch(SCHEMA).map_err(e)?;
+        migrate(&mut conn)?;
         Ok(SqliteQueue {
             conn: Mutex::new(conn),
+            clock_offset: 0.0,
         })
+    }
+
+    /// Shift this store's clock (tests of skewed hosts).
+    pub fn set_clock_offset(&mut self, secs: f64) {
+        self.clock_offset = secs;
+    }
+
+    fn now(&self) -> f64 {
+        now() + self.clock_offset
+    }
+
+    /// The schema version (`PRAGMA user_version`).
+    pub async fn schema_version(&self) -> Result<i64> {
+        self.conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(e)
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn insert(tx: &rusqlite::Transaction, events: &[NewEvent]) -> Result<usize> {
-        let t = now();
+    fn insert(tx: &rusqlite::Transaction, events: &[NewEvent], t: f64) -> Result<usize> {
         let mut n = 0;
         let mut done = tx
             .prepare_cached("SELECT 1 FROM b24_processed WHERE key = ?1")
@@ -109,7 +165,7 @@ impl SqliteQueue {
         let tx = c
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(e)?;
-        let n = Self::insert(&tx, events)?;
+        let n = Self::insert(&tx, events, self.now())?;
         tx.commit().map_err(e)?;
         Ok(n)
     }
@@ -119,10 +175,10 @@ impl SqliteQueue {
         let tx = c
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(e)?;
-        let n = Self::insert(&tx, events)?;
+        let n = Self::insert(&tx, events, self.now())?;
         tx.execute(
             "INSERT INTO b24_offline_pending VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            params![process_id, now()],
+            params![process_id, self.now()],
         )
         .map_err(e)?;
         tx.commit().map_err(e)?;
@@ -159,8 +215,8 @@ impl SqliteQueue {
         worker: &str,
         n: i64,
         lease_secs: f64,
+        t: f64,
     ) -> Result<Vec<Job>> {
-        let t = now();
         let mut st = tx
             .prepare_cached(
                 "UPDATE b24_jobs SET state = 'running', attempts = attempts + 1, locked_by = ?1, lease_until = ?2
@@ -185,8 +241,12 @@ impl SqliteQueue {
 
     /// Complete jobs (inside the caller's transaction): delete each one this worker still holds
     /// and record its key. Per job, whether the lease was still held.
-    fn complete_in(tx: &rusqlite::Transaction, jobs: &[Job], worker: &str) -> Result<Vec<bool>> {
-        let t = now();
+    fn complete_in(
+        tx: &rusqlite::Transaction,
+        jobs: &[Job],
+        worker: &str,
+        t: f64,
+    ) -> Result<Vec<bool>> {
         let mut del = tx
             .prepare_cached(
                 "DELETE FROM b24_jobs WHERE id = ?1 AND locked_by = ?2 AND state = 'running'",
@@ -219,7 +279,7 @@ impl SqliteQueue {
         let tx = c
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(e)?;
-        let held = Self::complete_in(&tx, jobs, worker)?;
+        let held = Self::complete_in(&tx, jobs, worker, self.now())?;
         tx.commit().map_err(e)?;
         Ok(held)
     }
@@ -236,9 +296,9 @@ impl SqliteQueue {
         let tx = c
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(e)?;
-        Self::complete_in(&tx, done, worker)?;
+        Self::complete_in(&tx, done, worker, self.now())?;
         let jobs = if n > 0 {
-            Self::claim_in(&tx, worker, n, lease_secs)?
+            Self::claim_in(&tx, worker, n, lease_secs, self.now())?
         } else {
             vec![]
         };
@@ -263,7 +323,7 @@ impl SqliteQueue {
                 .execute(
                     "INSERT INTO b24_dlq (key, source, name, payload, attempts, last_error, failed_at)
                      SELECT key, source, name, payload, attempts, ?3, ?4 FROM b24_jobs WHERE id = ?1 AND locked_by = ?2",
-                    params![job.id, worker, error, now()],
+                    params![job.id, worker, error, self.now()],
                 )
                 .map_err(e)?;
             if n == 1 {
@@ -273,12 +333,54 @@ impl SqliteQueue {
         } else {
             tx.execute(
                 "UPDATE b24_jobs SET state = 'ready', locked_by = NULL, lease_until = NULL, last_error = ?3, run_at = ?4 WHERE id = ?1 AND locked_by = ?2",
-                params![job.id, worker, error, now() + rule.delay(job.attempts)],
+                params![job.id, worker, error, self.now() + rule.delay(job.attempts)],
             )
             .map_err(e)?;
         }
         tx.commit().map_err(e)?;
         Ok(dead)
+    }
+
+    /// Extend the leases this worker still holds to `lease_secs` from now; per job, whether
+    /// it was still held.
+    pub async fn renew(&self, jobs: &[Job], worker: &str, lease_secs: f64) -> Result<Vec<bool>> {
+        let t = self.now();
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached(
+                "UPDATE b24_jobs SET lease_until = ?3 WHERE id = ?1 AND locked_by = ?2 AND state = 'running'",
+            )
+            .map_err(e)?;
+        jobs.iter()
+            .map(|j| {
+                Ok(st
+                    .execute(params![j.id, worker, t + lease_secs])
+                    .map_err(e)?
+                    == 1)
+            })
+            .collect()
+    }
+
+    /// Forget processed keys recorded more than `older_than_secs` ago, in batches (each its
+    /// own short transaction, so the receiver is never held up for long).
+    pub async fn prune_processed(&self, older_than_secs: f64) -> Result<u64> {
+        let cutoff = self.now() - older_than_secs;
+        let mut total = 0;
+        loop {
+            let n = self
+                .conn()
+                .prepare_cached(
+                    "DELETE FROM b24_processed WHERE key IN (SELECT key FROM b24_processed WHERE done_at < ?1 LIMIT ?2)",
+                )
+                .map_err(e)?
+                .execute(params![cutoff, PRUNE_BATCH])
+                .map_err(e)?;
+            total += n as u64;
+            if n < PRUNE_BATCH as usize {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
     }
 
     pub async fn release(&self, job: &Job, worker: &str) -> Result<()> {
@@ -296,7 +398,7 @@ impl SqliteQueue {
             .conn()
             .prepare_cached("UPDATE b24_jobs SET state = 'ready', locked_by = NULL, lease_until = NULL WHERE state = 'running' AND lease_until < ?1")
             .map_err(e)?
-            .execute([now()])
+            .execute([self.now()])
             .map_err(e)?;
         Ok(n as u64)
     }
@@ -312,7 +414,7 @@ impl SqliteQueue {
             running: count("SELECT COUNT(*) FROM b24_jobs WHERE state = 'running'")?,
             dead: count("SELECT COUNT(*) FROM b24_dlq")?,
             processed: count("SELECT COUNT(*) FROM b24_processed")?,
-            oldest_age_secs: oldest.map(|o| (now() - o).max(0.0)).unwrap_or(0.0),
+            oldest_age_secs: oldest.map(|o| (self.now() - o).max(0.0)).unwrap_or(0.0),
         })
     }
 
@@ -363,7 +465,7 @@ impl SqliteQueue {
         let n = tx
             .execute(
                 &format!("INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at) SELECT key, source, name, payload, ?2, ?2 FROM b24_dlq {filter} ON CONFLICT(key) DO NOTHING"),
-                params![id, now()],
+                params![id, self.now()],
             )
             .map_err(e)?;
         tx.execute(&format!("DELETE FROM b24_dlq {filter}"), params![id])
@@ -393,7 +495,7 @@ impl SqliteQueue {
             Some(t) => c
                 .execute(
                     "INSERT INTO b24_app_tokens VALUES (?1, ?2, ?3) ON CONFLICT(member_id) DO UPDATE SET token = excluded.token, updated_at = excluded.updated_at",
-                    params![member_id, t, now()],
+                    params![member_id, t, self.now()],
                 )
                 .map_err(e)?,
             None => c.execute("DELETE FROM b24_app_tokens WHERE member_id = ?1", [member_id]).map_err(e)?,

@@ -1,5 +1,11 @@
-//! The worker loop: pull offline events (optional), reap expired leases, claim jobs, run the
-//! handler, and complete (with the idempotency record) or fail (backoff, then dead letters).
+//! The worker loop: pull offline events (optional, on an adaptive schedule), reap expired
+//! leases, claim jobs, run the handler under a renewed lease, and complete (with the
+//! idempotency record) or fail (backoff, then dead letters). In the background it prunes
+//! idempotency records older than the retention window.
+//!
+//! `ONOFFLINEEVENT` jobs (the portal's "new offline rows" notification, queued by the online
+//! receiver like any delivery) are not handed to the handler: they are completed and make the
+//! next offline pull due at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -11,17 +17,62 @@ use crate::handler::Handler;
 use crate::queue::{Job, RetryRule, Store};
 use crate::{Result, pull};
 
+mod metrics;
+mod poll;
+
+pub use metrics::metrics;
+pub use poll::PollSchedule;
+
+/// The portal's notification that its offline queue got new rows.
+pub const WAKE_EVENT: &str = "ONOFFLINEEVENT";
+
+/// Default wait between offline pulls while events keep coming (`--poll-interval`).
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// Default longest wait between offline pulls of an idle worker (`--poll-max`): one
+/// `event.offline.get` per 30 s is 1.7% of the standard plan's refill (2 requests/s).
+pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(30);
+/// Default retention of processed idempotency keys (`--processed-retention`).
+pub const DEFAULT_PROCESSED_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
+/// How often the processed keys are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+
 /// Worker settings.
 #[derive(Clone)]
 pub struct WorkerConfig {
     pub id: String,
     pub concurrency: usize,
+    /// A claimed job's lease. It is renewed every third of it while the handler runs, so a
+    /// handler slower than the lease is not started again beside itself; the lease only runs
+    /// out when the worker is gone.
     pub lease_secs: f64,
     pub retry: RetryRule,
     /// Pull offline events from the portal with this client (None = queue only).
     pub pull: Option<b24::Client>,
     /// Exit when there is nothing left to do.
     pub once: bool,
+    /// Shortest wait between offline pulls (while events keep coming).
+    pub poll_interval: Duration,
+    /// Longest wait between offline pulls (an idle portal); the wait doubles up to it.
+    pub poll_max: Duration,
+    /// Forget processed idempotency keys older than this (None = keep for ever). A delivery
+    /// that comes back after its key was forgotten is handled again.
+    pub processed_retention: Option<Duration>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: format!("worker-{}", std::process::id()),
+            concurrency: 4,
+            lease_secs: 60.0,
+            retry: RetryRule::default(),
+            pull: None,
+            once: false,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            poll_max: DEFAULT_POLL_MAX,
+            processed_retention: Some(DEFAULT_PROCESSED_RETENTION),
+        }
+    }
 }
 
 /// Counters (also served as Prometheus metrics).
@@ -32,6 +83,14 @@ pub struct WorkerStats {
     pub dead: AtomicU64,
     pub pulled: AtomicU64,
     pub reaped: AtomicU64,
+    /// `event.offline.get` rounds started (each is one request when the portal is idle).
+    pub polls: AtomicU64,
+    /// `ONOFFLINEEVENT` notifications that woke the puller.
+    pub wakeups: AtomicU64,
+    /// Lease renewals of running handlers.
+    pub renewals: AtomicU64,
+    /// Processed keys forgotten after the retention window.
+    pub pruned: AtomicU64,
 }
 
 impl WorkerStats {
@@ -42,7 +101,16 @@ impl WorkerStats {
             "dead_lettered": self.dead.load(Relaxed),
             "pulled": self.pulled.load(Relaxed),
             "reaped": self.reaped.load(Relaxed),
+            "polls": self.polls.load(Relaxed),
+            "wakeups": self.wakeups.load(Relaxed),
+            "lease_renewals": self.renewals.load(Relaxed),
+            "pruned_keys": self.pruned.load(Relaxed),
         })
+    }
+
+    /// Whether any handler run failed (retried or dead-lettered): `--once` then exits 1.
+    pub fn had_failures(&self) -> bool {
+        self.failed.load(Relaxed) > 0 || self.dead.load(Relaxed) > 0
     }
 }
 
@@ -143,6 +211,9 @@ pub async fn run(
         let r = pull::recover(client, &store).await?;
         stats.pulled.fetch_add(r.fetched as u64, Relaxed);
     }
+    let pruner = cfg
+        .processed_retention
+        .map(|keep| tokio::spawn(prune(store.clone(), keep, stats.clone())));
     let handler = Arc::new(handler);
     let mut running = Running::default();
     let result = work(&store, &handler, &cfg, &stats, &stop, &mut running).await;
@@ -151,7 +222,80 @@ pub async fn run(
         // fails too, their leases expire and they run again).
         let _ = running.record(&store, &cfg.id, &stats).await;
     }
+    if let Some(p) = pruner {
+        p.abort();
+    }
     result
+}
+
+/// Forget processed keys older than `keep`, now and every [`PRUNE_EVERY`]. A failure is
+/// logged and retried at the next round: pruning is housekeeping, not the worker's job.
+async fn prune(store: Arc<Store>, keep: Duration, stats: Arc<WorkerStats>) {
+    let mut every = tokio::time::interval(PRUNE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match store.prune_processed(keep.as_secs_f64()).await {
+            Ok(n) => {
+                stats.pruned.fetch_add(n, Relaxed);
+                if n > 0 {
+                    tracing::info!(
+                        pruned = n,
+                        "forgot processed keys past the retention window"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning processed keys failed"),
+        }
+    }
+}
+
+/// Run the handler for one claimed job, renewing its lease every third of the lease while it
+/// runs. `Ok(Some(job))` = succeeded (recorded by the loop with the others that finish with
+/// it); failures are recorded here.
+async fn handle(
+    job: Job,
+    store: Arc<Store>,
+    handler: Arc<Handler>,
+    stats: Arc<WorkerStats>,
+    worker: String,
+    lease_secs: f64,
+    retry: RetryRule,
+) -> Result<Option<Job>> {
+    let every = Duration::from_secs_f64((lease_secs / 3.0).max(0.05));
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outcome = {
+        let running = handler.run(&job);
+        tokio::pin!(running);
+        loop {
+            tokio::select! {
+                r = &mut running => break r,
+                _ = renew.tick() => {
+                    match store.renew(std::slice::from_ref(&job), &worker, lease_secs).await {
+                        Ok(held) if held.first() == Some(&true) => {
+                            stats.renewals.fetch_add(1, Relaxed);
+                        }
+                        // Lost (this worker was stalled past its lease): another worker may
+                        // run the job too; the key still makes its recording happen once.
+                        Ok(_) => tracing::warn!(key = %job.key, "lease lost while the handler ran"),
+                        Err(e) => tracing::warn!(key = %job.key, error = %e, "lease renewal failed"),
+                    }
+                }
+            }
+        }
+    };
+    match outcome {
+        Ok(()) => Ok(Some(job)),
+        Err(why) => {
+            tracing::warn!(key = %job.key, attempt = job.attempts, %why, "handler failed");
+            stats.failed.fetch_add(1, Relaxed);
+            if store.fail(&job, &worker, &why, retry).await? {
+                stats.dead.fetch_add(1, Relaxed);
+            }
+            Ok(None)
+        }
+    }
 }
 
 async fn work(
@@ -163,13 +307,19 @@ async fn work(
     running: &mut Running,
 ) -> Result<()> {
     let mut last_reap: Option<Instant> = None;
+    let mut poll = PollSchedule::new(cfg.poll_interval, cfg.poll_max);
+    // With `once`, pull until an answer comes back empty (then drain and exit).
+    let mut last_found = true;
     loop {
         if stop.is_cancelled() {
             break;
         }
         let mut pulled_any = false;
-        if let Some(client) = &cfg.pull {
+        if let Some(client) = &cfg.pull
+            && (poll.due() || (cfg.once && last_found))
+        {
             running.record(store, &cfg.id, stats).await?;
+            stats.polls.fetch_add(1, Relaxed);
             // A pull can take a while (up to 20 batches): handlers that finish meanwhile are
             // recorded as they finish, not after it.
             let pulling = pull::pull(client, store, 50, 20);
@@ -186,6 +336,8 @@ async fn work(
             };
             stats.pulled.fetch_add(r.fetched as u64, Relaxed);
             pulled_any = r.fetched > 0;
+            last_found = pulled_any;
+            poll.pulled(pulled_any);
         }
         if last_reap.is_none_or(|t| t.elapsed() >= REAP_EVERY) {
             stats.reaped.fetch_add(store.reap().await?, Relaxed);
@@ -195,27 +347,23 @@ async fn work(
         let jobs = running.record_and_claim(store, cfg, free, stats).await?;
         let claimed = jobs.len();
         for job in jobs {
-            let (store, handler, stats, id, retry) = (
+            if job.name.eq_ignore_ascii_case(WAKE_EVENT) {
+                // A wake-up, not work: recorded as done with the next batch, and the offline
+                // queue is read now instead of at the next scheduled poll.
+                stats.wakeups.fetch_add(1, Relaxed);
+                poll.wake();
+                running.done.push(job);
+                continue;
+            }
+            running.tasks.spawn(handle(
+                job,
                 store.clone(),
                 handler.clone(),
                 stats.clone(),
                 cfg.id.clone(),
+                cfg.lease_secs,
                 cfg.retry,
-            );
-            running.tasks.spawn(async move {
-                match handler.run(&job).await {
-                    // Recorded by the loop, together with the jobs that finish with it.
-                    Ok(()) => Ok(Some(job)),
-                    Err(why) => {
-                        tracing::warn!(key = %job.key, attempt = job.attempts, %why, "handler failed");
-                        stats.failed.fetch_add(1, Relaxed);
-                        if store.fail(&job, &id, &why, retry).await? {
-                            stats.dead.fetch_add(1, Relaxed);
-                        }
-                        Ok(None)
-                    }
-                }
-            });
+            ));
         }
         // Collect finished tasks; surface store errors.
         running.collect()?;
@@ -240,9 +388,15 @@ async fn work(
             if running.tasks.len() >= cfg.concurrency {
                 running.settle().await?;
             } else {
+                // Idle: wait for new jobs (NOTIFY on PostgreSQL), a finished handler, or the
+                // next scheduled pull, whichever comes first.
+                let mut idle = Duration::from_millis(500);
+                if cfg.pull.is_some() {
+                    idle = idle.min(poll.until_due());
+                }
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    _ = store.wait_for_work(Duration::from_millis(500)) => {}
+                    _ = store.wait_for_work(idle) => {}
                     Some(r) = running.tasks.join_next(), if !running.tasks.is_empty() => running.take(r)?,
                 }
             }
@@ -253,108 +407,4 @@ async fn work(
     // Graceful stop: let running handlers finish and record their results.
     running.join_all().await?;
     running.record(store, &cfg.id, stats).await
-}
-
-/// Prometheus text for the queue and the worker. `operating` is the client's view of each
-/// method's operating-time use: `(method, seconds used in the portal's window, reset_at)`.
-pub fn metrics(
-    q: &crate::QueueStats,
-    w: &WorkerStats,
-    client: Option<&b24::ClientStats>,
-    operating: &[(String, f64, Option<i64>)],
-) -> String {
-    let mut s = String::new();
-    let mut put = |kind: &str, name: &str, help: &str, v: f64| {
-        s.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-        ));
-    };
-    let mut g = |name: &str, help: &str, v: f64| {
-        let kind = if name.ends_with("_total") {
-            "counter"
-        } else {
-            "gauge"
-        };
-        put(kind, name, help, v)
-    };
-    g(
-        "b24_queue_ready",
-        "Events waiting to be handled",
-        q.ready as f64,
-    );
-    g(
-        "b24_queue_running",
-        "Events being handled",
-        q.running as f64,
-    );
-    g(
-        "b24_queue_oldest_age_seconds",
-        "Age of the oldest queued event",
-        q.oldest_age_secs,
-    );
-    g("b24_dlq_size", "Dead-lettered events", q.dead as f64);
-    g(
-        "b24_events_processed_total",
-        "Events recorded as done",
-        q.processed as f64,
-    );
-    g(
-        "b24_worker_handled_total",
-        "Events handled by this worker",
-        w.handled.load(Relaxed) as f64,
-    );
-    g(
-        "b24_worker_failures_total",
-        "Handler failures (retried or dead-lettered)",
-        w.failed.load(Relaxed) as f64,
-    );
-    g(
-        "b24_worker_pulled_total",
-        "Offline events pulled from the portal",
-        w.pulled.load(Relaxed) as f64,
-    );
-    if let Some(c) = client {
-        g(
-            "b24_http_requests_total",
-            "REST requests sent",
-            c.requests as f64,
-        );
-        g("b24_http_retries_total", "REST retries", c.retries as f64);
-        g(
-            "b24_http_503_total",
-            "QUERY_LIMIT_EXCEEDED answers",
-            c.status_503 as f64,
-        );
-        g(
-            "b24_http_429_total",
-            "OPERATION_TIME_LIMIT answers",
-            c.status_429 as f64,
-        );
-        g(
-            "b24_limiter_waits_total",
-            "Times the limiter delayed a request",
-            c.limiter_waits as f64,
-        );
-    }
-    if !operating.is_empty() {
-        s.push_str(
-            "# HELP b24_operating_seconds Operating time each method has used in the portal's 10 minute window (limit 480)\n# TYPE b24_operating_seconds gauge\n",
-        );
-        for (method, used, _) in operating {
-            s.push_str(&format!(
-                "b24_operating_seconds{{method=\"{}\"}} {used}\n",
-                method.replace(['"', '\\', '\n'], "_")
-            ));
-        }
-        s.push_str("# HELP b24_operating_reset_at Unix time the method's operating window resets\n# TYPE b24_operating_reset_at gauge\n");
-        for (method, _, reset) in operating {
-            if let Some(r) = reset {
-                s.push_str(&format!(
-                    "b24_operating_reset_at{{method=\"{}\"}} {r}\n",
-                    method.replace(['"', '\\', '\n'], "_")
-                ));
-            }
-        }
-    }
-    s
 }

@@ -114,6 +114,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         },
         pull: client,
         once: args.once,
+        ..WorkerConfig::default()
     };
     let stop = shutdown_token();
     b24_events::worker::run(store.clone(), handler, cfg, stats.clone(), stop.clone())

@@ -34,6 +34,7 @@ fn cfg(id: &str, once: bool) -> WorkerConfig {
         },
         pull: None,
         once,
+        ..WorkerConfig::default()
     }
 }
 
