@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use crate::methods::Caller;
 use crate::params::text;
 use crate::state::{Binding, OfflineRow, State, iso};
 
@@ -63,13 +64,17 @@ pub fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
 }
 
 impl State {
-    /// A CRM change happened: queue offline rows (coalesced per event and object) and prepare
-    /// online deliveries.
+    /// A change happened: queue offline rows and prepare online deliveries.
+    ///
+    /// Offline rows follow the portal's table: `MESSAGE_ID` is
+    /// `md5(EVENT_NAME|json(EVENT_DATA))`, and a repeat of the same message for the same
+    /// connector merges into the row not yet reserved (new timestamp and data; an error mark
+    /// stays). An app's own write made with `auth_connector=C` is not queued for connector C.
     pub fn emit(
         &mut self,
         event: &str,
-        object_id: &str,
         data: Value,
+        origin: &Caller,
         deliveries: &mut Vec<Delivery>,
     ) {
         let now = self.now();
@@ -86,55 +91,15 @@ impl State {
                     continue;
                 }
                 queued_connectors.push(b.connector.clone());
-                self.next_message += 1;
-                let message_id = format!("{:x}", 0x1000_0000u64 + self.next_message);
-                if let Some(row) = self.offline.iter_mut().find(|r| {
-                    r.event == event
-                        && r.object_id == object_id
-                        && r.process_id.is_none()
-                        && !r.error
-                        && r.connector == b.connector
-                }) {
-                    // The queue keeps the latest state per object, not a history.
-                    row.ts = now;
-                    row.data = data.clone();
-                    row.message_id = message_id;
-                } else {
-                    self.next_offline += 1;
-                    self.offline.push(OfflineRow {
-                        id: self.next_offline,
-                        ts: now,
-                        event: event.to_string(),
-                        object_id: object_id.to_string(),
-                        data: data.clone(),
-                        message_id,
-                        process_id: None,
-                        error: false,
-                        connector: b.connector.clone(),
-                    });
+                let own_change = origin.kind == "oauth"
+                    && !origin.connector.is_empty()
+                    && origin.connector == b.connector;
+                if own_change {
+                    continue;
                 }
+                self.queue_offline(event, &data, &b.connector, now);
             } else {
-                let (access, refresh) =
-                    self.issue_pair(if b.auth_type == 0 { 1 } else { b.auth_type });
-                let ttl = self.cfg.access_token_ttl.as_secs();
-                let payload = json!({
-                    "event": event,
-                    "event_handler_id": b.id.to_string(),
-                    "data": data,
-                    "ts": (now as u64).to_string(),
-                    "auth": {
-                        "access_token": access,
-                        "refresh_token": refresh,
-                        "expires_in": ttl.to_string(),
-                        "scope": "crm",
-                        "domain": self.domain,
-                        "server_endpoint": format!("{}/rest/", self.base_url),
-                        "status": "L",
-                        "client_endpoint": format!("{}/rest/", self.base_url),
-                        "member_id": self.member_id,
-                        "application_token": self.application_token,
-                    }
-                });
+                let payload = self.online_payload(event, b.id, b.auth_type, &data, now);
                 let mut form = Vec::new();
                 flatten("", &payload, &mut form);
                 deliveries.push(Delivery {
@@ -142,6 +107,98 @@ impl State {
                     form,
                 });
             }
+        }
+    }
+
+    fn queue_offline(&mut self, event: &str, data: &Value, connector: &str, now: f64) {
+        let message_id =
+            crate::md5::hex(format!("{event}|{}", crate::md5::php_json(data)).as_bytes());
+        self.offline_touched = true;
+        if let Some(row) = self.offline.iter_mut().find(|r| {
+            r.message_id == message_id && r.connector == connector && r.process_id.is_none()
+        }) {
+            // The queue keeps the latest state per message, not a history.
+            row.ts = now;
+            row.data = data.clone();
+            return;
+        }
+        self.next_offline += 1;
+        self.offline.push(OfflineRow {
+            id: self.next_offline,
+            ts: now,
+            event: event.to_string(),
+            data: data.clone(),
+            message_id,
+            process_id: None,
+            error: false,
+            connector: connector.to_string(),
+        });
+    }
+
+    /// The form payload of an online event (reference §9.2), with fresh tokens for the user.
+    fn online_payload(
+        &mut self,
+        event: &str,
+        handler_id: u64,
+        auth_type: u64,
+        data: &Value,
+        now: f64,
+    ) -> Value {
+        let (access, refresh) = self.issue_pair(if auth_type == 0 { 1 } else { auth_type });
+        let ttl = self.cfg.access_token_ttl.as_secs();
+        let scope = match &self.cfg.app_scopes {
+            Some(s) => s.join(","),
+            None => "crm".to_string(),
+        };
+        json!({
+            "event": event,
+            "event_handler_id": handler_id.to_string(),
+            "data": data,
+            "ts": (now as u64).to_string(),
+            "auth": {
+                "access_token": access,
+                "refresh_token": refresh,
+                "expires_in": ttl.to_string(),
+                "scope": scope,
+                "domain": self.domain,
+                "server_endpoint": format!("{}/rest/", self.base_url),
+                "status": "L",
+                "client_endpoint": format!("{}/rest/", self.base_url),
+                "member_id": self.member_id,
+                "application_token": self.application_token,
+            }
+        })
+    }
+
+    /// After a request: if it queued offline rows, notify the `ONOFFLINEEVENT` handlers
+    /// (reference §9.7): `data` empty, full `auth` with a refresh token, at most one per
+    /// handler per `minTimeout` seconds (0 = one per request).
+    pub fn notify_offline(&mut self, deliveries: &mut Vec<Delivery>) {
+        if !std::mem::take(&mut self.offline_touched) {
+            return;
+        }
+        let now = self.now();
+        let handlers: Vec<Binding> = self
+            .bindings
+            .iter()
+            .filter(|b| b.event == "ONOFFLINEEVENT" && !b.offline)
+            .cloned()
+            .collect();
+        for b in handlers {
+            if b.min_timeout > 0.0
+                && let Some(last) = self.offline_notified.get(&b.id)
+                && now - last < b.min_timeout
+            {
+                continue;
+            }
+            self.offline_notified.insert(b.id, now);
+            let payload = self.online_payload("ONOFFLINEEVENT", b.id, b.auth_type, &json!([]), now);
+            let mut form = Vec::new();
+            flatten("", &payload, &mut form);
+            deliveries.push(Delivery {
+                url: b.handler.clone(),
+                form,
+            });
         }
     }
 

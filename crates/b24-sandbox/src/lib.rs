@@ -10,9 +10,12 @@
 //! It deliberately shares no code with the `b24` client crate: a misunderstanding of the
 //! protocol written once and used on both sides would pass every test.
 
+mod batch;
 mod crm;
 mod events;
+mod exec;
 mod faults;
+mod md5;
 mod methods;
 mod params;
 mod server;
@@ -56,6 +59,30 @@ impl std::str::FromStr for Plan {
     }
 }
 
+/// When the portal answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Timing {
+    /// At once: the modelled cost is billed and reported in `time`, but nobody waits for it
+    /// (raw-throughput runs).
+    #[default]
+    Instant,
+    /// Each call answers after its modelled `time.duration` (a batch after the sum of its
+    /// commands), as a portal does; calls in flight at once are served concurrently.
+    Realistic,
+}
+
+impl std::str::FromStr for Timing {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Timing, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "instant" => Ok(Timing::Instant),
+            "realistic" => Ok(Timing::Realistic),
+            other => Err(format!("unknown timing `{other}` (instant or realistic)")),
+        }
+    }
+}
+
 /// How to run the sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -79,8 +106,13 @@ pub struct SandboxConfig {
     pub operating_limit_secs: f64,
     /// Simulated execution cost multiplier (1.0 = defaults; raise it to reach the limit fast).
     pub cost_scale: f64,
-    /// Scopes granted to the incoming webhook (`None` = all).
+    /// Scopes granted to the incoming webhook (`None` = all). A method outside them answers
+    /// 403 `insufficient_scope`.
     pub webhook_scopes: Option<Vec<String>>,
+    /// Scopes granted to the OAuth application (`None` = all); printed in token responses.
+    pub app_scopes: Option<Vec<String>>,
+    /// Whether answers wait for each call's modelled duration.
+    pub timing: Timing,
     /// Answer every method with 403 ACCESS_DENIED "REST API is available only on commercial plans".
     pub free_plan: bool,
     /// Maximum request body size in bytes.
@@ -104,6 +136,8 @@ impl Default for SandboxConfig {
             operating_limit_secs: 480.0,
             cost_scale: 1.0,
             webhook_scopes: None,
+            app_scopes: None,
+            timing: Timing::Instant,
             free_plan: false,
             max_body: 10 * 1024 * 1024,
             manual_clock: false,

@@ -6,7 +6,7 @@ use sha2::Digest;
 
 use crate::crm::{self, Kind};
 use crate::events::{Delivery, KNOWN_EVENTS};
-use crate::params::{get_ci, int, parse_query, text, truthy};
+use crate::params::{get_ci, int, text, truthy};
 use crate::state::{OfflineRow, State, iso};
 
 /// Who is calling.
@@ -17,6 +17,9 @@ pub struct Caller {
     pub user_id: u64,
     /// Operating-limit key (webhook code or app id).
     pub cred: String,
+    /// The call's `auth_connector` (empty if none): an app's own writes made with it are not
+    /// queued into that connector's offline queue.
+    pub connector: String,
 }
 
 /// A successful method result.
@@ -158,9 +161,9 @@ pub fn call(
             if truthy(get_ci(params, "full")) {
                 return ok(json!(ALL_SCOPES));
             }
-            let scopes: Vec<String> = match (who.kind, &st.cfg.webhook_scopes) {
-                ("webhook", Some(s)) => s.clone(),
-                _ => ALL_SCOPES.iter().map(|s| s.to_string()).collect(),
+            let scopes: Vec<String> = match crate::exec::granted_scopes(st, who) {
+                Some(s) => s.to_vec(),
+                None => ALL_SCOPES.iter().map(|s| s.to_string()).collect(),
             };
             ok(json!(scopes))
         }
@@ -213,7 +216,8 @@ pub fn call(
             }
             st.next_binding += 1;
             let id = st.next_binding;
-            st.bindings.push(crate::state::Binding { id, event, handler: if offline { String::new() } else { handler }, auth_type, offline, connector });
+            let min_timeout = get_ci(params, "options").and_then(|o| get_ci(o, "minTimeout")).map(|v| match v { Value::Number(n) => n.as_f64().unwrap_or(1.0), other => text(other).trim().parse().unwrap_or(1.0) }).unwrap_or(1.0).max(0.0);
+            st.bindings.push(crate::state::Binding { id, event, handler: if offline { String::new() } else { handler }, auth_type, offline, connector, min_timeout });
             ok(Value::Bool(true))
         }
         "event.unbind" => {
@@ -259,9 +263,12 @@ pub fn call(
         "event.offline.list" => {
             let filter = crm::parse_filter(get_ci(params, "filter").unwrap_or(&Value::Null), false).map_err(|e| crm_err(&e))?;
             let start = get_ci(params, "start").and_then(int).unwrap_or(0).max(0) as usize;
+            // Like event.offline.get: one connector's queue; without one, rows with no source.
+            let connector = get_ci(params, "auth_connector").map(text).unwrap_or_default();
             let rows: Vec<Value> = st
                 .offline
                 .iter()
+                .filter(|r| r.connector == connector)
                 .map(|r| State::offline_row_json(r, true))
                 .filter(|v| v.as_object().map(|o| filter.matches(o)).unwrap_or(false))
                 .collect();
@@ -476,8 +483,8 @@ fn add(
     }
     st.emit(
         &crm_event(kind, "add"),
-        &id.to_string(),
         json!({"FIELDS": {"ID": id.to_string()}}),
+        who,
         dl,
     );
     id
@@ -507,6 +514,19 @@ fn select_param(params: &Value) -> Vec<String> {
         _ => vec![],
     }
 }
+
+// The list cost model, calibrated to the one published measurement (reference §6,
+// huge-data.md): on 2,387,743 leads a counted page took 49.9 s and a `start=-1` page 0.097 s.
+// See FIDELITY.md for what is assumed beyond those two figures.
+
+/// One page without counting (`start=-1`, keyset by ID): the published 0.097 s.
+const PAGE_SECS: f64 = 0.097;
+/// Counting `total`: (49.9 − 0.097) s / 2,387,743 rows.
+const COUNT_SECS_PER_ROW: f64 = 49.803 / 2_387_743.0;
+/// Skipping `start` rows of an offset page (assumed: a tenth of counting one).
+const SKIP_SECS_PER_ROW: f64 = COUNT_SECS_PER_ROW / 10.0;
+/// Sorting by anything but ID (assumed).
+const SORT_SECS_PER_ROW: f64 = 0.000_001;
 
 /// One page of a list: rows, `next`, `total`, and the call's cost in seconds.
 type Page = (Vec<Map<String, Value>>, Option<u64>, Option<u64>, f64);
@@ -545,7 +565,7 @@ fn list_rows(st: &State, kind: Kind, params: &Value, item_names: bool) -> Result
         let matching = iter.filter(|r| filter.matches(r));
         if no_count {
             let rows: Vec<_> = matching.take(50).cloned().collect();
-            return Ok((rows, None, Some(0), 0.002));
+            return Ok((rows, None, Some(0), PAGE_SECS));
         }
         let mut rows = Vec::new();
         let mut total = 0usize;
@@ -556,7 +576,7 @@ fn list_rows(st: &State, kind: Kind, params: &Value, item_names: bool) -> Result
             total += 1;
         }
         let next = (start + 50 < total).then_some((start + 50) as u64);
-        let cost = 0.02 + total as f64 * 0.000_002 + start as f64 * 0.000_01;
+        let cost = PAGE_SECS + total as f64 * COUNT_SECS_PER_ROW + start as f64 * SKIP_SECS_PER_ROW;
         return Ok((rows, next, Some(total as u64), cost));
     }
     let mut all: Vec<&Map<String, Value>> = table
@@ -584,15 +604,16 @@ fn list_rows(st: &State, kind: Kind, params: &Value, item_names: bool) -> Result
     });
     let total = all.len();
     let rows: Vec<_> = all.into_iter().skip(start).take(50).cloned().collect();
+    let sort = total as f64 * SORT_SECS_PER_ROW;
     if no_count {
-        return Ok((rows, None, Some(0), 0.005));
+        return Ok((rows, None, Some(0), PAGE_SECS + sort));
     }
     let next = (start + 50 < total).then_some((start + 50) as u64);
     Ok((
         rows,
         next,
         Some(total as u64),
-        0.03 + total as f64 * 0.000_003,
+        PAGE_SECS + sort + total as f64 * COUNT_SECS_PER_ROW + start as f64 * SKIP_SECS_PER_ROW,
     ))
 }
 
@@ -662,8 +683,8 @@ fn crm_v2(
             }
             st.emit(
                 &crm_event(kind, "update"),
-                &id.to_string(),
                 json!({"FIELDS": {"ID": id.to_string()}}),
+                who,
                 dl,
             );
             Ok(Out {
@@ -684,8 +705,8 @@ fn crm_v2(
             }
             st.emit(
                 &crm_event(kind, "delete"),
-                &id.to_string(),
                 json!({"FIELDS": {"ID": id.to_string()}}),
+                who,
                 dl,
             );
             Ok(Out {
@@ -770,8 +791,8 @@ fn crm_item(
             }
             st.emit(
                 &crm_event(kind, "update"),
-                &id.to_string(),
                 json!({"FIELDS": {"ID": id.to_string()}}),
+                who,
                 dl,
             );
             Ok(Out {
@@ -792,8 +813,8 @@ fn crm_item(
             }
             st.emit(
                 &crm_event(kind, "delete"),
-                &id.to_string(),
                 json!({"FIELDS": {"ID": id.to_string()}}),
+                who,
                 dl,
             );
             Ok(Out {
@@ -849,60 +870,6 @@ fn crm_item(
         }
         _ => Err(perr(404, "ERROR_METHOD_NOT_FOUND", "Method not found!")),
     }
-}
-
-/// Parse a batch command string `method?query` (the query is PHP bracket notation).
-pub fn parse_cmd(cmd: &str) -> (String, Value) {
-    let (m, q) = cmd.split_once('?').unwrap_or((cmd, ""));
-    (
-        m.trim().trim_end_matches(".json").to_ascii_lowercase(),
-        parse_query(q),
-    )
-}
-
-/// Replace `$result[key][a][b]` references with values from earlier results. Unresolved
-/// references stay as literal text, as on the real portal.
-pub fn substitute(q: &str, results: &Map<String, Value>) -> String {
-    let mut out = String::new();
-    let mut rest = q;
-    while let Some(at) = rest.find("$result[") {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at + "$result".len()..];
-        let mut path = Vec::new();
-        let mut consumed = 0;
-        let mut t = tail;
-        while let Some(s) = t.strip_prefix('[') {
-            match s.find(']') {
-                Some(c) => {
-                    path.push(s[..c].to_string());
-                    consumed += c + 2;
-                    t = &s[c + 1..];
-                }
-                None => break,
-            }
-        }
-        let mut cur = path.first().and_then(|k| results.get(k));
-        for p in path.iter().skip(1) {
-            cur = cur.and_then(|v| match v {
-                Value::Object(o) => o.get(p),
-                Value::Array(a) => p.parse::<usize>().ok().and_then(|i| a.get(i)),
-                _ => None,
-            });
-        }
-        match cur.filter(|v| !v.is_object() && !v.is_array()) {
-            Some(v) => out.push_str(
-                &percent_encoding::utf8_percent_encode(
-                    &text(v),
-                    percent_encoding::NON_ALPHANUMERIC,
-                )
-                .to_string(),
-            ),
-            None => out.push_str(&rest[at..at + "$result".len() + consumed]),
-        }
-        rest = &rest[at + "$result".len() + consumed..];
-    }
-    out.push_str(rest);
-    out
 }
 
 /// Hash of a v3 request body (for Idempotency-Key reuse checks).

@@ -13,10 +13,11 @@ use axum::routing::{any, get, post};
 use serde_json::{Map, Value, json};
 
 use crate::events::Delivery;
+use crate::exec::{access_check, run_one, time_block};
 use crate::faults::Fault;
-use crate::methods::{self, Caller, Out, PErr, perr};
-use crate::params::{get_ci, parse_query, text, truthy};
-use crate::state::{State, iso};
+use crate::methods::{self, Caller, PErr, perr};
+use crate::params::{get_ci, parse_query, text};
+use crate::state::State;
 use crate::{Sandbox, SandboxConfig, SandboxError, StartInfo};
 
 type Shared = Arc<Mutex<State>>;
@@ -164,6 +165,7 @@ fn load_data(st: &mut State, path: &std::path::Path) -> Result<(), SandboxError>
         kind: "webhook",
         user_id: 1,
         cred: "seed".into(),
+        connector: String::new(),
     };
     let mut dl = Vec::new();
     for (key, kind) in [
@@ -356,25 +358,6 @@ fn route(path: &str) -> Option<Route> {
     })
 }
 
-fn time_block(st: &mut State, start: f64, cost: f64, op: Option<(f64, Option<f64>)>) -> Value {
-    let mut t = json!({
-        "start": start,
-        "finish": start + cost,
-        "duration": cost,
-        "processing": cost,
-        "date_start": iso(start),
-        "date_finish": iso(start + cost),
-    });
-    if let Some((operating, reset)) = op {
-        t["operating"] = json!((operating * 1000.0).round() / 1000.0);
-        if let Some(r) = reset {
-            t["operating_reset_at"] = json!(r.floor() as i64);
-        }
-    }
-    let _ = st;
-    t
-}
-
 enum Reply {
     Json(StatusCode, Value, Vec<(&'static str, String)>),
     Drop,
@@ -434,6 +417,17 @@ async fn rest(
             fault,
             &mut deliveries,
         );
+        st.notify_offline(&mut deliveries);
+        if st.cfg.timing == crate::Timing::Realistic
+            && let Reply::Json(_, body, _) = &r
+        {
+            // The call takes its modelled duration (a batch: the sum of its commands). The
+            // wait happens after the lock is released, so concurrent calls overlap.
+            let secs = body["time"]["duration"].as_f64().unwrap_or(0.0);
+            if secs.is_finite() && secs > 0.0 {
+                latency += Duration::from_secs_f64(secs.min(600.0));
+            }
+        }
         (r, latency, fault == Fault::Timeout)
     };
     spawn_deliveries(shared.clone(), deliveries);
@@ -564,6 +558,7 @@ fn handle(
                 kind: "webhook",
                 user_id: 1,
                 cred: format!("webhook:{code}"),
+                connector: String::new(),
             }
         }
         None => {
@@ -610,6 +605,7 @@ fn handle(
                     kind: "oauth",
                     user_id: t.user_id,
                     cred: format!("app:{}", st.client_id),
+                    connector: String::new(),
                 },
             }
         }
@@ -626,7 +622,7 @@ fn handle(
     }
     let start = st.now();
     let (result, sub_methods) = if m == "batch" {
-        run_batch(st, &who, &params, dl)
+        crate::batch::run_batch(st, &who, &params, dl)
     } else {
         (run_one(st, &who, m, &params, dl), vec![])
     };
@@ -639,181 +635,12 @@ fn handle(
             if let Some(t) = out.total {
                 body["total"] = json!(t);
             }
-            body["time"] = time_block(st, start, out.cost, op);
+            body["time"] = time_block(start, out.cost, op);
             st.record(m, who.kind, 200, false, sub_methods);
             Reply::Json(StatusCode::OK, body, vec![])
         }
         Err(e) => err_reply(st, m, who.kind, false, e),
     }
-}
-
-fn access_check(st: &State, who: &Caller, m: &str) -> Result<(), PErr> {
-    if m != "batch" && !methods::known(m) {
-        return Err(perr(404, "ERROR_METHOD_NOT_FOUND", "Method not found!"));
-    }
-    if who.kind == "webhook" && methods::app_only(m) {
-        return Err(perr(
-            403,
-            "WRONG_AUTH_TYPE",
-            "Current authorization type is denied for this method. Application context required",
-        ));
-    }
-    if who.kind == "webhook"
-        && let Some(scopes) = &st.cfg.webhook_scopes
-    {
-        let need = methods::scope_of(m);
-        if need != "basic" && !scopes.iter().any(|s| s == need) {
-            return Err(perr(
-                403,
-                "insufficient_scope",
-                "The request requires higher privileges than provided by the webhook token",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Run one method under the operating-time limit; returns the result and the `operating` view.
-/// A method's output with the caller's operating time (used seconds, reset-at) after it ran.
-type Ran = (Out, Option<(f64, Option<f64>)>);
-
-fn run_one(
-    st: &mut State,
-    who: &Caller,
-    m: &str,
-    params: &Value,
-    dl: &mut Vec<Delivery>,
-) -> Result<Ran, PErr> {
-    let limits = st.cfg.limits;
-    if limits {
-        let (used, _) = st.operating(&who.cred, m);
-        if used > st.cfg.operating_limit_secs {
-            return Err(perr(
-                429,
-                "OPERATION_TIME_LIMIT",
-                "Method is blocked due to operation time limit",
-            ));
-        }
-    }
-    let mut out = methods::call(st, who, m, params, dl)?;
-    out.cost *= st.cfg.cost_scale;
-    if limits {
-        st.bill(&who.cred, m, out.cost);
-        Ok((out, Some(st.operating(&who.cred, m))))
-    } else {
-        Ok((out, Some((0.0, None))))
-    }
-}
-
-fn run_batch(
-    st: &mut State,
-    who: &Caller,
-    params: &Value,
-    dl: &mut Vec<Delivery>,
-) -> (Result<Ran, PErr>, Vec<String>) {
-    let halt = truthy(get_ci(params, "halt"));
-    let (cmds, as_array): (Vec<(String, String)>, bool) = match get_ci(params, "cmd") {
-        Some(Value::Object(o)) => (o.iter().map(|(k, v)| (k.clone(), text(v))).collect(), false),
-        Some(Value::Array(a)) => (
-            a.iter()
-                .enumerate()
-                .map(|(i, v)| (i.to_string(), text(v)))
-                .collect(),
-            true,
-        ),
-        _ => {
-            return (
-                Err(perr(400, "ERROR_BATCH_EMPTY", "Batch is empty")),
-                vec![],
-            );
-        }
-    };
-    if cmds.len() > 50 {
-        return (
-            Err(perr(
-                400,
-                "ERROR_BATCH_LENGTH_EXCEEDED",
-                "Max batch length exceeded",
-            )),
-            vec![],
-        );
-    }
-    for (_, c) in &cmds {
-        if methods::parse_cmd(c).0 == "batch" {
-            return (
-                Err(perr(
-                    405,
-                    "ERROR_BATCH_METHOD_NOT_ALLOWED",
-                    "Method is not allowed for batch usage",
-                )),
-                vec![],
-            );
-        }
-    }
-    let mut results = Map::new();
-    let (mut errors, mut totals, mut nexts, mut times) =
-        (Map::new(), Map::new(), Map::new(), Map::new());
-    let mut subs = Vec::new();
-    let mut cost = 0.0;
-    for (key, cmd) in cmds {
-        let cmd = methods::substitute(&cmd, &results);
-        let (m, p) = methods::parse_cmd(&cmd);
-        subs.push(m.clone());
-        let start = st.now();
-        let r = access_check(st, who, &m).and_then(|_| run_one(st, who, &m, &p, dl));
-        match r {
-            Ok((out, op)) => {
-                cost += out.cost;
-                if let Some(t) = out.total {
-                    totals.insert(key.clone(), json!(t));
-                }
-                if let Some(n) = out.next {
-                    nexts.insert(key.clone(), json!(n));
-                }
-                times.insert(key.clone(), time_block(st, start, out.cost, op));
-                results.insert(key, out.result);
-            }
-            Err(e) => {
-                errors.insert(key, json!({"error": e.code, "error_description": e.desc}));
-                if halt {
-                    break;
-                }
-            }
-        }
-    }
-    let shape = |m: Map<String, Value>| -> Value {
-        if m.is_empty() {
-            return json!([]);
-        }
-        if as_array {
-            let mut keys: Vec<usize> = m.keys().filter_map(|k| k.parse().ok()).collect();
-            keys.sort();
-            // Arrays only when every index is present; otherwise PHP would emit an object.
-            if keys.iter().enumerate().all(|(i, k)| i == *k) {
-                return Value::Array(m.into_iter().map(|(_, v)| v).collect());
-            }
-        }
-        Value::Object(m)
-    };
-    let result = json!({
-        "result": shape(results),
-        "result_error": shape(errors),
-        "result_total": shape(totals),
-        "result_next": shape(nexts),
-        "result_time": shape(times),
-    });
-    (
-        Ok((
-            Out {
-                result,
-                next: None,
-                total: None,
-                cost: cost.max(0.001),
-            },
-            None,
-        )),
-        subs,
-    )
 }
 
 fn handle_v3(st: &mut State, who: &Caller, m: &str, params: &Value, idem: Option<String>) -> Reply {
@@ -877,7 +704,7 @@ fn handle_v3(st: &mut State, who: &Caller, m: &str, params: &Value, idem: Option
     let start = st.now();
     match methods::call_v3(st, m, params) {
         Ok(result) => {
-            let body = json!({"result": result, "time": time_block(st, start, 0.01, None)});
+            let body = json!({"result": result, "time": time_block(start, 0.01, None)});
             if let Some(k) = key {
                 let hash = methods::body_hash(params);
                 st.idempotency.insert(
@@ -1004,7 +831,7 @@ async fn oauth_authorize(
         enc(&state),
         enc(&st.domain),
         enc(&st.member_id),
-        enc("crm,user,task,basic"),
+        enc(&st.app_scope_text()),
         enc(&st.domain)
     );
     match q.get("redirect_uri") {

@@ -64,6 +64,9 @@ pub struct Binding {
     pub auth_type: u64,
     pub offline: bool,
     pub connector: String,
+    /// `options[minTimeout]` of an `ONOFFLINEEVENT` binding: at most one notification per
+    /// this many seconds; 0 = one per request that queued something.
+    pub min_timeout: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -71,7 +74,6 @@ pub struct OfflineRow {
     pub id: u64,
     pub ts: f64,
     pub event: String,
-    pub object_id: String,
     pub data: Value,
     pub message_id: String,
     pub process_id: Option<String>,
@@ -104,7 +106,10 @@ pub struct State {
     pub next_binding: u64,
     pub offline: Vec<OfflineRow>,
     pub next_offline: u64,
-    pub next_message: u64,
+    /// The current request queued or merged an offline row (an `ONOFFLINEEVENT` is due).
+    pub offline_touched: bool,
+    /// `ONOFFLINEEVENT` binding id → when it was last notified.
+    pub offline_notified: HashMap<u64, f64>,
     pub tasks: BTreeMap<u64, Map<String, Value>>,
     pub next_task: u64,
     /// (credential, method, key) → (body hash, stored response, stored at).
@@ -169,7 +174,8 @@ impl State {
             next_binding: 0,
             offline: Vec::new(),
             next_offline: 0,
-            next_message: 0,
+            offline_touched: false,
+            offline_notified: HashMap::new(),
             tasks: BTreeMap::new(),
             next_task: 0,
             idempotency: HashMap::new(),
@@ -228,10 +234,18 @@ impl State {
             "server_endpoint": format!("{}/rest/", self.base_url),
             "domain": "oauth.bitrix.info",
             "member_id": self.member_id,
-            "scope": "crm,user,task,basic,placement,entity,im,bizproc,disk,department",
+            "scope": self.app_scope_text(),
             "status": "L",
             "user_id": user_id,
         })
+    }
+
+    /// The app's scopes as the OAuth server prints them (comma-separated).
+    pub fn app_scope_text(&self) -> String {
+        match &self.cfg.app_scopes {
+            Some(s) => s.join(","),
+            None => "crm,user,task,basic,placement,entity,im,bizproc,disk,department".into(),
+        }
     }
 
     pub fn expire_tokens(&mut self) {

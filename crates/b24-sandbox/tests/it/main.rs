@@ -2,3 +2,5 @@
 //! (never the b24 client, so a shared misunderstanding cannot hide).
 
 mod conformance;
+mod fidelity;
+mod support;
