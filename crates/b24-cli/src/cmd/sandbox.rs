@@ -15,6 +15,8 @@ use crate::globals::Globals;
   b24 sandbox                                   # standard plan, free port on 127.0.0.1
   b24 sandbox --json --seed-leads 100000 --faults latency=50ms
   b24 sandbox --plan enterprise --listen 127.0.0.1:8080 --tls
+  b24 sandbox --seed-leads 100000 --timing realistic  # calls take their modelled time
+  b24 sandbox --scopes crm,user --app-scopes crm       # other methods: 403 insufficient_scope
 
 Point b24 at it with the printed webhook URL:
   export B24_WEBHOOK_URL=http://127.0.0.1:PORT/rest/1/CODE/
@@ -56,6 +58,17 @@ pub struct Args {
     /// Operating-time budget per method per ten minutes, seconds.
     #[arg(long, default_value_t = 480.0)]
     pub operating_limit: f64,
+    /// `instant` answers at once; `realistic` answers each call after its modelled duration
+    /// (a counted page of a large table takes seconds, a `start=-1` page 0.097 s).
+    #[arg(long, default_value = "instant", value_name = "instant|realistic")]
+    pub timing: String,
+    /// Scopes of the incoming webhook, comma-separated (default: all). Methods outside them
+    /// answer 403 insufficient_scope; `basic` methods are always available.
+    #[arg(long, value_name = "SCOPES", value_delimiter = ',')]
+    pub scopes: Option<Vec<String>>,
+    /// Scopes of the OAuth application, comma-separated (default: all).
+    #[arg(long, value_name = "SCOPES", value_delimiter = ',')]
+    pub app_scopes: Option<Vec<String>>,
 }
 
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
@@ -67,6 +80,18 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         .faults
         .parse()
         .map_err(|e: String| Exit::new(exit::USAGE, format!("--faults: {e}")))?;
+    let timing = args
+        .timing
+        .parse()
+        .map_err(|e: String| Exit::new(exit::USAGE, format!("--timing: {e}")))?;
+    let scopes = |v: Option<Vec<String>>| {
+        v.map(|v| {
+            v.into_iter()
+                .map(|s| s.trim().to_ascii_lowercase())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+        })
+    };
     let cfg = b24_sandbox::SandboxConfig {
         listen: args.listen,
         plan,
@@ -78,6 +103,9 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         access_token_ttl: Duration::from_secs(args.token_ttl),
         data_file: args.data,
         operating_limit_secs: args.operating_limit,
+        timing,
+        webhook_scopes: scopes(args.scopes),
+        app_scopes: scopes(args.app_scopes),
         ..Default::default()
     };
     let sb = b24_sandbox::start(cfg)
