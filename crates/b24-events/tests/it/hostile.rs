@@ -155,3 +155,37 @@ async fn a_thousand_slow_connections_do_not_block_a_genuine_event() {
     assert_eq!(closed, 1000);
     assert_eq!(rx.store().await.stats().await.unwrap().ready, 2);
 }
+
+/// The price of "durable before 200": sequential enqueues with and without the fsync of the
+/// queue's log. On a real disk (not tmpfs); run with
+/// `cargo test -p b24-events --test it durability_cost -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a measurement, not a check"]
+async fn durability_cost() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let db = dir.path().join("q.db").to_str().unwrap().to_string();
+    let store = b24_events::Store::open(&db).await.unwrap();
+    let inbox = b24_events::inbox::Inbox::open(&db).await.unwrap();
+    let n = 500;
+    for sync in [false, true, false, true] {
+        let t = Instant::now();
+        for i in 0..n {
+            let ev = b24_events::NewEvent {
+                key: format!("k-{sync}-{i}-{:?}", t),
+                source: "online".into(),
+                name: "ONX".into(),
+                payload: serde_json::json!({"data": {"FIELDS": {"ID": i}}}),
+            };
+            store.enqueue(&[ev]).await.unwrap();
+            if sync {
+                inbox.sync_queue().await.unwrap();
+            }
+        }
+        let per = t.elapsed() / n;
+        eprintln!(
+            "enqueue{}: {per:?} per event ({:.0}/s)",
+            if sync { " + fsync" } else { "" },
+            1.0 / per.as_secs_f64()
+        );
+    }
+}
