@@ -116,7 +116,7 @@ pub fn generate_from(src: Sources<'_>) -> String {
             "{name}\t{}\t{}\t{api}\t{}\t{}\t{}\t{}\t{}\t{}\t{source}",
             c[1].trim(),
             risk.as_str(),
-            lists(name),
+            lists(name, risk),
             idempotent(name, risk),
             pack_of(name),
             deprecated,

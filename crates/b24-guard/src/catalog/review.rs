@@ -191,6 +191,21 @@ fn every_misleading_name_is_reviewed() {
 }
 
 #[test]
+fn only_reads_page() {
+    let c = Catalog::builtin();
+    for m in c.search(None, None, None) {
+        assert!(
+            !m.lists || m.risk == Read,
+            "{} pages but is {}",
+            m.name,
+            m.risk
+        );
+    }
+    assert!(!c.get("im.notify.read.list").unwrap().lists);
+    assert!(c.get("crm.dealcategory.stage.list").unwrap().lists);
+}
+
+#[test]
 fn names_are_unique_and_strict() {
     let mut seen = HashSet::new();
     let mut rows = 0;

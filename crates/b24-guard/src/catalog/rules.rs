@@ -229,13 +229,15 @@ pub fn classify(name: &str, who_can_call: &str) -> Risk {
     Risk::Write
 }
 
-/// A list method (pages with `start`/`next`).
-pub(crate) fn lists(name: &str) -> bool {
+/// A list method (pages with `start`/`next`). Only reads page: `im.notify.read.list` ends in
+/// `list` but marks notifications, and a pager must never repeat a write.
+pub(crate) fn lists(name: &str, risk: Risk) -> bool {
     let verb = verb_of(name);
-    verb == "list"
-        || verb == "getlist"
-        || verb == "tail"
-        || name.eq_ignore_ascii_case("event.offline.list")
+    risk == Risk::Read
+        && (verb == "list"
+            || verb == "getlist"
+            || verb == "tail"
+            || name.eq_ignore_ascii_case("event.offline.list"))
 }
 
 /// Repeating the call with the same params has the same effect as doing it once.
