@@ -46,8 +46,6 @@ pub fn init_tracing(g: &Globals) {
         .try_init();
 }
 
-static CLIENT: tokio::sync::OnceCell<b24::Client> = tokio::sync::OnceCell::const_new();
-
 impl Globals {
     /// The configuration directory: `--config-dir`, `B24_CONFIG_DIR`, or `~/.config/b24`.
     pub fn config_dir(&self) -> PathBuf {
@@ -67,11 +65,12 @@ impl Globals {
             .unwrap_or_else(|| PathBuf::from(".b24/state"))
     }
 
-    /// Look up a `B24_*` setting: env > `--env-file` > profile in `config.toml` (keys may be
-    /// written `B24_WEBHOOK_URL` or `webhook_url`).
-    pub fn lookup(&self) -> anyhow::Result<impl Fn(&str) -> Option<String> + use<>> {
-        let mut file_vars: HashMap<String, String> = HashMap::new();
+    /// The variables of `--env-file` and of the selected profile, each labelled with where it
+    /// came from (they feed both the connection settings and the policy).
+    pub fn caller_vars(&self) -> anyhow::Result<Vec<(String, HashMap<String, String>)>> {
+        let mut layers = Vec::new();
         if let Some(path) = &self.env_file {
+            let mut file_vars: HashMap<String, String> = HashMap::new();
             let iter = dotenvy::from_path_iter(path).map_err(|e| {
                 Exit::new(exit::USAGE, format!("--env-file {}: {e}", path.display()))
             })?;
@@ -81,8 +80,8 @@ impl Globals {
                 })?;
                 file_vars.insert(k, v);
             }
+            layers.push((format!("--env-file {}", path.display()), file_vars));
         }
-        let mut profile_vars: HashMap<String, String> = HashMap::new();
         let cfg_path = self.config_dir().join("config.toml");
         if let Ok(text) = std::fs::read_to_string(&cfg_path) {
             let doc: toml::Table = text
@@ -104,6 +103,7 @@ impl Globals {
                             format!("profile `{name}` is not in {}", cfg_path.display()),
                         )
                     })?;
+                let mut profile_vars: HashMap<String, String> = HashMap::new();
                 for (k, v) in table {
                     let key = if k.to_ascii_uppercase().starts_with("B24_") {
                         k.to_ascii_uppercase()
@@ -116,6 +116,10 @@ impl Globals {
                     };
                     profile_vars.insert(key, val);
                 }
+                layers.push((
+                    format!("profile {name} in {}", cfg_path.display()),
+                    profile_vars,
+                ));
             }
         } else if let Some(name) = &self.profile {
             return Err(Exit::new(
@@ -123,25 +127,34 @@ impl Globals {
                 format!("--profile {name}: {} does not exist", cfg_path.display()),
             ));
         }
+        Ok(layers)
+    }
+
+    /// Look up a `B24_*` setting: env > `--env-file` > profile in `config.toml` (keys may be
+    /// written `B24_WEBHOOK_URL` or `webhook_url`).
+    pub fn lookup(&self) -> anyhow::Result<impl Fn(&str) -> Option<String> + use<>> {
+        let layers = self.caller_vars()?;
         Ok(move |k: &str| {
             std::env::var(k)
                 .ok()
                 .filter(|v| !v.is_empty())
-                .or_else(|| file_vars.get(k).cloned())
-                .or_else(|| profile_vars.get(k).cloned())
+                .or_else(|| layers.iter().find_map(|(_, m)| m.get(k).cloned()))
         })
     }
 
     /// Resolve the configuration (flags > env > profile file > defaults).
     pub fn config(&self) -> anyhow::Result<b24::Config> {
         let lookup = self.lookup()?;
-        b24::Config::from_lookup(&lookup, self.state_dir())
-            .map_err(|e| Exit::new(exit::USAGE, e.to_string()))
+        let cfg = b24::Config::from_lookup(&lookup, self.state_dir())
+            .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+        // Every message b24 prints passes the one redactor; it must know these.
+        b24_guard::redact::remember(cfg.secrets());
+        Ok(cfg)
     }
 
     /// The process's client (built once).
     pub async fn client(&self) -> anyhow::Result<b24::Client> {
-        let c = CLIENT
+        let c = crate::exec::CLIENT
             .get_or_try_init(|| async {
                 let cfg = self.config()?;
                 b24::auth::ensure_private_dir(&cfg.state_dir)

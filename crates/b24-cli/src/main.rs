@@ -8,6 +8,7 @@ mod exec;
 mod exit;
 mod globals;
 mod mcp;
+mod out;
 mod policy_args;
 
 use clap::Parser;
@@ -28,9 +29,16 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(cmd::run(cli));
     match result {
         Ok(code) => std::process::ExitCode::from(code as u8),
+        // The reader of stdout went away: stop quietly (see `out`).
+        Err(err) if out::is_closed(&err) => std::process::ExitCode::from(exit::OK as u8),
         Err(err) => {
             let code = exit::code_for(&err);
-            eprintln!("b24: error: {err:#}");
+            // Every message passes the one redactor (known secrets and credential shapes).
+            let msg = b24_guard::redact::text(&format!("{err:#}"));
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                format!("b24: error: {msg}\n").as_bytes(),
+            );
             std::process::ExitCode::from(code as u8)
         }
     }

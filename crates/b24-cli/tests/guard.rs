@@ -252,8 +252,9 @@ async fn audit_log_verifies_and_detects_tampering() {
         .await;
     let o = env.run(&["audit", "verify"]).await;
     assert_eq!(code(&o), 0, "{}", stderr(&o));
-    assert_eq!(json(&o)["records"], 5);
-    let tail = stdout(&env.run(&["audit", "tail", "-n", "5"]).await);
+    // A write leaves two records: its intent (before anything is sent) and its outcome.
+    assert_eq!(json(&o)["records"], 7);
+    let tail = stdout(&env.run(&["audit", "tail", "-n", "7"]).await);
     let decisions: Vec<String> = tail
         .lines()
         .map(|l| {
@@ -263,7 +264,10 @@ async fn audit_log_verifies_and_detects_tampering() {
                 .to_string()
         })
         .collect();
-    assert_eq!(decisions, ["allow", "deny", "allow", "plan", "allow"]);
+    assert_eq!(
+        decisions,
+        ["allow", "deny", "allow", "allow", "plan", "allow", "allow"]
+    );
     let path = env.state_dir().join("audit.jsonl");
     let original = std::fs::read_to_string(&path).unwrap();
     std::fs::write(

@@ -1,18 +1,59 @@
 //! Policy: what may be called, and with which confirmation.
 //!
-//! Two layers. The *operator* (the person who deploys b24) writes `policy.toml` in the config
-//! dir; the *agent* passes flags and env. The effective policy is the operator's, tightened by
-//! the agent's: an agent can deny more, never allow more. In the original skill the same agent
-//! passed every `--confirm-*` flag itself, so its gates protected nothing; here an operator can
-//! deny destructive calls outright or require a plan for every write, and no flag changes that.
+//! The effective policy is a stack of *layers*, and a call must pass every one of them. Layers
+//! only ever add restrictions, so adding a layer can never allow more: that is what lets the
+//! caller contribute layers (flags, env, `--env-file`, profiles, a `--config-dir` policy) without
+//! being able to loosen anything. The operator's layers are read from fixed places the caller
+//! cannot redirect (see [`crate::sources`]); a caller layer can narrow them, never widen them.
+//!
+//! In the original skill the same agent passed every `--confirm-*` flag itself, so its gates
+//! protected nothing; here an operator can deny destructive calls outright, require a plan for
+//! every write, or require that a *person* confirms, and no flag changes that.
+
+use std::path::{Path, PathBuf};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::GuardError;
 use crate::catalog::{Catalog, Risk};
 
-/// The operator's `policy.toml`. Every field only ever tightens.
+/// Which calls a person (not the model or the script) must confirm.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Default,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PersonConfirm {
+    /// Flags (`--confirm-*`, `confirm: true`) are enough where no person can be asked.
+    #[default]
+    None,
+    /// Destructive calls need a person's yes.
+    Destructive,
+    /// Every write needs a person's yes.
+    Writes,
+}
+
+/// How much of a call's params the audit log keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditParams {
+    /// Parameter names and keyed digests of the values (personal data stays out of the log).
+    #[default]
+    Keys,
+    /// The params themselves, secrets redacted.
+    Full,
+}
+
+/// One policy file (`policy.toml`). Every field only ever tightens.
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
@@ -41,17 +82,53 @@ pub struct PolicyFile {
     pub strict: bool,
     #[serde(default)]
     pub max_writes_per_hour: Option<u32>,
+    /// A person must confirm these calls (through the MCP client's elicitation); refused where
+    /// no person can be asked.
+    #[serde(default)]
+    pub require_person_confirmation: Option<PersonConfirm>,
+    /// Where plans, idempotency records, write counters and the audit log live (operator files
+    /// only; ignored in caller layers).
+    #[serde(default)]
+    pub guard_dir: Option<PathBuf>,
+    /// How much of each call's params the audit log keeps (operator files only).
+    #[serde(default)]
+    pub audit_params: Option<AuditParams>,
+}
+
+/// 1-based line of the first occurrence of `needle` in `text` (for error messages).
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
 }
 
 impl PolicyFile {
-    pub fn load(path: &std::path::Path) -> Result<Option<PolicyFile>, GuardError> {
+    /// Parse a policy file's text; `path` is for messages. Every glob is checked here, so a
+    /// file with a glob that cannot be compiled is an error, never a rule silently dropped.
+    pub fn parse(text: &str, path: &Path) -> Result<PolicyFile, GuardError> {
+        let err = |line: Option<usize>, reason: String| GuardError::PolicyFile {
+            path: match line {
+                Some(l) => format!("{}:{l}", path.display()),
+                None => path.display().to_string(),
+            },
+            reason,
+        };
+        let file: PolicyFile = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            err(line, e.message().to_string())
+        })?;
+        for g in file.allow.iter().chain(&file.deny) {
+            if let Err(e) = compile_glob(g) {
+                return Err(err(line_of(text, g), e));
+            }
+        }
+        Ok(file)
+    }
+
+    /// Load a policy file; `Ok(None)` when it does not exist.
+    pub fn load(path: &Path) -> Result<Option<PolicyFile>, GuardError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text)
-                .map(Some)
-                .map_err(|e| GuardError::PolicyFile {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                }),
+            Ok(text) => PolicyFile::parse(&text, path).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(GuardError::PolicyFile {
                 path: path.display().to_string(),
@@ -61,7 +138,7 @@ impl PolicyFile {
     }
 }
 
-/// What the calling agent asked for (flags and env).
+/// What the caller asked for (flags, env, env files, profiles).
 #[derive(Debug, Clone, Default)]
 pub struct AgentPolicy {
     pub allow: Vec<String>,
@@ -74,22 +151,107 @@ pub struct AgentPolicy {
     pub max_writes_per_hour: Option<u32>,
 }
 
-/// The effective policy.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    pub operator: PolicyFile,
-    pub operator_path: Option<String>,
-    pub agent: AgentPolicy,
+impl AgentPolicy {
+    /// The same restrictions as a policy file (`allow_unlisted` is not a restriction; it is
+    /// kept by [`Policy`] itself).
+    pub fn rules(&self) -> PolicyFile {
+        PolicyFile {
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            packs: self.packs.clone(),
+            read_only: self.read_only,
+            strict: self.strict,
+            require_plan_for_writes: self.require_plan,
+            max_writes_per_hour: self.max_writes_per_hour,
+            ..Default::default()
+        }
+    }
 }
 
-/// One call to decide on.
+/// Whose rules a layer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerKind {
+    /// Read from a fixed place (system-wide or the account's own file): no caller input can
+    /// skip it, and refusals say that no flag can allow the call.
+    Operator,
+    /// Given by the caller (flags, env, env file, profile, `--config-dir`): it can only narrow.
+    Caller,
+}
+
+/// One layer of rules and where it came from.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub kind: LayerKind,
+    /// e.g. `/etc/b24/policy.toml`, `flags and environment`, `--env-file ./x.env`.
+    pub source: String,
+    pub rules: PolicyFile,
+    allow: GlobSet,
+    deny: GlobSet,
+}
+
+fn compile_glob(p: &str) -> Result<Glob, String> {
+    let p = p.trim().to_ascii_lowercase();
+    if p.is_empty() {
+        return Err("an empty glob".into());
+    }
+    Glob::new(&p).map_err(|e| format!("invalid glob {p:?}: {e}"))
+}
+
+fn glob_set(pats: &[String], source: &str) -> Result<GlobSet, GuardError> {
+    let mut b = GlobSetBuilder::new();
+    for p in pats {
+        let g = compile_glob(p).map_err(|reason| GuardError::PolicyFile {
+            path: source.to_string(),
+            reason,
+        })?;
+        b.add(g);
+    }
+    b.build().map_err(|e| GuardError::PolicyFile {
+        path: source.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+impl Layer {
+    /// A layer; fails when a glob does not compile (fail closed: never drop a rule).
+    pub fn new(
+        kind: LayerKind,
+        source: impl Into<String>,
+        mut rules: PolicyFile,
+    ) -> Result<Layer, GuardError> {
+        let source = source.into();
+        if kind == LayerKind::Caller {
+            // Where the operator's evidence lives is not the caller's to choose.
+            rules.guard_dir = None;
+            rules.audit_params = None;
+        }
+        Ok(Layer {
+            allow: glob_set(&rules.allow, &source)?,
+            deny: glob_set(&rules.deny, &source)?,
+            kind,
+            source,
+            rules,
+        })
+    }
+}
+
+/// The effective policy: every layer must pass.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub layers: Vec<Layer>,
+    /// `--allow-unlisted`: lifts a caller's `strict`, never an operator's `forbid_allow_unlisted`.
+    pub allow_unlisted: bool,
+}
+
+/// One call to decide on (the method already normalised by [`crate::method::normalise`]).
 #[derive(Debug, Clone, Default)]
 pub struct CallCheck<'a> {
     pub method: &'a str,
     pub params: Option<&'a Value>,
     pub confirm_write: bool,
     pub confirm_destructive: bool,
-    /// The call comes from `b24 apply` of a recorded plan.
+    /// The call comes from applying a recorded plan.
     pub via_plan: bool,
     /// Nothing will be sent (`--dry-run`, `b24 plan`): confirmations are not needed.
     pub no_send: bool,
@@ -103,7 +265,7 @@ pub struct Refusal {
     pub reason: String,
     /// The exact flag or plan that would allow the call, or why nothing can.
     pub fix: String,
-    /// True when the operator's policy file is what refuses: no agent flag can change it.
+    /// True when an operator's policy is what refuses: no caller input can change it.
     pub operator_locked: bool,
 }
 
@@ -113,190 +275,257 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-fn globs(pats: &[String]) -> GlobSet {
-    let mut b = GlobSetBuilder::new();
-    for p in pats {
-        if let Ok(g) = Glob::new(&p.to_ascii_lowercase()) {
-            b.add(g);
-        }
-    }
-    b.build().unwrap_or_else(|_| GlobSet::empty())
-}
-
 impl Policy {
+    /// A policy from an operator file (if any) and the caller's flags — the common case in
+    /// tests and in simple embeddings.
     pub fn new(
         operator: Option<PolicyFile>,
         operator_path: Option<String>,
         agent: AgentPolicy,
-    ) -> Policy {
-        Policy {
-            operator: operator.unwrap_or_default(),
-            operator_path,
-            agent,
+    ) -> Result<Policy, GuardError> {
+        let mut layers = Vec::new();
+        if let Some(op) = operator {
+            layers.push(Layer::new(
+                LayerKind::Operator,
+                operator_path.unwrap_or_else(|| "policy.toml".into()),
+                op,
+            )?);
         }
+        layers.push(Layer::new(
+            LayerKind::Caller,
+            "flags and environment",
+            agent.rules(),
+        )?);
+        Ok(Policy {
+            layers,
+            allow_unlisted: agent.allow_unlisted,
+        })
     }
 
-    fn op_file(&self) -> String {
-        self.operator_path
-            .clone()
-            .unwrap_or_else(|| "policy.toml".into())
+    fn operator_layers(&self) -> impl Iterator<Item = &Layer> {
+        self.layers.iter().filter(|l| l.kind == LayerKind::Operator)
     }
 
+    /// Whether any operator layer exists (then the guard's records live where it says).
+    pub fn has_operator_layer(&self) -> bool {
+        self.operator_layers().next().is_some()
+    }
+
+    /// Writes must go through a plan (any layer may ask for it).
     pub fn require_plan(&self) -> bool {
-        self.operator.require_plan_for_writes || self.agent.require_plan
+        self.layers.iter().any(|l| l.rules.require_plan_for_writes)
     }
 
-    /// Max writes per hour: the smaller of the operator's and the agent's.
+    /// Whether the plan requirement comes from an operator layer.
+    pub fn require_plan_locked(&self) -> bool {
+        self.operator_layers()
+            .any(|l| l.rules.require_plan_for_writes)
+    }
+
+    /// Max writes per hour: the smallest of all layers'.
     pub fn max_writes_per_hour(&self) -> Option<u32> {
-        match (
-            self.operator.max_writes_per_hour,
-            self.agent.max_writes_per_hour,
-        ) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.layers
+            .iter()
+            .filter_map(|l| l.rules.max_writes_per_hour)
+            .min()
+    }
+
+    /// Whether the write budget comes from an operator layer.
+    pub fn max_writes_locked(&self) -> bool {
+        self.operator_layers()
+            .any(|l| l.rules.max_writes_per_hour.is_some())
+    }
+
+    /// Which calls a person must confirm (the strictest layer wins).
+    pub fn person_confirmation(&self) -> PersonConfirm {
+        self.layers
+            .iter()
+            .filter_map(|l| l.rules.require_person_confirmation)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The operator's guard directory, if an operator layer names one (system file first).
+    pub fn guard_dir(&self) -> Option<&Path> {
+        self.operator_layers()
+            .find_map(|l| l.rules.guard_dir.as_deref())
+    }
+
+    /// How much of the params the audit log keeps (`full` only when an operator asks).
+    pub fn audit_params(&self) -> AuditParams {
+        self.operator_layers()
+            .find_map(|l| l.rules.audit_params)
+            .unwrap_or_default()
+    }
+
+    /// The effective policy and its sources, for `b24 doctor`.
+    pub fn describe(&self) -> Value {
+        let layers: Vec<Value> = self
+            .layers
+            .iter()
+            .map(|l| json!({"kind": l.kind, "source": l.source, "rules": l.rules}))
+            .collect();
+        json!({
+            "layers": layers,
+            "effective": {
+                "read_only": self.layers.iter().any(|l| l.rules.read_only),
+                "deny_destructive": self.layers.iter().any(|l| l.rules.deny_destructive),
+                "require_plan_for_writes": self.require_plan(),
+                "max_writes_per_hour": self.max_writes_per_hour(),
+                "require_person_confirmation": self.person_confirmation(),
+                "strict": self.layers.iter().any(|l| l.rules.strict || l.rules.forbid_allow_unlisted),
+                "allow_unlisted": self.allow_unlisted && !self.operator_layers().any(|l| l.rules.forbid_allow_unlisted),
+                "audit_params": self.audit_params(),
+            },
+        })
     }
 
     /// Decide on one call. Returns the risk it was judged at.
     pub fn check(&self, catalog: &Catalog, c: &CallCheck) -> Result<Risk, Refusal> {
         let m = c.method.trim().to_ascii_lowercase();
         let refuse = |risk: Option<Risk>, reason: String, fix: String, locked: bool| Refusal {
-            method: c.method.to_string(),
+            method: m.clone(),
             risk,
             reason,
             fix,
             operator_locked: locked,
+        };
+        let locked_fix = |l: &Layer| {
+            format!(
+                "the operator policy ({}) forbids it; no flag can allow it",
+                l.source
+            )
         };
         let empty = Value::Null;
         let params = c.params.unwrap_or(&empty);
         let risk = match catalog.effective_risk(&m, params) {
             Some(r) => r,
             None => {
-                let strict = self.agent.strict
-                    || self.operator.strict
-                    || self.operator.forbid_allow_unlisted;
-                if self.operator.forbid_allow_unlisted {
+                if let Some(l) = self
+                    .operator_layers()
+                    .find(|l| l.rules.forbid_allow_unlisted)
+                {
                     return Err(refuse(
                         None,
-                        "the method is not in the catalog of documented methods".into(),
+                        "the method is unknown: it is not in the catalog of documented methods"
+                            .into(),
                         format!(
-                            "the operator policy ({}) forbids unlisted methods; no flag can allow it (check the name with `b24 methods --search`)",
-                            self.op_file()
+                            "the operator policy ({}) forbids unknown methods; no flag can allow it (check the name with `b24 methods --search`)",
+                            l.source
                         ),
                         true,
                     ));
                 }
-                if strict && !self.agent.allow_unlisted {
-                    return Err(refuse(None, "the method is not in the catalog of documented methods (strict mode)".into(),
-                        "check the name with `b24 methods --search`, or re-run with --allow-unlisted".into(), false));
+                if let Some(l) = self.layers.iter().find(|l| l.rules.strict)
+                    && !self.allow_unlisted
+                {
+                    let locked = l.kind == LayerKind::Operator;
+                    return Err(refuse(
+                        None,
+                        format!("the method is unknown: it is not in the catalog of documented methods (strict mode, {})", l.source),
+                        "check the name with `b24 methods --search`, or re-run with --allow-unlisted".into(),
+                        locked,
+                    ));
                 }
                 Risk::Destructive // unknown and not refused: assume the worst
             }
         };
-        let op_deny = globs(&self.operator.deny);
-        if op_deny.is_match(&m) {
-            return Err(refuse(
-                Some(risk),
-                "denied by the operator policy".into(),
-                format!(
-                    "the operator policy ({}) denies it; no flag can allow it",
-                    self.op_file()
-                ),
-                true,
-            ));
-        }
-        if globs(&self.agent.deny).is_match(&m) {
-            return Err(refuse(
-                Some(risk),
-                "denied by --deny / B24_METHOD_DENYLIST".into(),
-                "remove the matching --deny pattern".into(),
-                false,
-            ));
-        }
-        if !self.operator.allow.is_empty()
-            && !globs(&self.operator.allow).is_match(&m)
-            && m != "batch"
-        {
-            return Err(refuse(
-                Some(risk),
-                "not in the operator's allowlist".into(),
-                format!(
-                    "the operator policy ({}) allows only {:?}; no flag can allow it",
-                    self.op_file(),
-                    self.operator.allow
-                ),
-                true,
-            ));
-        }
-        if !self.agent.allow.is_empty() && !globs(&self.agent.allow).is_match(&m) && m != "batch" {
-            return Err(refuse(
-                Some(risk),
-                "not in the allowlist given by --allow / B24_METHOD_ALLOWLIST".into(),
-                format!("add --allow '{m}'"),
-                false,
-            ));
-        }
         let pack = catalog
             .get(&m)
             .map(|i| i.pack.clone())
             .unwrap_or_else(|| "other".into());
-        if let Some(p) = &self.operator.packs
-            && !p.iter().any(|x| x.eq_ignore_ascii_case(&pack))
-            && m != "batch"
-        {
-            return Err(refuse(
-                Some(risk),
-                format!("pack `{pack}` is not enabled by the operator"),
-                format!(
-                    "the operator policy ({}) enables packs {p:?}; no flag can allow it",
-                    self.op_file()
-                ),
-                true,
-            ));
-        }
-        if let Some(p) = &self.agent.packs
-            && !p.iter().any(|x| x.eq_ignore_ascii_case(&pack))
-            && m != "batch"
-        {
-            return Err(refuse(
-                Some(risk),
-                format!("pack `{pack}` is not enabled"),
-                format!("add `{pack}` to --packs (now {})", p.join(",")),
-                false,
-            ));
+        for l in &self.layers {
+            let op = l.kind == LayerKind::Operator;
+            if l.deny.is_match(&m) {
+                return Err(if op {
+                    refuse(
+                        Some(risk),
+                        "denied by the operator policy".into(),
+                        locked_fix(l),
+                        true,
+                    )
+                } else {
+                    refuse(
+                        Some(risk),
+                        format!("denied by a deny rule ({})", l.source),
+                        "remove the matching --deny pattern".into(),
+                        false,
+                    )
+                });
+            }
+            if !l.rules.allow.is_empty() && !l.allow.is_match(&m) {
+                return Err(if op {
+                    refuse(
+                        Some(risk),
+                        format!("not in the operator's allowlist {:?}", l.rules.allow),
+                        locked_fix(l),
+                        true,
+                    )
+                } else {
+                    refuse(
+                        Some(risk),
+                        format!("not in the allowlist ({})", l.source),
+                        format!("add --allow '{m}'"),
+                        false,
+                    )
+                });
+            }
+            if let Some(p) = &l.rules.packs
+                && !p.iter().any(|x| x.trim().eq_ignore_ascii_case(&pack))
+            {
+                return Err(if op {
+                    refuse(
+                        Some(risk),
+                        format!("pack `{pack}` is not enabled by the operator (packs {p:?})"),
+                        locked_fix(l),
+                        true,
+                    )
+                } else {
+                    refuse(
+                        Some(risk),
+                        format!("pack `{pack}` is not enabled ({})", l.source),
+                        format!("add `{pack}` to --packs (now {})", p.join(",")),
+                        false,
+                    )
+                });
+            }
         }
         if risk == Risk::Read {
             return Ok(risk);
         }
-        if self.operator.read_only {
-            return Err(refuse(
-                Some(risk),
-                format!("a {risk} call in read-only mode"),
-                format!(
-                    "the operator policy ({}) is read-only; no flag can allow it",
-                    self.op_file()
-                ),
-                true,
-            ));
-        }
-        if self.agent.read_only {
-            return Err(refuse(
-                Some(risk),
-                format!("a {risk} call in read-only mode"),
-                "drop --read-only / B24_READ_ONLY".into(),
-                false,
-            ));
-        }
-        if risk == Risk::Destructive && self.operator.deny_destructive {
-            return Err(refuse(
-                Some(risk),
-                "destructive calls are denied".into(),
-                format!(
-                    "the operator policy ({}) sets deny_destructive; no flag can allow it",
-                    self.op_file()
-                ),
-                true,
-            ));
+        for l in &self.layers {
+            let op = l.kind == LayerKind::Operator;
+            if l.rules.read_only {
+                return Err(if op {
+                    refuse(
+                        Some(risk),
+                        format!("a {risk} call in read-only mode"),
+                        format!(
+                            "the operator policy ({}) is read-only; no flag can allow it",
+                            l.source
+                        ),
+                        true,
+                    )
+                } else {
+                    refuse(
+                        Some(risk),
+                        format!("a {risk} call in read-only mode ({})", l.source),
+                        "drop --read-only / B24_READ_ONLY".into(),
+                        false,
+                    )
+                });
+            }
+            if risk == Risk::Destructive && l.rules.deny_destructive {
+                return Err(refuse(
+                    Some(risk),
+                    "destructive calls are denied".into(),
+                    format!(
+                        "the policy ({}) sets deny_destructive; no flag can allow it",
+                        l.source
+                    ),
+                    op,
+                ));
+            }
         }
         let params_text = c
             .params
@@ -308,13 +537,14 @@ impl Policy {
             "--confirm-write"
         };
         if self.require_plan() && !c.via_plan && !c.no_send {
-            let who = if self.operator.require_plan_for_writes {
-                format!(
-                    "the operator policy ({}) requires a plan for writes",
-                    self.op_file()
-                )
-            } else {
-                "plans are required (--require-plan / B24_REQUIRE_PLAN)".into()
+            let who = match self.layers.iter().find(|l| l.rules.require_plan_for_writes) {
+                Some(l) if l.kind == LayerKind::Operator => {
+                    format!(
+                        "the operator policy ({}) requires a plan for writes",
+                        l.source
+                    )
+                }
+                _ => "plans are required (--require-plan / B24_REQUIRE_PLAN)".into(),
             };
             return Err(refuse(
                 Some(risk),
@@ -322,7 +552,7 @@ impl Policy {
                 format!(
                     "{who}: run `b24 plan {m} --params '{params_text}'`, then `b24 apply <plan id> {confirm}`"
                 ),
-                self.operator.require_plan_for_writes,
+                self.require_plan_locked(),
             ));
         }
         if c.no_send {
@@ -369,7 +599,7 @@ mod tests {
 
     #[test]
     fn confirmations() {
-        let p = Policy::new(None, None, AgentPolicy::default());
+        let p = Policy::new(None, None, AgentPolicy::default()).unwrap();
         assert_eq!(check(&p, "crm.lead.list", false, false), Ok(Risk::Read));
         let r = check(&p, "crm.lead.add", false, false).unwrap_err();
         assert!(
@@ -383,7 +613,6 @@ mod tests {
             check(&p, "crm.lead.delete", false, true),
             Ok(Risk::Destructive)
         );
-        // unknown methods: destructive by default, refused in strict mode
         assert_eq!(
             check(&p, "made.up.method", false, true),
             Ok(Risk::Destructive)
@@ -395,12 +624,12 @@ mod tests {
                 strict: true,
                 ..Default::default()
             },
-        );
+        )
+        .unwrap();
+        let r = check(&strict, "made.up.method", false, true).unwrap_err();
         assert!(
-            check(&strict, "made.up.method", false, true)
-                .unwrap_err()
-                .fix
-                .contains("--allow-unlisted")
+            r.fix.contains("--allow-unlisted") && r.reason.contains("unknown"),
+            "{r}"
         );
     }
 
@@ -416,7 +645,7 @@ mod tests {
             allow_unlisted: true,
             ..Default::default()
         };
-        let p = Policy::new(Some(op), Some("/etc/b24/policy.toml".into()), agent);
+        let p = Policy::new(Some(op), Some("/etc/b24/policy.toml".into()), agent).unwrap();
         let r = check(&p, "crm.lead.delete", true, true).unwrap_err();
         assert!(
             r.operator_locked && r.fix.contains("no flag can allow it"),
@@ -442,6 +671,52 @@ mod tests {
     }
 
     #[test]
+    fn every_layer_must_pass() {
+        let op = Layer::new(
+            LayerKind::Operator,
+            "/etc/b24/policy.toml",
+            PolicyFile {
+                deny: vec!["crm.lead.delete".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let narrow = Layer::new(
+            LayerKind::Caller,
+            "--env-file x.env",
+            PolicyFile {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let widen = Layer::new(
+            LayerKind::Caller,
+            "flags",
+            PolicyFile {
+                allow: vec!["*".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let p = Policy {
+            layers: vec![op, narrow, widen],
+            allow_unlisted: true,
+        };
+        assert!(
+            check(&p, "crm.lead.delete", true, true)
+                .unwrap_err()
+                .operator_locked
+        );
+        let r = check(&p, "crm.lead.add", true, true).unwrap_err();
+        assert!(
+            r.reason.contains("read-only") && r.reason.contains("x.env"),
+            "{r}"
+        );
+        assert_eq!(check(&p, "crm.lead.list", false, false), Ok(Risk::Read));
+    }
+
+    #[test]
     fn globs_and_packs() {
         let p = Policy::new(
             None,
@@ -451,7 +726,8 @@ mod tests {
                 deny: vec!["crm.deal.*".into()],
                 ..Default::default()
             },
-        );
+        )
+        .unwrap();
         assert!(check(&p, "crm.deal.list", false, false).is_err());
         assert!(check(&p, "crm.lead.list", false, false).is_ok());
         let r = check(&p, "bizproc.workflow.kill", false, true).unwrap_err();
@@ -460,11 +736,44 @@ mod tests {
             read_only: true,
             ..Default::default()
         };
-        let p = Policy::new(Some(op), None, AgentPolicy::default());
+        let p = Policy::new(Some(op), None, AgentPolicy::default()).unwrap();
         assert!(
             check(&p, "crm.lead.add", true, true)
                 .unwrap_err()
                 .operator_locked
         );
+    }
+
+    #[test]
+    fn bad_files_and_globs_fail_closed() {
+        let path = Path::new("/etc/b24/policy.toml");
+        let e = PolicyFile::parse("read_only = true\ndeny = [\"crm.{lead\"]\n", path).unwrap_err();
+        assert!(e.to_string().contains("/etc/b24/policy.toml:2"), "{e}");
+        let e = PolicyFile::parse("read_only = true\nreadonly = true\n", path).unwrap_err();
+        assert!(e.to_string().contains("policy.toml:2"), "{e}");
+        let e = PolicyFile::parse("read_only = \"yes\"\n", path).unwrap_err();
+        assert!(e.to_string().contains("policy.toml:1"), "{e}");
+        let e = Policy::new(
+            None,
+            None,
+            AgentPolicy {
+                deny: vec!["[".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("invalid glob"), "{e}");
+        // a caller layer cannot move the operator's evidence
+        let l = Layer::new(
+            LayerKind::Caller,
+            "x",
+            PolicyFile {
+                guard_dir: Some("/tmp".into()),
+                audit_params: Some(AuditParams::Full),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(l.rules.guard_dir.is_none() && l.rules.audit_params.is_none());
     }
 }

@@ -8,10 +8,10 @@
 use std::io::Read;
 use std::time::Instant;
 
-use b24::batch::Batch;
+use b24_guard::gate::{BatchCommandSpec, BatchRequest, BatchRun, BatchTally, NoPerson, Origin};
 use serde_json::{Value, json};
 
-use crate::exec::{self, BatchSpec};
+use crate::exec;
 use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
@@ -175,67 +175,60 @@ fn read_all(args: &Args) -> anyhow::Result<Vec<Input>> {
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let started = Instant::now();
     let inputs = read_all(&args)?;
-    let mut batch = Batch::new();
-    batch.halt(args.halt);
-    let mut spec_cmds = Vec::with_capacity(inputs.len());
-    for i in &inputs {
-        let r = match i {
+    let commands = inputs
+        .into_iter()
+        .map(|i| match i {
             Input::Params {
                 key,
                 method,
                 params,
-            } => {
-                spec_cmds.push((key.clone(), method.clone(), params.clone()));
-                batch.add(key, method, params.clone())
-            }
-            Input::Text { key, text } => {
-                let (m, q) = text.split_once('?').unwrap_or((text, ""));
-                spec_cmds.push((key.clone(), m.to_string(), Value::String(q.to_string())));
-                batch.add_text(key, text)
-            }
-        };
-        r.map_err(|e| usage(e.to_string()))?;
-    }
-    let order = batch.order().map_err(|e| usage(e.to_string()))?;
-    let spec = BatchSpec {
-        commands: spec_cmds,
+            } => BatchCommandSpec::Params {
+                key,
+                method,
+                params,
+            },
+            Input::Text { key, text } => BatchCommandSpec::Text { key, text },
+        })
+        .collect();
+    let req = BatchRequest {
+        commands,
+        halt: args.halt,
         confirm_write: args.confirm_write,
         confirm_destructive: args.confirm_destructive,
         dry_run: args.dry_run,
-        origin: exec::Origin::Cli,
     };
-    let permit = exec::authorize_batch(g, &spec).await?;
-    if args.dry_run {
-        let cmds = batch.commands();
-        for (n, &i) in order.iter().enumerate() {
-            let c = &cmds[i];
-            println!(
-                "{}",
-                json!({"key": c.key, "method": c.method, "command": c.text(), "write": c.is_write,
-                       "position": n, "request_at_least": n / b24::batch::MAX_COMMANDS + 1})
-            );
-        }
-        permit.finish(&json!({"dry_run": true}))?;
-        return Ok(exit::OK);
-    }
-    let client = g.client().await?;
-    let results = batch.run(&client).await;
-    let mut lines = Vec::with_capacity(results.len());
-    let mut tally = crate::exec::BatchTally::default();
+    let gate = exec::gate(g, Origin::Cli)?;
+    let (results, requests, retries) =
+        match gate.batch(req, &NoPerson).await.map_err(exec::gate_error)? {
+            BatchRun::DryRun(lines) => {
+                for l in &lines {
+                    crate::out::line(l)?;
+                }
+                return Ok(exit::OK);
+            }
+            BatchRun::Done {
+                results,
+                requests,
+                retries,
+                ..
+            } => (results, requests, retries),
+        };
+    let mut tally = BatchTally::default();
+    let mut closed = false;
     {
         use std::io::Write;
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         for (key, o) in &results {
-            let (line, audit) = tally.add(key, o);
-            writeln!(out, "{line}")?;
-            lines.push(audit);
+            let (line, _) = tally.add(key, o);
+            if !closed && writeln!(out, "{line}").is_err() {
+                // The reader went away: keep counting, so the exit code still tells the truth.
+                closed = true;
+            }
         }
-        out.flush()?;
+        let _ = out.flush();
     }
-    permit.finish(&Value::Array(lines))?;
-    let st = client.stats();
-    let crate::exec::BatchTally {
+    let BatchTally {
         ok,
         failed,
         skipped,
@@ -243,15 +236,13 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     } = tally;
     if !g.quiet {
         eprintln!(
-            "b24 batch: {} commands: {ok} ok, {failed} error, {skipped} not executed{}; {} requests, {} retries, {:.1} s",
+            "b24 batch: {} commands: {ok} ok, {failed} error, {skipped} not executed{}; {requests} requests, {retries} retries, {:.1} s",
             results.len(),
             if unknown > 0 {
                 format!(", {unknown} outcome unknown")
             } else {
                 String::new()
             },
-            st.requests,
-            st.retries,
             started.elapsed().as_secs_f64()
         );
     }

@@ -2,7 +2,9 @@
 
 use std::io::Read;
 
-use crate::exec::{self, Api, CallSpec, ExecOutcome};
+use b24_guard::gate::{Api, CallOutcome, CallRequest, NoPerson, Origin};
+
+use crate::exec;
 use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
@@ -75,13 +77,18 @@ pub fn read_params(arg: Option<&str>) -> anyhow::Result<serde_json::Value> {
 }
 
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
-    let params = read_params(args.params.as_deref())?;
+    let mut params = read_params(args.params.as_deref())?;
+    if b24_guard::gate::strip_credentials(&mut params) && !g.quiet {
+        eprintln!(
+            "b24: note: credential parameters were removed from params; b24 authenticates calls itself"
+        );
+    }
     let api = if args.v3 || args.api.as_deref() == Some("v3") {
         Api::V3
     } else {
         Api::V2
     };
-    let spec = CallSpec {
+    let req = CallRequest {
         method: args.method,
         params,
         api,
@@ -90,11 +97,11 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         dry_run: args.dry_run,
         idempotency_key: args.idempotency_key,
         idempotent: args.idempotent,
-        plan_id: None,
-        origin: exec::Origin::Cli,
+        reads_only: false,
     };
-    match exec::execute(g, spec).await? {
-        ExecOutcome::Done { response, replayed } => {
+    let gate = exec::gate(g, Origin::Cli)?;
+    match gate.call(req, &NoPerson).await.map_err(exec::gate_error)? {
+        CallOutcome::Done { response, replayed } => {
             if replayed && !g.quiet {
                 eprintln!(
                     "b24: answered from the idempotency record; nothing was sent to the portal"
@@ -105,11 +112,11 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             } else {
                 &response.result
             };
-            println!("{}", serde_json::to_string_pretty(out)?);
+            crate::out::pretty(out)?;
             Ok(exit::OK)
         }
-        ExecOutcome::DryRun(plan) => {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
+        CallOutcome::DryRun(plan) => {
+            crate::out::pretty(&plan)?;
             Ok(exit::OK)
         }
     }

@@ -315,6 +315,67 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         );
     }
 
+    // Policy: the effective rules and where each layer came from.
+    let policy = match crate::exec::resolve(g) {
+        Ok(res) => {
+            let sources: Vec<String> = res
+                .policy
+                .layers
+                .iter()
+                .filter(|l| {
+                    l.kind == b24_guard::policy::LayerKind::Operator
+                        || l.source != "flags and environment"
+                        || l.rules.read_only
+                        || !l.rules.deny.is_empty()
+                        || !l.rules.allow.is_empty()
+                        || l.rules.packs.is_some()
+                        || l.rules.max_writes_per_hour.is_some()
+                        || l.rules.require_plan_for_writes
+                        || l.rules.strict
+                })
+                .map(|l| {
+                    format!(
+                        "{} ({})",
+                        l.source,
+                        if l.kind == b24_guard::policy::LayerKind::Operator {
+                            "operator"
+                        } else {
+                            "caller, can only narrow"
+                        }
+                    )
+                })
+                .collect();
+            let paths = b24_guard::sources::OperatorPaths::fixed();
+            r.add(
+                "policy",
+                Status::Ok,
+                format!(
+                    "operator files read from {} and {}; layers in force: {}; guard records in {}{}",
+                    paths.system.display(),
+                    paths.user.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(no home directory)".into()),
+                    if sources.is_empty() { "none (every documented method allowed with its confirmation)".to_string() } else { sources.join("; ") },
+                    res.guard_dir.display(),
+                    if res.guard_dir_fixed { " (fixed by the operator policy)" } else { "" },
+                ),
+                None,
+            );
+            let mut d = res.policy.describe();
+            d["operator_files"] = json!([paths.system, paths.user]);
+            d["guard_dir"] = json!(res.guard_dir);
+            d["guard_dir_fixed"] = json!(res.guard_dir_fixed);
+            Some(d)
+        }
+        Err(e) => {
+            r.add(
+                "policy",
+                Status::Fail,
+                format!("{e:#}"),
+                Some("fix the file and line named above; until then every call is refused".into()),
+            );
+            None
+        }
+    };
+
     // Configuration.
     let cfg = match g.config() {
         Ok(c) => Some(c),
@@ -391,7 +452,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         .iter()
         .map(|(n, s, d, f, c)| json!({"name": n, "status": s.as_str(), "detail": d, "fix": f, "code": c}))
         .collect();
-    let report = json!({"ok": !failed, "warnings": warned, "checks": checks});
+    let report = json!({"ok": !failed, "warnings": warned, "checks": checks, "policy": policy});
     println!("{}", r.redact(&serde_json::to_string_pretty(&report)?));
     Ok(if failed { exit::USAGE } else { exit::OK })
 }

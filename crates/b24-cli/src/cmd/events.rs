@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::exec::{self, CallSpec, ExecOutcome};
+use b24_guard::gate::{CallOutcome, CallRequest, NoPerson, Origin};
+
+use crate::exec;
 use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
@@ -123,15 +125,16 @@ async fn call(
     params: serde_json::Value,
     write: bool,
 ) -> anyhow::Result<serde_json::Value> {
-    let spec = CallSpec {
+    let req = CallRequest {
         method: method.into(),
         params,
         confirm_write: write,
         ..Default::default()
     };
-    match exec::execute(g, spec).await? {
-        ExecOutcome::Done { response, .. } => Ok(response.result),
-        ExecOutcome::DryRun(v) => Ok(v),
+    let gate = exec::gate(g, Origin::Cli)?;
+    match gate.call(req, &NoPerson).await.map_err(exec::gate_error)? {
+        CallOutcome::Done { response, .. } => Ok(response.result),
+        CallOutcome::DryRun(v) => Ok(v),
     }
 }
 

@@ -16,7 +16,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use b24::export::{ExportOptions, Progress, Strategy, pages};
+use b24::export::{ExportOptions, Progress, Strategy};
 use futures::StreamExt;
 use serde_json::{Map, Value};
 
@@ -153,20 +153,19 @@ pub async fn stream(
         opts.resume = Some(p);
     }
     let resumed_from = opts.resume.as_ref().map(|p| p.emitted).unwrap_or(0);
-    // The same gates as any other call: method allow/deny lists, packs, read-only mode, audit.
-    let permit = crate::exec::authorize_batch(
-        g,
-        &crate::exec::BatchSpec {
-            commands: vec![("export".into(), opts.method.clone(), opts.params.clone())],
-            origin: crate::exec::Origin::Cli,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let method = opts.method.clone();
-    let client = g.client().await?;
+    // The same gate as any other call: read-only list methods only, allow/deny lists, packs,
+    // read-only mode, audit.
+    let gate = crate::exec::gate(g, b24_guard::gate::Origin::Cli)?;
+    let run = gate
+        .export(b24_guard::gate::ExportRequest { opts })
+        .await
+        .map_err(crate::exec::gate_error)?;
+    let b24_guard::gate::ExportRun {
+        pages: mut s,
+        client,
+        end,
+    } = run;
     let bar = progress_bar(g);
-    let mut s = Box::pin(pages(client.clone(), opts));
     let mut out = std::io::stdout();
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut emitted = 0u64;
@@ -184,8 +183,7 @@ pub async fn stream(
             Err(e) => {
                 bar.finish_and_clear();
                 summary(g, emitted, resumed_from, &client, started, "failed");
-                let _ = permit.finish(&serde_json::json!([{"key": "export", "method": method,
-                    "status": "error", "items": emitted, "code": format!("{:?}", e.class())}]));
+                let _ = end.finish("error", emitted);
                 return Err(e.into());
             }
         };
@@ -200,7 +198,9 @@ pub async fn stream(
         };
         if let Err(e) = out.write_all(&buf).and_then(|_| out.flush()) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
-                return Ok(exit::OK); // the reader went away (e.g. `| head`)
+                // The reader went away (e.g. `| head`): stop quietly, say so in the audit log.
+                let _ = end.finish("closed", emitted);
+                return Ok(exit::OK);
             }
             return Err(e.into());
         }
@@ -214,9 +214,8 @@ pub async fn stream(
         bar.set_position(page.progress.emitted);
     }
     bar.finish_and_clear();
-    permit.finish(&serde_json::json!([{"key": "export", "method": method,
-        "status": if interrupted { "interrupted" } else { "ok" }, "items": emitted,
-        "requests": client.stats().requests}]))?;
+    end.finish(if interrupted { "interrupted" } else { "ok" }, emitted)
+        .map_err(crate::exec::gate_error)?;
     if interrupted {
         summary(g, emitted, resumed_from, &client, started, "interrupted");
         return Ok(exit::INTERRUPTED);

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use b24::export::{ExportOptions, Strategy};
 
 use crate::cmd::call::read_params;
-use crate::exec::{self, CallSpec, ExecOutcome};
+use b24_guard::gate::{CallOutcome, CallRequest, NoPerson, Origin};
+
+use crate::exec;
 use crate::exit;
 use crate::globals::Globals;
 
@@ -43,14 +45,14 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     if let (Some(start), Some(o)) = (args.start, params.as_object_mut()) {
         o.insert("start".into(), start.into());
     }
-    let spec = CallSpec {
+    let req = CallRequest {
         method: args.method,
         params,
-        origin: exec::Origin::Cli,
         ..Default::default()
     };
-    match exec::execute(g, spec).await? {
-        ExecOutcome::Done { response, .. } => {
+    let gate = exec::gate(g, Origin::Cli)?;
+    match gate.call(req, &NoPerson).await.map_err(exec::gate_error)? {
+        CallOutcome::Done { response, .. } => {
             let items = b24::export::extract_items(response.result);
             let mut out = serde_json::json!({"items": items});
             if let Some(t) = response.total {
@@ -59,11 +61,11 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             if let Some(n) = response.next {
                 out["next"] = n.into();
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            crate::out::pretty(&out)?;
             Ok(exit::OK)
         }
-        ExecOutcome::DryRun(plan) => {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
+        CallOutcome::DryRun(plan) => {
+            crate::out::pretty(&plan)?;
             Ok(exit::OK)
         }
     }

@@ -3,11 +3,12 @@
 //! A plan fixes the exact call (method + params, hashed) for a limited time, so the person or
 //! the operator's policy can require that writes are reviewed before they happen.
 
+use b24_guard::gate::{Api, Origin, PlanRequest};
 use serde_json::json;
 
 use crate::cmd::call::read_params;
-use crate::exec::{Api, Guard, Origin, check_plan};
-use crate::exit::{self, Exit};
+use crate::exec;
+use crate::exit;
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
@@ -29,32 +30,17 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
-    let mut params = read_params(args.params.as_deref())?;
-    crate::exec::strip_credentials(&mut params);
-    let guard = Guard::from_globals(g)?;
-    let api = if args.v3 { Api::V3 } else { Api::V2 };
-    let risk = check_plan(&guard, &args.method, &params)?;
-    let store = guard.store()?;
-    let plan = store
-        .create_plan(
-            &args.method,
-            &params,
-            api.as_str(),
-            risk.as_str(),
-            args.ttl as f64,
-        )
-        .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
-    guard.record(
-        Origin::Cli,
-        &args.method,
-        vec![
-            ("risk", json!(risk)),
-            ("decision", json!("plan")),
-            ("plan_id", json!(plan.id)),
-            ("params", guard.redact(&params)),
-        ],
-    );
-    let confirm = if risk == b24_guard::Risk::Destructive {
+    let params = read_params(args.params.as_deref())?;
+    let gate = exec::gate(g, Origin::Cli)?;
+    let req = PlanRequest {
+        method: args.method,
+        params,
+        api: if args.v3 { Api::V3 } else { Api::V2 },
+        ttl_secs: args.ttl,
+    };
+    let planned = gate.plan(req).await.map_err(exec::gate_error)?;
+    let plan = planned.plan;
+    let confirm = if planned.risk == b24_guard::Risk::Destructive {
         "--confirm-destructive"
     } else {
         "--confirm-write"
@@ -62,7 +48,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let out = json!({
         "id": plan.id,
         "method": plan.method,
-        "params": guard.redact(&plan.params),
+        "params": gate.redact(&plan.params),
         "api": plan.api,
         "risk": plan.risk,
         "hash": plan.hash,
@@ -70,6 +56,6 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         "expires_at": plan.expires_at as i64,
         "apply": format!("b24 apply {} {confirm}", plan.id),
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::out::pretty(&out)?;
     Ok(exit::OK)
 }

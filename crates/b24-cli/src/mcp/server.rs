@@ -1,14 +1,19 @@
 //! The MCP tools. Each tool's input schema is derived from its argument type (`///` docs on the
 //! fields become the descriptions); annotations tell the client which tools only read.
 //!
-//! Every call to the portal goes through [`crate::exec`] with `Origin::Mcp`: the same policy,
-//! the same refusals, the same idempotency store and the same audit log as the CLI. The
+//! Every call to the portal goes through the gate (`b24_guard::gate`) with `Origin::Mcp`: the
+//! same policy, the same refusals, the same idempotency store and the same audit log as the
+//! CLI. When the client supports elicitation, the person confirms destructive calls. The
 //! annotations are hints for the client; the gates are enforced here regardless of them.
 
 use std::sync::Arc;
 
-use b24_guard::policy::CallCheck;
-use b24_guard::{Catalog, Refusal, Risk};
+use b24_guard::gate::{
+    Answer, ApplyRequest, BatchCommandSpec, BatchRequest, BatchRun, BatchTally, CallOutcome,
+    CallRequest, Gate, GateError, NoPerson, Origin, Person, PlanRequest,
+};
+use b24_guard::{Catalog, Risk};
+use futures::future::BoxFuture;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
@@ -23,9 +28,10 @@ use serde_json::{Map, Value, json};
 
 use super::errors::{self, tool_error_value};
 use super::paging::{self, Cursor};
-use crate::exec::{self, Api, BatchSpec, CallSpec, ExecOutcome, Guard, Origin};
+use crate::exec;
 use crate::exit::{self, Exit};
 use crate::globals::Globals;
+use b24_guard::gate::Api;
 
 /// Shown to the client at initialization: how to use the tools safely.
 pub const INSTRUCTIONS: &str = "b24 gives access to one Bitrix24 portal with guardrails.
@@ -196,12 +202,80 @@ pub struct SearchArgs {
 #[serde(deny_unknown_fields)]
 pub struct QueueArgs {}
 
-/// What the person said when asked to confirm.
-enum Asked {
-    /// The client cannot be asked (no elicitation capability, or a stateless protocol).
-    Unsupported,
-    Accepted,
-    Refused(String),
+/// The person behind an MCP client, reached through elicitation (form mode).
+struct McpPerson {
+    peer: Peer<RoleServer>,
+    enabled: bool,
+}
+
+impl McpPerson {
+    fn supported(&self) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        let Some(info) = self.peer.peer_info() else {
+            return false;
+        };
+        // 2026-07-28 forbids server-to-client requests (it would need a multi-round-trip
+        // result); older clients must have declared form elicitation.
+        let form = info
+            .capabilities
+            .elicitation
+            .as_ref()
+            .is_some_and(|c| c.form.is_some() || c.url.is_none());
+        form && info.protocol_version < ProtocolVersion::V_2026_07_28
+    }
+}
+
+impl Person for McpPerson {
+    fn can_ask(&self) -> bool {
+        self.supported()
+    }
+
+    fn ask(&self, question: String) -> BoxFuture<'_, Answer> {
+        Box::pin(async move {
+            if !self.supported() {
+                return Answer::CannotAsk;
+            }
+            let Ok(schema) = ElicitationSchema::builder()
+                .required_bool("confirm")
+                .build()
+            else {
+                return Answer::CannotAsk;
+            };
+            let req = ServerRequest::ElicitRequest(ElicitRequest::new(
+                ElicitRequestParams::FormElicitationParams {
+                    meta: None,
+                    message: b24_guard::redact::text(&question),
+                    requested_schema: schema,
+                },
+            ));
+            match tokio::time::timeout(ELICIT_TIMEOUT, self.peer.send_request(req)).await {
+                Ok(Ok(ClientResult::ElicitResult(r))) => match r.action {
+                    ElicitationAction::Accept
+                        if r.content
+                            .as_ref()
+                            .and_then(|c| c.get("confirm"))
+                            .and_then(Value::as_bool)
+                            == Some(true) =>
+                    {
+                        Answer::Yes
+                    }
+                    ElicitationAction::Accept => {
+                        Answer::No("the person did not tick confirm".into())
+                    }
+                    ElicitationAction::Decline => Answer::No("the person declined".into()),
+                    _ => Answer::No("the person cancelled".into()),
+                },
+                Ok(Ok(_)) => Answer::CannotAsk,
+                Ok(Err(e)) => {
+                    tracing::info!("mcp: elicitation failed: {e}");
+                    Answer::CannotAsk
+                }
+                Err(_) => Answer::No("no answer within 10 minutes".into()),
+            }
+        })
+    }
 }
 
 /// The MCP server: the tools over one process's configuration.
@@ -216,14 +290,11 @@ fn invalid(msg: impl Into<String>) -> ErrorData {
     ErrorData::invalid_params(msg.into(), None)
 }
 
+/// A method name for the catalog tools (normalised like every other name).
 fn method_name(m: &str) -> Result<String, ErrorData> {
-    let m = m.trim();
-    if m.is_empty() || m.len() > 200 || m.chars().any(|c| c.is_whitespace() || c == '/') {
-        return Err(invalid(format!(
-            "`method` must be a REST method name such as crm.lead.list, not {m:?}"
-        )));
-    }
-    Ok(m.to_string())
+    b24_guard::method::normalise(m)
+        .map(|m| m.to_string())
+        .map_err(|e| invalid(e.to_string()))
 }
 
 fn api_of(v3: bool) -> Api {
@@ -239,283 +310,82 @@ impl B24Mcp {
         }
     }
 
-    fn guard(&self) -> anyhow::Result<Guard> {
-        Guard::from_globals(&self.g)
+    /// The gate, built per tool call so operator policy edits apply at once.
+    fn gate(&self) -> anyhow::Result<Gate> {
+        exec::gate(&self.g, Origin::Mcp)
     }
 
-    /// Secrets never leave in a tool answer.
-    fn redact(&self, v: Value) -> Value {
-        let secrets = self
-            .g
-            .config()
-            .ok()
-            .map(|c| c.secrets())
-            .unwrap_or_default();
-        b24_guard::redact::redact(&v, &secrets)
+    fn person(&self, peer: Peer<RoleServer>) -> McpPerson {
+        McpPerson {
+            peer,
+            enabled: self.elicit,
+        }
     }
 
     fn fail(&self, e: &anyhow::Error) -> CallToolResult {
-        tool_error_value(self.redact(errors::error_value(e)))
+        tool_error_value(b24_guard::redact::value(&errors::error_value(e)))
+    }
+
+    fn fail_gate(&self, e: GateError) -> CallToolResult {
+        self.fail(&exec::gate_error(e))
     }
 
     fn ok(&self, v: Value) -> CallToolResult {
-        CallToolResult::structured(self.redact(v))
+        CallToolResult::structured(b24_guard::redact::value(&v))
     }
 
-    /// Ask the person to confirm a destructive call, when the client can be asked.
-    async fn ask(&self, peer: &Peer<RoleServer>, message: String) -> Asked {
-        if !self.elicit {
-            return Asked::Unsupported;
-        }
-        let Some(info) = peer.peer_info() else {
-            return Asked::Unsupported;
+    /// Run one call through the gate and shape the answer.
+    async fn run_call(&self, req: CallRequest, person: &dyn Person) -> CallToolResult {
+        let gate = match self.gate() {
+            Ok(g) => g,
+            Err(e) => return self.fail(&e),
         };
-        // 2026-07-28 forbids server-to-client requests (it would need a multi-round-trip
-        // result); older clients must have declared form elicitation.
-        let form = info
-            .capabilities
-            .elicitation
-            .as_ref()
-            .is_some_and(|c| c.form.is_some() || c.url.is_none());
-        if !form || info.protocol_version >= ProtocolVersion::V_2026_07_28 {
-            return Asked::Unsupported;
-        }
-        let schema = match ElicitationSchema::builder()
-            .required_bool("confirm")
-            .build()
-        {
-            Ok(s) => s,
-            Err(_) => return Asked::Unsupported,
-        };
-        let req = ServerRequest::ElicitRequest(ElicitRequest::new(
-            ElicitRequestParams::FormElicitationParams {
-                meta: None,
-                message,
-                requested_schema: schema,
-            },
-        ));
-        let answer = tokio::time::timeout(ELICIT_TIMEOUT, peer.send_request(req)).await;
-        match answer {
-            Ok(Ok(ClientResult::ElicitResult(r))) => match r.action {
-                ElicitationAction::Accept
-                    if r.content
-                        .as_ref()
-                        .and_then(|c| c.get("confirm"))
-                        .and_then(Value::as_bool)
-                        == Some(true) =>
-                {
-                    Asked::Accepted
-                }
-                ElicitationAction::Accept => {
-                    Asked::Refused("the person did not tick confirm".into())
-                }
-                ElicitationAction::Decline => Asked::Refused("the person declined".into()),
-                _ => Asked::Refused("the person cancelled".into()),
-            },
-            Ok(Ok(_)) => Asked::Unsupported,
-            Ok(Err(e)) => {
-                tracing::info!("mcp: elicitation failed: {e}");
-                Asked::Unsupported
-            }
-            Err(_) => Asked::Refused("no answer within 10 minutes".into()),
-        }
-    }
-
-    /// If every gate but the destructive confirmation would pass, ask the person. Returns the
-    /// note to add to a refusal when they said no.
-    async fn confirm_destructive(
-        &self,
-        peer: &Peer<RoleServer>,
-        guard: &Guard,
-        checks: &[(String, Value)],
-        via_plan: bool,
-        what: String,
-    ) -> (bool, Option<String>) {
-        let mut worst = Risk::Read;
-        for (m, p) in checks {
-            let c = CallCheck {
-                method: m,
-                params: Some(p),
-                confirm_write: true,
-                confirm_destructive: true,
-                via_plan,
-                no_send: false,
-            };
-            match guard.policy.check(guard.catalog, &c) {
-                Ok(r) => worst = worst.max(r),
-                Err(_) => return (false, None), // refused anyway: do not bother the person
-            }
-        }
-        if worst != Risk::Destructive {
-            return (false, None);
-        }
-        match self.ask(peer, what).await {
-            Asked::Accepted => {
-                guard.record(
-                    Origin::Mcp,
-                    checks.first().map(|c| c.0.as_str()).unwrap_or("batch"),
-                    vec![
-                        ("risk", json!(Risk::Destructive)),
-                        ("decision", json!("confirmed_by_person")),
-                        ("via", json!("elicitation")),
-                    ],
-                );
-                (true, None)
-            }
-            Asked::Refused(why) => (false, Some(why)),
-            Asked::Unsupported => (false, None),
-        }
-    }
-
-    /// Run one call through exec and shape the answer.
-    async fn run_call(&self, spec: CallSpec, note: Option<String>) -> CallToolResult {
-        let method = spec.method.clone();
-        match exec::execute(&self.g, spec).await {
-            Ok(ExecOutcome::Done { response, replayed }) => self.ok(json!({
+        let method = req.method.trim().to_string();
+        match gate.call(req, person).await {
+            Ok(CallOutcome::Done { response, replayed }) => self.ok(json!({
                 "method": method,
                 "result": response.result,
                 "total": response.total,
                 "next": response.next,
                 "replayed": replayed,
             })),
-            Ok(ExecOutcome::DryRun(v)) => self.ok(v),
-            Err(e) => {
-                let mut v = self.redact(errors::error_value(&e));
-                if let Some(n) = note {
-                    let msg = format!("{} ({n})", v["message"].as_str().unwrap_or(""));
-                    v["message"] = json!(msg);
-                    v["elicitation"] = json!(n);
-                }
-                tool_error_value(v)
-            }
+            Ok(CallOutcome::DryRun(v)) => self.ok(v),
+            Err(e) => self.fail_gate(e),
         }
     }
 
     /// Apply a recorded plan (b24_apply, and b24_write with a plan_id).
     async fn apply_plan(
         &self,
-        peer: &Peer<RoleServer>,
+        person: &dyn Person,
         plan_id: &str,
-        expect: Option<(&str, Option<&Value>)>,
-        mut confirm_destructive: bool,
+        expect: Option<(String, Option<Value>)>,
+        confirm_destructive: bool,
     ) -> CallToolResult {
-        let guard = match self.guard() {
+        let gate = match self.gate() {
             Ok(g) => g,
             Err(e) => return self.fail(&e),
         };
-        let store = match guard.store() {
-            Ok(s) => s,
-            Err(e) => return self.fail(&e),
-        };
-        let deny = |reason: String| -> CallToolResult {
-            guard.record(
-                Origin::Mcp,
-                "apply",
-                vec![
-                    ("decision", json!("deny")),
-                    ("reason", json!(reason)),
-                    ("plan_id", json!(plan_id)),
-                ],
-            );
-            self.fail(&Exit::new(
-                exit::POLICY,
-                format!("refused plan {plan_id}: {reason}. Record a new plan with b24_plan"),
-            ))
-        };
-        // Look first (to know the risk and ask before claiming), then claim.
-        let planned = match store.get_plan(plan_id) {
-            Ok(Some(p)) => p,
-            Ok(None) => return deny("no such plan".into()),
-            Err(e) => return self.fail(&Exit::new(exit::USAGE, e.to_string())),
-        };
-        if let Some((method, params)) = expect {
-            let same_params = params
-                .map(|p| {
-                    b24_guard::store::call_hash(method, p)
-                        == b24_guard::store::call_hash(&planned.method, &planned.params)
-                })
-                .unwrap_or(true);
-            if !planned.method.eq_ignore_ascii_case(method) || !same_params {
-                return deny(format!(
-                    "the plan is for {} with other params, not this call",
-                    planned.method
-                ));
-            }
-        }
-        let mut note = None;
-        if !confirm_destructive {
-            let (yes, why) = self
-                .confirm_destructive(
-                    peer,
-                    &guard,
-                    &[(planned.method.clone(), planned.params.clone())],
-                    true,
-                    format!(
-                        "Apply plan {plan_id}: the destructive call {} with params {}?",
-                        planned.method,
-                        guard.redact(&planned.params)
-                    ),
-                )
-                .await;
-            confirm_destructive = yes;
-            note = why;
-        }
-        let plan = match store.claim_plan(plan_id) {
-            Ok(Ok(p)) => p,
-            Ok(Err(why)) => {
-                use b24_guard::store::PlanRefusal;
-                let reason = match why {
-                    PlanRefusal::NotFound => "no such plan",
-                    PlanRefusal::Expired => "the plan expired",
-                    PlanRefusal::Altered => {
-                        "the plan was altered after it was recorded (hash mismatch)"
-                    }
-                    PlanRefusal::AlreadyApplied => {
-                        "the plan was already applied (a plan runs once)"
-                    }
-                };
-                return deny(reason.into());
-            }
-            Err(e) => return self.fail(&Exit::new(exit::USAGE, e.to_string())),
-        };
-        let spec = CallSpec {
-            method: plan.method.clone(),
-            params: plan.params.clone(),
-            api: if plan.api == "v3" { Api::V3 } else { Api::V2 },
+        let req = ApplyRequest {
+            plan_id: plan_id.to_string(),
             // Applying a recorded plan by its id is the confirmation of a write.
             confirm_write: true,
             confirm_destructive,
-            dry_run: false,
-            idempotency_key: Some(format!("plan-{}", plan.id)),
-            idempotent: false,
-            plan_id: Some(plan.id.clone()),
-            origin: Origin::Mcp,
+            expect,
         };
-        let res = exec::execute(&self.g, spec).await;
-        let state = match &res {
-            Ok(_) => "applied",
-            Err(e) => match exit::code_for(e) {
-                exit::POLICY => "open",
-                exit::OUTCOME_UNKNOWN => "unknown",
-                _ => "failed",
-            },
-        };
-        let _ = store.finish_plan(&plan.id, state);
-        match res {
-            Ok(ExecOutcome::Done { response, replayed }) => self.ok(json!({
+        match gate.apply(req, person).await {
+            Ok((plan, CallOutcome::Done { response, replayed })) => self.ok(json!({
                 "plan_id": plan.id,
                 "method": plan.method,
                 "applied": true,
                 "result": response.result,
                 "replayed": replayed,
             })),
-            Ok(ExecOutcome::DryRun(v)) => self.ok(v),
+            Ok((_, CallOutcome::DryRun(v))) => self.ok(v),
             Err(e) => {
-                let mut v = self.redact(errors::error_value(&e));
-                if let Some(n) = note {
-                    v["message"] = json!(format!("{} ({n})", v["message"].as_str().unwrap_or("")));
-                }
-                if state == "open" {
+                let open = matches!(e, GateError::Refused(_));
+                let mut v = b24_guard::redact::value(&errors::error_value(&exec::gate_error(e)));
+                if open {
                     v["plan_state"] = json!("open: fix the cause and call b24_apply again");
                 }
                 tool_error_value(v)
@@ -540,56 +410,20 @@ impl B24Mcp {
         &self,
         Parameters(a): Parameters<ReadArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let method = method_name(&a.method)?;
-        let params = Value::Object(a.params.unwrap_or_default());
-        let guard = match self.guard() {
-            Ok(g) => g,
-            Err(e) => return Ok(self.fail(&e)),
-        };
-        let risk = if method.eq_ignore_ascii_case("batch") {
-            None
-        } else {
-            Catalog::builtin().effective_risk(&method, &params)
-        };
-        if risk != Some(Risk::Read) {
-            let (reason, fix) = match risk {
-                None if method.eq_ignore_ascii_case("batch") => (
-                    "b24_read takes one method; batches are checked command by command".to_string(),
-                    "use b24_batch".to_string(),
-                ),
-                None => (
-                    "the method is not in the catalog, so it cannot be known to be read-only".into(),
-                    "check the name with b24_search_methods; to call it anyway use b24_write (it is treated as destructive)".into(),
-                ),
-                Some(r) => (
-                    format!("{method} is a {r} method and b24_read takes read-only methods only"),
-                    "record it with b24_plan and run it with b24_apply {plan_id}, or call b24_write with confirm: true".into(),
-                ),
-            };
-            let r = Refusal {
-                method: method.clone(),
-                risk,
-                reason,
-                fix,
-                operator_locked: false,
-            };
-            let e = guard.refuse(Origin::Mcp, &r, &params, vec![("tool", json!("b24_read"))]);
-            return Ok(self.fail(&e));
-        }
-        let spec = CallSpec {
-            method,
-            params,
+        let req = CallRequest {
+            method: a.method,
+            params: Value::Object(a.params.unwrap_or_default()),
             api: api_of(a.v3),
-            origin: Origin::Mcp,
+            reads_only: true,
             ..Default::default()
         };
-        Ok(self.run_call(spec, None).await)
+        Ok(self.run_call(req, &NoPerson).await)
     }
 
     /// Call a Bitrix24 method that changes data.
     #[tool(
         name = "b24_write",
-        description = "Call a Bitrix24 REST method that changes data (add/update/delete/...). Needs confirm: true, or a plan_id from b24_plan; destructive methods also need confirm_destructive: true (or the person's confirmation, when the client can ask). Give an idempotency_key so a retry never writes twice. A refusal sends nothing.",
+        description = "Call a Bitrix24 REST method that changes data (add/update/delete/...). Needs confirm: true, or a plan_id from b24_plan. Destructive methods are confirmed by the person when the client supports elicitation (the model's own confirm_destructive is then not enough); otherwise they need confirm_destructive: true. Give an idempotency_key so a retry never writes twice. A refusal sends nothing.",
         annotations(
             title = "Write to Bitrix24",
             read_only_hint = false,
@@ -603,69 +437,32 @@ impl B24Mcp {
         Parameters(a): Parameters<WriteArgs>,
         peer: Peer<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let method = method_name(&a.method)?;
+        let person = self.person(peer);
         if let Some(id) = a.plan_id.as_deref() {
             let id = id.trim();
             if id.is_empty() {
                 return Err(invalid("`plan_id` is empty"));
             }
-            // Params, when given, must be the planned ones (compared as planned: no credentials).
-            let given = a.params.clone().map(|p| {
-                let mut v = Value::Object(p);
-                exec::strip_credentials(&mut v);
-                v
-            });
+            let given = a.params.clone().map(Value::Object);
             return Ok(self
                 .apply_plan(
-                    &peer,
+                    &person,
                     id,
-                    Some((&method, given.as_ref())),
+                    Some((a.method.clone(), given)),
                     a.confirm_destructive,
                 )
                 .await);
         }
-        let params = Value::Object(a.params.unwrap_or_default());
-        if method.eq_ignore_ascii_case("batch") {
-            return Ok(tool_error_value(json!({
-                "error": "usage",
-                "message": "use b24_batch for batches: every command is checked on its own",
-            })));
-        }
-        let guard = match self.guard() {
-            Ok(g) => g,
-            Err(e) => return Ok(self.fail(&e)),
-        };
-        let mut confirm_destructive = a.confirm_destructive;
-        let mut note = None;
-        if !confirm_destructive && a.confirm {
-            let shown = guard.redact(&params);
-            let (yes, why) = self
-                .confirm_destructive(
-                    &peer,
-                    &guard,
-                    &[(method.to_ascii_lowercase(), shown.clone())],
-                    false,
-                    format!("Run the destructive call {method} with params {shown}?"),
-                )
-                .await;
-            confirm_destructive = yes;
-            note = why;
-        }
-        let key = a
-            .idempotency_key
-            .map(|k| k.trim().to_string())
-            .filter(|k| !k.is_empty());
-        let spec = CallSpec {
-            method,
-            params,
+        let req = CallRequest {
+            method: a.method,
+            params: Value::Object(a.params.unwrap_or_default()),
             api: api_of(a.v3),
             confirm_write: a.confirm,
-            confirm_destructive,
-            idempotency_key: key,
-            origin: Origin::Mcp,
+            confirm_destructive: a.confirm_destructive,
+            idempotency_key: a.idempotency_key,
             ..Default::default()
         };
-        Ok(self.run_call(spec, note).await)
+        Ok(self.run_call(req, &person).await)
     }
 
     /// Record a write for review; nothing is sent.
@@ -684,59 +481,26 @@ impl B24Mcp {
         &self,
         Parameters(a): Parameters<PlanArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let method = method_name(&a.method)?;
-        if method.eq_ignore_ascii_case("batch") {
-            return Err(invalid(
-                "a batch cannot be planned: plan its writes one by one, or use b24_batch",
-            ));
-        }
         let ttl = a.ttl_secs.unwrap_or(900);
         if ttl == 0 || ttl > 86_400 {
             return Err(invalid("`ttl_secs` must be between 1 and 86400"));
         }
-        let mut params = Value::Object(a.params.unwrap_or_default());
-        exec::strip_credentials(&mut params);
-        let guard = match self.guard() {
+        let gate = match self.gate() {
             Ok(g) => g,
             Err(e) => return Ok(self.fail(&e)),
         };
-        let shown = guard.redact(&params);
-        let check = CallCheck {
-            method: &method.to_ascii_lowercase(),
-            params: Some(&shown),
-            confirm_write: false,
-            confirm_destructive: false,
-            via_plan: false,
-            no_send: true,
+        let req = PlanRequest {
+            method: a.method,
+            params: Value::Object(a.params.unwrap_or_default()),
+            api: api_of(a.v3),
+            ttl_secs: ttl,
         };
-        let risk = match guard.policy.check(guard.catalog, &check) {
-            Ok(r) => r,
-            Err(r) => {
-                let e = guard.refuse(Origin::Mcp, &r, &params, vec![("stage", json!("plan"))]);
-                return Ok(self.fail(&e));
-            }
+        let planned = match gate.plan(req).await {
+            Ok(p) => p,
+            Err(e) => return Ok(self.fail_gate(e)),
         };
-        let api = api_of(a.v3);
-        let store = match guard.store() {
-            Ok(s) => s,
-            Err(e) => return Ok(self.fail(&e)),
-        };
-        let plan =
-            match store.create_plan(&method, &params, api.as_str(), risk.as_str(), ttl as f64) {
-                Ok(p) => p,
-                Err(e) => return Ok(self.fail(&Exit::new(exit::USAGE, e.to_string()))),
-            };
-        guard.record(
-            Origin::Mcp,
-            &method,
-            vec![
-                ("risk", json!(risk)),
-                ("decision", json!("plan")),
-                ("plan_id", json!(plan.id)),
-                ("params", guard.redact(&params)),
-            ],
-        );
-        let apply = if risk == Risk::Destructive {
+        let plan = planned.plan;
+        let apply = if planned.risk == Risk::Destructive {
             json!({"plan_id": plan.id, "confirm_destructive": true})
         } else {
             json!({"plan_id": plan.id})
@@ -744,7 +508,7 @@ impl B24Mcp {
         Ok(self.ok(json!({
             "plan_id": plan.id,
             "method": plan.method,
-            "params": guard.redact(&plan.params),
+            "params": gate.redact(&plan.params),
             "api": plan.api,
             "risk": plan.risk,
             "hash": plan.hash,
@@ -758,7 +522,7 @@ impl B24Mcp {
     /// Run a recorded plan exactly once.
     #[tool(
         name = "b24_apply",
-        description = "Run a plan recorded by b24_plan exactly once (the plan id doubles as its idempotency key, so a repeated apply never writes twice). A destructive plan also needs confirm_destructive: true, or the person's confirmation when the client can ask.",
+        description = "Run a plan recorded by b24_plan exactly once (the plan id doubles as its idempotency key, so a repeated apply never writes twice). A destructive plan is confirmed by the person when the client supports elicitation, otherwise it needs confirm_destructive: true.",
         annotations(
             title = "Apply a plan",
             read_only_hint = false,
@@ -776,15 +540,16 @@ impl B24Mcp {
         if id.is_empty() {
             return Err(invalid("`plan_id` is empty"));
         }
+        let person = self.person(peer);
         Ok(self
-            .apply_plan(&peer, id, None, a.confirm_destructive)
+            .apply_plan(&person, id, None, a.confirm_destructive)
             .await)
     }
 
     /// Many commands in few requests.
     #[tool(
         name = "b24_batch",
-        description = "Run many REST commands, 50 per request, in order, with $result[key][field] references to earlier results. Every command is checked on its own: writes need confirm: true, destructive commands confirm_destructive: true. Returns one outcome per command (ok / error / not_executed / unknown).",
+        description = "Run many REST commands, 50 per request, in order, with $result[key][field] references to earlier results. Every command is checked on its own: writes need confirm: true; destructive commands are confirmed by the person when the client can ask, else need confirm_destructive: true. Returns one outcome per command (ok / error / not_executed / unknown).",
         annotations(
             title = "Batch",
             read_only_hint = false,
@@ -806,82 +571,52 @@ impl B24Mcp {
                 "at most {MAX_BATCH_COMMANDS} commands per call; split the work"
             )));
         }
-        let mut batch = b24::batch::Batch::new();
-        batch.halt(a.halt);
-        let mut cmds = Vec::with_capacity(a.commands.len());
-        for (i, c) in a.commands.into_iter().enumerate() {
-            let key = c.key.unwrap_or_else(|| i.to_string());
-            let method = method_name(&c.method)?;
-            if method.eq_ignore_ascii_case("batch") {
-                return Err(invalid("a batch may not contain a batch"));
-            }
-            let mut params = Value::Object(c.params.unwrap_or_default());
-            exec::strip_credentials(&mut params);
-            batch
-                .add(&key, &method, params.clone())
-                .map_err(|e| invalid(e.to_string()))?;
-            cmds.push((key, method, params));
-        }
-        batch.order().map_err(|e| invalid(e.to_string()))?;
-        let guard = match self.guard() {
+        let methods: Vec<(String, String)> = a
+            .commands
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (
+                    c.key.clone().unwrap_or_else(|| i.to_string()),
+                    c.method.trim().to_ascii_lowercase(),
+                )
+            })
+            .collect();
+        let commands = a
+            .commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| BatchCommandSpec::Params {
+                key: c.key.unwrap_or_else(|| i.to_string()),
+                method: c.method,
+                params: Value::Object(c.params.unwrap_or_default()),
+            })
+            .collect();
+        let req = BatchRequest {
+            commands,
+            halt: a.halt,
+            confirm_write: a.confirm,
+            confirm_destructive: a.confirm_destructive,
+            dry_run: false,
+        };
+        let gate = match self.gate() {
             Ok(g) => g,
             Err(e) => return Ok(self.fail(&e)),
         };
-        let mut confirm_destructive = a.confirm_destructive;
-        let mut note = None;
-        if !confirm_destructive && a.confirm {
-            let checks: Vec<(String, Value)> = cmds
-                .iter()
-                .map(|(_, m, p)| (m.to_ascii_lowercase(), guard.redact(p)))
-                .collect();
-            let listing: Vec<String> = cmds.iter().map(|(k, m, _)| format!("{k}: {m}")).collect();
-            let (yes, why) = self
-                .confirm_destructive(
-                    &peer,
-                    &guard,
-                    &checks,
-                    false,
-                    format!(
-                        "Run a batch with destructive commands? {}",
-                        listing.join(", ")
-                    ),
-                )
-                .await;
-            confirm_destructive = yes;
-            note = why;
-        }
-        let spec = BatchSpec {
-            commands: cmds,
-            confirm_write: a.confirm,
-            confirm_destructive,
-            dry_run: false,
-            origin: Origin::Mcp,
+        let person = self.person(peer);
+        let results = match gate.batch(req, &person).await {
+            Ok(BatchRun::Done { results, .. }) => results,
+            Ok(BatchRun::DryRun(lines)) => return Ok(self.ok(json!({"dry_run": lines}))),
+            Err(e) => return Ok(self.fail_gate(e)),
         };
-        let permit = match exec::authorize_batch(&self.g, &spec).await {
-            Ok(p) => p,
-            Err(e) => {
-                let mut v = self.redact(errors::error_value(&e));
-                if let Some(n) = note {
-                    v["message"] = json!(format!("{} ({n})", v["message"].as_str().unwrap_or("")));
-                }
-                return Ok(tool_error_value(v));
-            }
-        };
-        let client = match self.g.client().await {
-            Ok(c) => c,
-            Err(e) => return Ok(self.fail(&e)),
-        };
-        let results = batch.run(&client).await;
-        let mut tally = crate::exec::BatchTally::default();
+        let mut tally = BatchTally::default();
         let mut out = Vec::with_capacity(results.len());
-        let mut audit = Vec::with_capacity(results.len());
         for (key, o) in &results {
-            let (mut line, record) = tally.add(key, o);
+            let (mut line, _) = tally.add(key, o);
             // Tool answers also say how to fix what failed.
             match o {
                 b24::batch::Outcome::Error { code, .. } => {
-                    let m = spec
-                        .commands
+                    let m = methods
                         .iter()
                         .find(|c| &c.0 == key)
                         .map(|c| c.1.as_str())
@@ -894,16 +629,14 @@ impl B24Mcp {
                 }
                 _ => {}
             }
-            audit.push(record);
             out.push(line);
         }
-        let crate::exec::BatchTally {
+        let BatchTally {
             ok,
             failed,
             skipped,
             unknown,
         } = tally;
-        let _ = permit.finish(&Value::Array(audit));
         let v = json!({
             "commands": results.len(),
             "ok": ok,
@@ -913,7 +646,7 @@ impl B24Mcp {
             "results": out,
         });
         if ok == 0 && failed > 0 {
-            let mut v = self.redact(v);
+            let mut v = b24_guard::redact::value(&v);
             v["message"] = json!(format!(
                 "every executed command failed ({failed} errors); see results[].error for the Bitrix24 code and fix"
             ));
@@ -932,13 +665,17 @@ impl B24Mcp {
         &self,
         Parameters(a): Parameters<ExportArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let method = method_name(&a.method)?;
         let max = a.max_items.unwrap_or(200);
         if max == 0 || max > MAX_EXPORT_ITEMS {
             return Err(invalid(format!(
                 "`max_items` must be between 1 and {MAX_EXPORT_ITEMS}"
             )));
         }
+        // The gate decides on the name it normalises; paging uses the same name.
+        let method = match b24_guard::method::normalise(&a.method) {
+            Ok(m) => m.to_string(),
+            Err(e) => return Err(invalid(e.to_string())),
+        };
         let field = paging::keyset_field(&method);
         let mut cursor = match a.cursor.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
             Some(c) => {
@@ -965,42 +702,26 @@ impl B24Mcp {
                 sel.push(json!(f));
             }
         }
-        let risk = Catalog::builtin().effective_risk(&method, &Value::Object(base.clone()));
-        if risk != Some(Risk::Read) {
-            let guard = match self.guard() {
-                Ok(g) => g,
-                Err(e) => return Ok(self.fail(&e)),
-            };
-            let r = Refusal {
-                method: method.clone(),
-                risk,
-                reason: "b24_export takes read-only list methods only".into(),
-                fix: "find the list method with b24_search_methods (risk read)".into(),
-                operator_locked: false,
-            };
-            let e = guard.refuse(
-                Origin::Mcp,
-                &r,
-                &Value::Object(base),
-                vec![("tool", json!("b24_export"))],
-            );
-            return Ok(self.fail(&e));
-        }
+        let gate = match self.gate() {
+            Ok(g) => g,
+            Err(e) => return Ok(self.fail(&e)),
+        };
         let mut items: Vec<Value> = Vec::new();
         let mut more = true;
         let mut total = None;
         while (items.len() as u32) < max {
-            let spec = CallSpec {
+            let req = CallRequest {
                 method: method.clone(),
                 params: paging::page_params(&base, field, cursor),
-                origin: Origin::Mcp,
+                reads_only: true,
                 ..Default::default()
             };
-            let response = match exec::execute(&self.g, spec).await {
-                Ok(ExecOutcome::Done { response, .. }) => response,
-                Ok(ExecOutcome::DryRun(v)) => return Ok(self.ok(v)),
+            let response = match gate.call(req, &NoPerson).await {
+                Ok(CallOutcome::Done { response, .. }) => response,
+                Ok(CallOutcome::DryRun(v)) => return Ok(self.ok(v)),
                 Err(e) => {
-                    let mut v = self.redact(errors::error_value(&e));
+                    let mut v =
+                        b24_guard::redact::value(&errors::error_value(&exec::gate_error(e)));
                     v["items_before_error"] = json!(items.len());
                     v["cursor"] = json!(cursor.map(Cursor::render));
                     return Ok(tool_error_value(v));

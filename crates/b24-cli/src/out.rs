@@ -1,0 +1,52 @@
+//! Data on stdout. A reader that goes away early (`b24 call … | head -1`) is not a failure of
+//! the command: writing stops, nothing panics, and `main` exits quietly with the code the work
+//! earned (the gate has already put a sent write in the audit log before anything is printed).
+
+use std::io::Write;
+
+use serde_json::Value;
+
+/// stdout was closed by the reader.
+#[derive(Debug)]
+pub struct Closed;
+
+impl std::fmt::Display for Closed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stdout was closed")
+    }
+}
+
+impl std::error::Error for Closed {}
+
+fn map(e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        anyhow::Error::new(Closed)
+    } else {
+        anyhow::Error::new(e).context("writing to stdout")
+    }
+}
+
+/// Write raw bytes to stdout and flush.
+pub fn bytes(b: &[u8]) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(b).and_then(|_| out.flush()).map_err(map)
+}
+
+/// One value, pretty-printed, with a newline.
+pub fn pretty(v: &Value) -> anyhow::Result<()> {
+    let mut s = serde_json::to_string_pretty(v)?;
+    s.push('\n');
+    bytes(s.as_bytes())
+}
+
+/// One value as a single NDJSON line.
+pub fn line(v: &Value) -> anyhow::Result<()> {
+    let mut s = serde_json::to_string(v)?;
+    s.push('\n');
+    bytes(s.as_bytes())
+}
+
+/// Whether an error is (caused by) a closed stdout.
+pub fn is_closed(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| c.downcast_ref::<Closed>().is_some())
+}

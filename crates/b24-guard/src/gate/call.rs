@@ -1,0 +1,473 @@
+//! [`Gate::call`]: one REST call (a raw `batch` call included) through every gate.
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use super::confirm::{Confirmed, Person};
+use super::{Gate, GateError};
+use crate::batch_cmds;
+use crate::catalog::Risk;
+use crate::method::{MethodName, normalise};
+use crate::policy::CallCheck;
+use crate::store::{KeyState, call_hash};
+
+/// Which REST API a call goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum Api {
+    #[default]
+    V2,
+    V3,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::V2 => "v2",
+            Api::V3 => "v3",
+        }
+    }
+
+    pub fn parse(s: &str) -> Api {
+        if s.eq_ignore_ascii_case("v3") {
+            Api::V3
+        } else {
+            Api::V2
+        }
+    }
+}
+
+/// One call as a front end asks for it (the method exactly as the caller spelled it).
+#[derive(Debug, Clone, Default)]
+pub struct CallRequest {
+    pub method: String,
+    pub params: Value,
+    pub api: Api,
+    pub confirm_write: bool,
+    pub confirm_destructive: bool,
+    pub dry_run: bool,
+    /// Record this write under a key: repeating it returns the recorded result.
+    pub idempotency_key: Option<String>,
+    /// Derive the idempotency key from method + params.
+    pub idempotent: bool,
+    /// Refuse anything but a read (read-only tools).
+    pub reads_only: bool,
+}
+
+/// What a call came to.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per call, consumed at once
+pub enum CallOutcome {
+    /// Sent (or answered from the idempotency store when `replayed`).
+    Done {
+        response: b24::Response,
+        replayed: bool,
+    },
+    /// `dry_run`: what would have been sent (method, risk, endpoint without secrets, params).
+    DryRun(Value),
+}
+
+/// Credentials never travel in params: b24 adds them itself, and plans, idempotency records and
+/// the audit log must never hold them. Returns whether any were removed.
+pub fn strip_credentials(params: &mut Value) -> bool {
+    let Some(o) = params.as_object_mut() else {
+        return false;
+    };
+    let before = o.len();
+    o.retain(|k, _| {
+        !matches!(
+            k.trim().to_ascii_lowercase().as_str(),
+            "auth" | "access_token" | "refresh_token" | "client_secret" | "auth_id" | "refresh_id"
+        )
+    });
+    o.len() != before
+}
+
+/// A call after normalisation: the checks it must pass.
+pub(super) struct Checked {
+    pub method: MethodName,
+    /// (method, params) of each thing the policy decides on: the call, or each batch command.
+    pub parts: Vec<(MethodName, Value)>,
+}
+
+impl Gate {
+    /// Normalise the method and find what the policy must decide on. A malformed name or an
+    /// unreadable batch is recorded and refused.
+    pub(super) fn prepare(&self, raw: &str, params: &Value) -> Result<Checked, GateError> {
+        let method = match normalise(raw) {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = self.record(
+                    &format!("{raw:?}"),
+                    vec![
+                        ("decision", json!("malformed")),
+                        ("reason", json!(e.to_string())),
+                    ],
+                );
+                return Err(e.into());
+            }
+        };
+        let parts = if method.is_batch() {
+            match batch_cmds::parse(params) {
+                Ok(b) => b
+                    .commands
+                    .into_iter()
+                    .map(|c| (c.method, c.params))
+                    .collect(),
+                Err(e) => {
+                    let _ = self.record(
+                        "batch",
+                        vec![
+                            ("decision", json!("unreadable")),
+                            ("reason", json!(e.to_string())),
+                            ("params", self.audit_params(params)),
+                        ],
+                    );
+                    return Err(e.into());
+                }
+            }
+        } else {
+            vec![(method.clone(), params.clone())]
+        };
+        Ok(Checked { method, parts })
+    }
+
+    /// Run the policy over every part with the given confirmations; the highest risk.
+    pub(super) fn decide(
+        &self,
+        c: &Checked,
+        conf: Confirmed,
+        via_plan: bool,
+        no_send: bool,
+        params: &Value,
+    ) -> Result<Risk, GateError> {
+        let mut worst = Risk::Read;
+        for (m, p) in &c.parts {
+            let check = CallCheck {
+                method: m.as_str(),
+                params: Some(p),
+                confirm_write: conf.write,
+                confirm_destructive: conf.destructive,
+                via_plan,
+                no_send,
+            };
+            match self.policy.check(self.catalog, &check) {
+                Ok(r) => worst = worst.max(r),
+                Err(r) => {
+                    let r = if c.method.is_batch() {
+                        let mut r = self.explain_unknown(r);
+                        r.reason = format!("batch command {}: {}", r.method, r.reason);
+                        r.method = "batch".into();
+                        r
+                    } else {
+                        r
+                    };
+                    return Err(self.refuse(r, params, vec![]));
+                }
+            }
+        }
+        Ok(worst)
+    }
+
+    /// The checks of `c` as the confirmation step wants them.
+    pub(super) fn checks<'a>(c: &'a Checked, via_plan: bool) -> Vec<CallCheck<'a>> {
+        c.parts
+            .iter()
+            .map(|(m, p)| CallCheck {
+                method: m.as_str(),
+                params: Some(p),
+                via_plan,
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// Run one call through every gate.
+    pub async fn call(
+        &self,
+        mut req: CallRequest,
+        person: &dyn Person,
+    ) -> Result<CallOutcome, GateError> {
+        strip_credentials(&mut req.params);
+        let checked = self.prepare(&req.method, &req.params)?;
+        if req.reads_only {
+            self.require_reads(&checked, &req.params)?;
+        }
+        let flags = Confirmed {
+            write: req.confirm_write,
+            destructive: req.confirm_destructive,
+            by_person: false,
+        };
+        let conf = if req.dry_run {
+            flags
+        } else {
+            let shown = self.redact(&req.params);
+            let m = checked.method.to_string();
+            self.settle_confirmation(
+                &Self::checks(&checked, false),
+                flags,
+                person,
+                || format!("Run {m} with params {shown}?"),
+                checked.method.as_str(),
+            )
+            .await?
+        };
+        let risk = self.decide(&checked, conf, false, req.dry_run, &req.params)?;
+        if req.dry_run {
+            return self.dry_run(&checked.method, risk, req.api, &req.params);
+        }
+        let key = match (&req.idempotency_key, req.idempotent) {
+            (Some(k), _) => Some(k.trim().to_string()).filter(|k| !k.is_empty()),
+            (None, true) => Some(format!(
+                "auto-{}",
+                &call_hash(checked.method.as_str(), &req.params)[..32]
+            )),
+            _ => None,
+        };
+        self.send(&checked.method, risk, req.api, req.params, key, None, conf)
+            .await
+    }
+
+    /// Refuse anything that is not a plain read (read-only tools, exports).
+    pub(super) fn require_reads(&self, c: &Checked, params: &Value) -> Result<(), GateError> {
+        if c.method.is_batch() {
+            let r = self.refusal(
+                "batch",
+                None,
+                "a batch is not a read-only method here",
+                "send batches through the batch command or tool, where every command is checked",
+                false,
+            );
+            return Err(self.refuse(r, params, vec![]));
+        }
+        let risk = self.catalog.effective_risk(c.method.as_str(), params);
+        if risk != Some(Risk::Read) {
+            let reason = match risk {
+                None => format!(
+                    "{} is an unknown method, so it cannot be known to be read-only",
+                    c.method
+                ),
+                Some(r) => format!(
+                    "{} is a {r} method and only reads are accepted here",
+                    c.method
+                ),
+            };
+            let conf = if risk == Some(Risk::Read)
+                || risk == Some(Risk::Write)
+                || risk == Some(Risk::Admin)
+            {
+                "--confirm-write"
+            } else {
+                "--confirm-destructive"
+            };
+            let fix = format!(
+                "record it with `b24 plan {} --params '{params}'` then `b24 apply <plan id> {conf}`, or send it as a write (`b24 call` / b24_write) with {conf}",
+                c.method
+            );
+            let r = self.refusal(c.method.as_str(), risk, reason, fix, false);
+            return Err(self.refuse(r, params, vec![]));
+        }
+        Ok(())
+    }
+
+    fn dry_run(
+        &self,
+        method: &MethodName,
+        risk: Risk,
+        api: Api,
+        params: &Value,
+    ) -> Result<CallOutcome, GateError> {
+        let needs = match risk {
+            Risk::Read => None,
+            Risk::Destructive => Some("--confirm-destructive"),
+            _ => Some("--confirm-write"),
+        };
+        self.record(
+            method.as_str(),
+            vec![
+                ("risk", json!(risk)),
+                ("decision", json!("dry_run")),
+                ("params", self.audit_params(params)),
+            ],
+        )?;
+        Ok(CallOutcome::DryRun(json!({
+            "dry_run": true,
+            "method": method,
+            "risk": risk,
+            "api": api.as_str(),
+            "endpoint": self.portal.endpoint(method.as_str(), api),
+            "params": self.redact(params),
+            "needs": needs,
+            "sent": false,
+        })))
+    }
+
+    /// The part after the decision: idempotency, budget, audit, send, audit.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn send(
+        &self,
+        method: &MethodName,
+        risk: Risk,
+        api: Api,
+        params: Value,
+        key: Option<String>,
+        plan_id: Option<&str>,
+        conf: Confirmed,
+    ) -> Result<CallOutcome, GateError> {
+        let is_write = self.catalog.is_write(method.as_str(), &params) || risk != Risk::Read;
+        let key = key.filter(|_| is_write);
+        let store = if is_write { Some(self.store()?) } else { None };
+        let m = method.as_str();
+        if let (Some(k), Some(store)) = (&key, &store) {
+            match store.begin_key(k, m, &params).map_err(GateError::Store)? {
+                KeyState::New => {}
+                KeyState::Done(raw) => {
+                    self.record(
+                        m,
+                        vec![
+                            ("risk", json!(risk)),
+                            ("decision", json!("replayed")),
+                            ("idempotency_key", json!(k)),
+                            ("outcome", json!("ok")),
+                        ],
+                    )?;
+                    let response = b24::Response {
+                        result: raw.get("result").cloned().unwrap_or(Value::Null),
+                        next: raw.get("next").and_then(|v| v.as_u64()),
+                        total: raw.get("total").and_then(|v| v.as_u64()),
+                        time: None,
+                        raw,
+                        replayed: true,
+                    };
+                    return Ok(CallOutcome::Done {
+                        response,
+                        replayed: true,
+                    });
+                }
+                KeyState::InFlight | KeyState::Unknown => {
+                    let r = self.refusal(m, Some(risk),
+                        format!("idempotency key `{k}` belongs to a call whose outcome is not known (still running, or it failed ambiguously)"),
+                        "check the portal for the effect (e.g. list by ORIGIN_ID / title); if it did not happen, use a new idempotency key", false);
+                    return Err(self.refuse(r, &params, vec![("idempotency_key", json!(k))]));
+                }
+                KeyState::Mismatch { method: other } => {
+                    let r = self.refusal(
+                        m,
+                        Some(risk),
+                        format!(
+                            "idempotency key `{k}` was already used for a different call ({other})"
+                        ),
+                        "use a new idempotency key for a different call",
+                        false,
+                    );
+                    return Err(self.refuse(r, &params, vec![("idempotency_key", json!(k))]));
+                }
+            }
+        }
+        if let Some(store) = &store {
+            if let Err(e) = self.take_write(store, m, risk, &params) {
+                if let Some(k) = &key {
+                    let _ = store.key_failed(k);
+                }
+                return Err(e);
+            }
+        }
+        let client = match self.portal.client().await {
+            Ok(c) => c,
+            Err(e) => {
+                if let (Some(k), Some(store)) = (&key, &store) {
+                    let _ = store.key_failed(k);
+                }
+                return Err(e);
+            }
+        };
+        let request_id = uuid::Uuid::now_v7().simple().to_string();
+        if is_write {
+            // The intent is on disk before anything is sent, or nothing is sent.
+            let intent = self.record(
+                m,
+                vec![
+                    ("risk", json!(risk)),
+                    ("decision", json!("allow")),
+                    ("outcome", json!("sending")),
+                    ("call_id", json!(request_id)),
+                    ("api", json!(api.as_str())),
+                    ("params", self.audit_params(&params)),
+                    ("idempotency_key", json!(key)),
+                    ("plan_id", json!(plan_id)),
+                    ("confirmed_by_person", json!(conf.by_person)),
+                ],
+            );
+            if let Err(e) = intent {
+                if let (Some(k), Some(store)) = (&key, &store) {
+                    let _ = store.key_failed(k);
+                }
+                return Err(e);
+            }
+        }
+        let before = client.stats();
+        let opts = b24::CallOptions {
+            is_write: Some(is_write),
+            idempotency_key: key.clone(),
+            timeout: None,
+        };
+        let started = Instant::now();
+        let res = match api {
+            Api::V2 => client.call_with(m, params.clone(), opts).await,
+            Api::V3 => client.call_v3(m, params.clone(), opts).await,
+        };
+        let retries = client.stats().retries.saturating_sub(before.retries);
+        let fields = |outcome: &str, code: Option<String>| {
+            vec![
+                ("risk", json!(risk)),
+                ("decision", json!("allow")),
+                ("api", json!(api.as_str())),
+                ("params", self.audit_params(&params)),
+                ("outcome", json!(outcome)),
+                ("error_code", json!(code)),
+                ("duration_ms", json!(started.elapsed().as_millis() as u64)),
+                ("retries", json!(retries)),
+                ("call_id", json!(request_id)),
+                ("idempotency_key", json!(key)),
+                ("plan_id", json!(plan_id)),
+            ]
+        };
+        match res {
+            Ok(response) => {
+                if let (Some(k), Some(store)) = (&key, &store) {
+                    let _ = store.key_done(k, &response.raw);
+                }
+                let recorded = self.record(m, fields("ok", None));
+                if let Err(e) = recorded {
+                    if !is_write {
+                        // A read's answer is not released without its record.
+                        return Err(e);
+                    }
+                    // The write happened and its intent is on disk; failing now would invite
+                    // a repeat. Say so in the logs and hand the result back.
+                    tracing::error!("the outcome of {m} could not be added to the audit log: {e}");
+                }
+                Ok(CallOutcome::Done {
+                    response,
+                    replayed: false,
+                })
+            }
+            Err(e) => {
+                let unknown = matches!(e, b24::Error::OutcomeUnknown { .. });
+                if let (Some(k), Some(store)) = (&key, &store) {
+                    let _ = if unknown {
+                        store.key_unknown(k)
+                    } else {
+                        store.key_failed(k)
+                    };
+                }
+                let code = match &e {
+                    b24::Error::Api(a) => Some(a.code.clone()),
+                    _ => None,
+                };
+                let _ = self.record(m, fields(if unknown { "unknown" } else { "error" }, code));
+                Err(GateError::Client(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The gate's records: the audit log, the store of plans and idempotency records, and the
+//! write budget. Kept in one place so the rules about them are in one place: a call whose
+//! record cannot be written is not sent, and the budget is taken in the same step it is checked.
+
+use serde_json::{Map, Value, json};
+use sha2::Digest;
+
+use super::{Gate, GateError};
+use crate::catalog::Risk;
+use crate::policy::AuditParams;
+use crate::store::GuardStore;
+
+impl Gate {
+    /// Open the guard store in the guard dir (created 0700).
+    pub(super) fn store(&self) -> Result<GuardStore, GateError> {
+        b24::auth::ensure_private_dir(&self.guard_dir).map_err(|e| {
+            GateError::Store(crate::GuardError::Io {
+                path: self.guard_dir.display().to_string(),
+                reason: e.to_string(),
+            })
+        })?;
+        GuardStore::open(&self.guard_dir).map_err(GateError::Store)
+    }
+
+    /// Append an audit record (the common fields are filled in here). An error means the
+    /// record is not on disk: the caller must not send.
+    pub(super) fn record(&self, method: &str, fields: Vec<(&str, Value)>) -> Result<(), GateError> {
+        if let Err(e) = b24::auth::ensure_private_dir(&self.guard_dir) {
+            return Err(GateError::Audit(crate::GuardError::Io {
+                path: self.guard_dir.display().to_string(),
+                reason: e.to_string(),
+            }));
+        }
+        let mut m = Map::new();
+        m.insert(
+            "request_id".into(),
+            json!(uuid::Uuid::now_v7().simple().to_string()),
+        );
+        m.insert("portal".into(), json!(self.portal.portal()));
+        m.insert("origin".into(), json!(self.origin.as_str()));
+        m.insert("method".into(), json!(method));
+        for (k, v) in fields {
+            m.insert(k.to_string(), v);
+        }
+        self.audit.append(m).map(|_| ()).map_err(GateError::Audit)
+    }
+
+    /// The params as the audit log keeps them: names and digests of the values by default,
+    /// the (redacted) params themselves when the operator asks for them.
+    pub(super) fn audit_params(&self, params: &Value) -> Value {
+        match self.policy.audit_params() {
+            AuditParams::Full => self.redact(params),
+            AuditParams::Keys => keys_and_digests(params),
+        }
+    }
+
+    /// Take one write from the hourly budget, or refuse. Check and count are one step in the
+    /// store, so parallel writers cannot all pass a check that only one of them should.
+    pub(super) fn take_write(
+        &self,
+        store: &GuardStore,
+        method: &str,
+        risk: Risk,
+        params: &Value,
+    ) -> Result<(), GateError> {
+        let Some(max) = self.policy.max_writes_per_hour() else {
+            let _ = store.count_write();
+            return Ok(());
+        };
+        let used = store.writes_last_hour().map_err(GateError::Store)?;
+        if used >= max as u64 {
+            let r = self.refusal(
+                method,
+                Some(risk),
+                format!("the write budget of {max} per hour is used up"),
+                "wait for the hour to roll over, or ask the operator to raise max_writes_per_hour",
+                self.policy.max_writes_locked(),
+            );
+            return Err(self.refuse(r, params, vec![]));
+        }
+        store.count_write().map_err(GateError::Store)?;
+        Ok(())
+    }
+}
+
+/// Parameter names with short digests of their values: enough to tell calls apart and to
+/// match a record against a known call, without copying personal data into the log.
+pub fn keys_and_digests(params: &Value) -> Value {
+    fn digest(v: &Value) -> String {
+        let text = crate::store::canonical(v);
+        hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
+    }
+    match params {
+        Value::Object(o) => {
+            let m: Map<String, Value> = o
+                .iter()
+                .map(|(k, v)| {
+                    let shown = if crate::redact::is_secret_key(k) {
+                        json!("[redacted]")
+                    } else {
+                        json!(format!("sha256:{}", digest(v)))
+                    };
+                    (k.clone(), shown)
+                })
+                .collect();
+            Value::Object(m)
+        }
+        Value::Null => json!({}),
+        other => json!({"[value]": format!("sha256:{}", digest(other))}),
+    }
+}
