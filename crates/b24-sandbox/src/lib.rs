@@ -18,6 +18,7 @@ mod faults;
 mod md5;
 mod methods;
 mod params;
+mod refdata;
 mod server;
 mod state;
 
@@ -235,6 +236,14 @@ impl Sandbox {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .expire_tokens();
+    }
+
+    /// Revoke every token issued so far: calls answer 401 `invalid_token`, refreshes fail.
+    pub fn revoke_access_tokens(&self) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .revoke_tokens();
     }
 
     /// Move the sandbox's clock forward (operating-limit baskets, token expiry).

@@ -83,6 +83,9 @@ pub fn scope_of(method: &str) -> &'static str {
 
 /// Every method the sandbox implements (for `methods`, `method.get` and unknown-method errors).
 pub fn known(method: &str) -> bool {
+    if crate::refdata::known(method) {
+        return true;
+    }
     if let Some(rest) = method.strip_prefix("crm.") {
         let mut parts = rest.split('.');
         let (Some(ent), Some(verb), None) = (parts.next(), parts.next(), parts.next()) else {
@@ -138,6 +141,9 @@ pub fn call(
     params: &Value,
     dl: &mut Vec<Delivery>,
 ) -> Result<Out, PErr> {
+    if crate::refdata::known(method) {
+        return crate::refdata::call(method, params);
+    }
     if let Some(rest) = method.strip_prefix("crm.") {
         let (ent, verb) = rest.split_once('.').unwrap_or((rest, ""));
         if ent == "item" {
@@ -176,6 +182,7 @@ pub fn call(
                     v.push(format!("crm.{e}.{verb}"));
                 }
             }
+            v.extend(["crm.status.list", "crm.status.entity.items", "crm.category.list", "crm.dealcategory.stage.list"].map(String::from));
             ok(json!(v))
         }
         "method.get" => {
@@ -472,6 +479,13 @@ fn add(
         Value::String(who.user_id.to_string()),
     );
     write_fields(st, kind, &mut row, fields, item_names);
+    if kind == Kind::Deal && !upper_fields(fields, item_names).contains_key("STAGE_ID") {
+        let cat = row.get("CATEGORY_ID").and_then(int).unwrap_or(0);
+        row.insert(
+            "STAGE_ID".into(),
+            Value::String(crate::refdata::first_stage(cat).into()),
+        );
+    }
     for k in ["DATE_CREATE", "DATE_MODIFY"] {
         row.insert(k.into(), Value::String(now.clone()));
     }
@@ -488,6 +502,40 @@ fn add(
         dl,
     );
     id
+}
+
+/// Field names as stored (upper case), whichever naming the call used.
+fn upper_fields(fields: &Map<String, Value>, item_names: bool) -> Map<String, Value> {
+    fields
+        .iter()
+        .map(|(k, v)| {
+            let key = if item_names {
+                crm::upper(k)
+            } else {
+                k.to_ascii_uppercase()
+            };
+            (key, v.clone())
+        })
+        .collect()
+}
+
+/// A deal's funnel and stage must exist (reference data in `refdata`).
+fn check_stage(
+    kind: Kind,
+    fields: &Map<String, Value>,
+    current: Option<&Map<String, Value>>,
+    item_names: bool,
+) -> Result<(), PErr> {
+    if kind != Kind::Deal {
+        return Ok(());
+    }
+    crate::refdata::check_deal_stage(&upper_fields(fields, item_names), current).map_err(|m| {
+        if item_names {
+            perr(400, "INVALID_ARG_VALUE", &m)
+        } else {
+            crm_err(&m)
+        }
+    })
 }
 
 fn id_param(params: &Value) -> Result<u64, PErr> {
@@ -649,6 +697,7 @@ fn crm_v2(
                     }
                 }
             }
+            check_stage(kind, &fields, None, false)?;
             let id = add(st, who, kind, &fields, false, dl);
             Ok(Out {
                 result: json!(id),
@@ -672,6 +721,7 @@ fn crm_v2(
                 .get(&id)
                 .cloned()
                 .ok_or_else(|| crm_err("Not found"))?;
+            check_stage(kind, &fields, Some(&row), false)?;
             write_fields(st, kind, &mut row, &fields, false);
             row.insert("DATE_MODIFY".into(), Value::String(iso(st.now())));
             row.insert(
@@ -761,6 +811,7 @@ fn crm_item(
                 Some(Value::Object(o)) => o.clone(),
                 _ => return Err(perr(400, "INVALID_ARG_VALUE", "fields is required")),
             };
+            check_stage(kind, &fields, None, true)?;
             let id = add(st, who, kind, &fields, true, dl);
             Ok(Out {
                 result: json!({"item": item_of(st, id)}),
@@ -784,6 +835,7 @@ fn crm_item(
                 .get(&id)
                 .cloned()
                 .ok_or_else(|| perr(400, "NOT_FOUND", "Item not found"))?;
+            check_stage(kind, &fields, Some(&row), true)?;
             write_fields(st, kind, &mut row, &fields, true);
             row.insert("DATE_MODIFY".into(), Value::String(iso(st.now())));
             if let Some(t) = st.tables.get_mut(&kind) {

@@ -198,6 +198,7 @@ fn router(shared: Shared, max_body: usize) -> Router {
         .route("/_sandbox/stats", get(ctl_stats))
         .route("/_sandbox/requests", get(ctl_requests))
         .route("/_sandbox/expire-tokens", post(ctl_expire))
+        .route("/_sandbox/revoke-tokens", post(ctl_revoke))
         .route("/_sandbox/faults", post(ctl_faults))
         .route("/_sandbox/reset-stats", post(ctl_reset))
         .route("/_sandbox/advance", post(ctl_advance))
@@ -588,6 +589,15 @@ fn handle(
                         perr(401, "NO_AUTH_FOUND", "Wrong authorization data"),
                     );
                 }
+                Some(t) if t.revoked => {
+                    return err_reply(
+                        st,
+                        m,
+                        "oauth",
+                        rt.v3,
+                        perr(401, "invalid_token", "The access token provided is invalid"),
+                    );
+                }
                 Some(t) if t.expires_at <= now => {
                     return err_reply(
                         st,
@@ -857,6 +867,11 @@ async fn ctl_requests(AxState((shared, _)): AxState<AppState>) -> Response {
 
 async fn ctl_expire(AxState((shared, _)): AxState<AppState>) -> Response {
     lock(&shared).expire_tokens();
+    axum::Json(json!({"ok": true})).into_response()
+}
+
+async fn ctl_revoke(AxState((shared, _)): AxState<AppState>) -> Response {
+    lock(&shared).revoke_tokens();
     axum::Json(json!({"ok": true})).into_response()
 }
 

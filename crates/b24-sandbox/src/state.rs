@@ -54,6 +54,8 @@ pub struct Stats {
 pub struct TokenInfo {
     pub expires_at: f64,
     pub user_id: u64,
+    /// Revoked (app reinstalled or access withdrawn): answers `invalid_token`.
+    pub revoked: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -217,6 +219,7 @@ impl State {
             TokenInfo {
                 expires_at: exp,
                 user_id,
+                revoked: false,
             },
         );
         self.refresh.insert(r.clone(), user_id);
@@ -246,6 +249,15 @@ impl State {
             Some(s) => s.join(","),
             None => "crm,user,task,basic,placement,entity,im,bizproc,disk,department".into(),
         }
+    }
+
+    /// Revoke every access and refresh token issued so far: calls answer 401 `invalid_token`
+    /// and refreshing fails with `invalid_grant`, as after an app is reinstalled.
+    pub fn revoke_tokens(&mut self) {
+        for t in self.access.values_mut() {
+            t.revoked = true;
+        }
+        self.refresh.clear();
     }
 
     pub fn expire_tokens(&mut self) {

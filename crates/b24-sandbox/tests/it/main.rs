@@ -3,4 +3,5 @@
 
 mod conformance;
 mod fidelity;
+mod reference_data;
 mod support;
