@@ -181,8 +181,8 @@ impl Catalog {
     /// The risk of a call, which for a few methods depends on the params:
     /// - `event.offline.get` deletes what it returns unless `clear=0` (then it only reserves);
     /// - `entity.rights` only reads unless `ACCESS` is given (then it replaces the permissions);
-    /// - `imbot.v2.Event.get` only reads unless `offset` is given (it confirms the events before
-    ///   it, which drops them from the bot's queue).
+    /// - `imbot.v2.Event.get` and `im.v2.Event.get` only read unless `offset` is given (it
+    ///   confirms the events before it, which drops them from the queue).
     pub fn effective_risk(&self, name: &str, params: &Value) -> Option<Risk> {
         let info = self.get(name)?;
         let n = info.name.to_ascii_lowercase();
@@ -199,7 +199,11 @@ impl Catalog {
                 })
             }
             "entity.rights" if param(params, "access").is_none() => Some(Risk::Read),
-            "imbot.v2.event.get" if is_zero_or_absent(param(params, "offset")) => Some(Risk::Read),
+            "imbot.v2.event.get" | "im.v2.event.get"
+                if is_zero_or_absent(param(params, "offset")) =>
+            {
+                Some(Risk::Read)
+            }
             _ => Some(info.risk),
         }
     }
@@ -240,12 +244,11 @@ impl Catalog {
                     && method
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_');
-                // Params inside the query string are not parsed: a command whose risk depends
-                // on them (event.offline.get) is judged on empty params, which is its worst case.
+                // Params inside the query string are not parsed, so a command is judged by its
+                // catalog risk, the worst case over params (`entity.rights` is admin there).
                 valid
                     && !method.eq_ignore_ascii_case("batch")
-                    && self.effective_risk(method, &Value::Object(Default::default()))
-                        == Some(Risk::Read)
+                    && self.get(method).map(|i| i.risk) == Some(Risk::Read)
             })
     }
 }

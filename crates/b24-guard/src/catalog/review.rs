@@ -36,6 +36,7 @@ const REVIEWED: &[(&str, Risk)] = &[
     ("salescenter.payment.getPublicUrl", Write),
     ("disk.storage.getForApp", Write),
     ("imbot.v2.Event.get", Write),
+    ("im.v2.Event.get", Write),
     ("entity.rights", Admin),
     // `get…` that only compute a URL: reads.
     ("landing.landing.getpublicurl", Read),
@@ -321,6 +322,14 @@ fn param_dependent_risks() {
         Some(Write)
     );
     assert_eq!(
+        c.effective_risk("im.v2.Event.get", &json!({"limit": 50})),
+        Some(Read)
+    );
+    assert_eq!(
+        c.effective_risk("im.v2.Event.get", &json!({"offset": "2000"})),
+        Some(Write)
+    );
+    assert_eq!(
         c.effective_risk("event.offline.get", &json!({"CLEAR": "0"})),
         Some(Write)
     );
@@ -362,6 +371,9 @@ fn is_write_of_a_batch_checks_every_command() {
         json!({"cmd": {"a": "crm.lead.list"}, "CMD": {"b": "crm.lead.list"}}),
         json!({"cmd": {"a": "batch?cmd[x]=crm.lead.delete"}}),
         json!({"cmd": {"a": "event.offline.get?clear=0"}}),
+        json!({"cmd": {"a": "entity.rights?ENTITY=x&ACCESS[AU]=X"}}),
+        json!({"cmd": {"a": "entity.rights?ENTITY=x"}}),
+        json!({"cmd": {"a": "im.v2.Event.get?offset=2000"}}),
         json!({"cmd": {"a": "no.such.method"}}),
         json!({"cmd": {"a": "crm.lead.list%3Fx"}}),
         json!({"cmd": {"a": 5}}),
