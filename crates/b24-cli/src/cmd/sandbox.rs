@@ -22,8 +22,8 @@ Point b24 at it with the printed webhook URL:
   export B24_WEBHOOK_URL=http://127.0.0.1:PORT/rest/1/CODE/
 
 Control endpoints (loopback, no auth): GET /_sandbox/stats, GET /_sandbox/requests,
-POST /_sandbox/expire-tokens, POST /_sandbox/faults (body = spec), POST /_sandbox/reset-stats,
-POST /_sandbox/advance?secs=N")]
+POST /_sandbox/expire-tokens, POST /_sandbox/revoke-tokens, POST /_sandbox/faults (body = spec),
+POST /_sandbox/reset-stats, POST /_sandbox/advance?secs=N")]
 pub struct Args {
     /// Address to listen on (port 0 = pick a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
