@@ -591,10 +591,33 @@ async fn probe(cfg: &b24::Config, webhook: bool, args: &Args, g: &Globals, r: &m
         }
         Err(e) => api_finding(r, "clock", &e, webhook),
     }
+    // Methods to try go through the gate like any call: reads only, policy, audit.
+    let gate = crate::exec::gate(g, b24_guard::gate::Origin::Cli);
     for m in &args.method {
-        match client.call(m, json!({})).await {
+        let req = b24_guard::gate::CallRequest {
+            method: m.clone(),
+            params: json!({}),
+            reads_only: true,
+            ..Default::default()
+        };
+        let res = match &gate {
+            Ok(gate) => gate.call(req, &b24_guard::gate::NoPerson).await,
+            Err(e) => {
+                r.add(&format!("method {m}"), Status::Fail, format!("{e:#}"), None);
+                continue;
+            }
+        };
+        match res {
             Ok(_) => r.add(&format!("method {m}"), Status::Ok, "works", None),
-            Err(e) => api_finding(r, &format!("method {m}"), &e, webhook),
+            Err(b24_guard::gate::GateError::Client(e)) => {
+                api_finding(r, &format!("method {m}"), &e, webhook)
+            }
+            Err(e) => r.add(
+                &format!("method {m}"),
+                Status::Fail,
+                e.to_string(),
+                Some("doctor only tries read-only methods the policy allows".into()),
+            ),
         }
     }
     let st = client.stats();
