@@ -18,7 +18,7 @@ const SQLITE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS b24_receiver_portals (
   member_id TEXT PRIMARY KEY, domain TEXT NOT NULL UNIQUE, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS b24_receiver_rejects (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL, member_id TEXT NOT NULL,
+  id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, member_id TEXT NOT NULL,
   event TEXT NOT NULL, reason TEXT NOT NULL, raw_body BLOB NOT NULL, received_at REAL NOT NULL);
 ";
 
@@ -27,7 +27,7 @@ SELECT pg_advisory_xact_lock(724243);
 CREATE TABLE IF NOT EXISTS b24_receiver_portals (
   member_id TEXT PRIMARY KEY, domain TEXT NOT NULL UNIQUE, updated_at DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS b24_receiver_rejects (
-  id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, member_id TEXT NOT NULL, event TEXT NOT NULL,
+  id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL UNIQUE, member_id TEXT NOT NULL, event TEXT NOT NULL,
   reason TEXT NOT NULL, raw_body BYTEA NOT NULL, received_at DOUBLE PRECISION NOT NULL);
 ";
 
@@ -138,7 +138,8 @@ impl Inbox {
         .map_err(|e| EventsError::Store(format!("fsync of the queue's log: {e}")))
     }
 
-    /// Keep an authenticated delivery that cannot be queued: reason and raw body.
+    /// Keep an authenticated delivery that cannot be queued: reason and raw body (a replay of
+    /// the same delivery, same key, is kept once).
     pub async fn reject(
         &self,
         key: &str,
@@ -158,7 +159,7 @@ impl Inbox {
             Inbox::Sqlite { conn, .. } => {
                 Self::sqlite(conn, move |c| {
                     c.execute(
-                        "INSERT INTO b24_receiver_rejects (key, member_id, event, reason, raw_body, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT INTO b24_receiver_rejects (key, member_id, event, reason, raw_body, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(key) DO NOTHING",
                         params![key, member, event, reason, raw, now()],
                     )
                     .map(|_| ())
@@ -168,7 +169,7 @@ impl Inbox {
             Inbox::Postgres(pool) => {
                 let c = pool.get().await.map_err(se)?;
                 c.execute(
-                    "INSERT INTO b24_receiver_rejects (key, member_id, event, reason, raw_body, received_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                    "INSERT INTO b24_receiver_rejects (key, member_id, event, reason, raw_body, received_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO NOTHING",
                     &[&key, &member, &event, &reason, &raw, &now()],
                 )
                 .await

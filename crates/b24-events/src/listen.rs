@@ -63,6 +63,25 @@ impl Drop for Busy {
     }
 }
 
+/// Close the oldest connection with no request in flight; false if every one is busy.
+fn evict_oldest_idle(r: &mut BTreeMap<u64, Conn>) -> bool {
+    let idle = r
+        .iter()
+        .find(|(_, c)| c.busy.load(Ordering::SeqCst) == 0)
+        .map(|(id, _)| *id);
+    match idle.and_then(|id| r.remove(&id)) {
+        Some(old) => {
+            old.evict.cancel();
+            true
+        }
+        None => false,
+    }
+}
+
+fn evict_idle(reg: &Registry) {
+    evict_oldest_idle(&mut lock(reg));
+}
+
 /// Serve `app` on `listener` until `shutdown` is cancelled, then drain.
 pub async fn serve(
     listener: TcpListener,
@@ -84,8 +103,10 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok((s, _)) => s,
                 Err(e) => {
-                    // Out of descriptors or a reset before accept: wait a little, keep going.
+                    // Out of descriptors or a reset before accept: free the oldest idle
+                    // connection's descriptor, wait a little, keep going.
                     tracing::warn!(error = %e, "accept failed");
+                    evict_idle(&reg);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
@@ -98,18 +119,10 @@ pub async fn serve(
         next_id += 1;
         {
             let mut r = lock(&reg);
-            if r.len() >= lim.max_connections.max(1) {
-                let idle = r
-                    .iter()
-                    .find(|(_, c)| c.busy.load(Ordering::SeqCst) == 0)
-                    .map(|(id, _)| *id);
-                match idle.and_then(|id| r.remove(&id)) {
-                    Some(old) => old.evict.cancel(),
-                    None => {
-                        drop(stream);
-                        continue;
-                    }
-                }
+            if r.len() >= lim.max_connections.max(1) && !evict_oldest_idle(&mut r) {
+                drop(r);
+                drop(stream);
+                continue;
             }
             r.insert(
                 id,

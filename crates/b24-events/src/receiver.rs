@@ -167,9 +167,10 @@ impl Shared {
         let stored = self.store.app_token(&env.member_id).await?;
         match (stored, event) {
             (Some(t), _) if same(&t, &env.application_token) => Ok(Auth::Known),
-            // A rotation: only a portal confirmation on the portal this member was verified
-            // on at install (not the one the body names).
-            (Some(_), "ONAPPUPDATE") => {
+            // A rotation (an update, or a re-install whose uninstall we never saw): only with
+            // a confirmation by the portal this member was verified on at install (not the
+            // one the body names).
+            (Some(_), "ONAPPUPDATE" | "ONAPPINSTALL") => {
                 let known = match &self.inbox {
                     Some(i) => i.portal(&env.member_id).await?,
                     None => None,

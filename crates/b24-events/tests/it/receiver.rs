@@ -159,9 +159,13 @@ async fn tokens_are_learned_checked_and_rotated() {
     assert_eq!(post(url, f("ONCRMLEADADD", "tok1", 1)).await, 200);
     assert_eq!(post(url, f("ONCRMLEADADD", "forged", 2)).await, 401);
     assert_eq!(
-        post(url, f("ONAPPINSTALL", "attacker", 0)).await,
+        post(
+            url,
+            form("ONAPPINSTALL", "m1", "attacker", 0, &host, "made-up")
+        )
+        .await,
         401,
-        "a re-install must match"
+        "a re-install must match or be confirmed by the portal"
     );
     assert_eq!(post(url, f("ONAPPUPDATE", "tok2", 0)).await, 200);
     assert_eq!(
@@ -308,6 +312,12 @@ async fn forged_update_cannot_replace_a_token_and_genuine_update_can() {
         post(url, form("ONCRMLEADADD", "m1", "t1", 6, &host, "")).await,
         401
     );
+    // A re-install whose uninstall never arrived: confirmed by m1's portal too.
+    assert_eq!(
+        post(url, form("ONAPPINSTALL", "m1", "t3", 7, &host, "at-real")).await,
+        200
+    );
+    assert_eq!(q.app_token("m1").await.unwrap().as_deref(), Some("t3"));
     // A pinned token is the only token.
     let pinned = serve(&[&host], Some("pin"), ServeLimits::default()).await;
     assert_eq!(
