@@ -202,6 +202,10 @@ async fn doctor_explains_method_errors_and_insecure_transport() {
         .run(&[
             "doctor",
             "--method",
+            "event.offline.list",
+            "--method",
+            "sale.order.list",
+            "--method",
             "event.offline.get",
             "--method",
             "crm.no.such.method",
@@ -209,12 +213,22 @@ async fn doctor_explains_method_errors_and_insecure_transport() {
         .await;
     assert_eq!(code(&o), 2);
     let r = json(&o);
-    let c = check(&r, "method event.offline.get");
+    let c = check(&r, "method event.offline.list");
     assert_eq!(c["code"], "WRONG_AUTH_TYPE");
     assert!(c["fix"].as_str().unwrap().contains("OAuth"));
-    let c = check(&r, "method crm.no.such.method");
+    let c = check(&r, "method sale.order.list");
     assert_eq!(c["code"], "ERROR_METHOD_NOT_FOUND");
     assert!(c["detail"].as_str().unwrap().contains("cut short"));
+    // doctor tries reads only, through the gate: these never reach the portal
+    for m in ["event.offline.get", "crm.no.such.method"] {
+        let c = check(&r, &format!("method {m}"));
+        assert_eq!(c["status"], "fail");
+        assert!(c["detail"].as_str().unwrap().contains("refused"), "{c}");
+        assert!(
+            sb.stats().methods.get(m).is_none(),
+            "{m} reached the portal"
+        );
+    }
     assert_eq!(check(&r, "auth")["status"], "ok");
     assert_no_secrets(&sb, &o);
 

@@ -448,7 +448,10 @@ impl Policy {
                     refuse(
                         Some(risk),
                         format!("denied by a deny rule ({})", l.source),
-                        "remove the matching --deny pattern".into(),
+                        format!(
+                            "the deny rule comes from {}; remove the matching pattern there",
+                            l.source
+                        ),
                         false,
                     )
                 });
@@ -510,7 +513,10 @@ impl Policy {
                     refuse(
                         Some(risk),
                         format!("a {risk} call in read-only mode ({})", l.source),
-                        "drop --read-only / B24_READ_ONLY".into(),
+                        format!(
+                            "read-only comes from {} (--read-only / B24_READ_ONLY)",
+                            l.source
+                        ),
                         false,
                     )
                 });
