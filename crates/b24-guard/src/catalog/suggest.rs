@@ -94,6 +94,18 @@ mod tests {
         assert_eq!(first("tasks.task.lst"), Some("tasks.task.list"));
         assert_eq!(first("user.curent"), Some("user.current"));
         assert_eq!(
+            first("crm.dealcategory.stages.list"),
+            Some("crm.dealcategory.stage.list")
+        );
+        assert_eq!(
+            first("imconnector.send.message"),
+            Some("imconnector.send.messages")
+        );
+        assert_eq!(
+            first("crm.deal.categroy.list"),
+            Some("crm.dealcategory.list")
+        );
+        assert_eq!(
             first("disk.file.getexternallnk"),
             Some("disk.file.getExternalLink")
         );
