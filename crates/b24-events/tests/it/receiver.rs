@@ -98,6 +98,17 @@ impl Rx {
 pub async fn serve(approved: &[&str], pinned: Option<&str>, lim: ServeLimits) -> Rx {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("q.db").to_str().unwrap().to_string();
+    serve_at(db, dir, approved, pinned, lim).await
+}
+
+/// The same on a given store URL (SQLite path or PostgreSQL).
+pub async fn serve_at(
+    db: String,
+    dir: tempfile::TempDir,
+    approved: &[&str],
+    pinned: Option<&str>,
+    lim: ServeLimits,
+) -> Rx {
     let app = b24_events::receiver::open(
         &db,
         ReceiverConfig {
@@ -340,4 +351,58 @@ async fn forged_update_cannot_replace_a_token_and_genuine_update_can() {
         post(&pinned.url, form("ONCRMLEADADD", "m1", "pin", 0, &host, "")).await,
         200
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_receiver_on_postgres() {
+    let Some(db) = crate::conformance::pg("receiver").await else {
+        return;
+    };
+    let (portal, host) = Portal::start().await;
+    portal.issue("at", "");
+    let rx = serve_at(
+        db,
+        tempfile::tempdir().unwrap(),
+        &[&host],
+        None,
+        ServeLimits::default(),
+    )
+    .await;
+    let url = &rx.url;
+    assert_eq!(
+        post(url, form("ONAPPINSTALL", "m1", "t1", 0, &host, "at")).await,
+        200
+    );
+    assert_eq!(
+        post(
+            url,
+            form("ONAPPUPDATE", "m1", "forged", 0, &host, "made-up")
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        post(url, form("ONAPPINSTALL", "m2", "t2", 0, &host, "at")).await,
+        401,
+        "the portal is recorded for m1"
+    );
+    assert_eq!(
+        post(url, form("ONCRMLEADADD", "m1", "t1", 1, &host, "")).await,
+        200
+    );
+    let deep = format!(
+        "event=ONY&data{}=v&auth[member_id]=m1&auth[application_token]=t1",
+        "[a]".repeat(39)
+    );
+    assert_eq!(post(url, deep.clone()).await, 200);
+    assert_eq!(post(url, deep.clone()).await, 200, "a replay");
+    let inbox = rx.inbox().await;
+    let rejects = inbox.rejects(10).await.unwrap();
+    assert_eq!(rejects.len(), 1, "kept once");
+    assert_eq!(rejects[0].raw_body, deep.as_bytes());
+    assert_eq!(
+        inbox.portal("m1").await.unwrap().as_deref(),
+        Some(host.as_str())
+    );
+    assert_eq!(rx.store().await.stats().await.unwrap().ready, 2);
 }
