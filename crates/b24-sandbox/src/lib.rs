@@ -12,15 +12,18 @@
 
 mod batch;
 mod crm;
+mod crm_calls;
 mod events;
 mod exec;
 mod faults;
 mod md5;
 mod methods;
+mod oauth;
 mod params;
 mod refdata;
 mod server;
 mod state;
+mod v3;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

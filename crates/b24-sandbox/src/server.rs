@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State as AxState};
+use axum::extract::State as AxState;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -16,13 +16,17 @@ use crate::events::Delivery;
 use crate::exec::{access_check, run_one, time_block};
 use crate::faults::Fault;
 use crate::methods::{self, Caller, PErr, perr};
+use crate::oauth::{
+    ctl_advance, ctl_expire, ctl_faults, ctl_requests, ctl_reset, ctl_revoke, ctl_stats,
+    oauth_authorize, oauth_token,
+};
 use crate::params::{get_ci, parse_query, text};
 use crate::state::State;
 use crate::{Sandbox, SandboxConfig, SandboxError, StartInfo};
 
-type Shared = Arc<Mutex<State>>;
+pub type Shared = Arc<Mutex<State>>;
 
-fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
+pub fn lock(s: &Shared) -> std::sync::MutexGuard<'_, State> {
     s.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -212,9 +216,9 @@ fn router(shared: Shared, max_body: usize) -> Router {
         .with_state((shared, max_body))
 }
 
-type AppState = (Shared, usize);
+pub type AppState = (Shared, usize);
 
-fn error_response(e: &PErr, v3: bool) -> Response {
+pub fn error_response(e: &PErr, v3: bool) -> Response {
     let body = if v3 && e.code.starts_with("BITRIX_REST_V3") {
         json!({"error": {"code": e.code, "message": e.desc}})
     } else {
@@ -228,7 +232,12 @@ fn error_response(e: &PErr, v3: bool) -> Response {
 }
 
 /// Read the body with a cap; parse JSON, form or multipart into parameters.
-async fn read_params(headers: &HeaderMap, body: Body, max: usize, v3: bool) -> Result<Value, PErr> {
+pub async fn read_params(
+    headers: &HeaderMap,
+    body: Body,
+    max: usize,
+    v3: bool,
+) -> Result<Value, PErr> {
     let bytes = axum::body::to_bytes(body, max).await.map_err(|_| {
         perr(
             413,
@@ -317,7 +326,7 @@ fn parse_multipart(body: &[u8], boundary: &str) -> Value {
     crate::params::from_pairs(pairs)
 }
 
-fn merge(query: Value, body: Value) -> Value {
+pub fn merge(query: Value, body: Value) -> Value {
     match (query, body) {
         (Value::Object(mut q), Value::Object(b)) => {
             q.extend(b);
@@ -654,7 +663,7 @@ fn handle(
 }
 
 fn handle_v3(st: &mut State, who: &Caller, m: &str, params: &Value, idem: Option<String>) -> Reply {
-    if !methods::is_v3(m) {
+    if !crate::v3::is_v3(m) {
         return err_reply(
             st,
             m,
@@ -663,7 +672,7 @@ fn handle_v3(st: &mut State, who: &Caller, m: &str, params: &Value, idem: Option
             perr(404, "ERROR_METHOD_NOT_FOUND", "Method not found!"),
         );
     }
-    let write = methods::v3_write(m);
+    let write = crate::v3::v3_write(m);
     let mut hdrs = vec![];
     let key = if write { idem } else { None };
     if let Some(k) = &key {
@@ -680,7 +689,7 @@ fn handle_v3(st: &mut State, who: &Caller, m: &str, params: &Value, idem: Option
                 ),
             );
         }
-        let hash = methods::body_hash(params);
+        let hash = crate::v3::body_hash(params);
         let slot = (who.cred.clone(), m.to_string(), k.clone());
         let now = st.now();
         if let Some((h, stored, at)) = st.idempotency.get(&slot).cloned()
@@ -712,11 +721,11 @@ fn handle_v3(st: &mut State, who: &Caller, m: &str, params: &Value, idem: Option
         hdrs.push(("idempotency-key", k.clone()));
     }
     let start = st.now();
-    match methods::call_v3(st, m, params) {
+    match crate::v3::call_v3(st, m, params) {
         Ok(result) => {
             let body = json!({"result": result, "time": time_block(start, 0.01, None)});
             if let Some(k) = key {
-                let hash = methods::body_hash(params);
+                let hash = crate::v3::body_hash(params);
                 st.idempotency.insert(
                     (who.cred.clone(), m.to_string(), k),
                     (hash, body.clone(), start),
@@ -755,146 +764,4 @@ fn spawn_deliveries(shared: Shared, deliveries: Vec<Delivery>) {
             }
         }
     });
-}
-
-async fn oauth_token(
-    AxState((shared, max)): AxState<AppState>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut params = parse_query(uri.query().unwrap_or(""));
-    if method == Method::POST {
-        match read_params(&headers, body, max, false).await {
-            Ok(b) => params = merge(params, b),
-            Err(e) => return error_response(&e, false),
-        }
-    }
-    let g = |k: &str| params.get(k).map(text).unwrap_or_default();
-    let mut st = lock(&shared);
-    let fail = |st: &mut State, status: u16, code: &str, desc: &str| {
-        st.record("oauth/token", "oauth", status, false, vec![]);
-        (
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            axum::Json(json!({"error": code, "error_description": desc})),
-        )
-            .into_response()
-    };
-    if g("client_id") != st.client_id || g("client_secret") != st.client_secret {
-        return fail(&mut st, 401, "invalid_client", "Invalid client");
-    }
-    let user = match g("grant_type").as_str() {
-        "authorization_code" => {
-            let now = st.now();
-            match st.codes.remove(&g("code")) {
-                Some(exp) if exp > now => {
-                    st.stats_.code_exchanges += 1;
-                    1
-                }
-                _ => return fail(&mut st, 400, "invalid_grant", "Invalid authorization code"),
-            }
-        }
-        "refresh_token" => match st.refresh.remove(&g("refresh_token")) {
-            Some(u) => {
-                st.stats_.refreshes += 1;
-                u
-            }
-            None => return fail(&mut st, 400, "invalid_grant", "Invalid refresh token"),
-        },
-        _ => return fail(&mut st, 400, "invalid_request", "Unsupported grant_type"),
-    };
-    let (a, r) = st.issue_pair(user);
-    let body = st.token_json(&a, &r, user);
-    st.record("oauth/token", "oauth", 200, false, vec![]);
-    (StatusCode::OK, axum::Json(body)).into_response()
-}
-
-async fn oauth_authorize(
-    AxState((shared, _)): AxState<AppState>,
-    Query(q): Query<std::collections::HashMap<String, String>>,
-) -> Response {
-    let mut st = lock(&shared);
-    if q.get("client_id")
-        .map(|c| c != &st.client_id)
-        .unwrap_or(true)
-    {
-        return (
-            StatusCode::BAD_REQUEST,
-            axum::Json(
-                json!({"error": "invalid_client", "error_description": "Unknown client_id"}),
-            ),
-        )
-            .into_response();
-    }
-    let code = st.random_token(32);
-    let exp = st.now() + 30.0;
-    st.codes.insert(code.clone(), exp);
-    st.record("oauth/authorize", "none", 302, false, vec![]);
-    let state = q.get("state").cloned().unwrap_or_default();
-    let enc = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
-    let extra = format!(
-        "code={}&state={}&domain={}&member_id={}&scope={}&server_domain={}",
-        enc(&code),
-        enc(&state),
-        enc(&st.domain),
-        enc(&st.member_id),
-        enc(&st.app_scope_text()),
-        enc(&st.domain)
-    );
-    match q.get("redirect_uri") {
-        Some(uri) => {
-            let sep = if uri.contains('?') { '&' } else { '?' };
-            Response::builder()
-                .status(302)
-                .header(header::LOCATION, format!("{uri}{sep}{extra}"))
-                .body(Body::empty())
-                .unwrap_or_default()
-        }
-        None => (StatusCode::OK, axum::Json(json!({"code": code, "state": state, "note": "no redirect_uri: paste this code into your app"}))).into_response(),
-    }
-}
-
-async fn ctl_stats(AxState((shared, _)): AxState<AppState>) -> Response {
-    axum::Json(lock(&shared).stats()).into_response()
-}
-
-async fn ctl_requests(AxState((shared, _)): AxState<AppState>) -> Response {
-    axum::Json(lock(&shared).log.clone()).into_response()
-}
-
-async fn ctl_expire(AxState((shared, _)): AxState<AppState>) -> Response {
-    lock(&shared).expire_tokens();
-    axum::Json(json!({"ok": true})).into_response()
-}
-
-async fn ctl_revoke(AxState((shared, _)): AxState<AppState>) -> Response {
-    lock(&shared).revoke_tokens();
-    axum::Json(json!({"ok": true})).into_response()
-}
-
-async fn ctl_reset(AxState((shared, _)): AxState<AppState>) -> Response {
-    lock(&shared).reset_stats();
-    axum::Json(json!({"ok": true})).into_response()
-}
-
-async fn ctl_faults(AxState((shared, _)): AxState<AppState>, body: String) -> Response {
-    match body.parse::<crate::FaultSpec>() {
-        Ok(f) => {
-            lock(&shared).set_faults(f);
-            axum::Json(json!({"ok": true})).into_response()
-        }
-        Err(e) => (StatusCode::BAD_REQUEST, axum::Json(json!({"error": e}))).into_response(),
-    }
-}
-
-async fn ctl_advance(
-    AxState((shared, _)): AxState<AppState>,
-    Query(q): Query<std::collections::HashMap<String, String>>,
-) -> Response {
-    let secs: f64 = q.get("secs").and_then(|s| s.parse().ok()).unwrap_or(0.0);
-    lock(&shared).clock_offset += secs.max(0.0);
-    axum::Json(json!({"ok": true})).into_response()
 }
