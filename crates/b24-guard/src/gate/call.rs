@@ -471,3 +471,45 @@ impl Gate {
         }
     }
 }
+
+impl Gate {
+    /// Authorise the calls a long-running service (the offline worker) will make on its own
+    /// for as long as it runs. Starting the service is the operator's confirmation, so
+    /// confirmations count as given — but deny rules, packs, read-only and every other
+    /// restriction apply, and the decision is recorded. A read-only policy therefore keeps the
+    /// worker from draining the portal's offline queue.
+    pub fn authorize_standing(
+        &self,
+        service: &str,
+        calls: &[(&str, Value)],
+    ) -> Result<Risk, GateError> {
+        let mut worst = Risk::Read;
+        for (m, params) in calls {
+            let method = normalise(m)?;
+            let check = CallCheck {
+                method: method.as_str(),
+                params: Some(params),
+                confirm_write: true,
+                confirm_destructive: true,
+                via_plan: false,
+                no_send: false,
+            };
+            match self.policy.check(self.catalog, &check) {
+                Ok(r) => worst = worst.max(r),
+                Err(mut r) => {
+                    r.reason = format!("{service} needs {}: {}", r.method, r.reason);
+                    return Err(self.refuse(r, params, vec![("service", json!(service))]));
+                }
+            }
+        }
+        self.record(
+            service,
+            vec![
+                ("risk", json!(worst)),
+                ("decision", json!("allow")),
+                ("outcome", json!("service started")),
+            ],
+        )?;
+        Ok(worst)
+    }
+}
