@@ -189,3 +189,71 @@ async fn durability_cost() {
         );
     }
 }
+
+/// Read until the server closes the connection (or `within` passes); what it sent.
+async fn read_until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let end = Instant::now() + within;
+    loop {
+        let mut buf = [0u8; 1024];
+        let left = end.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_keep_alive_and_slow_bodies_are_closed() {
+    let lim = ServeLimits {
+        header_timeout: Duration::from_secs(1),
+        body_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let rx = serve(&[], Some("pin"), lim).await;
+    let addr = rx
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    // A complete request, then nothing: the keep-alive connection is closed.
+    let body = "event=ONX&auth[member_id]=m&auth[application_token]=pin";
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    let got = read_until_closed(&mut s, Duration::from_secs(4))
+        .await
+        .expect("idle connection closed");
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    eprintln!("idle keep-alive closed after {:?}", t.elapsed());
+    // A body that stops half-way: answered with an error and closed, nothing stored.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nevent=ONX&auth")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let got = read_until_closed(&mut s, Duration::from_secs(4))
+        .await
+        .expect("slow body closed");
+    eprintln!(
+        "slow body answered {:?} after {:?}",
+        String::from_utf8_lossy(got.get(..12).unwrap_or(&got)),
+        t.elapsed()
+    );
+    assert!(!got.starts_with(b"HTTP/1.1 200"));
+    assert_eq!(rx.store().await.stats().await.unwrap().ready, 1);
+}
