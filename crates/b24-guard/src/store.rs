@@ -1,14 +1,27 @@
 //! Plans, idempotency records and the write budget, in one SQLite file (mode 0600): they
 //! hold call parameters, which may be personal data.
+//!
+//! Each store is bound to one portal (an identity string the gate passes in, e.g. domain and
+//! member id): plans and idempotency keys recorded for one portal are refused on another.
+//! Plan rows and idempotency rows carry an HMAC tag under the guard key ([`crate::keys`]), so
+//! editing them in the database is refused rather than acted on; applied plans go into an
+//! append-only ledger so resetting a plan's state does not make it run again.
+
+mod idempotency;
+mod plans;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 use serde_json::Value;
 use sha2::Digest;
 
 use crate::GuardError;
+use crate::keys::GuardKey;
+
+pub use idempotency::{KeyClaim, KeyState};
+pub use plans::{Plan, PlanDenied, PlanRefusal};
 
 fn db_err(e: rusqlite::Error) -> GuardError {
     GuardError::Store(e.to_string())
@@ -37,81 +50,88 @@ pub fn canonical(v: &Value) -> String {
     sort(v).to_string()
 }
 
-/// sha256 of method + canonical params.
+/// sha256 of method + canonical params (unkeyed: it names a call, it does not protect one).
 pub fn call_hash(method: &str, params: &Value) -> String {
     hex::encode(sha2::Sha256::digest(
         format!("{}\n{}", method.to_ascii_lowercase(), canonical(params)).as_bytes(),
     ))
 }
 
-/// A recorded plan.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Plan {
-    pub id: String,
-    pub method: String,
-    pub params: Value,
-    pub api: String,
-    pub risk: String,
-    pub hash: String,
-    pub created_at: f64,
-    pub expires_at: f64,
-    pub state: String,
-}
-
-/// Why a plan cannot be applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PlanRefusal {
-    NotFound,
-    Expired,
-    Altered,
-    AlreadyApplied,
-}
-
-/// What the idempotency store knows about a key.
-#[derive(Debug, Clone, PartialEq)]
-pub enum KeyState {
-    /// Never seen: the caller now holds it (in flight).
-    New,
-    /// Done before: the recorded result.
-    Done(Value),
-    /// A call with this key is running, or died without telling.
-    InFlight,
-    /// The call's outcome is unknown (it may have happened).
-    Unknown,
-    /// The key was used for a different call.
-    Mismatch { method: String },
-}
-
 pub struct GuardStore {
     path: PathBuf,
+    portal: String,
+    key: GuardKey,
     conn: Mutex<rusqlite::Connection>,
 }
 
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS plans (id TEXT PRIMARY KEY, method TEXT NOT NULL, params TEXT NOT NULL, api TEXT NOT NULL,
+    risk TEXT NOT NULL, hash TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, method TEXT NOT NULL, hash TEXT NOT NULL,
+    state TEXT NOT NULL, result TEXT, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS writes (ts REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS plan_ledger (plan_id TEXT PRIMARY KEY, portal TEXT NOT NULL, claimed_at REAL NOT NULL,
+    outcome TEXT NOT NULL, mac TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS plan_ledger_append_only BEFORE UPDATE OF plan_id, portal, claimed_at ON plan_ledger
+    BEGIN SELECT RAISE(ABORT, 'the plan ledger is append-only'); END;
+";
+
+/// Columns added since the first schema: (table, column).
+const ADDED: &[(&str, &str)] = &[
+    ("plans", "portal"),
+    ("plans", "tag"),
+    ("idempotency", "portal"),
+    ("idempotency", "tag"),
+];
+
 impl GuardStore {
+    /// The store in `state_dir`, bound to no particular portal (portal identity `""`). Kept for
+    /// callers that do not know the portal yet; prefer [`GuardStore::open_for_portal`].
     pub fn open(state_dir: &Path) -> Result<GuardStore, GuardError> {
+        Self::open_for_portal(state_dir, "")
+    }
+
+    /// The store in `state_dir` (`guard.db`, key `guard.key`, both 0600), bound to `portal`: a
+    /// stable identity of the portal the calls go to (e.g. `"example.bitrix24.ru#<member_id>"`).
+    /// Plans and idempotency keys recorded under another identity are refused.
+    pub fn open_for_portal(state_dir: &Path, portal: &str) -> Result<GuardStore, GuardError> {
         std::fs::create_dir_all(state_dir).map_err(|e| GuardError::Io {
             path: state_dir.display().to_string(),
             reason: e.to_string(),
         })?;
+        let key = GuardKey::load_or_create(state_dir)?;
         let path = state_dir.join("guard.db");
-        let conn = rusqlite::Connection::open(&path).map_err(db_err)?;
+        let mut conn = rusqlite::Connection::open(&path).map_err(db_err)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
         }
-        conn.busy_timeout(std::time::Duration::from_secs(10))
+        conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(db_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS plans (id TEXT PRIMARY KEY, method TEXT NOT NULL, params TEXT NOT NULL, api TEXT NOT NULL,
-                risk TEXT NOT NULL, hash TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL, state TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, method TEXT NOT NULL, hash TEXT NOT NULL,
-                state TEXT NOT NULL, result TEXT, updated_at REAL NOT NULL);
-             CREATE TABLE IF NOT EXISTS writes (ts REAL NOT NULL);",
-        )
-        .map_err(db_err)?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        tx.execute_batch(SCHEMA).map_err(db_err)?;
+        for (table, col) in ADDED {
+            let has: bool = tx
+                .query_row(
+                    &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    [col],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(db_err)?
+                > 0;
+            if !has {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {col} TEXT NOT NULL DEFAULT ''"
+                ))
+                .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)?;
         for suffix in ["-wal", "-shm"] {
             #[cfg(unix)]
             {
@@ -122,6 +142,8 @@ impl GuardStore {
         }
         Ok(GuardStore {
             path,
+            portal: portal.to_string(),
+            key,
             conn: Mutex::new(conn),
         })
     }
@@ -130,187 +152,54 @@ impl GuardStore {
         &self.path
     }
 
+    /// The portal identity this store is bound to.
+    pub fn portal(&self) -> &str {
+        &self.portal
+    }
+
     fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Record a plan.
-    pub fn create_plan(
-        &self,
-        method: &str,
-        params: &Value,
-        api: &str,
-        risk: &str,
-        ttl_secs: f64,
-    ) -> Result<Plan, GuardError> {
-        let t = now();
-        let hash = call_hash(method, params);
-        let id = format!("pl_{}", &uuid::Uuid::now_v7().simple().to_string()[..20]);
-        let plan = Plan {
-            id: id.clone(),
-            method: method.to_string(),
-            params: params.clone(),
-            api: api.to_string(),
-            risk: risk.to_string(),
-            hash: hash.clone(),
-            created_at: t,
-            expires_at: t + ttl_secs,
-            state: "open".into(),
-        };
-        self.conn()
-            .execute(
-                "INSERT INTO plans VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'open')",
-                params![
-                    id,
-                    method,
-                    canonical(params),
-                    api,
-                    risk,
-                    hash,
-                    t,
-                    t + ttl_secs
-                ],
-            )
-            .map_err(db_err)?;
-        Ok(plan)
+    /// Take one write from the budget if fewer than `max_per_hour` were taken in the last
+    /// hour: check and count in one `BEGIN IMMEDIATE` transaction, so of any number of
+    /// concurrent writers (threads or processes) exactly the budget passes. `Ok(false)`: used up.
+    pub fn try_take_write(&self, max_per_hour: u32) -> Result<bool, GuardError> {
+        self.try_take_writes(1, max_per_hour)
     }
 
-    pub fn get_plan(&self, id: &str) -> Result<Option<Plan>, GuardError> {
-        self.conn()
-            .query_row("SELECT id, method, params, api, risk, hash, created_at, expires_at, state FROM plans WHERE id = ?1", [id], |r| {
-                Ok(Plan {
-                    id: r.get(0)?,
-                    method: r.get(1)?,
-                    params: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or(Value::Null),
-                    api: r.get(3)?,
-                    risk: r.get(4)?,
-                    hash: r.get(5)?,
-                    created_at: r.get(6)?,
-                    expires_at: r.get(7)?,
-                    state: r.get(8)?,
-                })
-            })
-            .optional()
-            .map_err(db_err)
-    }
-
-    /// Claim a plan for applying, atomically: of two concurrent applies only one wins. The
-    /// stored params are re-hashed, so a plan edited in the database is refused.
-    pub fn claim_plan(&self, id: &str) -> Result<Result<Plan, PlanRefusal>, GuardError> {
-        let Some(plan) = self.get_plan(id)? else {
-            return Ok(Err(PlanRefusal::NotFound));
-        };
-        if call_hash(&plan.method, &plan.params) != plan.hash {
-            return Ok(Err(PlanRefusal::Altered));
-        }
-        if plan.state != "open" {
-            return Ok(Err(PlanRefusal::AlreadyApplied));
-        }
-        if plan.expires_at < now() {
-            return Ok(Err(PlanRefusal::Expired));
-        }
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE plans SET state = 'applying' WHERE id = ?1 AND state = 'open'",
-                [id],
-            )
-            .map_err(db_err)?;
-        if n != 1 {
-            return Ok(Err(PlanRefusal::AlreadyApplied));
-        }
-        Ok(Ok(plan))
-    }
-
-    /// Record how an applied plan ended (`applied`, `failed`, `unknown`).
-    pub fn finish_plan(&self, id: &str, state: &str) -> Result<(), GuardError> {
-        self.conn()
-            .execute(
-                "UPDATE plans SET state = ?2 WHERE id = ?1",
-                params![id, state],
-            )
-            .map_err(db_err)?;
-        Ok(())
-    }
-
-    /// Look up a key, taking it (in flight) when new. One transaction: two processes with the
-    /// same key cannot both get `New`.
-    pub fn begin_key(
-        &self,
-        key: &str,
-        method: &str,
-        params: &Value,
-    ) -> Result<KeyState, GuardError> {
-        let hash = call_hash(method, params);
+    /// Take `n` writes at once (a batch counts each command that writes), all or none.
+    pub fn try_take_writes(&self, n: u32, max_per_hour: u32) -> Result<bool, GuardError> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        let row: Option<(String, String, String, Option<String>)> = tx
-            .query_row(
-                "SELECT method, hash, state, result FROM idempotency WHERE key = ?1",
-                [key],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )
-            .optional()
+        let t = now();
+        tx.execute("DELETE FROM writes WHERE ts < ?1", [t - 3600.0])
             .map_err(db_err)?;
-        let state = match row {
-            None => {
-                tx.execute(
-                    "INSERT INTO idempotency VALUES (?1, ?2, ?3, 'in_flight', NULL, ?4)",
-                    params![key, method, hash, now()],
-                )
+        let used: i64 = tx
+            .query_row("SELECT COUNT(*) FROM writes", [], |r| r.get(0))
+            .map_err(db_err)?;
+        if used.saturating_add(i64::from(n)) > i64::from(max_per_hour) {
+            tx.commit().map_err(db_err)?;
+            return Ok(false);
+        }
+        for _ in 0..n {
+            tx.execute("INSERT INTO writes VALUES (?1)", [t])
                 .map_err(db_err)?;
-                KeyState::New
-            }
-            Some((m, h, _, _)) if h != hash => KeyState::Mismatch { method: m },
-            Some((_, _, s, r)) => match s.as_str() {
-                "done" => KeyState::Done(
-                    r.and_then(|x| serde_json::from_str(&x).ok())
-                        .unwrap_or(Value::Null),
-                ),
-                "unknown" => KeyState::Unknown,
-                _ => KeyState::InFlight,
-            },
-        };
+        }
         tx.commit().map_err(db_err)?;
-        Ok(state)
+        Ok(true)
     }
 
-    /// The call succeeded: record its result under the key.
-    pub fn key_done(&self, key: &str, result: &Value) -> Result<(), GuardError> {
-        self.conn()
-            .execute("UPDATE idempotency SET state = 'done', result = ?2, updated_at = ?3 WHERE key = ?1", params![key, result.to_string(), now()])
-            .map_err(db_err)?;
-        Ok(())
-    }
-
-    /// The call failed definitely (the portal refused it): free the key for a retry.
-    pub fn key_failed(&self, key: &str) -> Result<(), GuardError> {
-        self.conn()
-            .execute("DELETE FROM idempotency WHERE key = ?1", [key])
-            .map_err(db_err)?;
-        Ok(())
-    }
-
-    /// The outcome is unknown: keep the key blocked until a person checks.
-    pub fn key_unknown(&self, key: &str) -> Result<(), GuardError> {
-        self.conn()
-            .execute(
-                "UPDATE idempotency SET state = 'unknown', updated_at = ?2 WHERE key = ?1",
-                params![key, now()],
-            )
-            .map_err(db_err)?;
-        Ok(())
-    }
-
-    /// Count a write, and how many happened in the last hour (this one included).
+    /// Count a write, and how many happened in the last hour (this one included). Not atomic
+    /// with any check: use [`GuardStore::try_take_write`] to enforce a budget.
     pub fn count_write(&self) -> Result<u64, GuardError> {
         let conn = self.conn();
         let t = now();
         conn.execute("DELETE FROM writes WHERE ts < ?1", [t - 3600.0])
             .map_err(db_err)?;
-        conn.execute("INSERT INTO writes VALUES (?1)", [t])
+        conn.execute("INSERT INTO writes VALUES (?1)", params![t])
             .map_err(db_err)?;
         conn.query_row("SELECT COUNT(*) FROM writes", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)

@@ -364,13 +364,13 @@ impl Gate {
                 }
             }
         }
-        if let Some(store) = &store {
-            if let Err(e) = self.take_write(store, m, risk, &params) {
-                if let Some(k) = &key {
-                    let _ = store.key_failed(k);
-                }
-                return Err(e);
+        if let Some(store) = &store
+            && let Err(e) = self.take_write(store, m, risk, &params)
+        {
+            if let Some(k) = &key {
+                let _ = store.key_failed(k);
             }
+            return Err(e);
         }
         let client = match self.portal.client().await {
             Ok(c) => c,

@@ -1,0 +1,204 @@
+//! Idempotency records: a write sent with a key is sent once; a repeat gets the recorded
+//! result. Rows are bound to the store's portal and tagged (HMAC over key, portal, method,
+//! call hash, state and result), so a key used on another portal, or a row edited in the
+//! database (a forged "result"), is refused instead of answered.
+
+use rusqlite::{OptionalExtension, params};
+use serde_json::Value;
+
+use super::{GuardStore, call_hash, db_err, now};
+use crate::GuardError;
+use crate::keys::Purpose;
+
+/// What the idempotency store knows about a key (old form; see [`KeyClaim`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyState {
+    /// Never seen: the caller now holds it (in flight).
+    New,
+    /// Done before: the recorded result.
+    Done(Value),
+    /// A call with this key is running, or died without telling.
+    InFlight,
+    /// The call's outcome is unknown (it may have happened).
+    Unknown,
+    /// The key was used for a different call.
+    Mismatch { method: String },
+}
+
+/// What the idempotency store knows about a key, for this store's portal.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum KeyClaim {
+    /// Never seen: the caller now holds it (in flight); send the call.
+    New,
+    /// Done before on this portal: the recorded result; send nothing.
+    Done(Value),
+    /// A call with this key is running, or died without telling: refuse.
+    InFlight,
+    /// The call's outcome is unknown (it may have happened): refuse until a person checks.
+    Unknown,
+    /// The key was used for a different call (`method`) on this portal: refuse.
+    Mismatch { method: String },
+    /// The key was used on another portal: refuse (never answer with that portal's result).
+    OtherPortal { portal: String },
+    /// The row was edited in the database or has no tag (older b24): refuse; use a new key.
+    Altered,
+}
+
+impl GuardStore {
+    fn key_tag(&self, key: &str, method: &str, hash: &str, state: &str, result: &str) -> String {
+        self.key.tag(
+            Purpose::Idempotency,
+            &[
+                key.as_bytes(),
+                self.portal.as_bytes(),
+                method.as_bytes(),
+                hash.as_bytes(),
+                state.as_bytes(),
+                result.as_bytes(),
+            ],
+        )
+    }
+
+    /// Look up `key` for a call of `method` with `params` on this store's portal, taking it
+    /// (in flight) when new. One `BEGIN IMMEDIATE` transaction: two processes with the same
+    /// key cannot both get `New`.
+    pub fn begin(&self, key: &str, method: &str, params: &Value) -> Result<KeyClaim, GuardError> {
+        let hash = call_hash(method, params);
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        type Row = (String, String, String, Option<String>, String, String);
+        let row: Option<Row> = tx
+            .query_row(
+                "SELECT method, hash, state, result, portal, tag FROM idempotency WHERE key = ?1",
+                [key],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(db_err)?;
+        let claim = match row {
+            None => {
+                let tag = self.key_tag(key, method, &hash, "in_flight", "");
+                tx.execute(
+                    "INSERT INTO idempotency (key, method, hash, state, result, updated_at, portal, tag)
+                     VALUES (?1, ?2, ?3, 'in_flight', NULL, ?4, ?5, ?6)",
+                    params![key, method, hash, now(), self.portal, tag],
+                )
+                .map_err(db_err)?;
+                KeyClaim::New
+            }
+            Some((_, _, _, _, portal, _)) if portal != self.portal => {
+                KeyClaim::OtherPortal { portal }
+            }
+            Some((m, h, s, r, _, tag)) => {
+                let result = r.unwrap_or_default();
+                if tag.is_empty()
+                    || !self.key.check(
+                        Purpose::Idempotency,
+                        &[
+                            key.as_bytes(),
+                            self.portal.as_bytes(),
+                            m.as_bytes(),
+                            h.as_bytes(),
+                            s.as_bytes(),
+                            result.as_bytes(),
+                        ],
+                        &tag,
+                    )
+                {
+                    KeyClaim::Altered
+                } else if h != hash {
+                    KeyClaim::Mismatch { method: m }
+                } else {
+                    match s.as_str() {
+                        "done" => match serde_json::from_str(&result) {
+                            Ok(v) => KeyClaim::Done(v),
+                            Err(_) => KeyClaim::Altered,
+                        },
+                        "unknown" => KeyClaim::Unknown,
+                        _ => KeyClaim::InFlight,
+                    }
+                }
+            }
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(claim)
+    }
+
+    /// Look up a key (old signature): other-portal and altered rows map to refusing states.
+    pub fn begin_key(
+        &self,
+        key: &str,
+        method: &str,
+        params: &Value,
+    ) -> Result<KeyState, GuardError> {
+        Ok(match self.begin(key, method, params)? {
+            KeyClaim::New => KeyState::New,
+            KeyClaim::Done(v) => KeyState::Done(v),
+            KeyClaim::InFlight => KeyState::InFlight,
+            KeyClaim::Unknown | KeyClaim::Altered => KeyState::Unknown,
+            KeyClaim::Mismatch { method } => KeyState::Mismatch { method },
+            KeyClaim::OtherPortal { portal } => KeyState::Mismatch {
+                method: format!("a call on another portal, {portal}"),
+            },
+        })
+    }
+
+    /// Move a key of this portal to `state`, re-tagging the row.
+    fn set_key(&self, key: &str, state: &str, result: Option<&Value>) -> Result<(), GuardError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let row: Option<(String, String)> = tx
+            .query_row(
+                "SELECT method, hash FROM idempotency WHERE key = ?1 AND portal = ?2",
+                params![key, self.portal],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        if let Some((method, hash)) = row {
+            let text = result.map(Value::to_string);
+            let tag = self.key_tag(key, &method, &hash, state, text.as_deref().unwrap_or(""));
+            tx.execute(
+                "UPDATE idempotency SET state = ?2, result = ?3, updated_at = ?4, tag = ?5 WHERE key = ?1 AND portal = ?6",
+                params![key, state, text, now(), tag, self.portal],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// The call succeeded: record its result under the key.
+    pub fn key_done(&self, key: &str, result: &Value) -> Result<(), GuardError> {
+        self.set_key(key, "done", Some(result))
+    }
+
+    /// The call failed definitely (the portal refused it): free the key for a retry.
+    pub fn key_failed(&self, key: &str) -> Result<(), GuardError> {
+        self.conn()
+            .execute(
+                "DELETE FROM idempotency WHERE key = ?1 AND portal = ?2",
+                params![key, self.portal],
+            )
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// The outcome is unknown: keep the key blocked until a person checks.
+    pub fn key_unknown(&self, key: &str) -> Result<(), GuardError> {
+        self.set_key(key, "unknown", None)
+    }
+}
