@@ -238,12 +238,16 @@ impl FileTokenStore {
 }
 
 impl TokenStore for FileTokenStore {
+    // File I/O (and the fsync of a save) runs on the blocking pool, not on the runtime.
     fn load(&self) -> BoxFuture<'_, Result<Option<TokenPair>, Error>> {
-        Box::pin(std::future::ready(self.read()))
+        let me = self.clone();
+        Box::pin(blocking("token file read", move || me.read()))
     }
 
     fn save<'a>(&'a self, pair: &'a TokenPair) -> BoxFuture<'a, Result<(), Error>> {
-        Box::pin(std::future::ready(self.write(pair)))
+        let me = self.clone();
+        let pair = pair.clone();
+        Box::pin(blocking("token file write", move || me.write(&pair)))
     }
 
     fn lock(&self) -> BoxFuture<'_, Result<Box<dyn Send>, Error>> {
@@ -257,12 +261,24 @@ impl TokenStore for FileTokenStore {
     }
 
     fn clear(&self) -> BoxFuture<'_, Result<(), Error>> {
-        Box::pin(std::future::ready(self.remove()))
+        let me = self.clone();
+        Box::pin(blocking("token file removal", move || me.remove()))
     }
 
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
+}
+
+/// Run blocking work (file or SQLite I/O) on tokio's blocking pool; a panic there becomes a
+/// state error naming `what`.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::state(what, e))?
 }
 
 /// OAuth credentials plus the current pair, with single-flight refresh.
@@ -306,21 +322,20 @@ impl OAuthSession {
 
     /// The access token to use now and its generation.
     pub fn access(&self) -> Result<(u64, String), Error> {
+        // One read lock for the whole decision: taking a second one while holding the first
+        // can deadlock behind a writer that queued in between.
         let g = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let has_refresh =
+            g.1.as_ref()
+                .map(|p| !p.refresh_token.is_empty())
+                .unwrap_or(false);
         match &g.1 {
             Some(p) if !p.access_token.is_empty() => Ok((g.0, p.access_token.clone())),
-            Some(_) | None if self.has_refresh() => Ok((g.0, String::new())),
+            Some(_) | None if has_refresh => Ok((g.0, String::new())),
             _ => Err(Error::Auth(
                 "no OAuth access token: run `b24 auth login`, or set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN".into(),
             )),
         }
-    }
-
-    fn has_refresh(&self) -> bool {
-        let g = self.current.read().unwrap_or_else(|p| p.into_inner());
-        g.1.as_ref()
-            .map(|p| !p.refresh_token.is_empty())
-            .unwrap_or(false)
     }
 
     /// How many refreshes this process performed.

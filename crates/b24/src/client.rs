@@ -163,13 +163,17 @@ impl Client {
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
             .timeout(config.timeout);
-        if let Some(ca) = &config.ca_file {
-            let pem =
-                std::fs::read(ca).map_err(|e| Error::Config(format!("{}: {e}", ca.display())))?;
-            let cert = reqwest::Certificate::from_pem(&pem)
-                .map_err(|e| Error::Config(format!("{}: {e}", ca.display())))?;
-            b = b.add_root_certificate(cert);
-        }
+        // Trust anchors only when some address is https; see `crate::tls` for why.
+        let oauth_https = matches!(&config.auth, Auth::OAuth { token_url, .. } if token_url.starts_with("https:"));
+        let roots = if config.base_url.starts_with("https:") || oauth_https {
+            crate::tls::Roots::WebPki
+        } else {
+            crate::tls::Roots::None
+        };
+        b = b.tls_backend_preconfigured(crate::tls::client_config(
+            roots,
+            config.ca_file.as_deref(),
+        )?);
         let http = b
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
@@ -361,6 +365,7 @@ impl Client {
         let started = tokio::time::Instant::now();
         let base = inner.config.base_url.clone();
         let mut attempt: u32 = 0;
+        let mut refreshes: u32 = 0;
         loop {
             attempt += 1;
             if let Some(until) = inner.operating.pause_until(
@@ -368,7 +373,7 @@ impl Client {
                 inner.config.operating_limit_secs,
                 inner.clock.now(),
             ) {
-                let wait = Duration::from_secs_f64((until - inner.clock.now()).max(0.0));
+                let wait = crate::retry::clamp_secs(until - inner.clock.now());
                 if started.elapsed() + wait > policy.max_total {
                     return Err(Error::Api(ApiError {
                         code: "OPERATION_TIME_LIMIT".into(),
@@ -387,8 +392,20 @@ impl Client {
                 tokio::time::sleep(wait).await;
             }
             if let Some(l) = &inner.limiter {
-                let waited = l.acquire(&inner.config.portal).await?;
+                let waited = l.reserve_only(&inner.config.portal).await?;
+                // Never sleep past the call's budget: a queue that long is reported instead.
+                if started.elapsed() + waited > policy.max_total {
+                    return Err(Error::Transient {
+                        method: method.into(),
+                        reason: format!(
+                            "the rate limiter's queue is {:.1} s long, beyond this call's retry budget",
+                            waited.as_secs_f64()
+                        ),
+                        attempts: attempt - 1,
+                    });
+                }
                 if !waited.is_zero() {
+                    tokio::time::sleep(waited).await;
                     inner.counters.waits.fetch_add(1, Relaxed);
                     inner
                         .counters
@@ -407,6 +424,16 @@ impl Client {
                         .oauth
                         .as_ref()
                         .ok_or_else(|| Error::Auth("expired token".into()))?;
+                    // A portal that refuses every fresh token would otherwise be refreshed
+                    // for ever (and burn refresh tokens): give up after a couple of tries.
+                    refreshes += 1;
+                    if refreshes > MAX_REFRESHES_PER_CALL {
+                        return Err(Error::Auth(format!(
+                            "{method}: the portal still refuses the access token after \
+                             {MAX_REFRESHES_PER_CALL} successful refreshes; check the application's \
+                             installation and scopes, or run `b24 auth login`"
+                        )));
+                    }
                     oauth.refresh(seen).await?;
                     attempt -= 1; // a refresh is not a failed attempt
                     continue;
@@ -614,7 +641,7 @@ impl Client {
                             reason: format!(
                                 "OPERATION_TIME_LIMIT: {method} is blocked until its budget resets"
                             ),
-                            delay: Some(Duration::from_secs_f64((until - now).max(0.5))),
+                            delay: Some(crate::retry::clamp_secs((until - now).max(0.5))),
                         }
                     }
                     ErrorClass::RefreshThenRetry if inner.oauth.is_some() => {
@@ -755,6 +782,9 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     }
     cur.to_string()
 }
+
+/// Token refreshes one call may trigger before it reports an authentication error.
+const MAX_REFRESHES_PER_CALL: u32 = 2;
 
 /// Same-origin redirects followed in a row before giving up.
 const MAX_REDIRECTS: u32 = 5;

@@ -255,16 +255,16 @@ impl Config {
             }
         };
         if let Some(v) = get("B24_RATE_BURST").or_else(|| get("B24_RATE_LIMITER_BURST")) {
-            limits.burst = parse_num(&v, "B24_RATE_BURST")?;
+            limits.burst = parse_in(&v, "B24_RATE_BURST", 1.0, MAX_RATE)?;
         }
         if let Some(v) = get("B24_RATE_PER_SEC").or_else(|| get("B24_RATE_LIMITER_RATE")) {
-            limits.per_sec = parse_num(&v, "B24_RATE_PER_SEC")?;
+            limits.per_sec = parse_in(&v, "B24_RATE_PER_SEC", 1e-3, MAX_RATE)?;
         }
         // Keep 4 % of the bucket in reserve by default (2 of 50, 10 of 250): a request reaches
         // the portal a little after its slot was reserved, and when several processes share
         // the budget those small delays can bunch arrivals together; the reserve absorbs that.
         limits.margin = match get("B24_RATE_MARGIN") {
-            Some(v) => parse_num(&v, "B24_RATE_MARGIN")?,
+            Some(v) => parse_in(&v, "B24_RATE_MARGIN", 0.0, MAX_RATE)?,
             None => limits.burst * DEFAULT_MARGIN_SHARE,
         };
         if limits.burst < 1.0
@@ -276,10 +276,14 @@ impl Config {
                 "rate limits must be burst ≥ 1, per_sec > 0, 0 ≤ margin < burst".into(),
             ));
         }
-        let store_url = get("B24_STORE_URL").filter(|u| {
-            let u = u.to_ascii_lowercase();
-            u.starts_with("postgres://") || u.starts_with("postgresql://")
-        });
+        // A misspelt scheme (`postgress://`) must not quietly fall back to local files.
+        let store_url = match get("B24_STORE_URL") {
+            Some(u) => match store_kind(&u)? {
+                StoreKind::Postgres => Some(u),
+                StoreKind::Sqlite => None,
+            },
+            None => None,
+        };
         let limiter = match get("B24_RATE_LIMITER")
             .map(|v| v.to_ascii_lowercase())
             .as_deref()
@@ -323,17 +327,37 @@ impl Config {
         };
         let mut retry = RetryPolicy::default();
         if let Some(v) = get("B24_MAX_RETRIES") {
-            retry.max_attempts = parse_num(&v, "B24_MAX_RETRIES")? as u32 + 1;
+            let n = parse_in(&v, "B24_MAX_RETRIES", 0.0, MAX_RETRIES)?;
+            if n.fract() != 0.0 {
+                return Err(Error::Config(format!(
+                    "B24_MAX_RETRIES must be a whole number, not `{v}`"
+                )));
+            }
+            retry.max_attempts = n as u32 + 1;
         }
         if let Some(v) = get("B24_RETRY_BUDGET_SECS") {
-            retry.max_total = Duration::from_secs_f64(parse_num(&v, "B24_RETRY_BUDGET_SECS")?);
+            retry.max_total = Duration::from_secs_f64(parse_in(
+                &v,
+                "B24_RETRY_BUDGET_SECS",
+                0.0,
+                MAX_RETRY_BUDGET_SECS,
+            )?);
         }
         let timeout = match get("B24_TIMEOUT_SECS") {
-            Some(v) => Duration::from_secs_f64(parse_num(&v, "B24_TIMEOUT_SECS")?),
+            Some(v) => {
+                let secs = parse_in(&v, "B24_TIMEOUT_SECS", 0.0, MAX_TIMEOUT_SECS)?;
+                if secs == 0.0 {
+                    return Err(Error::Config(
+                        "B24_TIMEOUT_SECS must be more than 0 (every request would time out)"
+                            .into(),
+                    ));
+                }
+                Duration::from_secs_f64(secs)
+            }
             None => Duration::from_secs(60),
         };
         let operating_limit_secs = match get("B24_OPERATING_LIMIT_SECS") {
-            Some(v) => parse_num(&v, "B24_OPERATING_LIMIT_SECS")?,
+            Some(v) => parse_in(&v, "B24_OPERATING_LIMIT_SECS", 0.0, 600.0)?,
             None => 480.0,
         };
         Ok(Config {
@@ -351,6 +375,65 @@ impl Config {
             ca_file: get("B24_CA_FILE").map(PathBuf::from),
         })
     }
+}
+
+/// What a `B24_STORE_URL` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreKind {
+    /// `postgres://…` or `postgresql://…`: a shared database (a cluster).
+    Postgres,
+    /// `sqlite:PATH`, `sqlite://PATH` or a plain file path: a local file.
+    Sqlite,
+}
+
+/// Classify a store URL, refusing a scheme that is neither PostgreSQL nor SQLite (for
+/// example a misspelt `postgress://`), which would otherwise be taken for a file name.
+/// Every reader of `B24_STORE_URL` should go through this so that they agree.
+pub fn store_kind(url: &str) -> Result<StoreKind, Error> {
+    let url = url.trim();
+    let Some((scheme, _)) = url.split_once(':') else {
+        return Ok(StoreKind::Sqlite);
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    let looks_like_scheme = !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    match scheme.as_str() {
+        "postgres" | "postgresql" if url[scheme.len()..].starts_with("://") => {
+            Ok(StoreKind::Postgres)
+        }
+        "sqlite" => Ok(StoreKind::Sqlite),
+        // `C:\path` on Windows: a drive letter, not a scheme.
+        s if s.len() == 1 => Ok(StoreKind::Sqlite),
+        _ if looks_like_scheme || url.contains("://") => Err(Error::Config(format!(
+            "B24_STORE_URL has an unknown scheme `{scheme}:`; use postgres://… (or \
+             postgresql://…) for a shared database, or sqlite:PATH / a file path for a local one"
+        ))),
+        _ => Ok(StoreKind::Sqlite),
+    }
+}
+
+/// Upper bounds of the numeric settings: far above any sensible value, low enough that no
+/// arithmetic on them (durations, attempt counts) can overflow.
+const MAX_RETRIES: f64 = 1000.0;
+/// One day.
+const MAX_RETRY_BUDGET_SECS: f64 = 86_400.0;
+/// One hour (the portal itself cuts a request off after 60 s).
+const MAX_TIMEOUT_SECS: f64 = 3_600.0;
+/// Largest bucket or rate accepted (requests, requests per second).
+const MAX_RATE: f64 = 1e9;
+
+/// A finite number within `[lo, hi]`, or a configuration error naming the setting.
+fn parse_in(v: &str, name: &str, lo: f64, hi: f64) -> Result<f64, Error> {
+    let x = parse_num(v, name)?;
+    if x < lo || x > hi {
+        return Err(Error::Config(format!(
+            "{name} must be between {lo} and {hi}, not `{v}`"
+        )));
+    }
+    Ok(x)
 }
 
 fn parse_num(v: &str, name: &str) -> Result<f64, Error> {

@@ -232,9 +232,18 @@ pub fn pages<T: Transport + Clone + 'static>(
     opts: ExportOptions,
 ) -> impl Stream<Item = Result<Page, Error>> + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Page, Error>>(1);
+    // The driver runs in its own task under a supervisor that holds the last sender: if the
+    // driver panics (or is aborted), the consumer gets an error rather than a stream that
+    // simply ends, which would look like a finished export.
     tokio::spawn(async move {
-        let res = drive(transport, opts, &tx).await;
-        if let Err(e) = res {
+        let driver_tx = tx.clone();
+        let driver = tokio::spawn(async move { drive(transport, opts, &driver_tx).await });
+        let failed = match driver.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(e) => Some(Error::state("the export driver task failed", e)),
+        };
+        if let Some(e) = failed {
             let _ = tx.send(Err(e)).await;
         }
     });
@@ -462,7 +471,9 @@ async fn probe_keyset<T: Transport>(
         return Ok(Some(None));
     };
     match (id_of(first), id_of(last)) {
-        (Some(a), Some(b)) if a <= b => Ok(Some(Some((a, b)))),
+        // Ranges are `(lo, hi]`, so the smallest ID must be at least 1 to leave room for
+        // `lo = min - 1`; a list that holds ID 0 is exported by offset instead.
+        (Some(a), Some(b)) if a >= 1 && a <= b => Ok(Some(Some((a, b)))),
         _ => {
             if opts.strategy == Strategy::Keyset {
                 return Err(Error::Config(format!(

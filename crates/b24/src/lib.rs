@@ -23,6 +23,7 @@ pub mod export;
 pub mod limiter;
 pub mod pg;
 pub mod retry;
+mod tls;
 
 pub use client::{CallOptions, Client, ClientStats};
 pub use config::Config;

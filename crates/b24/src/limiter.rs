@@ -77,7 +77,14 @@ pub struct Gcra {
     pub capacity: f64,
 }
 
+/// How far beyond a full bucket a stored `tat` may reach, in seconds. Waiting callers push
+/// `tat` past the full mark one slot each, so a legitimate queue stays well inside this; a
+/// larger value (a clock that jumped, a row edited by hand, a corrupt file) is read as "full"
+/// instead of making every caller sleep for hours.
+pub const MAX_QUEUE_SECS: f64 = 300.0;
+
 impl Gcra {
+    /// The bucket of these limits.
     pub fn new(l: RateLimits) -> Gcra {
         Gcra {
             t: 1.0 / l.per_sec,
@@ -87,7 +94,7 @@ impl Gcra {
 
     /// Reserve one slot. Returns the new `tat` and how long the caller must wait.
     pub fn reserve(&self, tat: f64, now: f64) -> (f64, f64) {
-        let new_tat = tat.max(now) + self.t;
+        let new_tat = self.sane(tat, now) + self.t;
         // Level after this request = (new_tat - now)/t must be ≤ capacity.
         let wait = (new_tat - now - self.capacity * self.t).max(0.0);
         (new_tat, wait)
@@ -95,12 +102,25 @@ impl Gcra {
 
     /// The portal said the bucket is full: model it as full right now.
     pub fn fill(&self, tat: f64, now: f64) -> f64 {
-        tat.max(now + self.capacity * self.t)
+        self.sane(tat, now).max(now + self.capacity * self.t)
+    }
+
+    /// The latest `tat` believed at `now` (see [`MAX_QUEUE_SECS`]).
+    pub fn max_tat(&self, now: f64) -> f64 {
+        now + self.capacity * self.t + MAX_QUEUE_SECS
+    }
+
+    /// A stored `tat` brought into `[now, max_tat]`; NaN and infinities count as full.
+    fn sane(&self, tat: f64, now: f64) -> f64 {
+        if tat.is_nan() {
+            return self.max_tat(now);
+        }
+        tat.min(self.max_tat(now)).max(now)
     }
 
     /// Current level in requests.
     pub fn level(&self, tat: f64, now: f64) -> f64 {
-        ((tat - now) / self.t).max(0.0)
+        ((self.sane(tat, now) - now) / self.t).max(0.0)
     }
 }
 
@@ -182,7 +202,7 @@ impl RateStore for MemoryStore {
 /// A SQLite file shared by every process on the host: one row per portal, updated inside
 /// `BEGIN IMMEDIATE` so that two processes never read the same `tat`.
 pub struct SqliteStore {
-    conn: Mutex<rusqlite::Connection>,
+    conn: std::sync::Arc<Mutex<rusqlite::Connection>>,
 }
 
 impl SqliteStore {
@@ -205,13 +225,33 @@ impl SqliteStore {
         )
         .map_err(st)?;
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            conn: std::sync::Arc::new(Mutex::new(conn)),
         })
     }
 
-    fn update(&self, key: &str, f: impl FnOnce(f64) -> (f64, f64)) -> Result<f64, Error> {
+    /// One `BEGIN IMMEDIATE` read-modify-write of `key`'s `tat`, on the blocking pool: with
+    /// other processes on the same file it may wait for their lock (up to the busy timeout),
+    /// and that wait must not hold a runtime thread.
+    async fn update(
+        &self,
+        key: &str,
+        f: impl FnOnce(f64) -> (f64, f64) + Send + 'static,
+    ) -> Result<f64, Error> {
+        let conn = self.conn.clone();
+        let key = key.to_string();
+        crate::auth::blocking("limiter store task", move || {
+            Self::update_blocking(&conn, &key, f)
+        })
+        .await
+    }
+
+    fn update_blocking(
+        conn: &Mutex<rusqlite::Connection>,
+        key: &str,
+        f: impl FnOnce(f64) -> (f64, f64),
+    ) -> Result<f64, Error> {
         let st = |e: rusqlite::Error| Error::state(format!("limiter store: {e}"), e);
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(st)?;
@@ -251,8 +291,7 @@ impl SqliteStore {
     }
 }
 
-/// One short local transaction per call: it runs inline rather than on a blocking thread,
-/// because handing it to another thread would cost more than the update itself.
+/// One short local transaction per call, run on the blocking pool (see `update`).
 impl RateStore for SqliteStore {
     fn reserve<'a>(
         &'a self,
@@ -260,14 +299,17 @@ impl RateStore for SqliteStore {
         g: &'a Gcra,
         now: f64,
     ) -> BoxFuture<'a, Result<f64, Error>> {
-        Box::pin(std::future::ready(
-            self.update(key, |tat| g.reserve(tat, now)),
-        ))
+        let g = *g;
+        Box::pin(self.update(key, move |tat| g.reserve(tat, now)))
     }
 
     fn fill<'a>(&'a self, key: &'a str, g: &'a Gcra, now: f64) -> BoxFuture<'a, Result<(), Error>> {
-        let r = self.update(key, |tat| (g.fill(tat, now), 0.0)).map(|_| ());
-        Box::pin(std::future::ready(r))
+        let g = *g;
+        Box::pin(async move {
+            self.update(key, move |tat| (g.fill(tat, now), 0.0))
+                .await
+                .map(|_| ())
+        })
     }
 
     fn level<'a>(
@@ -281,6 +323,18 @@ impl RateStore for SqliteStore {
             .map(|t| t.map(|t| g.level(t, now)).unwrap_or(0.0));
         Box::pin(std::future::ready(r))
     }
+}
+
+/// A store's answer as a sleep: never negative, never past a full bucket plus the longest
+/// believable queue, and never a panic on NaN or infinity from a foreign store.
+fn wait_duration(wait: f64, g: &Gcra) -> Duration {
+    let most = g.capacity * g.t + MAX_QUEUE_SECS;
+    let secs = if wait.is_nan() {
+        most
+    } else {
+        wait.clamp(0.0, most)
+    };
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::from_secs(MAX_QUEUE_SECS as u64))
 }
 
 /// The limiter a client uses: a store, the bucket's shape and a clock.
@@ -315,7 +369,7 @@ impl Limiter {
             .store
             .reserve(key, &self.gcra, self.clock.now())
             .await?;
-        Ok(Duration::from_secs_f64(wait.max(0.0)))
+        Ok(wait_duration(wait, &self.gcra))
     }
 
     /// The portal answered 503 `QUERY_LIMIT_EXCEEDED`: treat its bucket as full.

@@ -122,22 +122,25 @@ pub struct PgRateStore {
     db: PgStore,
 }
 
-/// `$1` portal, `$2` seconds per request; returns the new `tat` and the database's `now`.
+/// `$1` portal, `$2` seconds per request, `$3` how far past `now` a stored `tat` is believed
+/// (`Gcra::max_tat`); returns the new `tat` and the database's `now`. A `tat` beyond that
+/// (or NaN, which PostgreSQL orders above every number) is read as a full bucket.
 const RESERVE: &str = "
 WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now)
 INSERT INTO b24_rate_limit AS r (portal, tat)
 SELECT $1, clock.now + $2 FROM clock
 ON CONFLICT (portal) DO UPDATE
-    SET tat = GREATEST(r.tat, (SELECT now FROM clock)) + $2
+    SET tat = GREATEST(LEAST(r.tat, (SELECT now FROM clock) + $3), (SELECT now FROM clock)) + $2
 RETURNING tat, (SELECT now FROM clock)";
 
-/// `$1` portal, `$2` seconds the full bucket takes to drain; never moves `tat` backwards.
+/// `$1` portal, `$2` seconds the full bucket takes to drain, `$3` as in `RESERVE`; never
+/// moves a believable `tat` backwards.
 const FILL: &str = "
 WITH clock AS (SELECT extract(epoch FROM clock_timestamp())::float8 AS now)
 INSERT INTO b24_rate_limit AS r (portal, tat)
 SELECT $1, clock.now + $2 FROM clock
 ON CONFLICT (portal) DO UPDATE
-    SET tat = GREATEST(r.tat, (SELECT now FROM clock) + $2)";
+    SET tat = GREATEST(LEAST(r.tat, (SELECT now FROM clock) + $3), (SELECT now FROM clock) + $2)";
 
 const LEVEL: &str = "
 SELECT tat, extract(epoch FROM clock_timestamp())::float8 FROM b24_rate_limit WHERE portal = $1";
@@ -152,7 +155,7 @@ impl RateStore for PgRateStore {
         Box::pin(async move {
             let c = self.db.client().await?;
             let row = c
-                .query_one(RESERVE, &[&key, &g.t])
+                .query_one(RESERVE, &[&key, &g.t, &(g.max_tat(0.0))])
                 .await
                 .map_err(|e| pg_err("rate reserve", e))?;
             let (tat, now): (f64, f64) = (row.get(0), row.get(1));
@@ -168,7 +171,7 @@ impl RateStore for PgRateStore {
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             let c = self.db.client().await?;
-            c.execute(FILL, &[&key, &(g.capacity * g.t)])
+            c.execute(FILL, &[&key, &(g.capacity * g.t), &(g.max_tat(0.0))])
                 .await
                 .map_err(|e| pg_err("rate fill", e))?;
             Ok(())

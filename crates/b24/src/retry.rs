@@ -7,6 +7,17 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
+/// Seconds (from a portal answer, a stored state or arithmetic on them) as a `Duration`:
+/// NaN and negatives are zero, anything beyond a day is a day. `Duration::from_secs_f64`
+/// panics on such input; these values come from outside and must not.
+pub fn clamp_secs(secs: f64) -> Duration {
+    const DAY: f64 = 86_400.0;
+    if secs.is_nan() {
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64(secs.clamp(0.0, DAY))
+}
+
 /// Bounds for one call's retries.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetryPolicy {
