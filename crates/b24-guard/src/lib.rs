@@ -1,8 +1,12 @@
 //! # b24-guard — guardrails for Bitrix24 calls made by agents
 //!
-//! Pure policy, no HTTP: the CLI and the MCP server both run every call through here, so the
-//! same gates hold whichever front end an agent uses.
+//! The CLI and the MCP server both run every call through [`gate::Gate`], so the same gates
+//! hold whichever front end an agent uses; the front ends only parse arguments and render.
 //!
+//! - [`gate`]: the guarded path, one entry point per operation (call, batch, plan, apply, export);
+//! - [`method`] and [`batch_cmds`]: method names normalised once, and batch commands found in
+//!   every spelling the portal accepts;
+//! - [`sources`]: where the policy is read from (fixed places the caller cannot redirect);
 //! - [`catalog`]: every documented method with its scope, risk class, pack and doc link (data in
 //!   `data/catalog.tsv`, generated from the official method list plus reviewed rules and overrides);
 //! - [`policy`]: allow/deny globs, packs, read-only, confirmations, plans-required — with an
@@ -12,10 +16,14 @@
 //! - [`audit`]: the append-only, hash-chained JSONL audit log, with secrets redacted.
 
 pub mod audit;
+pub mod batch_cmds;
 pub mod catalog;
+pub mod gate;
 pub mod keys;
+pub mod method;
 pub mod policy;
 pub mod redact;
+pub mod sources;
 pub mod store;
 
 pub use catalog::{Catalog, MethodInfo, Risk};

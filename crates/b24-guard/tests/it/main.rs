@@ -5,8 +5,6 @@ mod audit_attacks;
 mod audit_repair;
 mod bench;
 mod gate;
-#[allow(dead_code, unused_imports)]
-mod old_audit;
 mod store_attacks;
 
 use serde_json::{Map, Value, json};
