@@ -418,7 +418,7 @@ async fn receiver(a: &Args) -> Res<()> {
         Store::open(&path).await?,
         b24_events::receiver::ReceiverConfig {
             max_body: 64 * 1024,
-            pinned_token: None,
+            pinned_token: Some(APP_TOKEN.into()),
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
