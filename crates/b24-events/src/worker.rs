@@ -157,11 +157,18 @@ impl Running {
         Ok(())
     }
 
-    async fn join_all(&mut self) -> Result<()> {
-        while let Some(r) = self.tasks.join_next().await {
-            self.take(r)?;
+    /// Wait for every running handler, recording finished jobs as they finish. A job that is
+    /// done but not recorded has no lease renewal any more: waiting for the slowest handler
+    /// before recording the others would let their leases run out, and another worker would
+    /// run them again.
+    async fn finish(&mut self, store: &Store, worker: &str, stats: &WorkerStats) -> Result<()> {
+        loop {
+            self.record(store, worker, stats).await?;
+            if self.tasks.is_empty() {
+                return Ok(());
+            }
+            self.settle().await?;
         }
-        Ok(())
     }
 
     /// Record the succeeded jobs as done and claim up to `free` more (one transaction on
@@ -369,8 +376,7 @@ async fn work(
         running.collect()?;
         if claimed == 0 && !pulled_any {
             if cfg.once {
-                running.join_all().await?;
-                running.record(store, &cfg.id, stats).await?;
+                running.finish(store, &cfg.id, stats).await?;
                 let s = store.stats().await?;
                 let due_later = s.ready > 0;
                 if s.running == 0 && !due_later {
@@ -405,6 +411,5 @@ async fn work(
         }
     }
     // Graceful stop: let running handlers finish and record their results.
-    running.join_all().await?;
-    running.record(store, &cfg.id, stats).await
+    running.finish(store, &cfg.id, stats).await
 }

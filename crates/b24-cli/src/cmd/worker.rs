@@ -19,8 +19,15 @@ use crate::globals::Globals;
   B24_STORE_URL=postgres://b24@db/b24 b24 worker --exec ./h.sh --no-pull
 
 The handler gets the event JSON on stdin and B24_EVENT_KEY in its environment; exit 0 = done.
-A worker killed at any moment loses nothing: leases expire and events are handled again, so
-make the handler's effect idempotent with B24_EVENT_KEY.")]
+It runs in its own process group: on timeout the whole group is killed. Its lease is renewed
+while it runs. A worker killed at any moment loses nothing: leases expire and events are
+handled again, so make the handler's effect idempotent with B24_EVENT_KEY.
+
+Offline polling adapts: every empty answer doubles the wait from --poll-interval up to
+--poll-max (default 30 s: 1.7% of the standard plan's request budget); events bring it back.
+With `b24 events serve` on the same store and ONOFFLINEEVENT bound to it, the portal's
+notification wakes the worker at once.
+--once exits 1 when any handler run failed or an event was dead-lettered.")]
 pub struct Args {
     /// Run this shell command per event (event JSON on stdin).
     #[arg(long, conflicts_with = "forward")]
@@ -52,6 +59,17 @@ pub struct Args {
     /// Queue store: a SQLite path (default: queue.db in the state dir) or postgres://…
     #[arg(long, env = "B24_STORE_URL")]
     pub store: Option<String>,
+    /// Shortest wait between offline pulls, seconds (while events keep coming).
+    #[arg(long, default_value_t = 1.0)]
+    pub poll_interval: f64,
+    /// Longest wait between offline pulls of an idle worker, seconds (the wait doubles up to
+    /// it after each empty answer).
+    #[arg(long, default_value_t = 30.0)]
+    pub poll_max: f64,
+    /// Forget processed event keys after this many days (0 = keep for ever). A delivery that
+    /// comes back after its key was forgotten is handled again.
+    #[arg(long, default_value_t = 14.0)]
+    pub processed_retention_days: f64,
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
@@ -59,6 +77,26 @@ pub struct Args {
 
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let timeout = Duration::from_secs_f64(args.handler_timeout.max(0.1));
+    let finite = |v: f64, flag: &str| {
+        if v.is_finite() && v >= 0.0 {
+            Ok(v)
+        } else {
+            Err(Exit::new(
+                exit::USAGE,
+                format!("{flag} must be a number of seconds ≥ 0"),
+            ))
+        }
+    };
+    let poll_interval =
+        Duration::from_secs_f64(finite(args.poll_interval, "--poll-interval")?.max(0.1));
+    let poll_max = Duration::from_secs_f64(finite(args.poll_max, "--poll-max")?);
+    if poll_max < poll_interval {
+        return Err(Exit::new(
+            exit::USAGE,
+            "--poll-max must be at least --poll-interval",
+        ));
+    }
+    let retention_days = finite(args.processed_retention_days, "--processed-retention-days")?;
     let handler = match (&args.exec, &args.forward) {
         (Some(cmd), _) => Handler::exec(cmd.clone(), timeout),
         (None, Some(url)) => Handler::forward(url.clone(), timeout),
@@ -73,6 +111,19 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let client = if args.no_pull {
         None
     } else {
+        // The worker pulls, clears and fails offline events on its own for as long as it
+        // runs: the policy must allow those calls (a read-only policy keeps it from
+        // draining the portal's queue).
+        let gate = crate::exec::gate(g, b24_guard::gate::Origin::Cli)?;
+        gate.authorize_standing(
+            "b24 worker",
+            &[
+                ("event.offline.get", serde_json::json!({"clear": 0})),
+                ("event.offline.clear", serde_json::json!({})),
+                ("event.offline.error", serde_json::json!({})),
+            ],
+        )
+        .map_err(crate::exec::gate_error)?;
         Some(g.client().await?)
     };
     let stats = Arc::new(WorkerStats::default());
@@ -114,7 +165,10 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         },
         pull: client,
         once: args.once,
-        ..WorkerConfig::default()
+        poll_interval,
+        poll_max,
+        processed_retention: (retention_days > 0.0)
+            .then(|| Duration::from_secs_f64(retention_days * 86_400.0)),
     };
     let stop = shutdown_token();
     b24_events::worker::run(store.clone(), handler, cfg, stats.clone(), stop.clone())
@@ -134,6 +188,8 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     }
     Ok(if stop.is_cancelled() {
         exit::INTERRUPTED
+    } else if args.once && stats.had_failures() {
+        exit::PARTIAL
     } else {
         exit::OK
     })

@@ -110,10 +110,10 @@ pub(super) async fn run(cmd: &str, timeout: Duration, job: &Job) -> Result<(), S
     if let Some(f) = feed {
         f.abort();
     }
-    if let Some(d) = drain.as_mut() {
-        if tokio::time::timeout(DRAIN_GRACE, &mut *d).await.is_err() {
-            d.abort();
-        }
+    if let Some(d) = drain.as_mut()
+        && tokio::time::timeout(DRAIN_GRACE, &mut *d).await.is_err()
+    {
+        d.abort();
     }
     let stderr = tail.lock().unwrap_or_else(|p| p.into_inner()).text();
     let with_stderr = |msg: String| {

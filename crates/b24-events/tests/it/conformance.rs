@@ -219,3 +219,70 @@ async fn concurrent_claimers_never_share_a_job() {
         assert_eq!(q.stats().await.unwrap().processed, 400);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leases_renew_processed_keys_prune_and_migrations_are_versioned() {
+    for (q, _d) in backends("renew_prune").await {
+        q.enqueue(&[ev(1), ev(2)]).await.unwrap();
+        let jobs = q.claim("w", 2, 0.3).await.unwrap();
+        for _ in 0..4 {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            assert_eq!(
+                q.renew(&jobs, "w", 0.3).await.unwrap(),
+                vec![true, true],
+                "{}",
+                q.backend()
+            );
+            assert_eq!(q.reap().await.unwrap(), 0, "renewed leases are not reaped");
+        }
+        assert_eq!(
+            q.renew(&jobs, "other", 0.3).await.unwrap(),
+            vec![false, false],
+            "only the holder renews"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        assert_eq!(q.reap().await.unwrap(), 2, "unrenewed leases expire");
+        assert_eq!(q.renew(&jobs, "w", 0.3).await.unwrap(), vec![false, false]);
+        // Retention: keys older than the window go, younger ones stay.
+        let jobs = q.claim("w", 2, 30.0).await.unwrap();
+        q.complete_many(&jobs, "w").await.unwrap();
+        assert_eq!(q.prune_processed(3600.0).await.unwrap(), 0);
+        assert!(q.is_processed("k1").await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(q.prune_processed(0.01).await.unwrap(), 2, "{}", q.backend());
+        assert!(!q.is_processed("k1").await.unwrap());
+        assert_eq!(
+            q.enqueue(&[ev(1)]).await.unwrap(),
+            1,
+            "a forgotten key queues again"
+        );
+        assert_eq!(q.schema_version().await.unwrap(), 2, "{}", q.backend());
+    }
+    // Re-opening an up-to-date store changes nothing; a store from a newer b24 is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let p = path.to_str().unwrap();
+    Store::open(p).await.unwrap();
+    assert_eq!(
+        Store::open(p)
+            .await
+            .unwrap()
+            .schema_version()
+            .await
+            .unwrap(),
+        2
+    );
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", 99)
+        .unwrap();
+    assert!(
+        Store::open(p).await.is_err(),
+        "fail closed on an unknown schema"
+    );
+    if let Some(url) = pg("versions").await {
+        let (a, b) = tokio::join!(Store::open(&url), Store::open(&url));
+        assert_eq!(a.unwrap().schema_version().await.unwrap(), 2);
+        assert_eq!(b.unwrap().schema_version().await.unwrap(), 2);
+    }
+}

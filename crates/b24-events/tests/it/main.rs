@@ -2,6 +2,9 @@
 
 mod conformance;
 mod form_fuzz;
+mod handlers;
 mod hostile;
+mod polling;
 mod receiver;
+mod skew;
 mod worker;
