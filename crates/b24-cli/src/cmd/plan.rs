@@ -12,12 +12,19 @@ use crate::exit;
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:
   b24 plan crm.lead.add --params '{\"fields\":{\"TITLE\":\"New lead\"}}'
-  b24 apply pl_0190c3c1a2b3c4d5e6f7 --confirm-write")]
+  b24 plan show pl_0190c3c1a2b3c4d5e6f7
+  b24 apply pl_0190c3c1a2b3c4d5e6f7 --confirm-write"
+)]
 pub struct Args {
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
     /// REST method to plan, e.g. `crm.deal.update`.
-    pub method: String,
+    #[arg(required = true)]
+    pub method: Option<String>,
     /// Parameters: inline JSON, `@file` or `-` for stdin.
     #[arg(long, short = 'p', value_name = "JSON|@FILE|-")]
     pub params: Option<String>,
@@ -29,11 +36,51 @@ pub struct Args {
     pub ttl: u64,
 }
 
+/// Looking at recorded plans.
+#[derive(Debug, clap::Subcommand)]
+pub enum Sub {
+    /// Show one recorded plan (its params redacted) and whether it can still be applied.
+    #[command(after_help = "Example:\n  b24 plan show pl_0190c3c1a2b3c4d5e6f7")]
+    Show {
+        /// The plan id printed by `b24 plan`.
+        id: String,
+    },
+}
+
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
-    let params = read_params(args.params.as_deref())?;
     let gate = exec::gate(g, Origin::Cli)?;
+    if let Some(Sub::Show { id }) = args.sub {
+        let Some(plan) = gate.show_plan(&id).map_err(exec::gate_error)? else {
+            return Err(crate::exit::Exit::new(
+                exit::API,
+                format!("no plan {id} (for this portal)"),
+            ));
+        };
+        let now = b24_guard::store::now();
+        let out = json!({
+            "id": plan.id,
+            "method": plan.method,
+            "params": gate.redact(&plan.params),
+            "api": plan.api,
+            "risk": plan.risk,
+            "hash": plan.hash,
+            "state": plan.state,
+            "created_at": plan.created_at as i64,
+            "expires_at": plan.expires_at as i64,
+            "expired": plan.expires_at < now,
+        });
+        crate::out::pretty(&out)?;
+        return Ok(exit::OK);
+    }
+    let Some(method) = args.method else {
+        return Err(crate::exit::Exit::new(
+            exit::USAGE,
+            "give a METHOD to plan (or `b24 plan show ID`)",
+        ));
+    };
+    let params = read_params(args.params.as_deref())?;
     let req = PlanRequest {
-        method: args.method,
+        method,
         params,
         api: if args.v3 { Api::V3 } else { Api::V2 },
         ttl_secs: args.ttl,
