@@ -194,10 +194,17 @@ fn skill_frontmatter_is_valid_for_every_client() {
     );
     let oc = &obj["metadata"]["openclaw"];
     assert_eq!(oc["requires"]["bins"], serde_json::json!(["b24"]));
-    let envs = oc["requires"]["env"].as_array().expect("requires.env list");
-    assert!(envs.iter().any(|e| e == "B24_WEBHOOK_URL"));
+    // OpenClaw ANDs every `requires.env` entry and has no "any of" form for env vars, so any
+    // credential listed there hides the skill from users of the other auth mode (a webhook
+    // user has no B24_ACCESS_TOKEN; an OAuth user, after `b24 auth login`, has no
+    // B24_WEBHOOK_URL). Gate on the binary only; `primaryEnv` merely lets OpenClaw fill the
+    // webhook URL from its apiKey setting.
+    assert!(
+        oc["requires"].get("env").is_none(),
+        "requires.env would hide the skill from one of the auth modes"
+    );
     let primary = oc["primaryEnv"].as_str().expect("primaryEnv");
-    assert!(envs.iter().any(|e| e == primary));
+    assert_eq!(primary, "B24_WEBHOOK_URL");
 
     let lines = text.lines().count();
     assert!(lines < 500, "SKILL.md has {lines} lines");
@@ -227,10 +234,13 @@ fn every_file_the_skill_links_to_exists_one_level_deep() {
     assert!(links.len() >= 3, "SKILL.md links its references");
     for l in &links {
         assert!(dir.join(l).is_file(), "SKILL.md links to missing {l}");
+        // "One level deep" in the spec means no chains of references (SKILL.md → a reference
+        // → another); a reference may sit in a folder (references/packs/core.md).
         assert!(
-            l.matches('/').count() <= 1,
-            "{l} is more than one level deep"
+            l.starts_with("references/") || l.starts_with("scripts/"),
+            "{l} is outside references/ and scripts/"
         );
+        assert!(l.matches('/').count() <= 2, "{l} is nested too deep");
     }
     // Scripts it names exist and are executable.
     let script = dir.join("scripts/b24");
@@ -242,8 +252,7 @@ fn every_file_the_skill_links_to_exists_one_level_deep() {
         assert!(mode & 0o111 != 0, "scripts/b24 is executable");
     }
     // Long references have a table of contents; references do not chain further.
-    for f in std::fs::read_dir(dir.join("references")).unwrap() {
-        let p = f.unwrap().path();
+    for p in reference_files() {
         let t = read(&p);
         if t.lines().count() > 100 {
             assert!(
@@ -323,6 +332,103 @@ fn wrapper_script_finds_b24_or_explains_how_to_install() {
     assert_eq!(out.status.code(), Some(127));
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cargo install --path crates/b24-cli"));
+
+    // Inside a checkout where the binary is already built (debug or release), with neither b24
+    // nor cargo on PATH: the wrapper runs the built binary instead of giving up.
+    #[cfg(unix)]
+    for profile in ["debug", "release"] {
+        let repo = tempfile::tempdir().unwrap();
+        let r = repo.path();
+        std::fs::create_dir_all(r.join("crates/b24-cli")).unwrap();
+        std::fs::write(r.join("crates/b24-cli/Cargo.toml"), "").unwrap();
+        let scripts = r.join("skills/bitrix24-agent/scripts");
+        std::fs::create_dir_all(&scripts).unwrap();
+        std::fs::copy(&script, scripts.join("b24")).unwrap();
+        std::fs::create_dir_all(r.join("target").join(profile)).unwrap();
+        std::os::unix::fs::symlink(
+            support::b24_bin(),
+            r.join("target").join(profile).join("b24"),
+        )
+        .unwrap();
+        let out = std::process::Command::new("/bin/sh")
+            .arg(scripts.join("b24"))
+            .arg("--version")
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{profile}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("b24 "));
+    }
+}
+
+/// Pack name → (method → risk) from the method catalog the binary is built with.
+fn catalog() -> BTreeMap<String, BTreeMap<String, String>> {
+    let tsv = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../b24-guard/data/catalog.tsv"));
+    let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for l in tsv.lines().skip(1) {
+        let f: Vec<&str> = l.split('\t').collect();
+        if f.len() > 6 {
+            out.entry(f[6].to_string())
+                .or_default()
+                .insert(f[0].to_string(), f[2].to_string());
+        }
+    }
+    out
+}
+
+#[test]
+fn every_pack_has_a_small_reference_with_true_risks_and_two_chains() {
+    let dir = skill_dir();
+    let skill = read(&dir.join("SKILL.md"));
+    let cat = catalog();
+    assert!(cat.len() >= 12, "the catalog has {} packs", cat.len());
+    let all: BTreeMap<&String, &String> = cat.values().flat_map(|m| m.iter()).collect();
+    for (pack, methods) in &cat {
+        let rel = format!("references/packs/{pack}.md");
+        let p = dir.join(&rel);
+        assert!(p.is_file(), "no {rel}");
+        assert!(
+            skill.contains(&rel),
+            "SKILL.md does not say when to load {rel}"
+        );
+        let t = read(&p);
+        // The original loaded ~2 KB per pack; keep ours in the same league.
+        assert!(t.len() < 7000, "{rel} has {} bytes", t.len());
+        assert!(t.contains(&format!("--packs {pack}")) || t.contains(&format!("--pack {pack}")));
+        // Main-methods table rows: | `method` | risk | …
+        let mut rows = 0;
+        for l in t.lines() {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            if cells.len() < 4 || !cells[1].starts_with('`') {
+                continue;
+            }
+            let m = cells[1].trim_matches('`');
+            let Some(risk) = all.get(&m.to_string()) else {
+                panic!("{rel}: `{m}` is not in the catalog");
+            };
+            assert_eq!(cells[2], risk.as_str(), "{rel}: risk of {m}");
+            if methods.contains_key(m) {
+                rows += 1;
+            }
+        }
+        assert!(rows >= 5, "{rel} lists only {rows} of its methods");
+        let chains = bash_blocks(&t)
+            .iter()
+            .filter(|b| b.first().is_none_or(|l| !l.starts_with("# illustrative")))
+            .filter(|b| {
+                b.iter()
+                    .filter(|l| l.starts_with("b24 ") || l.contains("=$(b24 "))
+                    .count()
+                    >= 2
+            })
+            .count();
+        assert!(chains >= 2, "{rel} has {chains} runnable chains");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -334,10 +440,13 @@ fn wrapper_script_finds_b24_or_explains_how_to_install() {
 //   # comment                        ignored; a block whose first line is `# illustrative`, and a
 //                                    line with a `# illustrative` comment, are not run; a block
 //                                    whose first line is `# with OAuth app auth` runs with OAuth
-// Single quotes are literal; `$NAME` / `${NAME}` expand outside single quotes. After each
-// command whose stdout is a JSON object, its scalar fields become variables in upper case
-// twice: as NAME and as SUBCOMMAND_NAME (so `b24 plan`'s `id` becomes $PLAN_ID for the following
-// `b24 apply "$PLAN_ID"`).
+//   NAME=$(b24 ARGS... | jq -r .a.b)  the same, keeping one field of its JSON output
+//   b24 ... # portal-only             a method the sandbox does not emulate: `call`/`batch` run
+//                                    with --dry-run (so flags, gate and JSON are checked), an
+//                                    `apply` only has its variables checked; an assignment on
+//                                    such a line stores the placeholder id 1
+// Single quotes are literal; `$NAME` / `${NAME}` expand outside single quotes. Variables come
+// only from explicit assignments, as in a real shell.
 // ---------------------------------------------------------------------------------------------
 
 struct DocCommand {
@@ -345,6 +454,34 @@ struct DocCommand {
     line: String,
     /// The block starts with `# with OAuth app auth`: run it with the app's tokens.
     oauth: bool,
+    /// The line carries `# portal-only`: the sandbox does not emulate this method, so the line
+    /// is checked with `--dry-run` (parsing, gate, risk, confirmation flags) instead of sent.
+    portal_only: bool,
+}
+
+/// The trailing comment that marks a command for a method the sandbox does not emulate.
+const PORTAL_ONLY: &str = "# portal-only";
+
+/// The placeholder a `# portal-only` assignment stores (a record id the portal would return).
+const PORTAL_ONLY_ID: &str = "1";
+
+/// SKILL.md's references: references/*.md and references/packs/*.md, sorted.
+fn reference_files() -> Vec<PathBuf> {
+    let dir = skill_dir().join("references");
+    let mut out = Vec::new();
+    for sub in [dir.clone(), dir.join("packs")] {
+        let Ok(rd) = std::fs::read_dir(&sub) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "md") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn bash_blocks(md: &str) -> Vec<Vec<String>> {
@@ -365,15 +502,14 @@ fn bash_blocks(md: &str) -> Vec<Vec<String>> {
 fn documented_commands() -> Vec<Vec<DocCommand>> {
     let dir = skill_dir();
     let mut files = vec![dir.join("SKILL.md")];
-    let mut refs: Vec<PathBuf> = std::fs::read_dir(dir.join("references"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    refs.sort();
-    files.extend(refs);
+    files.extend(reference_files());
     let mut out = Vec::new();
     for f in files {
-        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        let name = f
+            .strip_prefix(&dir)
+            .unwrap_or(&f)
+            .to_string_lossy()
+            .to_string();
         for block in bash_blocks(&read(&f)) {
             if block
                 .first()
@@ -395,10 +531,12 @@ fn documented_commands() -> Vec<Vec<DocCommand>> {
                 if full.is_empty() || full.starts_with('#') || full.contains("# illustrative") {
                     continue;
                 }
+                let portal_only = full.contains(PORTAL_ONLY);
                 cmds.push(DocCommand {
                     file: name.clone(),
                     line: full,
                     oauth,
+                    portal_only,
                 });
             }
             out.push(cmds);
@@ -516,23 +654,66 @@ fn shell_words_quote_and_expand_like_sh() {
     assert!(shell_words("b24 apply \"$NOPE\"", &v).is_err());
 }
 
-/// Run one documented line; returns an error text for the report.
+/// `NAME=$(b24 ... [| jq -r PATH])`: the variable, the b24 part and the jq path (if any).
+fn split_assignment(line: &str) -> Result<(Option<String>, String, Option<String>), String> {
+    let Some((name, r)) = line.split_once("=$(") else {
+        return Ok((None, line.to_string(), None));
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+        return Ok((None, line.to_string(), None));
+    }
+    // Drop a trailing comment after the closing parenthesis.
+    let r = r.trim_end();
+    let close = r.rfind(')').ok_or("unclosed $(")?;
+    let inner = &r[..close];
+    let (cmd, jq) = match inner.rsplit_once(" | jq -r ") {
+        Some((c, path)) => {
+            let path = path.trim().trim_matches('\'').to_string();
+            if !path.starts_with('.') {
+                return Err(format!("jq path `{path}` must be a plain .a.b path"));
+            }
+            (c.to_string(), Some(path))
+        }
+        None if inner.contains('|') => return Err("only `| jq -r .path` may follow b24".into()),
+        None => (inner.to_string(), None),
+    };
+    Ok((Some(name.to_string()), cmd, jq))
+}
+
+/// Follow a `.a.b.0` path in a JSON value (what `jq -r` prints for a scalar).
+fn jq_path(v: &Value, path: &str) -> Option<String> {
+    let mut cur = v;
+    for part in path
+        .trim_start_matches('.')
+        .split('.')
+        .filter(|p| !p.is_empty())
+    {
+        cur = match cur {
+            Value::Object(m) => m.get(part)?,
+            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    match cur {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// Run one documented line; returns an error text for the report. Variables come only from
+/// explicit `NAME=$(...)` assignments, exactly as in a real shell: a `$PLAN_ID` nobody
+/// assigned fails here just as it would for the agent.
 async fn run_doc_line(
     env: &Env,
     cwd: &Path,
     vars: &mut BTreeMap<String, String>,
     secrets: &[String],
-    line: &str,
+    doc: &DocCommand,
 ) -> Result<(), String> {
-    let (assign, rest) = match line.split_once("=$(") {
-        Some((name, r))
-            if name.chars().all(|c| c.is_ascii_uppercase() || c == '_') && r.ends_with(')') =>
-        {
-            (Some(name.to_string()), &r[..r.len() - 1])
-        }
-        _ => (None, line),
-    };
-    let mut words = shell_words(rest, vars)?;
+    let (assign, rest, jq) = split_assignment(&doc.line)?;
+    let mut words = shell_words(&rest, vars)?;
     let mut redirect = None;
     if let Some(p) = words.iter().position(|w| w == ">") {
         redirect = words.get(p + 1).cloned();
@@ -540,6 +721,26 @@ async fn run_doc_line(
     }
     if words.first().map(String::as_str) != Some("b24") {
         return Err("not a b24 command (mark it `# illustrative`)".into());
+    }
+    if doc.portal_only {
+        if redirect.is_some() {
+            return Err("a # portal-only line cannot redirect its output".into());
+        }
+        match words.get(1).map(String::as_str) {
+            // `apply` has no dry run: the plan id must resolve (checked by shell_words above).
+            Some("apply") => {
+                if let Some(name) = assign {
+                    vars.insert(name, PORTAL_ONLY_ID.into());
+                }
+                return Ok(());
+            }
+            Some("call" | "batch") => words.push("--dry-run".into()),
+            other => {
+                return Err(format!(
+                    "# portal-only is for call/batch/apply, not {other:?}"
+                ));
+            }
+        }
     }
     let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
     let mut cmd = env.cmd(&args);
@@ -566,28 +767,53 @@ async fn run_doc_line(
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
+    if doc.portal_only {
+        let v: Value = serde_json::from_str(&stdout).map_err(|e| format!("dry run: {e}"))?;
+        if v["dry_run"] != Value::Bool(true) && v["sent"] != Value::Bool(false) {
+            return Err("the dry run did not report `sent: false`".into());
+        }
+        if let Some(name) = assign {
+            vars.insert(name, PORTAL_ONLY_ID.into());
+        }
+        return Ok(());
+    }
     if let Some(f) = redirect {
         std::fs::write(cwd.join(f), &stdout).unwrap();
     }
-    if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&stdout) {
-        for (k, v) in m {
-            let s = match v {
-                Value::String(s) => s,
-                Value::Number(n) => n.to_string(),
-                _ => continue,
-            };
-            let sub = words
-                .get(1)
-                .map(|w| w.to_ascii_uppercase())
-                .unwrap_or_default();
-            vars.insert(format!("{sub}_{}", k.to_ascii_uppercase()), s.clone());
-            vars.insert(k.to_ascii_uppercase(), s);
-        }
-    }
     if let Some(name) = assign {
-        vars.insert(name, stdout.trim().trim_matches('"').to_string());
+        let value = match jq {
+            Some(path) => {
+                let v: Value = serde_json::from_str(&stdout)
+                    .map_err(|e| format!("stdout is not JSON for jq: {e}"))?;
+                jq_path(&v, &path).ok_or_else(|| format!("jq path {path} not in the output"))?
+            }
+            None => stdout.trim().trim_matches('"').to_string(),
+        };
+        if value.is_empty() || value.contains('\n') {
+            return Err(format!("${name} would be `{value}`, not one value"));
+        }
+        vars.insert(name, value);
     }
     Ok(())
+}
+
+#[test]
+fn assignments_and_jq_paths_parse_like_the_shell() {
+    let (n, c, j) = split_assignment("PLAN_ID=$(b24 plan x --params '{}' | jq -r .id)").unwrap();
+    assert_eq!(
+        (n.as_deref(), c.as_str(), j.as_deref()),
+        (Some("PLAN_ID"), "b24 plan x --params '{}'", Some(".id"))
+    );
+    let (n, c, j) = split_assignment("ID=$(b24 call crm.lead.add)").unwrap();
+    assert_eq!(
+        (n.as_deref(), c.as_str(), j),
+        (Some("ID"), "b24 call crm.lead.add", None)
+    );
+    assert!(split_assignment("X=$(b24 call a | head -1)").is_err());
+    let v = serde_json::json!({"item":{"id":7,"tags":["a"]}});
+    assert_eq!(jq_path(&v, ".item.id").as_deref(), Some("7"));
+    assert_eq!(jq_path(&v, ".item.tags.0").as_deref(), Some("a"));
+    assert_eq!(jq_path(&v, ".item.nope"), None);
 }
 
 #[test]
@@ -608,7 +834,7 @@ fn the_docs_contain_runnable_commands() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_documented_command_runs_against_the_sandbox() {
     let mut failures = Vec::new();
-    let mut ran = 0;
+    let (mut ran, mut portal) = (0, 0);
     for block in documented_commands() {
         // Each block is its own little script: a fresh portal, fresh dirs, fresh variables.
         let sb = support::sandbox(SandboxConfig {
@@ -632,12 +858,14 @@ async fn every_documented_command_runs_against_the_sandbox() {
         let mut vars = BTreeMap::new();
         for c in block {
             ran += 1;
-            if let Err(e) = run_doc_line(&env, &cwd, &mut vars, &secrets, &c.line).await {
+            portal += usize::from(c.portal_only);
+            if let Err(e) = run_doc_line(&env, &cwd, &mut vars, &secrets, &c).await {
                 failures.push(format!("{}: {}\n    -> {e}", c.file, c.line));
             }
         }
         sb.shutdown().await;
     }
+    eprintln!("ran {ran} documented commands ({portal} of them # portal-only, as dry runs)");
     assert!(
         failures.is_empty(),
         "{} of {ran} documented commands failed:\n{}",
