@@ -5,4 +5,5 @@ mod batch;
 mod client;
 mod export;
 mod redirect;
+mod robust;
 mod shared_stores;
