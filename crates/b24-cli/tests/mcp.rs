@@ -568,11 +568,13 @@ async fn bad_messages_get_protocol_errors_and_the_server_keeps_serving() {
     send(list).await;
     assert_eq!(next(&mut lines).await["id"], "list");
 
-    // Arguments that do not match the schema: a protocol error naming the problem.
+    // Arguments that do not match the schema: a tool result with isError naming the problem,
+    // so the model sees the message and can fix its call.
     for (id, args) in [
         (4, r#"{"methd":"crm.lead.list"}"#),
         (5, r#"{"method":42}"#),
         (6, r#"{}"#),
+        (7, r#"{"method":"crm.lead%2Elist"}"#),
     ] {
         send(&format!(
             r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"b24_read","arguments":{args}}}}}"#
@@ -580,9 +582,10 @@ async fn bad_messages_get_protocol_errors_and_the_server_keeps_serving() {
         .await;
         let e = next(&mut lines).await;
         assert_eq!(e["id"], id, "{e}");
-        assert_eq!(e["error"]["code"], -32602, "{e}");
+        assert_eq!(e["result"]["isError"], true, "{e}");
+        let text = e["result"]["content"][0]["text"].as_str().unwrap_or("");
         assert!(
-            e["error"]["message"].as_str().unwrap().contains("b24_read"),
+            text.contains("b24_read") || text.contains("malformed"),
             "{e}"
         );
     }

@@ -898,9 +898,25 @@ impl ServerHandler for B24Mcp {
         request: rmcp::model::CallToolRequestParams,
         context: rmcp::service::RequestContext<RoleServer>,
     ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
-        check_arguments(&request.name, request.arguments.as_ref())?;
+        // Wrong arguments are the model's to fix, so they come back as a tool result with
+        // isError and the message (as the MCP spec asks), not as a protocol error the model
+        // never sees. Unknown tools stay protocol errors.
+        let as_result = |e: ErrorData| {
+            tool_error_value(json!({"error": "invalid_arguments", "message": e.message})).into()
+        };
+        if let Err(e) = check_arguments(&request.name, request.arguments.as_ref()) {
+            return Ok(as_result(e));
+        }
         let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
-        self.tool_router.call(tcc).await
+        match self.tool_router.call(tcc).await {
+            Err(e)
+                if e.code == rmcp::model::ErrorCode::INVALID_PARAMS
+                    && !e.message.contains("tool not found") =>
+            {
+                Ok(as_result(e))
+            }
+            other => other,
+        }
     }
 
     fn get_info(&self) -> ServerConfig {
