@@ -1,36 +1,60 @@
 #!/usr/bin/env bash
-# Benchmark: whole-process `b24 call` wall time against a loopback sandbox (start-up + one call).
-# Usage: bench/call-overhead.sh [N]   (default 200 calls)
+# Benchmark: whole-process `b24 call server.time` (start-up + one call) against loopback
+# sandboxes, over https (the sandbox's --tls, as every real portal) and over plain http.
+#
+# Usage: bench/call-overhead.sh [N]            (default 200 runs per case)
+#   B24_BIN=/path/to/b24       measure another build (e.g. an older one, for before/after)
+#   PY_CLIENT=/path/to/bitrix24_client.py   also time the original Python CLI, side by side,
+#                              against the same https sandbox (it must accept B24_* env).
+# Uses hyperfine when installed (mean ± σ, user CPU), else a Python timing loop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-200}"
-cargo build --release -q -p b24-cli
-B24="$PWD/target/release/b24"
+if [ -z "${B24_BIN:-}" ]; then
+  cargo build --release -q -p b24-cli
+  B24_BIN="$PWD/target/release/b24"
+fi
 tmp=$(mktemp -d)
-trap 'kill "$sb_pid" 2>/dev/null || true; rm -rf "$tmp"' EXIT
-"$B24" sandbox --no-limits --json >"$tmp/info.json" 2>/dev/null &
-sb_pid=$!
-for _ in $(seq 1 100); do [ -s "$tmp/info.json" ] && break; sleep 0.05; done
-export B24_WEBHOOK_URL=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["webhook_url"])' "$tmp/info.json")
-export B24_STATE_DIR="$tmp/state" B24_CONFIG_DIR="$tmp/config"
-python3 - "$B24" "$N" <<'PY'
-import subprocess, sys, time, statistics
-b24, n = sys.argv[1], int(sys.argv[2])
-for limiter in ("sqlite", "memory"):
-    # A huge bucket so that the figure is overhead, not the limiter deliberately waiting.
-    env = dict(__import__("os").environ, B24_RATE_LIMITER=limiter, B24_RATE_BURST="1000000", B24_RATE_PER_SEC="1000000")
+pids=()
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"' EXIT
+"$B24_BIN" sandbox --no-limits --tls --json >"$tmp/tls.json" 2>/dev/null &
+pids+=($!)
+"$B24_BIN" sandbox --no-limits --json >"$tmp/http.json" 2>/dev/null &
+pids+=($!)
+for _ in $(seq 1 100); do [ -s "$tmp/tls.json" ] && [ -s "$tmp/http.json" ] && break; sleep 0.05; done
+field() { python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+HTTPS_URL=$(field "$tmp/tls.json" webhook_url)
+HTTP_URL=$(field "$tmp/http.json" webhook_url)
+export B24_CA_FILE=$(field "$tmp/tls.json" ca_file)
+export B24_STATE_DIR="$tmp/state" B24_CONFIG_DIR="$tmp/config" HOME="$tmp"
+# A huge bucket so that the figure is overhead, not the limiter deliberately waiting.
+export B24_RATE_BURST=1000000 B24_RATE_PER_SEC=1000000
+B24_WEBHOOK_URL="$HTTPS_URL" "$B24_BIN" call server.time >/dev/null
+cases=(-n "b24 https" "env B24_WEBHOOK_URL=$HTTPS_URL $B24_BIN call server.time"
+       -n "b24 http" "env B24_WEBHOOK_URL=$HTTP_URL $B24_BIN call server.time")
+if [ -n "${PY_CLIENT:-}" ]; then
+  # The Python client trusts the sandbox's CA through the usual variables.
+  export SSL_CERT_FILE="$B24_CA_FILE" REQUESTS_CA_BUNDLE="$B24_CA_FILE"
+  cases+=(-n "python https" "env B24_WEBHOOK_URL=$HTTPS_URL python3 $PY_CLIENT server.time --params {}")
+fi
+if command -v hyperfine >/dev/null; then
+  hyperfine -N -w 10 -r "$N" "${cases[@]}"
+  exit 0
+fi
+python3 - "$N" "${cases[@]}" <<'PY'
+import shlex, statistics, subprocess, sys, time
+n, args = int(sys.argv[1]), sys.argv[2:]
+for i in range(0, len(args), 3):
+    name, cmd = args[i + 1], shlex.split(args[i + 2])
     times = []
     for _ in range(n):
         t = time.perf_counter()
-        r = subprocess.run([b24, "call", "server.time"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         times.append((time.perf_counter() - t) * 1000)
         if r.returncode != 0:
-            sys.exit(f"b24 call failed: {r.stderr.decode()}")
+            sys.exit(f"{name} failed: {r.stderr.decode()}")
     times.sort()
     p = lambda q: times[min(len(times) - 1, int(len(times) * q))]
-    print(f"b24 call server.time ({limiter} limiter), {n} processes: mean {statistics.mean(times):.2f} ms, "
+    print(f"{name}: {n} processes: mean {statistics.mean(times):.2f} ms, "
           f"p50 {p(0.5):.2f} ms, p99 {p(0.99):.2f} ms, min {times[0]:.2f} ms")
-t = time.perf_counter()
-subprocess.run([b24, "--version"], stdout=subprocess.DEVNULL)
-print(f"b24 --version (start-up only): {(time.perf_counter() - t) * 1000:.2f} ms")
 PY
