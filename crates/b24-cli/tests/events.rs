@@ -191,7 +191,12 @@ async fn poison_events_go_to_the_dlq_and_replay_once_fixed() {
             "0",
         ])
         .await;
-    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        code(&o),
+        1,
+        "--once exits 1 when an event was dead-lettered: {}",
+        stderr(&o)
+    );
     assert_eq!(effects(env.dir.path()), 2);
     let dl = stdout(&env.run(&["dlq", "list"]).await);
     let rows: Vec<serde_json::Value> = dl
@@ -220,6 +225,20 @@ async fn poison_events_go_to_the_dlq_and_replay_once_fixed() {
     // No handler, no worker.
     let o = env.run(&["worker", "--once"]).await;
     assert_eq!(code(&o), 2);
+    // A poll schedule that cannot back off is refused.
+    let o = env
+        .run(&[
+            "worker",
+            "--exec",
+            &h,
+            "--once",
+            "--poll-interval",
+            "10",
+            "--poll-max",
+            "5",
+        ])
+        .await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
 }
 
 #[tokio::test(flavor = "multi_thread")]

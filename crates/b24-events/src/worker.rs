@@ -26,6 +26,10 @@ pub use poll::PollSchedule;
 /// The portal's notification that its offline queue got new rows.
 pub const WAKE_EVENT: &str = "ONOFFLINEEVENT";
 
+fn is_wake(job: &Job) -> bool {
+    job.name.eq_ignore_ascii_case(WAKE_EVENT)
+}
+
 /// Default wait between offline pulls while events keep coming (`--poll-interval`).
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Default longest wait between offline pulls of an idle worker (`--poll-max`): one
@@ -184,12 +188,24 @@ impl Running {
             self.record(store, &cfg.id, stats).await?;
             return Ok(vec![]);
         }
+        let n = self.count(stats);
         let jobs = store
             .complete_and_claim(&self.done, &cfg.id, free, cfg.lease_secs)
-            .await?;
-        stats.handled.fetch_add(self.done.len() as u64, Relaxed);
+            .await
+            .inspect_err(|_| {
+                stats.handled.fetch_sub(n, Relaxed);
+            })?;
         self.done.clear();
         Ok(jobs)
+    }
+
+    /// Count the handled jobs among `done` (wake-ups are not handled events) before they are
+    /// recorded: the store's `processed` count must never run ahead of `handled` for a reader
+    /// of the metrics (taken back if the recording fails).
+    fn count(&self, stats: &WorkerStats) -> u64 {
+        let n = self.done.iter().filter(|j| !is_wake(j)).count() as u64;
+        stats.handled.fetch_add(n, Relaxed);
+        n
     }
 
     /// Record the succeeded jobs as done: each job's delete with its idempotency record.
@@ -197,8 +213,13 @@ impl Running {
         if self.done.is_empty() {
             return Ok(());
         }
-        store.complete_many(&self.done, worker).await?;
-        stats.handled.fetch_add(self.done.len() as u64, Relaxed);
+        let n = self.count(stats);
+        store
+            .complete_many(&self.done, worker)
+            .await
+            .inspect_err(|_| {
+                stats.handled.fetch_sub(n, Relaxed);
+            })?;
         self.done.clear();
         Ok(())
     }
@@ -354,7 +375,7 @@ async fn work(
         let jobs = running.record_and_claim(store, cfg, free, stats).await?;
         let claimed = jobs.len();
         for job in jobs {
-            if job.name.eq_ignore_ascii_case(WAKE_EVENT) {
+            if is_wake(&job) {
                 // A wake-up, not work: recorded as done with the next batch, and the offline
                 // queue is read now instead of at the next scheduled poll.
                 stats.wakeups.fetch_add(1, Relaxed);

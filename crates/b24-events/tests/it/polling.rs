@@ -189,6 +189,10 @@ async fn onofflineevent_wakes_the_worker_at_once() {
     );
     let snap = stats.snapshot();
     assert_eq!(snap["wakeups"], 1);
+    assert_eq!(
+        snap["handled"], 1,
+        "a wake-up is not counted as a handled event"
+    );
     assert!(snap["polls"].as_u64().unwrap() > polls_before);
     assert!(store.is_processed("online:wake-1").await.unwrap());
     let _ = std::io::Write::write_all(
