@@ -1182,7 +1182,7 @@ async fn attack_suite() {
             "B24_WEBHOOK_URL",
             &format!("http://127.0.0.1:{}/rest/7/{code_s}/", srv.port),
         );
-        let mine = vec![code_s.to_string(), code_s[..10].to_string()];
+        let mine = [code_s.to_string(), code_s[..10].to_string()];
         let (code, cli_out, all) = cli(&e, &["call", "user.current"], &[]).await;
         let m = connect(&e, &[]).await;
         let (err, mcp_out) = tool(&m, "b24_read", json!({"method": "user.current"})).await;
@@ -1209,6 +1209,138 @@ async fn attack_suite() {
             cli: cli_out,
             mcp: mcp_out,
             reached: other as u64,
+            allowed: 0,
+        });
+    }
+
+    // Secrets the caller hands in never land in the audit log: the webhook URL given as a
+    // method name (malformed), and the webhook code inside the params of a refused write.
+    for (name, method, params) in [
+        (
+            "audit: webhook URL as the method name",
+            format!("{}crm.lead.list", info.webhook_url),
+            json!({}),
+        ),
+        (
+            "audit: secret in a refused write's params",
+            "crm.lead.add".to_string(),
+            json!({"fields": {"TITLE": "x", "COMMENTS": info.webhook_code}}),
+        ),
+    ] {
+        let e = Env::webhook(&sb);
+        let before = seen(&sb);
+        let (code, cli_out, _) = cli(
+            &e,
+            &["call", &method, "--params", &params.to_string()],
+            &secrets,
+        )
+        .await;
+        let m = connect(&e, &[]).await;
+        let (err, mcp_out) =
+            tool(&m, "b24_write", json!({"method": method, "params": params})).await;
+        m.cancel().await.ok();
+        let reached = seen(&sb) - before;
+        let audit = std::fs::read_to_string(e.state_dir().join("audit.jsonl")).unwrap_or_default();
+        let leaked = audit.contains(&info.webhook_code);
+        t.check(
+            name,
+            code == 2 || code == 4,
+            format!("exit {code}: {cli_out}"),
+        );
+        t.check(name, err, format!("not refused: {mcp_out}"));
+        t.check(name, !leaked, format!("the webhook code is written to audit.jsonl: b24 call {method:?} --params '{params}' → {}", audit.lines().find(|l| l.contains(&info.webhook_code)).unwrap_or("").chars().take(400).collect::<String>()));
+        t.check(
+            name,
+            reached == 0,
+            format!("{reached} request(s) reached the portal"),
+        );
+        t.push(Row {
+            attempt: name.into(),
+            cli: cli_out,
+            mcp: format!(
+                "{}{}",
+                if leaked { "AUDIT HOLDS SECRET " } else { "" },
+                mcp_out
+            ),
+            reached,
+            allowed: 0,
+        });
+    }
+
+    // The records cannot be written (the state dir is a file): a write is not sent.
+    {
+        let name = "audit: state dir unwritable";
+        let e = Env::webhook(&sb);
+        let blocker = e.dir.path().join("not-a-dir");
+        std::fs::write(&blocker, "x").unwrap();
+        let sd = blocker.join("state");
+        let ex = ["--state-dir", sd.to_str().unwrap()];
+        let before = seen(&sb);
+        let mut a = ex.to_vec();
+        a.extend([
+            "call",
+            "crm.lead.add",
+            "--params",
+            r#"{"fields":{"TITLE":"x"}}"#,
+            "--confirm-write",
+        ]);
+        let (code, cli_out, _) = cli(&e, &a, &secrets).await;
+        let m = connect(&e, &ex).await;
+        let (err, mcp_out) = tool(&m, "b24_write", json!({"method": "crm.lead.add", "params": {"fields": {"TITLE": "x"}}, "confirm": true})).await;
+        m.cancel().await.ok();
+        let reached = seen(&sb) - before;
+        t.check(name, code != 0, format!("exit {code}: {cli_out}"));
+        t.check(name, err, format!("not refused: {mcp_out}"));
+        t.check(
+            name,
+            reached == 0,
+            format!("{reached} write(s) sent without an audit record"),
+        );
+        t.push(Row {
+            attempt: name.into(),
+            cli: cli_out,
+            mcp: mcp_out,
+            reached,
+            allowed: 0,
+        });
+    }
+
+    // A client on the 2026-07-28 protocol that declares elicitation: the server cannot ask
+    // (no server-to-client requests in that era), so the model's confirm_destructive must not
+    // stand in for the person the client says it can reach.
+    {
+        use rmcp::ClientServiceExt;
+        use rmcp::model::ProtocolVersion;
+        use rmcp::service::ClientLifecycleMode;
+        let name = "b24_write: 2026-07-28 client with elicitation";
+        let person = Decliner::default();
+        let cmd = tokio::process::Command::from(env.cmd(&["mcp"]));
+        let modern = person
+            .clone()
+            .serve_with_lifecycle(
+                TokioChildProcess::new(cmd).unwrap(),
+                ClientLifecycleMode::Discover {
+                    preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                },
+            )
+            .await
+            .expect("server/discover");
+        let before = seen(&sb);
+        let args = json!({"method": "crm.contact.delete", "params": {"id": 5}, "confirm": true, "confirm_destructive": true});
+        let (_err, mcp_out) = tool(&modern, "b24_write", args.clone()).await;
+        modern.cancel().await.ok();
+        let reached = seen(&sb) - before;
+        t.check(name, mcp_out.contains("refused") || person.asked.load(Ordering::SeqCst) > 0, format!("b24_write {args} from a client that declared form elicitation went through on the model's confirm_destructive, no person asked: {mcp_out}"));
+        t.check(
+            name,
+            reached == 0,
+            format!("{reached} destructive request(s) reached the portal"),
+        );
+        t.push(Row {
+            attempt: name.into(),
+            cli: "n/a".into(),
+            mcp: mcp_out,
+            reached,
             allowed: 0,
         });
     }

@@ -667,3 +667,53 @@ async fn refusals_keep_personal_data_out_of_the_audit_log() {
     assert_eq!(sb.stats().requests, 0);
     sb.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_handed_in_by_the_caller_never_reach_the_audit_log() {
+    let sb = sandbox().await;
+    let w = World::new();
+    let gate = w.gate(&sb, &CallerInputs::default(), "a", Origin::Mcp);
+    let code = sb.info().webhook_code.clone();
+    let mut failures = Vec::new();
+    for (what, method, params) in [
+        (
+            "the webhook URL as a method name (malformed)",
+            format!("{}crm.lead.list", sb.info().webhook_url),
+            json!({}),
+        ),
+        (
+            "the webhook code in a refused write's params",
+            "crm.lead.add".to_string(),
+            json!({"fields": {"COMMENTS": code}}),
+        ),
+        (
+            "the webhook code in a refused raw batch command",
+            "batch".to_string(),
+            json!({"cmd": {"a": format!("crm.lead.add?x={code}&y=%")}, "halt": code}),
+        ),
+    ] {
+        let req = CallRequest {
+            method: method.clone(),
+            params: params.clone(),
+            ..Default::default()
+        };
+        let seen = std::fs::read_to_string(gate.audit_log().path())
+            .unwrap_or_default()
+            .lines()
+            .count();
+        let e = gate.call(req, &NoPerson).await.expect_err(what);
+        let shown = gate.redact_text(&e.to_string());
+        assert!(!shown.contains(&code), "{what}: the message {shown}");
+        let log = std::fs::read_to_string(gate.audit_log().path()).unwrap_or_default();
+        if let Some(line) = log.lines().skip(seen).find(|l| l.contains(&code)) {
+            failures.push(format!("{what}: `{method}` {params} → audit record {line}"));
+        }
+    }
+    assert_eq!(sb.stats().requests, 0);
+    assert!(
+        failures.is_empty(),
+        "HOLE(s): the webhook code is written to the audit log:\n{}",
+        failures.join("\n")
+    );
+    sb.shutdown().await;
+}
