@@ -232,7 +232,7 @@ pub fn run_batch(
                 subs.push(m.clone());
                 let start = st.now();
                 access_check(st, who, &m)
-                    .and_then(|_| run_one(st, who, &m, &p, dl))
+                    .and_then(|_| run_one(st, who, &m, &p, dl, cost))
                     .map(|r| (r, start))
             }
         };

@@ -73,16 +73,23 @@ pub type Ran = (Out, Option<(f64, Option<f64>)>);
 
 /// Run one method under the operating-time limit. The call's own `auth_connector` parameter
 /// travels with the caller, so the app's own writes skip that connector's offline queue.
+///
+/// `offset` is when, after the request started, this call begins (a batch command starts when
+/// the commands before it have finished). Under realistic timing a call's operating time is
+/// counted when it finishes, so calls in flight at once do not see each other.
 pub fn run_one(
     st: &mut State,
     who: &Caller,
     m: &str,
     params: &Value,
     dl: &mut Vec<Delivery>,
+    offset: f64,
 ) -> Result<Ran, PErr> {
     let limits = st.cfg.limits;
+    let realistic = st.cfg.timing == crate::Timing::Realistic;
+    let begin = st.now() + if realistic { offset } else { 0.0 };
     if limits {
-        let (used, _) = st.operating(&who.cred, m);
+        let (used, _) = st.operating_at(&who.cred, m, begin);
         if used > st.cfg.operating_limit_secs {
             return Err(perr(
                 429,
@@ -104,10 +111,17 @@ pub fn run_one(
         methods::call(st, &who, m, params, dl)?
     };
     out.cost *= st.cfg.cost_scale;
-    if limits {
-        st.bill(&who.cred, m, out.cost);
-        Ok((out, Some(st.operating(&who.cred, m))))
+    if !limits {
+        return Ok((out, Some((0.0, None))));
+    }
+    if realistic {
+        let end = begin + out.cost;
+        st.bill_at(&who.cred, m, out.cost, end);
+        let op = st.operating_at(&who.cred, m, end);
+        Ok((out, Some(op)))
     } else {
-        Ok((out, Some((0.0, None))))
+        st.bill(&who.cred, m, out.cost);
+        let op = st.operating(&who.cred, m);
+        Ok((out, Some(op)))
     }
 }

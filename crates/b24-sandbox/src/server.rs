@@ -643,7 +643,7 @@ fn handle(
     let (result, sub_methods) = if m == "batch" {
         crate::batch::run_batch(st, &who, &params, dl)
     } else {
-        (run_one(st, &who, m, &params, dl), vec![])
+        (run_one(st, &who, m, &params, dl, 0.0), vec![])
     };
     match result {
         Ok((out, op)) => {

@@ -103,6 +103,8 @@ pub struct State {
     bucket_at: f64,
     /// (credential, method) → one-minute baskets (start, seconds).
     pub operating: HashMap<(String, String), VecDeque<(f64, f64)>>,
+    /// (credential, method) → calls still running under realistic timing (finish, seconds).
+    pub in_flight: HashMap<(String, String), Vec<(f64, f64)>>,
     pub tables: HashMap<Kind, Table>,
     pub bindings: Vec<Binding>,
     pub next_binding: u64,
@@ -171,6 +173,7 @@ impl State {
             bucket_level: 0.0,
             bucket_at: 0.0,
             operating: HashMap::new(),
+            in_flight: HashMap::new(),
             tables: HashMap::new(),
             bindings: Vec::new(),
             next_binding: 0,
@@ -309,30 +312,70 @@ impl State {
     /// oldest basket drops out.
     pub fn operating(&mut self, cred: &str, method: &str) -> (f64, Option<f64>) {
         let now = self.now();
-        let Some(b) = self
-            .operating
-            .get_mut(&(cred.to_string(), method.to_string()))
-        else {
-            return (0.0, None);
+        self.operating_at(cred, method, now)
+    }
+
+    /// The operating time as it will stand at `at` (≥ now): baskets still inside the window
+    /// then, plus calls in flight that will have finished by then. A call's time counts from
+    /// when it finishes, so calls started together do not see each other, as on a portal.
+    pub fn operating_at(&mut self, cred: &str, method: &str, at: f64) -> (f64, Option<f64>) {
+        let now = self.now();
+        let key = (cred.to_string(), method.to_string());
+        // Calls that have finished move from in-flight into the baskets.
+        if let Some(p) = self.in_flight.get_mut(&key) {
+            p.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let due: Vec<(f64, f64)> = p.iter().copied().filter(|(t, _)| *t <= now).collect();
+            p.retain(|(t, _)| *t > now);
+            for (t, secs) in due {
+                self.bill_basket(&key, t, secs);
+            }
+        }
+        let pending: f64 = self
+            .in_flight
+            .get(&key)
+            .map(|p| p.iter().filter(|(t, _)| *t <= at).map(|(_, s)| s).sum())
+            .unwrap_or(0.0);
+        let first_pending = self
+            .in_flight
+            .get(&key)
+            .and_then(|p| p.iter().map(|(t, _)| *t).find(|t| *t <= at));
+        let Some(b) = self.operating.get_mut(&key) else {
+            return (pending, first_pending.map(|t| t + 600.0));
         };
         while b.front().map(|(s, _)| now - s >= 600.0).unwrap_or(false) {
             b.pop_front();
         }
+        let live = || b.iter().filter(|(s, _)| at - s < 600.0);
+        let reset = live().next().map(|(s, _)| s + 600.0);
         (
-            b.iter().map(|(_, x)| x).sum(),
-            b.front().map(|(s, _)| s + 600.0),
+            live().map(|(_, x)| x).sum::<f64>() + pending,
+            reset.or(first_pending.map(|t| t + 600.0)),
         )
     }
 
     pub fn bill(&mut self, cred: &str, method: &str, secs: f64) {
         let now = self.now();
-        let b = self
-            .operating
+        self.bill_basket(&(cred.to_string(), method.to_string()), now, secs);
+    }
+
+    /// Bill a call that finishes at `at` (realistic timing): it counts from then on.
+    pub fn bill_at(&mut self, cred: &str, method: &str, secs: f64, at: f64) {
+        self.in_flight
             .entry((cred.to_string(), method.to_string()))
-            .or_default();
+            .or_default()
+            .push((at, secs));
+    }
+
+    fn bill_basket(&mut self, key: &(String, String), at: f64, secs: f64) {
+        let b = self.operating.entry(key.clone()).or_default();
         match b.back_mut() {
-            Some((start, total)) if now - *start < 60.0 => *total += secs,
-            _ => b.push_back((now, secs)),
+            Some((start, total)) if at - *start < 60.0 => *total += secs,
+            Some((start, _)) if at < *start => {
+                // Out of order (a shorter call finished first): keep baskets ordered.
+                let start = *start;
+                b.push_back((start, secs));
+            }
+            _ => b.push_back((at, secs)),
         }
     }
 

@@ -432,3 +432,48 @@ async fn realistic_timing_answers_after_the_modelled_duration() {
     let (wall, dur) = timed(&sb, "crm.lead.list", json!({"select": ["ID"]})).await;
     assert!(dur > 0.45 && wall < dur, "{wall} {dur}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realistic_timing_counts_operating_time_when_a_call_finishes() {
+    // Each counted page of 20,000 leads costs ≈ 0.51 s against a 0.3 s budget.
+    let cfg = SandboxConfig {
+        seed_leads: 20_000,
+        operating_limit_secs: 0.3,
+        timing: Timing::Realistic,
+        ..Default::default()
+    };
+    let sb = start(cfg.clone()).await;
+    let page = || hook(&sb, "crm.lead.list", json!({"select": ["ID"]}));
+    // Two calls in flight at once both pass the check: neither has finished yet.
+    let (a, b) = tokio::join!(page(), page());
+    assert_eq!((a.0, b.0), (200, 200));
+    let op = a.1["time"]["operating"].as_f64().unwrap();
+    assert!(op > 0.45, "the answer reports its own time: {op}");
+    let (s, b) = page().await;
+    assert_eq!((s, err(&b).0), (429, "OPERATION_TIME_LIMIT"));
+    // Inside a batch a command sees the commands before it: the second is blocked.
+    let cmd = "crm.deal.list?select[]=ID";
+    let cfg = SandboxConfig {
+        operating_limit_secs: 0.05,
+        ..cfg
+    };
+    let sb = start(cfg).await;
+    let (_, b) = hook(&sb, "batch", json!({"cmd": [cmd, cmd, cmd]})).await;
+    let r = &b["result"];
+    assert!(
+        r["result"]["0"].is_array() || r["result"][0].is_array(),
+        "{b}"
+    );
+    for k in ["1", "2"] {
+        assert_eq!(r["result_error"][k]["error"], "OPERATION_TIME_LIMIT", "{b}");
+    }
+    // Instant timing bills at once: a second call is blocked immediately.
+    let sb = start(SandboxConfig {
+        seed_leads: 20_000,
+        operating_limit_secs: 0.3,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(hook(&sb, "crm.lead.list", json!({})).await.0, 200);
+    assert_eq!(hook(&sb, "crm.lead.list", json!({})).await.0, 429);
+}
