@@ -82,6 +82,15 @@ impl PlanDenied {
     }
 }
 
+/// `pl_` + 12 hex digits of time (ids sort by creation) + 8 random hex digits. Not a cut of
+/// a v7 UUID: its tail is a per-process counter, so two plans made in the same millisecond
+/// would share a 20-digit prefix.
+fn plan_id() -> String {
+    let t = uuid::Uuid::now_v7().simple().to_string();
+    let r = uuid::Uuid::new_v4().simple().to_string();
+    format!("pl_{}{}", &t[..12], &r[..8])
+}
+
 fn f64_bytes(x: f64) -> [u8; 8] {
     x.to_bits().to_be_bytes()
 }
@@ -115,7 +124,7 @@ impl GuardStore {
     ) -> Result<Plan, GuardError> {
         let t = now();
         let mut plan = Plan {
-            id: format!("pl_{}", &uuid::Uuid::now_v7().simple().to_string()[..20]),
+            id: plan_id(),
             method: method.to_string(),
             params: params.clone(),
             api: api.to_string(),

@@ -301,3 +301,12 @@ fn a_batch_takes_its_writes_all_or_none() {
     assert!(s.try_take_writes(2, 5).unwrap());
     assert!(!s.try_take_write(5).unwrap());
 }
+
+#[test]
+fn plans_made_in_the_same_millisecond_get_distinct_ids() {
+    let d = tempfile::tempdir().unwrap();
+    let s = GuardStore::open(d.path()).unwrap();
+    let ids: std::collections::HashSet<String> = (0..200).map(|_| plan(&s)).collect();
+    assert_eq!(ids.len(), 200);
+    assert!(ids.iter().all(|i| i.len() == 23 && i.starts_with("pl_")));
+}
