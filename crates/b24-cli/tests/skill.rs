@@ -772,6 +772,21 @@ async fn run_doc_line(
         if v["dry_run"] != Value::Bool(true) && v["sent"] != Value::Bool(false) {
             return Err("the dry run did not report `sent: false`".into());
         }
+        // A dry run does not insist on confirmations, so check here that the documented line
+        // carries the flag its risk class needs on a real portal.
+        let needs = match v["risk"].as_str() {
+            Some("write" | "admin") => Some("--confirm-write"),
+            Some("destructive") => Some("--confirm-destructive"),
+            _ => None,
+        };
+        if let Some(flag) = needs
+            && !words.iter().any(|w| w == flag)
+        {
+            return Err(format!(
+                "a {} call needs {flag} on a real portal",
+                v["risk"]
+            ));
+        }
         if let Some(name) = assign {
             vars.insert(name, PORTAL_ONLY_ID.into());
         }
