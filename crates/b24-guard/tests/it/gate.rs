@@ -717,3 +717,67 @@ async fn secrets_handed_in_by_the_caller_never_reach_the_audit_log() {
     );
     sb.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_writers_cannot_all_pass_the_budget_check() {
+    let sb = sandbox().await;
+    let w = Arc::new(World::new());
+    w.system("max_writes_per_hour = 1\n");
+    let barrier = Arc::new(tokio::sync::Barrier::new(24));
+    let sb = Arc::new(sb);
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let (w, b, sb) = (w.clone(), barrier.clone(), sb.clone());
+        tasks.push(tokio::spawn(async move {
+            // One gate (one store connection) per writer, as separate processes would have.
+            let gate = w.gate(&sb, &CallerInputs::default(), &format!("p{i}"), Origin::Cli);
+            let req = confirmed(
+                "crm.lead.add",
+                json!({"fields": {"TITLE": format!("race{i}")}}),
+            );
+            b.wait().await;
+            gate.call(req, &NoPerson).await.is_ok()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.unwrap());
+    }
+    let sent = calls(&sb, "crm.lead.add");
+    assert!(
+        sent <= 1 && ok <= 1,
+        "HOLE: {sent} writes sent ({ok} allowed) by 24 parallel writers under max_writes_per_hour = 1 \
+         (take_write checks writes_last_hour() and then count_write() in two steps)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_deny_of_batch_itself_holds() {
+    let sb = sandbox().await;
+    let w = World::new();
+    w.system("deny = [\"batch\"]\n");
+    let gate = w.gate(&sb, &CallerInputs::default(), "a", Origin::Cli);
+    let raw = gate
+        .call(
+            confirmed("batch", json!({"cmd": {"a": "crm.lead.list"}})),
+            &NoPerson,
+        )
+        .await;
+    let req = BatchRequest {
+        commands: vec![BatchCommandSpec::Text {
+            key: "a".into(),
+            text: "crm.lead.list".into(),
+        }],
+        ..Default::default()
+    };
+    let tool = gate.batch(req, &NoPerson).await;
+    let sent = calls(&sb, "batch");
+    assert!(
+        raw.is_err() && tool.is_err() && sent == 0,
+        "HOLE: `deny = [\"batch\"]` in the operator file does not stop batches: raw call ok {}, \
+         Gate::batch ok {}, {sent} batch request(s) sent",
+        raw.is_ok(),
+        tool.is_ok()
+    );
+    sb.shutdown().await;
+}
