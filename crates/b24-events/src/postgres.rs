@@ -1,6 +1,8 @@
 //! The PostgreSQL queue: many workers on many hosts. Claims use `FOR UPDATE SKIP LOCKED`, so
 //! workers never wait on each other's rows; enqueue sends `NOTIFY b24_jobs` and idle workers
-//! `LISTEN` instead of polling. The migrations are applied on connect (and by `b24 db migrate`).
+//! `LISTEN` instead of polling. The migrations ([`migrate`]) are applied on connect (and by
+//! `b24 db migrate`). Every time the queue reasons about comes from the database's clock
+//! ([`db_now!`]), so hosts with skewed clocks still agree on leases and schedules.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,72 +27,13 @@ macro_rules! db_now {
     };
 }
 
-/// Versioned migrations: entry `i` takes the schema from version `i` to `i + 1`
-/// (`b24_events_schema`). Version 1 is the original schema (`IF NOT EXISTS`, so stores created
-/// before versioning take it unchanged).
-pub const MIGRATIONS: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS b24_jobs (
-       id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL UNIQUE, source TEXT NOT NULL, name TEXT NOT NULL,
-       payload TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'ready', attempts INT NOT NULL DEFAULT 0,
-       run_at DOUBLE PRECISION NOT NULL, lease_until DOUBLE PRECISION, locked_by TEXT, last_error TEXT,
-       created_at DOUBLE PRECISION NOT NULL);
-     CREATE INDEX IF NOT EXISTS b24_jobs_ready ON b24_jobs (state, run_at, id);
-     CREATE TABLE IF NOT EXISTS b24_processed (key TEXT PRIMARY KEY, done_at DOUBLE PRECISION NOT NULL);
-     CREATE TABLE IF NOT EXISTS b24_dlq (id BIGSERIAL PRIMARY KEY, key TEXT NOT NULL, source TEXT NOT NULL, name TEXT NOT NULL,
-       payload TEXT NOT NULL, attempts INT NOT NULL, last_error TEXT NOT NULL, failed_at DOUBLE PRECISION NOT NULL);
-     CREATE TABLE IF NOT EXISTS b24_offline_pending (process_id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL);
-     CREATE TABLE IF NOT EXISTS b24_app_tokens (member_id TEXT PRIMARY KEY, token TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
-    // 2: pruning processed keys by age scans `done_at`.
-    "CREATE INDEX IF NOT EXISTS b24_processed_done_at ON b24_processed (done_at)",
-];
-
-/// The advisory lock that serialises migrations (held for one transaction only).
-const MIGRATION_LOCK: i64 = 724242;
-
 /// Processed keys deleted per statement when pruning.
 const PRUNE_BATCH: i64 = 5000;
 
-/// Apply the migrations this database lacks, in one transaction under a transaction-scoped
-/// advisory lock: concurrent starts wait for each other, and a start-up cancelled half-way
-/// rolls back and leaves no lock behind on a pooled connection (a session lock would stay
-/// with the connection the pool keeps).
-async fn migrate(client: &mut deadpool_postgres::Object) -> Result<i64> {
-    let tx = client.transaction().await.map_err(e)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(e)?;
-    tx.batch_execute("CREATE TABLE IF NOT EXISTS b24_events_schema (version BIGINT NOT NULL)")
-        .await
-        .map_err(e)?;
-    let have: i64 = match tx
-        .query_opt("SELECT version FROM b24_events_schema", &[])
-        .await
-        .map_err(e)?
-    {
-        Some(r) => r.get(0),
-        None => {
-            tx.execute("INSERT INTO b24_events_schema VALUES (0)", &[])
-                .await
-                .map_err(e)?;
-            0
-        }
-    };
-    let want = MIGRATIONS.len() as i64;
-    if have > want {
-        // Fail closed: a newer b24 changed the schema in ways this one does not know.
-        return Err(EventsError::Store(format!(
-            "queue schema version {have} is newer than this b24 knows ({want})"
-        )));
-    }
-    for m in &MIGRATIONS[have as usize..] {
-        tx.batch_execute(m).await.map_err(e)?;
-    }
-    tx.execute("UPDATE b24_events_schema SET version = $1", &[&want])
-        .await
-        .map_err(e)?;
-    tx.commit().await.map_err(e)?;
-    Ok(want)
-}
+mod migrate;
+
+pub use migrate::MIGRATIONS;
+use migrate::migrate;
 
 pub struct PgQueue {
     pool: Pool,
