@@ -345,13 +345,9 @@ impl Config {
         }
         let timeout = match get("B24_TIMEOUT_SECS") {
             Some(v) => {
-                let secs = parse_in(&v, "B24_TIMEOUT_SECS", 0.0, MAX_TIMEOUT_SECS)?;
-                if secs == 0.0 {
-                    return Err(Error::Config(
-                        "B24_TIMEOUT_SECS must be more than 0 (every request would time out)"
-                            .into(),
-                    ));
-                }
+                // At least a millisecond: a smaller value rounds to a zero timeout, under
+                // which every request would fail.
+                let secs = parse_in(&v, "B24_TIMEOUT_SECS", 0.001, MAX_TIMEOUT_SECS)?;
                 Duration::from_secs_f64(secs)
             }
             None => Duration::from_secs(60),

@@ -34,6 +34,29 @@ pub struct Response {
     pub replayed: bool,
 }
 
+impl Response {
+    /// Decode `result` into a type of the caller's, e.g. a struct with the fields of a
+    /// `crm.lead.get` answer. On a mismatch the error names the JSON path that failed
+    /// (`[3].ID: invalid type …`), which a bare `serde_json` error does not.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, crate::Error> {
+        decode(&self.result, "result")
+    }
+}
+
+/// Decode `value` into `T`, naming the failing path; `what` says what was decoded.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    value: &Value,
+    what: &str,
+) -> Result<T, crate::Error> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        crate::Error::Decode {
+            method: what.to_string(),
+            reason: format!("at `{path}`: {}", e.into_inner()),
+        }
+    })
+}
+
 /// What a response body turned out to be.
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // short-lived, returned once per response

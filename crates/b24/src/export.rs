@@ -265,6 +265,23 @@ pub fn items<T: Transport + Clone + 'static>(
     })
 }
 
+/// Stream items decoded into the caller's type `T` (see [`crate::Response::json`]). An item
+/// that does not fit `T` is an [`Error::Decode`] naming the item's position and field; the
+/// stream goes on after it, so a caller may skip such items or stop.
+pub fn items_as<T, Tr>(
+    transport: Tr,
+    opts: ExportOptions,
+) -> impl Stream<Item = Result<T, Error>> + Send + 'static
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+    Tr: Transport + Clone + 'static,
+{
+    use futures::StreamExt;
+    let method = opts.method.clone();
+    items(transport, opts)
+        .map(move |r| r.and_then(|v| crate::envelope::decode(&v, &format!("{method} item"))))
+}
+
 type Tx = tokio::sync::mpsc::Sender<Result<Page, Error>>;
 
 /// Field names for a method: `crm.item.*` speaks camelCase `id`.

@@ -7,3 +7,4 @@ mod export;
 mod redirect;
 mod robust;
 mod shared_stores;
+mod typed;
