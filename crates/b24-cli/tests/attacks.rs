@@ -1172,6 +1172,10 @@ async fn attack_suite() {
     // Secrets in error messages: a portal that answers with a page echoing the request path.
     for (name, page) in [
         ("secret: HTML 404 echoing the path", Page::HtmlTitle),
+        (
+            "secret: HTML 404 echoing it in upper case",
+            Page::HtmlTitleUpper,
+        ),
         ("secret: text 404, echo cut at 120 chars", Page::PlainCut),
         ("secret: redirect to another origin", Page::Redirect),
     ] {
@@ -1182,7 +1186,11 @@ async fn attack_suite() {
             "B24_WEBHOOK_URL",
             &format!("http://127.0.0.1:{}/rest/7/{code_s}/", srv.port),
         );
-        let mine = [code_s.to_string(), code_s[..10].to_string()];
+        let mine = [
+            code_s.to_string(),
+            code_s[..10].to_string(),
+            code_s.to_ascii_uppercase(),
+        ];
         let (code, cli_out, all) = cli(&e, &["call", "user.current"], &[]).await;
         let m = connect(&e, &[]).await;
         let (err, mcp_out) = tool(&m, "b24_read", json!({"method": "user.current"})).await;
@@ -1425,6 +1433,8 @@ async fn closed_stdout(cmd: &mut std::process::Command) -> (i32, String) {
 #[derive(Clone, Copy, PartialEq)]
 enum Page {
     HtmlTitle,
+    /// The path echoed in upper case (some servers and WAFs do).
+    HtmlTitleUpper,
     PlainCut,
     Redirect,
 }
@@ -1478,6 +1488,15 @@ impl EchoServer {
                     let body = format!(
                         "<!DOCTYPE html><html><head><title>404 Not Found: {path}</title></head><body><h1>Not Found</h1><p>The requested URL {path} was not found.</p></body></html>"
                     );
+                    format!(
+                        "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                }
+                Page::HtmlTitleUpper => {
+                    let up = path.to_ascii_uppercase();
+                    let body =
+                        format!("<html><head><title>404 NOT FOUND: {up}</title></head></html>");
                     format!(
                         "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
