@@ -1,8 +1,8 @@
 //! The PostgreSQL queue: many workers on many hosts. Claims use `FOR UPDATE SKIP LOCKED`, so
 //! workers never wait on each other's rows; enqueue sends `NOTIFY b24_jobs` and idle workers
-//! `LISTEN` instead of polling. The migrations ([`migrate`]) are applied on connect (and by
+//! `LISTEN` instead of polling. The versioned migrations ([`MIGRATIONS`]) are applied on connect (and by
 //! `b24 db migrate`). Every time the queue reasons about comes from the database's clock
-//! ([`db_now!`]), so hosts with skewed clocks still agree on leases and schedules.
+//! (`now()` in each statement), so hosts with skewed clocks still agree on leases and schedules.
 
 use std::sync::Arc;
 use std::time::Duration;
