@@ -714,9 +714,10 @@ async fn run_doc_line(
 ) -> Result<(), String> {
     let (assign, rest, jq) = split_assignment(&doc.line)?;
     let mut words = shell_words(&rest, vars)?;
+    // `> FILE` writes stdout to FILE, `>> FILE` appends (as a resumed export should).
     let mut redirect = None;
-    if let Some(p) = words.iter().position(|w| w == ">") {
-        redirect = words.get(p + 1).cloned();
+    if let Some(p) = words.iter().position(|w| w == ">" || w == ">>") {
+        redirect = words.get(p + 1).cloned().map(|f| (f, words[p] == ">>"));
         words.truncate(p);
     }
     if words.first().map(String::as_str) != Some("b24") {
@@ -792,8 +793,16 @@ async fn run_doc_line(
         }
         return Ok(());
     }
-    if let Some(f) = redirect {
-        std::fs::write(cwd.join(f), &stdout).unwrap();
+    if let Some((f, append)) = redirect {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(cwd.join(f))
+            .unwrap();
+        file.write_all(stdout.as_bytes()).unwrap();
     }
     if let Some(name) = assign {
         let value = match jq {
@@ -876,6 +885,29 @@ async fn every_documented_command_runs_against_the_sandbox() {
             portal += usize::from(c.portal_only);
             if let Err(e) = run_doc_line(&env, &cwd, &mut vars, &secrets, &c).await {
                 failures.push(format!("{}: {}\n    -> {e}", c.file, c.line));
+            }
+        }
+        // Whatever the commands wrote as NDJSON (exports, handler output) is valid NDJSON.
+        for e in std::fs::read_dir(&cwd).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "ndjson") {
+                let text = read(&p);
+                if !text.is_empty() && !text.ends_with('\n') {
+                    failures.push(format!(
+                        "{}: the last record has no newline, so the next one would run into it",
+                        p.file_name().unwrap().to_string_lossy()
+                    ));
+                }
+                for (n, l) in text.lines().enumerate() {
+                    if serde_json::from_str::<Value>(l).is_err() {
+                        failures.push(format!(
+                            "{}: line {} is not one JSON value: {}",
+                            p.file_name().unwrap().to_string_lossy(),
+                            n + 1,
+                            l.chars().take(120).collect::<String>()
+                        ));
+                    }
+                }
             }
         }
         sb.shutdown().await;
