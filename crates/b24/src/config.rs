@@ -462,7 +462,7 @@ pub fn is_loopback_host(host: &str) -> bool {
             .unwrap_or(false)
 }
 
-fn check_scheme(url: &str) -> Result<url::Url, Error> {
+pub(crate) fn check_scheme(url: &str) -> Result<url::Url, Error> {
     let u = url::Url::parse(url).map_err(|e| Error::Config(format!("invalid URL: {e}")))?;
     match u.scheme() {
         "https" => Ok(u),

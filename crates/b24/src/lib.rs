@@ -9,12 +9,14 @@
 //! - [`limiter`]: a GCRA model of the portal's leaky bucket, shareable across processes;
 //! - [`retry`]: backoff with jitter, and the rule that an ambiguous write is never resent;
 //! - [`client`]: [`Client`], which ties the above together for a single call;
+//! - [`builder`]: [`ClientBuilder`], a client from values in code rather than `B24_*` variables;
 //! - [`batch`] and [`export`]: many commands per request, and streaming export of whole lists.
 //!
 //! Nothing here prints: the `b24` binary owns stdout and stderr.
 
 pub mod auth;
 pub mod batch;
+pub mod builder;
 pub mod client;
 pub mod config;
 pub mod envelope;
@@ -25,6 +27,7 @@ pub mod pg;
 pub mod retry;
 mod tls;
 
+pub use builder::ClientBuilder;
 pub use client::{CallOptions, Client, ClientStats};
 pub use config::Config;
 pub use envelope::{Response, Time};

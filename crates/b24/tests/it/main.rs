@@ -2,6 +2,7 @@
 //! Integration tests of the b24 library (one binary, one module per area).
 
 mod batch;
+mod builder;
 mod client;
 mod export;
 mod redirect;
