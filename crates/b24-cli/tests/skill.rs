@@ -942,3 +942,104 @@ fn completions_and_man_page_come_from_the_real_parser() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(bad.stdout.is_empty());
 }
+
+/// The migration guide maps every environment variable and flag of the original Python skill
+/// (its v1 and v2 client and worker); a name missing here is a question a migrating user has
+/// no answer to.
+#[test]
+fn migration_guide_maps_every_original_env_var_flag_and_file() {
+    let guide = read(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/migrating-from-the-python-skill.md"),
+    );
+    let env_vars = [
+        "B24_DOMAIN",
+        "B24_AUTH_MODE",
+        "B24_WEBHOOK_USER_ID",
+        "B24_WEBHOOK_CODE",
+        "B24_ACCESS_TOKEN",
+        "B24_REFRESH_TOKEN",
+        "B24_CLIENT_ID",
+        "B24_CLIENT_SECRET",
+        "B24_METHOD_ALLOWLIST",
+        "B24_PACKS",
+        "B24_AUDIT_FILE",
+        "B24_REQUIRE_PLAN",
+        "B24_PLAN_FILE",
+        "B24_PLAN_TTL_SEC",
+        "B24_IDEMPOTENCY_FILE",
+        "B24_IDEMPOTENCY_TTL_SEC",
+        "B24_RATE_LIMITER",
+        "B24_RATE_LIMITER_FILE",
+        "B24_RATE_LIMITER_RATE",
+        "B24_RATE_LIMITER_BURST",
+        "B24_RATE_LIMITER_TTL_SEC",
+        "B24_RUN_INTEGRATION",
+        "B24_SMOKE_WRITE",
+    ];
+    let flags = [
+        "--params",
+        "--rest-v3",
+        "--auto-refresh",
+        "--mask-secrets",
+        "--no-mask-secrets",
+        "--method-allowlist",
+        "--packs",
+        "--list-packs",
+        "--allow-unlisted",
+        "--confirm-write",
+        "--confirm-destructive",
+        "--audit-file",
+        "--no-audit",
+        "--plan-only",
+        "--execute-plan",
+        "--plan-file",
+        "--plan-ttl-sec",
+        "--require-plan",
+        "--idempotency-key",
+        "--idempotency-file",
+        "--idempotency-ttl-sec",
+        "--no-idempotency",
+        "--out",
+        "--max-items",
+        "--preflight",
+        // worker
+        "--sleep",
+        "--once",
+        "--max-retries",
+        "--state-file",
+        "--dlq-file",
+        "--application-token",
+        "--lock-file",
+        "--redrive",
+        "--bind-offline",
+    ];
+    let files = [
+        "bitrix24_client.py",
+        "offline_sync_worker.py",
+        "method_risk.json",
+        "required_params.json",
+        "references/bitrix24.md",
+        "packs.md",
+        "agents/openai.yaml",
+        ".env.example",
+        "bitrix24_audit.jsonl",
+        "bitrix24_plans.json",
+        "bitrix24_idempotency.json",
+        "bitrix24_rate_limiter.json",
+        "offline_retry_state.json",
+        "offline_dlq.jsonl",
+    ];
+    for name in env_vars.iter().chain(&flags) {
+        assert!(
+            guide.contains(&format!("`{name}")),
+            "the migration guide does not map `{name}`"
+        );
+    }
+    for name in files {
+        assert!(
+            guide.contains(name),
+            "the migration guide does not map {name}"
+        );
+    }
+}
