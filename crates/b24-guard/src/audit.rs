@@ -212,7 +212,7 @@ impl AuditLog {
         head.last_len = last_line.len() as u64;
         head.last_off = len - head.last_len;
         head.last_sha256 = chain::sha256_hex(&last_line);
-        chain::write_head(&self.head_path, key, &head)?;
+        chain::write_head(&self.head_path, key, &head, false)?;
         Ok(Appended {
             seq: head.seq,
             record,
@@ -279,7 +279,7 @@ impl AuditLog {
                     // Write the head first, so that a crash right after the first record
                     // leaves a head to adopt it from instead of a false "head missing".
                     if s.spans.is_empty() {
-                        chain::write_head(&self.head_path, key, &s.head)?;
+                        chain::write_head(&self.head_path, key, &s.head, true)?;
                     }
                     if s.spans.is_empty() && s.legacy == 0 {
                         return Ok((s.head, vec![]));

@@ -135,6 +135,9 @@ pub(crate) enum HeadState {
 
 pub(crate) fn read_head(path: &Path, key: Option<&GuardKey>) -> Result<HeadState, GuardError> {
     let text = match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().is_empty() => {
+            return Ok(HeadState::Invalid("empty".into()));
+        }
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HeadState::Missing),
         Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
@@ -162,32 +165,45 @@ pub(crate) fn read_head(path: &Path, key: Option<&GuardKey>) -> Result<HeadState
     Ok(HeadState::Ok(head))
 }
 
-/// Replace the head file atomically (temporary file, fsync, rename).
-pub(crate) fn write_head(path: &Path, key: &GuardKey, head: &Head) -> Result<(), GuardError> {
+/// The head file is one line padded to this size and rewritten in place: a write this small
+/// at offset 0 lands whole, and an in-place rewrite costs no rename or inode churn.
+const HEAD_SIZE: usize = 512;
+
+/// Rewrite the head file in place. Only `durable` writes are fsynced: the log is fsynced
+/// before every head update, so a head write lost in a crash leaves the previous head, one
+/// record behind, which the next append adopts. The genesis head is durable so that a crash
+/// right after the very first record is not mistaken for a deleted head.
+pub(crate) fn write_head(
+    path: &Path,
+    key: &GuardKey,
+    head: &Head,
+    durable: bool,
+) -> Result<(), GuardError> {
     let body = head.body();
     let mut v = serde_json::to_value(head).map_err(|e| err(path, e))?;
     v["head_mac"] = json!(key.tag(Purpose::AuditHead, &[body.as_bytes()]));
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut line = v.to_string().into_bytes();
+    if line.len() >= HEAD_SIZE {
+        return Err(err(path, "the head record does not fit its slot"));
+    }
+    line.resize(HEAD_SIZE - 1, b' ');
+    line.push(b'\n');
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create(true).truncate(false);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let res = opts.open(&tmp).and_then(|mut f| {
-        f.write_all(format!("{v}\n").as_bytes())?;
-        f.sync_all()
-    });
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(err(&tmp, e));
+    let mut f = opts.open(path).map_err(|e| err(path, e))?;
+    f.seek(SeekFrom::Start(0))
+        .and_then(|_| f.write_all(&line))
+        .map_err(|e| err(path, e))?;
+    if f.metadata().map_err(|e| err(path, e))?.len() != HEAD_SIZE as u64 {
+        f.set_len(HEAD_SIZE as u64).map_err(|e| err(path, e))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| err(path, e))?;
-    if let Some(dir) = path.parent()
-        && let Ok(d) = std::fs::File::open(dir)
-    {
-        let _ = d.sync_all();
+    if durable {
+        f.sync_all().map_err(|e| err(path, e))?;
     }
     Ok(())
 }

@@ -76,7 +76,16 @@ impl AuditLog {
     /// wrong with their contents is `report.problem`.
     pub fn verify_report(&self) -> Result<VerifyReport, GuardError> {
         let key = GuardKey::load_existing(&self.state_dir)?;
-        let head = chain::read_head(&self.head_path, key.as_ref())?;
+        // Read the head under the appenders' lock so it is never seen half-rewritten; the
+        // log is read after, so it can only be ahead of the head (which is accepted).
+        let lock = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.lock_path)
+            .ok()
+            .filter(|l| l.lock().is_ok());
+        let head = chain::read_head(&self.head_path, key.as_ref());
+        drop(lock);
+        let head = head?;
         let mut rep = VerifyReport::default();
         if let HeadState::Ok(h) = &head {
             rep.head_seq = Some(h.seq);

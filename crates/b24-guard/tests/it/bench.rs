@@ -16,7 +16,7 @@ fn percentiles(mut d: Vec<Duration>) -> (Duration, Duration) {
 #[test]
 #[ignore = "timing; run by hand"]
 fn bench_audit_append_p50_p99() {
-    for prefill in [0usize, 10_000] {
+    for prefill in [0usize, 2_000] {
         let d = tempfile::tempdir().unwrap();
         let log = AuditLog::open(d.path().join("audit.jsonl"), d.path());
         for i in 0..prefill {
