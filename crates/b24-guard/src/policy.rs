@@ -380,6 +380,39 @@ impl Policy {
         })
     }
 
+    /// Deny rules alone, for a name that is not itself classified — `batch`, whose commands
+    /// are checked one by one, can still be denied as a whole.
+    pub fn check_deny(&self, method: &str) -> Result<(), Refusal> {
+        let m = method.trim().to_ascii_lowercase();
+        for l in &self.layers {
+            if l.deny.is_match(&m) {
+                let op = l.kind == LayerKind::Operator;
+                return Err(Refusal {
+                    method: m.clone(),
+                    risk: None,
+                    reason: if op {
+                        "denied by the operator policy".into()
+                    } else {
+                        format!("denied by a deny rule ({})", l.source)
+                    },
+                    fix: if op {
+                        format!(
+                            "the operator policy ({}) forbids it; no flag can allow it",
+                            l.source
+                        )
+                    } else {
+                        format!(
+                            "the deny rule comes from {}; remove the matching pattern there",
+                            l.source
+                        )
+                    },
+                    operator_locked: op,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Decide on one call. Returns the risk it was judged at.
     pub fn check(&self, catalog: &Catalog, c: &CallCheck) -> Result<Risk, Refusal> {
         let m = c.method.trim().to_ascii_lowercase();

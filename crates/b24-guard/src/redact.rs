@@ -58,9 +58,7 @@ pub fn redact(v: &Value, known: &[String]) -> Value {
 pub fn redact_text(s: &str, known: &[String]) -> String {
     let mut out = s.to_string();
     for k in known.iter().filter(|k| k.len() >= 4) {
-        if out.contains(k.as_str()) {
-            out = out.replace(k.as_str(), "[redacted]");
-        }
+        out = redact_secret(&out, k);
     }
     redact_shapes(&out)
 }
@@ -69,28 +67,71 @@ fn is_code_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '-'
 }
 
-/// The shape-based part of [`redact_text`].
-fn redact_shapes(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    // `/rest/<digits>/<code>` — the code is the webhook's password.
-    while let Some(i) = rest.find("/rest/") {
-        let (head, tail) = rest.split_at(i + "/rest/".len());
-        out.push_str(head);
-        let digits = tail.chars().take_while(|c| c.is_ascii_digit()).count();
-        let after = &tail[digits..];
-        if digits > 0 && after.starts_with('/') {
-            let code_len = after[1..].chars().take_while(|c| is_code_char(*c)).count();
-            if code_len >= 4 {
-                out.push_str(&tail[..digits + 1]);
+/// Replace copies of `secret` in `text`, ignoring ASCII case (error pages upper-case paths),
+/// and also a copy cut short — the first 8 or more characters of the secret where the text
+/// ends or the run of code characters ends (error snippets are truncated).
+fn redact_secret(text: &str, secret: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let sec = secret.to_ascii_lowercase();
+    let (tb, sb) = (lower.as_bytes(), sec.as_bytes());
+    let min = sb.len().min(8);
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < tb.len() {
+        if text.is_char_boundary(i) {
+            let n = tb[i..].iter().zip(sb).take_while(|(a, b)| a == b).count();
+            let ends = i + n == tb.len() || !is_code_char(char::from(tb[i + n]));
+            if n == sb.len() || (n >= min && ends) {
                 out.push_str("[redacted]");
-                rest = &after[1 + code_len..];
+                i += n;
                 continue;
             }
         }
-        rest = tail;
+        let ch_len = text[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&text[i..i + ch_len]);
+        i += ch_len;
     }
-    out.push_str(rest);
+    out
+}
+
+/// The shape-based part of [`redact_text`]: the code after `/rest/<digits>/` (plain or
+/// percent-encoded, any case) and the values of credential fields.
+fn redact_shapes(s: &str) -> String {
+    let lower = s.to_ascii_lowercase();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let at = &lower[i..];
+        let sep_len = if at.starts_with("/rest/") {
+            Some((6, 1))
+        } else if at.starts_with("%2frest%2f") {
+            Some((10, 3))
+        } else {
+            None
+        };
+        if let Some((head, sep)) = sep_len {
+            let digits = at[head..].bytes().take_while(u8::is_ascii_digit).count();
+            let after = &at[head + digits..];
+            let sep_ok =
+                (sep == 1 && after.starts_with('/')) || (sep == 3 && after.starts_with("%2f"));
+            if digits > 0 && sep_ok {
+                let code_len = after[sep..]
+                    .chars()
+                    .take_while(|c| is_code_char(*c))
+                    .count();
+                if code_len >= 4 {
+                    let keep = head + digits + sep;
+                    out.push_str(&s[i..i + keep]);
+                    out.push_str("[redacted]");
+                    i += keep + code_len;
+                    continue;
+                }
+            }
+        }
+        let ch_len = s[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&s[i..i + ch_len]);
+        i += ch_len;
+    }
     for key in [
         "auth=",
         "access_token=",
@@ -98,25 +139,27 @@ fn redact_shapes(s: &str) -> String {
         "client_secret=",
         "application_token=",
     ] {
+        let lower = out.to_ascii_lowercase();
         let mut res = String::with_capacity(out.len());
-        let mut rest = out.as_str();
-        while let Some(i) = rest.find(key) {
-            let boundary =
-                i == 0 || !rest[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
-            let (head, tail) = rest.split_at(i + key.len());
-            res.push_str(head);
-            let n = tail
+        let mut j = 0;
+        while let Some(k) = lower[j..].find(key) {
+            let pos = j + k;
+            let boundary = pos == 0
+                || !lower[..pos].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
+            let start = pos + key.len();
+            res.push_str(&out[j..start]);
+            let n = out[start..]
                 .chars()
                 .take_while(|c| is_code_char(*c) || *c == '.' || *c == '%')
                 .count();
             if boundary && n > 0 {
                 res.push_str("[redacted]");
-                rest = &tail[n..];
             } else {
-                rest = tail;
+                res.push_str(&out[start..start + n]);
             }
+            j = start + n;
         }
-        res.push_str(rest);
+        res.push_str(&out[j..]);
         out = res;
     }
     out
@@ -187,6 +230,24 @@ mod tests {
         assert_eq!(
             redact_text("refresh_token=abc&x=1", &[]),
             "refresh_token=[redacted]&x=1"
+        );
+        // upper-cased, percent-encoded and cut-short echoes of the path
+        let code = "s3cr3tw3bh00kc0d3abcdef".to_string();
+        for page in [
+            "404 NOT FOUND: /REST/7/S3CR3TW3BH00KC0D3ABCDEF/USER.CURRENT.JSON",
+            "not found: %2Frest%2F7%2Fs3cr3tw3bh00kc0d",
+            "GET /x?next=%2FREST%2F7%2FS3CR3TW3BH00KC0D3ABCDEF%2Fuser.current",
+            "code s3cr3tw3bh00",
+        ] {
+            let r = redact_text(page, std::slice::from_ref(&code));
+            assert!(
+                !r.to_ascii_lowercase().contains("s3cr3tw3"),
+                "{page} -> {r}"
+            );
+        }
+        assert_eq!(
+            redact_text("Привет /rest/1/abcd1234/x", &[]),
+            "Привет /rest/1/[redacted]/x"
         );
     }
 }

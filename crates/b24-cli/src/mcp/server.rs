@@ -18,8 +18,8 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
     CallToolResult, ClientResult, ElicitRequest, ElicitRequestParams, ElicitationAction,
-    ElicitationSchema, Implementation, ProtocolVersion, ServerCapabilities, ServerConfig,
-    ServerRequest,
+    ElicitationSchema, Implementation, ProtocolVersion, RequestMetaObject, ServerCapabilities,
+    ServerConfig, ServerRequest,
 };
 use rmcp::{ErrorData, Peer, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
@@ -206,9 +206,24 @@ pub struct QueueArgs {}
 struct McpPerson {
     peer: Peer<RoleServer>,
     enabled: bool,
+    /// The request's own `_meta` declared form elicitation (stateless protocol eras carry the
+    /// client's capabilities on every request instead of at initialization).
+    meta_declared: bool,
 }
 
 impl McpPerson {
+    /// The client declared form elicitation (whatever its protocol version).
+    fn declared(&self) -> bool {
+        self.enabled
+            && (self.meta_declared
+                || self.peer.peer_info().is_some_and(|info| {
+                    info.capabilities
+                        .elicitation
+                        .as_ref()
+                        .is_some_and(|c| c.form.is_some() || c.url.is_none())
+                }))
+    }
+
     fn supported(&self) -> bool {
         if !self.enabled {
             return false;
@@ -230,6 +245,10 @@ impl McpPerson {
 impl Person for McpPerson {
     fn can_ask(&self) -> bool {
         self.supported()
+    }
+
+    fn declares_person(&self) -> bool {
+        self.declared()
     }
 
     fn ask(&self, question: String) -> BoxFuture<'_, Answer> {
@@ -315,10 +334,15 @@ impl B24Mcp {
         exec::gate(&self.g, Origin::Mcp)
     }
 
-    fn person(&self, peer: Peer<RoleServer>) -> McpPerson {
+    fn person(&self, peer: Peer<RoleServer>, meta: &RequestMetaObject) -> McpPerson {
+        let meta_declared = meta
+            .client_capabilities()
+            .and_then(|c| c.elicitation)
+            .is_some_and(|c| c.form.is_some() || c.url.is_none());
         McpPerson {
             peer,
             enabled: self.elicit,
+            meta_declared,
         }
     }
 
@@ -436,8 +460,9 @@ impl B24Mcp {
         &self,
         Parameters(a): Parameters<WriteArgs>,
         peer: Peer<RoleServer>,
+        meta: RequestMetaObject,
     ) -> Result<CallToolResult, ErrorData> {
-        let person = self.person(peer);
+        let person = self.person(peer, &meta);
         if let Some(id) = a.plan_id.as_deref() {
             let id = id.trim();
             if id.is_empty() {
@@ -535,12 +560,13 @@ impl B24Mcp {
         &self,
         Parameters(a): Parameters<ApplyArgs>,
         peer: Peer<RoleServer>,
+        meta: RequestMetaObject,
     ) -> Result<CallToolResult, ErrorData> {
         let id = a.plan_id.trim();
         if id.is_empty() {
             return Err(invalid("`plan_id` is empty"));
         }
-        let person = self.person(peer);
+        let person = self.person(peer, &meta);
         Ok(self
             .apply_plan(&person, id, None, a.confirm_destructive)
             .await)
@@ -562,6 +588,7 @@ impl B24Mcp {
         &self,
         Parameters(a): Parameters<BatchArgs>,
         peer: Peer<RoleServer>,
+        meta: RequestMetaObject,
     ) -> Result<CallToolResult, ErrorData> {
         if a.commands.is_empty() {
             return Err(invalid("`commands` is empty"));
@@ -603,7 +630,7 @@ impl B24Mcp {
             Ok(g) => g,
             Err(e) => return Ok(self.fail(&e)),
         };
-        let person = self.person(peer);
+        let person = self.person(peer, &meta);
         let results = match gate.batch(req, &person).await {
             Ok(BatchRun::Done { results, .. }) => results,
             Ok(BatchRun::DryRun(lines)) => return Ok(self.ok(json!({"dry_run": lines}))),

@@ -171,6 +171,7 @@ impl Gate {
             return Err(GateError::Invalid("no commands given".into()));
         }
         let order = b.order().map_err(|e| GateError::Invalid(e.to_string()))?;
+        self.check_spellings(&parts, &json!({"commands": listing}))?;
         let checked = Checked {
             method: normalise("batch").map_err(GateError::from)?,
             parts,
@@ -228,9 +229,8 @@ impl Gate {
         let writes = b.commands().iter().filter(|c| c.is_write).count();
         if writes > 0 {
             let store = self.store()?;
-            for _ in 0..writes {
-                self.take_write(&store, "batch", risk, &shown)?;
-            }
+            let n = u32::try_from(writes).unwrap_or(u32::MAX);
+            self.take_write(&store, "batch", risk, &shown, n)?;
         }
         let client = self.portal.client().await?;
         let call_id = uuid::Uuid::now_v7().simple().to_string();

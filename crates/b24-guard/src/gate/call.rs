@@ -97,8 +97,9 @@ impl Gate {
         let method = match normalise(raw) {
             Ok(m) => m,
             Err(e) => {
+                let shown = self.redact_text(&format!("{raw:?}"));
                 let _ = self.record(
-                    &format!("{raw:?}"),
+                    &shown,
                     vec![
                         ("decision", json!("malformed")),
                         ("reason", json!(e.to_string())),
@@ -129,6 +130,7 @@ impl Gate {
         } else {
             vec![(method.clone(), params.clone())]
         };
+        self.check_spellings(&parts, params)?;
         Ok(Checked { method, parts })
     }
 
@@ -141,6 +143,11 @@ impl Gate {
         no_send: bool,
         params: &Value,
     ) -> Result<Risk, GateError> {
+        if c.method.is_batch()
+            && let Err(r) = self.policy.check_deny("batch")
+        {
+            return Err(self.refuse(r, params, vec![]));
+        }
         let mut worst = Risk::Read;
         for (m, p) in &c.parts {
             let check = CallCheck {
@@ -224,8 +231,50 @@ impl Gate {
             )),
             _ => None,
         };
-        self.send(&checked.method, risk, req.api, req.params, key, None, conf)
-            .await
+        let writes = self.write_count(&checked);
+        self.send(
+            &checked.method,
+            risk,
+            req.api,
+            req.params,
+            key,
+            None,
+            conf,
+            writes,
+        )
+        .await
+    }
+
+    /// A parameter spelled two ways (`clear` and `CLEAR`) could be read one way by the gate and
+    /// the other way by the portal — and some decide the risk. Refuse the ambiguity.
+    pub(super) fn check_spellings(
+        &self,
+        parts: &[(MethodName, Value)],
+        params: &Value,
+    ) -> Result<(), GateError> {
+        for (m, p) in parts {
+            if let Some((a, b)) = twice_spelled(p) {
+                let r = self.refusal(
+                    m.as_str(),
+                    None,
+                    format!("the parameter `{a}` is given twice, also as `{b}`; the portal might read either"),
+                    "give each parameter once, in one spelling",
+                    false,
+                );
+                return Err(self.refuse(r, params, vec![]));
+            }
+        }
+        Ok(())
+    }
+
+    /// How many writes a call takes from the hourly budget: each writing command of a batch.
+    pub(super) fn write_count(&self, c: &Checked) -> u32 {
+        let n = c
+            .parts
+            .iter()
+            .filter(|(m, p)| self.catalog.is_write(m.as_str(), p))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX).max(1)
     }
 
     /// Refuse anything that is not a plain read (read-only tools, exports).
@@ -313,6 +362,7 @@ impl Gate {
         key: Option<String>,
         plan_id: Option<&str>,
         conf: Confirmed,
+        writes: u32,
     ) -> Result<CallOutcome, GateError> {
         let is_write = self.catalog.is_write(method.as_str(), &params) || risk != Risk::Read;
         let key = key.filter(|_| is_write);
@@ -365,7 +415,7 @@ impl Gate {
             }
         }
         if let Some(store) = &store
-            && let Err(e) = self.take_write(store, m, risk, &params)
+            && let Err(e) = self.take_write(store, m, risk, &params, writes)
         {
             if let Some(k) = &key {
                 let _ = store.key_failed(k);
@@ -512,4 +562,17 @@ impl Gate {
         )?;
         Ok(worst)
     }
+}
+
+/// Two top-level keys of `params` that differ only in case (or surrounding blanks).
+fn twice_spelled(params: &Value) -> Option<(String, String)> {
+    let o = params.as_object()?;
+    let mut seen: std::collections::HashMap<String, &str> = std::collections::HashMap::new();
+    for k in o.keys() {
+        let norm = k.trim().to_ascii_lowercase();
+        if let Some(first) = seen.insert(norm, k) {
+            return Some((first.to_string(), k.clone()));
+        }
+    }
+    None
 }

@@ -31,6 +31,12 @@ pub enum Answer {
 pub trait Person: Send + Sync {
     /// Whether a question can be put to a person at all.
     fn can_ask(&self) -> bool;
+    /// Whether the client says a person is there to confirm (it declares elicitation), even
+    /// if this server cannot put the question in the protocol version in use. Then flags are
+    /// not enough for a destructive call: it is refused rather than confirmed by the model.
+    fn declares_person(&self) -> bool {
+        self.can_ask()
+    }
     /// Put a yes/no question.
     fn ask(&self, question: String) -> BoxFuture<'_, Answer>;
 }
@@ -92,7 +98,8 @@ impl Gate {
         };
         let plan_apply = via_plan && self.policy.require_plan() && self.origin == Origin::Mcp;
         let reachable = person.can_ask();
-        let ask = demanded || plan_apply || (reachable && worst == Risk::Destructive);
+        let present = reachable || person.declares_person();
+        let ask = demanded || plan_apply || (present && worst == Risk::Destructive);
         if !ask {
             return Ok(flags);
         }

@@ -162,6 +162,7 @@ impl Gate {
                 return Err(self.refuse_plan(id, reason));
             }
         };
+        let writes = self.write_count(&checked);
         let res = self
             .send(
                 &checked.method,
@@ -171,6 +172,7 @@ impl Gate {
                 Some(format!("plan-{}", plan.id)),
                 Some(&plan.id),
                 conf,
+                writes,
             )
             .await;
         let state = match &res {

@@ -19,7 +19,8 @@ impl Gate {
                 reason: e.to_string(),
             })
         })?;
-        GuardStore::open(&self.guard_dir).map_err(GateError::Store)
+        // Bound to the portal: plans and idempotency records of another portal are refused.
+        GuardStore::open_for_portal(&self.guard_dir, self.portal.portal()).map_err(GateError::Store)
     }
 
     /// Append an audit record (the common fields are filled in here). An error means the
@@ -39,9 +40,20 @@ impl Gate {
         m.insert("portal".into(), json!(self.portal.portal()));
         m.insert("origin".into(), json!(self.origin.as_str()));
         m.insert("method".into(), json!(method));
+        let full = self.policy.audit_params() == AuditParams::Full;
         for (k, v) in fields {
+            // A refusal's fix quotes the call (`b24 plan M --params '…'`): the params stay out
+            // of the log unless the operator asked for them.
+            let v = match (&v, full) {
+                (Value::String(s), false) if k == "fix" || k == "reason" => json!(mask_params(s)),
+                _ => v,
+            };
             m.insert(k.to_string(), v);
         }
+        // Whatever a field holds, secrets never reach the log.
+        let Value::Object(m) = self.redact(&Value::Object(m)) else {
+            return Ok(());
+        };
         self.audit.append(m).map(|_| ()).map_err(GateError::Audit)
     }
 
@@ -54,32 +66,30 @@ impl Gate {
         }
     }
 
-    /// Take one write from the hourly budget, or refuse. Check and count are one step in the
-    /// store, so parallel writers cannot all pass a check that only one of them should.
+    /// Take `n` writes from the hourly budget, or refuse. Check and count are one transaction
+    /// in the store, so parallel writers cannot all pass a check that only one should.
     pub(super) fn take_write(
         &self,
         store: &GuardStore,
         method: &str,
         risk: Risk,
         params: &Value,
+        n: u32,
     ) -> Result<(), GateError> {
         let Some(max) = self.policy.max_writes_per_hour() else {
-            let _ = store.count_write();
             return Ok(());
         };
-        let used = store.writes_last_hour().map_err(GateError::Store)?;
-        if used >= max as u64 {
-            let r = self.refusal(
-                method,
-                Some(risk),
-                format!("the write budget of {max} per hour is used up"),
-                "wait for the hour to roll over, or ask the operator to raise max_writes_per_hour",
-                self.policy.max_writes_locked(),
-            );
-            return Err(self.refuse(r, params, vec![]));
+        if store.try_take_writes(n, max).map_err(GateError::Store)? {
+            return Ok(());
         }
-        store.count_write().map_err(GateError::Store)?;
-        Ok(())
+        let r = self.refusal(
+            method,
+            Some(risk),
+            format!("the write budget of {max} per hour does not cover {n} more write(s)"),
+            "wait for the hour to roll over, or ask the operator to raise max_writes_per_hour",
+            self.policy.max_writes_locked(),
+        );
+        Err(self.refuse(r, params, vec![]))
     }
 }
 
@@ -108,4 +118,23 @@ pub fn keys_and_digests(params: &Value) -> Value {
         Value::Null => json!({}),
         other => json!({"[value]": format!("sha256:{}", digest(other))}),
     }
+}
+
+/// Replace the params quoted in a fix (`--params '…'` up to the closing `'` and backtick) by
+/// `…`.
+pub fn mask_params(s: &str) -> String {
+    const OPEN: &str = "--params '";
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(OPEN) {
+        let (head, tail) = rest.split_at(i + OPEN.len());
+        out.push_str(head);
+        out.push('…');
+        rest = match tail.find("'`") {
+            Some(j) => &tail[j..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    out
 }
