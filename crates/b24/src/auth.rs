@@ -22,18 +22,24 @@ use crate::envelope::{Parsed, lenient_u64, parse};
 /// An access/refresh pair as stored on disk.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct TokenPair {
+    /// The token sent as `auth` with every call.
     pub access_token: String,
+    /// The token exchanged for a new pair when the access token expires (single use).
     pub refresh_token: String,
     /// Unix time the access token expires, when known.
     #[serde(default)]
     pub expires: Option<i64>,
     #[serde(default)]
+    /// The portal's unique id, as the OAuth server reports it.
     pub member_id: Option<String>,
     #[serde(default)]
+    /// Scopes granted to the application.
     pub scope: Option<String>,
     #[serde(default)]
+    /// The portal's REST endpoint, as the OAuth server reports it.
     pub client_endpoint: Option<String>,
     #[serde(default)]
+    /// The portal user the tokens act as.
     pub user_id: Option<u64>,
     /// Unix time this pair was obtained.
     #[serde(default)]
@@ -116,7 +122,9 @@ pub(crate) fn now_unix() -> i64 {
 ///
 /// Futures are boxed so that the network store fits behind the same object as the file store.
 pub trait TokenStore: Send + Sync {
+    /// The stored pair, `None` when there is none yet.
     fn load(&self) -> BoxFuture<'_, Result<Option<TokenPair>, Error>>;
+    /// Store `pair`, replacing the previous one.
     fn save<'a>(&'a self, pair: &'a TokenPair) -> BoxFuture<'a, Result<(), Error>>;
     /// An exclusive lock, across processes (and hosts, for a shared store), held while
     /// refreshing. Dropping the guard releases it.
@@ -134,10 +142,12 @@ pub struct FileTokenStore {
 }
 
 impl FileTokenStore {
+    /// A store at `path` (the file is created on the first save).
     pub fn new(path: impl Into<PathBuf>) -> FileTokenStore {
         FileTokenStore { path: path.into() }
     }
 
+    /// Where the pair is kept.
     pub fn path(&self) -> &Path {
         &self.path
     }

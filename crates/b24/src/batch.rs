@@ -71,47 +71,77 @@ impl Transport for Client {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BatchError {
+    /// Two commands share a key.
     #[error("command key `{0}` is used twice")]
     DuplicateKey(String),
+    /// A key the portal's batch syntax cannot carry.
     #[error(
         "command key `{0}` is invalid (it must be non-empty and contain none of [ ] ? & = and spaces)"
     )]
     InvalidKey(String),
+    /// A method name outside the allowed characters.
     #[error("command `{key}`: `{method}` is not a valid method name")]
-    InvalidMethod { key: String, method: String },
+    InvalidMethod {
+        /// The command's key.
+        key: String,
+        /// The method as given.
+        method: String,
+    },
+    /// A `$result[...]` reference to a key that is not in the batch.
     #[error("command `{key}` references `$result[{target}]`, which is not a command of this batch")]
-    UnknownReference { key: String, target: String },
+    UnknownReference {
+        /// The referring command.
+        key: String,
+        /// The missing key.
+        target: String,
+    },
+    /// References that form a cycle, so no order can run them.
     #[error("commands reference each other in a cycle (through `{0}`)")]
     Cycle(String),
+    /// Params that are neither a JSON object nor an array.
     #[error("command `{key}`: params must be a JSON object or array")]
-    InvalidParams { key: String },
+    InvalidParams {
+        /// The command's key.
+        key: String,
+    },
 }
 
 /// The outcome of one command.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {
+    /// The command ran.
     Ok {
+        /// Its `result`.
         result: Value,
+        /// `total` of a list command.
         #[serde(skip_serializing_if = "Option::is_none")]
         total: Option<u64>,
+        /// `next` of a list command.
         #[serde(skip_serializing_if = "Option::is_none")]
         next: Option<u64>,
     },
+    /// The portal refused the command.
     Error {
+        /// The error code.
         code: String,
+        /// Its description.
         description: String,
     },
+    /// The command did not run (an earlier one failed under `halt`, or the batch was refused).
     NotExecuted {
+        /// Why.
         reason: String,
     },
     /// A write whose request ended ambiguously; it may or may not have happened. Not resent.
     Unknown {
+        /// What ended the request.
         reason: String,
     },
 }
 
 impl Outcome {
+    /// Whether the command ran.
     pub fn is_ok(&self) -> bool {
         matches!(self, Outcome::Ok { .. })
     }
@@ -129,7 +159,9 @@ impl Outcome {
 /// One command of a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Command {
+    /// The key its result comes back under.
     pub key: String,
+    /// The method.
     pub method: String,
     /// The encoded query (without `method?`).
     pub query: String,
@@ -170,6 +202,7 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// An empty batch.
     pub fn new() -> Batch {
         Batch::default()
     }
@@ -180,14 +213,17 @@ impl Batch {
         self
     }
 
+    /// Commands in the batch.
     pub fn len(&self) -> usize {
         self.commands.len()
     }
 
+    /// Whether the batch has no command.
     pub fn is_empty(&self) -> bool {
         self.commands.is_empty()
     }
 
+    /// The commands, in the order they were added.
     pub fn commands(&self) -> &[Command] {
         &self.commands
     }
@@ -601,7 +637,9 @@ fn class_code(c: ErrorClass) -> &'static str {
 pub struct Reference {
     /// The text as it appears (`$result[key][0][ID]`).
     pub raw: String,
+    /// The key of the command referred to.
     pub target: String,
+    /// The path into that command's result (`["0", "ID"]`).
     pub path: Vec<String>,
 }
 
@@ -657,13 +695,18 @@ fn resolve(result: &Value, path: &[String]) -> Option<String> {
 /// as JSON arrays when the keys were `0..n-1`.
 #[derive(Debug, Default)]
 pub struct Reply {
+    /// `result` per command key.
     pub result: Map<String, Value>,
+    /// `result_error` per command key.
     pub error: Map<String, Value>,
+    /// `result_total` per command key.
     pub total: Map<String, Value>,
+    /// `result_next` per command key.
     pub next: Map<String, Value>,
 }
 
 impl Reply {
+    /// Read a batch's `result` (borrowed; see [`Reply::from_result`]).
     pub fn parse(v: &Value) -> Reply {
         Reply::from_result(v.clone())
     }

@@ -48,12 +48,19 @@ pub struct CallOptions {
 /// Counters since the client was built.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ClientStats {
+    /// HTTP requests sent (each retry and each redirect hop counts).
     pub requests: u64,
+    /// Retries after a failure or a refusal.
     pub retries: u64,
+    /// Answers with HTTP 503 (`QUERY_LIMIT_EXCEEDED`).
     pub status_503: u64,
+    /// Answers with HTTP 429 (`OPERATION_TIME_LIMIT`).
     pub status_429: u64,
+    /// OAuth refreshes this process performed.
     pub refreshes: u64,
+    /// Times the rate limiter made a call wait.
     pub limiter_waits: u64,
+    /// Milliseconds spent waiting for the rate limiter in total.
     pub limiter_wait_ms: u64,
 }
 
@@ -149,6 +156,7 @@ async fn pg_store(config: &Config) -> Result<PgStore, Error> {
 }
 
 impl Client {
+    /// Build a client for `config` with the token store it names (file or PostgreSQL).
     pub async fn new(config: Config) -> Result<Client, Error> {
         Self::with_token_store(config, None).await
     }
@@ -270,10 +278,12 @@ impl Client {
         })
     }
 
+    /// The portal's host (and port): the rate limiter's key.
     pub fn portal(&self) -> &str {
         &self.inner.config.portal
     }
 
+    /// The configuration the client was built from.
     pub fn config(&self) -> &Config {
         &self.inner.config
     }
@@ -296,10 +306,12 @@ impl Client {
         self.inner.operating.snapshot()
     }
 
+    /// Call a REST v2 method; reads and writes are told apart by the method's name.
     pub async fn call(&self, method: &str, params: Value) -> Result<Response, Error> {
         self.call_with(method, params, CallOptions::default()).await
     }
 
+    /// Call a REST v2 method with per-call options (write verdict, idempotency key, timeout).
     pub async fn call_with(
         &self,
         method: &str,
@@ -309,6 +321,7 @@ impl Client {
         self.run(method, params, opts, false).await
     }
 
+    /// Call a REST 3.0 method (`/rest/api/…`); an idempotency key is sent for writes.
     pub async fn call_v3(
         &self,
         method: &str,
@@ -318,6 +331,7 @@ impl Client {
         self.run(method, params, opts, true).await
     }
 
+    /// Counters since the client was built.
     pub fn stats(&self) -> ClientStats {
         let c = &self.inner.counters;
         ClientStats {

@@ -21,13 +21,23 @@ pub const DEFAULT_TOKEN_URL: &str = "https://oauth.bitrix.info/oauth/token/";
 #[derive(Clone)]
 pub enum Auth {
     /// Incoming webhook: the secret lives in the URL path, so the URL is never logged.
-    Webhook { user_id: String, code: SecretString },
+    Webhook {
+        /// The user the webhook was created by (the number in its URL).
+        user_id: String,
+        /// The secret code in the webhook's URL.
+        code: SecretString,
+    },
     /// OAuth 2.0 application tokens (`auth` parameter), refreshed on `expired_token`.
     OAuth {
+        /// The current access token, if known.
         access_token: Option<SecretString>,
+        /// The refresh token, if known.
         refresh_token: Option<SecretString>,
+        /// The application's id.
         client_id: String,
+        /// The application's secret.
         client_secret: SecretString,
+        /// The OAuth server's token endpoint.
         token_url: String,
     },
 }
@@ -76,7 +86,9 @@ pub const DEFAULT_MARGIN_SHARE: f64 = 0.04;
 /// The portal's leaky bucket (protocol reference §7.2): capacity X, drain Y per second.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimits {
+    /// Capacity of the bucket, in requests.
     pub burst: f64,
+    /// Requests per second the bucket drains.
     pub per_sec: f64,
     /// Requests kept in reserve below the capacity, because other apps on the same
     /// address share the portal's counter.
@@ -84,11 +96,13 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
+    /// Standard plans: 50 requests, draining 2 per second.
     pub const STANDARD: RateLimits = RateLimits {
         burst: 50.0,
         per_sec: 2.0,
         margin: 0.0,
     };
+    /// Enterprise plans: 250 requests, draining 5 per second.
     pub const ENTERPRISE: RateLimits = RateLimits {
         burst: 250.0,
         per_sec: 5.0,
@@ -125,14 +139,18 @@ pub struct Config {
     pub portal: String,
     /// `https://example.bitrix24.com` (or `http://127.0.0.1:8080` for loopback only).
     pub base_url: String,
+    /// How calls are authenticated.
     pub auth: Auth,
+    /// The portal's bucket, as this client models it.
     pub limits: RateLimits,
+    /// Where the rate limiter keeps its state.
     pub limiter: LimiterBackend,
     /// Where the OAuth pair lives (file by default; PostgreSQL with a postgres:// store URL).
     pub token_backend: TokenBackend,
     /// `B24_STORE_URL` when it names PostgreSQL: the shared store of a cluster. It may hold a
     /// database password, so it is kept as a secret.
     pub store_url: Option<SecretString>,
+    /// How often and for how long a call is retried.
     pub retry: RetryPolicy,
     /// Per-request timeout (the portal cuts requests off at 60 s).
     pub timeout: Duration,

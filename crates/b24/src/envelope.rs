@@ -6,11 +6,17 @@ use serde_json::Value;
 /// Every field is optional: its composition varies by method and environment.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Time {
+    /// Unix time the portal started the request.
     pub start: Option<f64>,
+    /// Unix time the portal finished it.
     pub finish: Option<f64>,
+    /// Seconds from start to finish.
     pub duration: Option<f64>,
+    /// Seconds spent executing the method.
     pub processing: Option<f64>,
+    /// `start` as an ISO 8601 date.
     pub date_start: Option<String>,
+    /// `finish` as an ISO 8601 date.
     pub date_finish: Option<String>,
     /// Seconds this method has used for this credential over the last ten minutes.
     pub operating: Option<f64>,
@@ -27,6 +33,7 @@ pub struct Response {
     pub next: Option<u64>,
     /// `total` of list methods.
     pub total: Option<u64>,
+    /// The `time` block, when the portal sent one.
     pub time: Option<Time>,
     /// The whole envelope as received (for `--raw`).
     pub raw: Value,

@@ -12,8 +12,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 pub struct ApiError {
     /// The `error` code as sent (may be empty, lower-case or numeric).
     pub code: String,
+    /// The `error_description`, possibly empty.
     pub description: String,
+    /// The HTTP status it came with.
     pub http_status: u16,
+    /// The method called.
     pub method: String,
 }
 
@@ -49,29 +52,44 @@ pub enum ErrorClass {
 #[non_exhaustive]
 pub enum Error {
     #[error("{method}: {code}: {description} (HTTP {http_status})", method = .0.method, code = if .0.code.is_empty() { "<empty code>" } else { .0.code.as_str() }, description = .0.description, http_status = .0.http_status)]
+    /// The portal refused the call with an error code (see [`ApiError::class`]).
     Api(ApiError),
     /// A write whose outcome is unknown (timeout, reset, body-less 5xx). It was NOT resent.
     #[error(
         "{method}: outcome unknown, the write may or may not have happened ({reason}); it was not resent"
     )]
     OutcomeUnknown {
+        /// The method called.
         method: String,
+        /// What went wrong (timeout, reset, a 5xx without an error body).
         reason: String,
+        /// The idempotency key sent, so that a REST 3.0 call can be resent safely.
         idempotency_key: Option<String>,
     },
     /// Transport failure that persisted after every allowed retry.
     #[error("{method}: {reason} (after {attempts} attempts)")]
     Transient {
+        /// The method called.
         method: String,
+        /// The last failure.
         reason: String,
+        /// Attempts made, the first included.
         attempts: u32,
     },
     #[error("configuration: {0}")]
+    /// Bad configuration or usage: the caller's input must change.
     Config(String),
     #[error("authentication: {0}")]
+    /// Credentials are missing, expired for good or refused.
     Auth(String),
+    /// The answer (or an item of it) did not have the expected shape.
     #[error("{method}: could not decode the response: {reason}")]
-    Decode { method: String, reason: String },
+    Decode {
+        /// The method called (or what was decoded).
+        method: String,
+        /// What did not fit, with the JSON path where it could be told.
+        reason: String,
+    },
     /// Local state could not be read or written (limiter, token store, checkpoint), or an
     /// internal task failed. `source` is the underlying I/O, SQLite or PostgreSQL error.
     #[error("state: {context}")]

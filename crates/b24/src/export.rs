@@ -62,17 +62,21 @@ pub enum Strategy {
     /// Keyset when the method can be keyed by ID, offset otherwise.
     #[default]
     Auto,
+    /// `filter >ID`, ordered by ID: each item once even while the list changes.
     Keyset,
+    /// `start=N` pages, for methods without a usable ID order.
     Offset,
 }
 
 /// What to export.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
+    /// The list method, e.g. `crm.lead.list`.
     pub method: String,
     /// The list method's params (`filter`, `select`, ...). `order` and `start` are set by the
     /// exporter.
     pub params: Value,
+    /// How to walk the list.
     pub strategy: Strategy,
     /// Requests in flight at once (each up to 50 commands).
     pub concurrency: usize,
@@ -81,6 +85,7 @@ pub struct ExportOptions {
 }
 
 impl ExportOptions {
+    /// Options for exporting `method` with `params` (strategy chosen automatically).
     pub fn new(method: &str, params: Value) -> ExportOptions {
         ExportOptions {
             method: method.to_string(),
@@ -95,7 +100,9 @@ impl ExportOptions {
 /// Where an export stands; serialised as the checkpoint file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
+    /// Version of the checkpoint format.
     pub version: u32,
+    /// The exported method (a checkpoint resumes only the same export).
     pub method: String,
     /// SHA-256 of the method and params, so a checkpoint is not applied to another export.
     pub params_digest: String,
@@ -192,6 +199,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// Make the prepared checkpoint visible (one atomic rename).
     pub fn commit(self) -> Result<(), Error> {
         std::fs::rename(&self.tmp, &self.path).map_err(|e| {
             Error::state(
@@ -222,7 +230,9 @@ fn digest(method: &str, params: &Value) -> String {
 /// The items of one request, in ID order per range, and the progress after them.
 #[derive(Debug, Clone)]
 pub struct Page {
+    /// The items of this page, in ID order per range.
     pub items: Vec<Value>,
+    /// Where the export stands after these items (save it as the checkpoint).
     pub progress: Progress,
 }
 

@@ -13,6 +13,7 @@
 //! - [`batch`] and [`export`]: many commands per request, and streaming export of whole lists.
 //!
 //! Nothing here prints: the `b24` binary owns stdout and stderr.
+#![warn(missing_docs)]
 
 pub mod auth;
 pub mod batch;

@@ -24,6 +24,7 @@ use crate::config::RateLimits;
 
 /// Seconds since the Unix epoch, as f64: shared stores need a clock all processes agree on.
 pub trait Clock: Send + Sync {
+    /// Seconds since the Unix epoch.
     fn now(&self) -> f64;
 }
 
@@ -48,6 +49,7 @@ pub struct TokioClock {
 }
 
 impl TokioClock {
+    /// A clock that starts at the current Unix time and then follows tokio's time.
     pub fn new() -> TokioClock {
         TokioClock {
             origin: tokio::time::Instant::now(),
@@ -206,6 +208,7 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Open (or create) the store at `path`; every process that opens it shares one budget.
     pub fn open(path: &Path) -> Result<SqliteStore, Error> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
@@ -345,6 +348,7 @@ pub struct Limiter {
 }
 
 impl Limiter {
+    /// A limiter for `limits` over `store`, reading time from `clock`.
     pub fn new(store: Box<dyn RateStore>, limits: RateLimits, clock: Box<dyn Clock>) -> Limiter {
         Limiter {
             store,

@@ -25,7 +25,9 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     /// Wall-clock budget for the call, waits included.
     pub max_total: Duration,
+    /// Cap of the first retry's delay; each later retry doubles it.
     pub base_delay: Duration,
+    /// Longest delay between two attempts.
     pub max_delay: Duration,
     /// Seed for the jitter (tests); `None` = from entropy.
     pub seed: Option<u64>,
@@ -50,6 +52,7 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// The delays of one call under `policy`.
     pub fn new(policy: &RetryPolicy) -> Backoff {
         let rng = match policy.seed {
             Some(s) => StdRng::seed_from_u64(s),
