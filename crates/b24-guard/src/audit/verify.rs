@@ -139,6 +139,15 @@ impl AuditLog {
             ));
         }
         rep.problem = walk.finish(&rep, &head, self);
+        if let HeadState::Ok(h) = &head
+            && rep.problem.is_none()
+            && walk.cur.0 > h.seq
+        {
+            rep.notes.push(format!(
+                "the head names seq {} but the log goes on to seq {}: an append was interrupted after writing its record (the next append catches the head up)",
+                h.seq, walk.cur.0
+            ));
+        }
         Ok(rep)
     }
 }

@@ -146,7 +146,8 @@ fn an_interrupted_head_update_is_adopted() {
         .unwrap();
     // The process died between writing record 2 and updating the head.
     std::fs::write(log.head_path(), head_after_1).unwrap();
-    assert_ok(&log, 2);
+    let notes = assert_ok(&log, 2);
+    assert!(notes[0].contains("interrupted"), "{notes:?}");
     let a = log
         .append_record(fields("crm.lead.add", json!({})))
         .unwrap();
