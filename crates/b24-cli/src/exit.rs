@@ -2,7 +2,12 @@
 //!
 //! 0 ok; 1 done with partial failures; 2 usage or configuration; 3 API error (permanent);
 //! 4 refused by policy; 5 authentication; 6 transient failure after retries;
-//! 7 outcome unknown (a write may have happened); 130 interrupted.
+//! 7 outcome unknown (a write may have happened); 8 internal or local-state failure (a
+//! database that is down, a full disk, a crashed task: not the caller's input, not the
+//! portal's answer); 130 interrupted.
+//!
+//! Only the caller's own input maps to 2: an error nobody classified is 8, so that a script
+//! never reads "you typed it wrong" for a failure it could not have prevented.
 #![allow(dead_code)] // some codes are used only by commands still being built
 
 use b24::{Error, ErrorClass};
@@ -15,6 +20,8 @@ pub const POLICY: i32 = 4;
 pub const AUTH: i32 = 5;
 pub const TRANSIENT: i32 = 6;
 pub const OUTCOME_UNKNOWN: i32 = 7;
+/// Internal or local-state failure (database, disk, a crashed task); retrying later may help.
+pub const INTERNAL: i32 = 8;
 pub const INTERRUPTED: i32 = 130;
 
 /// An error that carries its own exit code (for refusals and usage errors raised by the CLI).
@@ -51,7 +58,8 @@ pub fn code_for_b24(err: &Error) -> i32 {
         ErrorClass::Reauthorize | ErrorClass::RefreshThenRetry => AUTH,
         ErrorClass::Usage => USAGE,
         ErrorClass::Permanent | ErrorClass::PortalStop => API,
-        _ => API,
+        ErrorClass::Internal => INTERNAL,
+        _ => INTERNAL,
     }
 }
 
@@ -64,6 +72,81 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
         if let Some(e) = cause.downcast_ref::<Error>() {
             return code_for_b24(e);
         }
+        // Text the caller handed us (params, a plan file) that does not parse.
+        if cause.is::<serde_json::Error>() {
+            return USAGE;
+        }
+        if let Some(e) = cause.downcast_ref::<std::io::Error>() {
+            return code_for_io(e);
+        }
     }
-    USAGE
+    INTERNAL
+}
+
+/// A file the caller named that is missing or unreadable is their input; a disk that is full
+/// or failing is not.
+fn code_for_io(e: &std::io::Error) -> i32 {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::NotFound | K::PermissionDenied | K::InvalidInput | K::InvalidData | K::IsADirectory => {
+            USAGE
+        }
+        _ => INTERNAL,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_and_unclassified_errors_are_not_usage() {
+        let state = Error::state(
+            "limiter store",
+            std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full"),
+        );
+        assert_eq!(code_for_b24(&state), INTERNAL);
+        assert_eq!(code_for(&anyhow::Error::new(state)), INTERNAL);
+        assert_eq!(code_for(&anyhow::anyhow!("something odd")), INTERNAL);
+        let full = std::io::Error::new(std::io::ErrorKind::StorageFull, "no space");
+        assert_eq!(code_for(&anyhow::Error::new(full)), INTERNAL);
+    }
+
+    #[test]
+    fn caller_input_is_usage() {
+        assert_eq!(code_for(&Exit::new(USAGE, "bad flag")), USAGE);
+        assert_eq!(
+            code_for_b24(&Error::Config("B24_TIMEOUT_SECS".into())),
+            USAGE
+        );
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        assert_eq!(code_for(&anyhow::Error::new(json)), USAGE);
+        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "params.json");
+        assert_eq!(
+            code_for(&anyhow::Error::new(missing).context("reading --params")),
+            USAGE
+        );
+    }
+
+    #[test]
+    fn portal_answers_keep_their_codes() {
+        let api = |code: &str| {
+            Error::Api(b24::ApiError {
+                code: code.into(),
+                description: String::new(),
+                http_status: 400,
+                method: "m".into(),
+            })
+        };
+        assert_eq!(code_for_b24(&api("ACCESS_DENIED")), API);
+        assert_eq!(code_for_b24(&api("invalid_grant")), AUTH);
+        assert_eq!(code_for_b24(&api("QUERY_LIMIT_EXCEEDED")), TRANSIENT);
+        let redirect = Error::Redirect {
+            method: "m".into(),
+            status: 301,
+            location: "https://elsewhere/…".into(),
+            reason: "another origin".into(),
+        };
+        assert_eq!(code_for_b24(&redirect), API);
+    }
 }
