@@ -10,7 +10,7 @@ use crate::batch_cmds;
 use crate::catalog::Risk;
 use crate::method::{MethodName, normalise};
 use crate::policy::CallCheck;
-use crate::store::{KeyState, call_hash};
+use crate::store::{KeyClaim, call_hash};
 
 /// Which REST API a call goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -369,9 +369,9 @@ impl Gate {
         let store = if is_write { Some(self.store()?) } else { None };
         let m = method.as_str();
         if let (Some(k), Some(store)) = (&key, &store) {
-            match store.begin_key(k, m, &params).map_err(GateError::Store)? {
-                KeyState::New => {}
-                KeyState::Done(raw) => {
+            match store.begin(k, m, &params).map_err(GateError::Store)? {
+                KeyClaim::New => {}
+                KeyClaim::Done(raw) => {
                     self.record(
                         m,
                         vec![
@@ -394,13 +394,13 @@ impl Gate {
                         replayed: true,
                     });
                 }
-                KeyState::InFlight | KeyState::Unknown => {
+                KeyClaim::InFlight | KeyClaim::Unknown => {
                     let r = self.refusal(m, Some(risk),
                         format!("idempotency key `{k}` belongs to a call whose outcome is not known (still running, or it failed ambiguously)"),
                         "check the portal for the effect (e.g. list by ORIGIN_ID / title); if it did not happen, use a new idempotency key", false);
                     return Err(self.refuse(r, &params, vec![("idempotency_key", json!(k))]));
                 }
-                KeyState::Mismatch { method: other } => {
+                KeyClaim::Mismatch { method: other } => {
                     let r = self.refusal(
                         m,
                         Some(risk),
@@ -408,6 +408,37 @@ impl Gate {
                             "idempotency key `{k}` was already used for a different call ({other})"
                         ),
                         "use a new idempotency key for a different call",
+                        false,
+                    );
+                    return Err(self.refuse(r, &params, vec![("idempotency_key", json!(k))]));
+                }
+                KeyClaim::OtherPortal { portal } => {
+                    let r = self.refusal(
+                        m,
+                        Some(risk),
+                        format!("idempotency key `{k}` was used on another portal ({portal}); its result is not this portal's"),
+                        "use a new idempotency key for this portal",
+                        false,
+                    );
+                    return Err(self.refuse(r, &params, vec![("idempotency_key", json!(k))]));
+                }
+                KeyClaim::Altered => {
+                    let r = self.refusal(
+                        m,
+                        Some(risk),
+                        format!("the record of idempotency key `{k}` fails its integrity check (edited in the database, or written by an older b24)"),
+                        "use a new idempotency key; tell the operator the guard store was changed",
+                        false,
+                    );
+                    return Err(self.refuse(r, &params, vec![("idempotency_key", json!(k))]));
+                }
+                #[allow(unreachable_patterns)]
+                _ => {
+                    let r = self.refusal(
+                        m,
+                        Some(risk),
+                        format!("idempotency key `{k}` cannot be used"),
+                        "use a new idempotency key",
                         false,
                     );
                     return Err(self.refuse(r, &params, vec![("idempotency_key", json!(k))]));

@@ -12,7 +12,7 @@ use super::confirm::{Confirmed, Person};
 use super::{Gate, GateError};
 use crate::catalog::Risk;
 use crate::method::normalise;
-use crate::store::{Plan, PlanRefusal, call_hash};
+use crate::store::{Plan, call_hash};
 
 /// A call to record as a plan.
 #[derive(Debug, Clone, Default)]
@@ -144,23 +144,9 @@ impl Gate {
             )
             .await?;
         let risk = self.decide(&checked, conf, true, false, &planned.params)?;
-        let plan = match store.claim_plan(id).map_err(GateError::Store)? {
+        let plan = match store.claim(id).map_err(GateError::Store)? {
             Ok(p) => p,
-            Err(why) => {
-                let reason = match why {
-                    PlanRefusal::NotFound => "no such plan",
-                    PlanRefusal::Expired => "the plan expired",
-                    PlanRefusal::Altered => {
-                        "the plan was altered after it was recorded (integrity check failed)"
-                    }
-                    PlanRefusal::AlreadyApplied => {
-                        "the plan was already applied (a plan runs once)"
-                    }
-                    #[allow(unreachable_patterns)]
-                    _ => "the plan cannot be applied",
-                };
-                return Err(self.refuse_plan(id, reason));
-            }
+            Err(why) => return Err(self.refuse_plan(id, &why.to_string())),
         };
         let writes = self.write_count(&checked);
         let res = self
@@ -175,11 +161,13 @@ impl Gate {
                 writes,
             )
             .await;
+        // Only a call that reached the client can have happened; anything refused before
+        // that (policy, budget, audit, store) gives the plan back.
         let state = match &res {
             Ok(_) => "applied",
-            Err(GateError::Refused(_)) => "open",
             Err(GateError::Client(b24::Error::OutcomeUnknown { .. })) => "unknown",
-            Err(_) => "failed",
+            Err(GateError::Client(_)) => "failed",
+            Err(_) => "open",
         };
         let _ = store.finish_plan(&plan.id, state);
         res.map(|o| (plan, o))

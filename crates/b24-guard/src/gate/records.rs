@@ -3,7 +3,6 @@
 //! record cannot be written is not sent, and the budget is taken in the same step it is checked.
 
 use serde_json::{Map, Value, json};
-use sha2::Digest;
 
 use super::{Gate, GateError};
 use crate::catalog::Risk;
@@ -60,10 +59,15 @@ impl Gate {
     /// The params as the audit log keeps them: names and digests of the values by default,
     /// the (redacted) params themselves when the operator asks for them.
     pub(super) fn audit_params(&self, params: &Value) -> Value {
-        match self.policy.audit_params() {
-            AuditParams::Full => self.redact(params),
-            AuditParams::Keys => keys_and_digests(params),
-        }
+        let mode = match self.policy.audit_params() {
+            AuditParams::Full => crate::audit::ParamsMode::Full,
+            AuditParams::Keys => crate::audit::ParamsMode::KeysAndDigests,
+        };
+        // Keyed digests (the guard key), so values cannot be guessed back from the log; if
+        // the key cannot be read, only the names are kept.
+        self.audit
+            .params_entry(params, mode, &self.secrets)
+            .unwrap_or_else(|_| keys_only(params))
     }
 
     /// Take `n` writes from the hourly budget, or refuse. Check and count are one transaction
@@ -93,30 +97,11 @@ impl Gate {
     }
 }
 
-/// Parameter names with short digests of their values: enough to tell calls apart and to
-/// match a record against a known call, without copying personal data into the log.
-pub fn keys_and_digests(params: &Value) -> Value {
-    fn digest(v: &Value) -> String {
-        let text = crate::store::canonical(v);
-        hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
-    }
+/// Parameter names only (when no keyed digest can be made).
+pub fn keys_only(params: &Value) -> Value {
     match params {
-        Value::Object(o) => {
-            let m: Map<String, Value> = o
-                .iter()
-                .map(|(k, v)| {
-                    let shown = if crate::redact::is_secret_key(k) {
-                        json!("[redacted]")
-                    } else {
-                        json!(format!("sha256:{}", digest(v)))
-                    };
-                    (k.clone(), shown)
-                })
-                .collect();
-            Value::Object(m)
-        }
-        Value::Null => json!({}),
-        other => json!({"[value]": format!("sha256:{}", digest(other))}),
+        Value::Object(o) => json!({"keys": o.keys().collect::<Vec<_>>()}),
+        _ => json!({"keys": []}),
     }
 }
 
