@@ -195,3 +195,44 @@ async fn eight_hosts_expire_at_once_and_refresh_once() {
     }
     assert!(!token_file.exists());
 }
+
+/// A `tat` row far in the future, infinite or NaN (a clock that jumped, a hand edit) reads as a
+/// full bucket: the wait stays within a full bucket plus the longest believable queue.
+#[tokio::test]
+async fn corrupt_postgres_rate_rows_give_bounded_waits() {
+    let Some(url) = pg_url("corrupt").await else {
+        return;
+    };
+    let store = PgStore::connect(&url).await.unwrap();
+    let l = Limiter::new(
+        Box::new(store.rate_store()),
+        RateLimits::STANDARD,
+        Box::new(SystemClock),
+    );
+    l.reserve_only("p").await.unwrap(); // creates the table row
+    let g = b24::limiter::Gcra::new(RateLimits::STANDARD);
+    let most = g.capacity * g.t + b24::limiter::MAX_QUEUE_SECS + g.t;
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for tat in [
+        "'Infinity'",
+        "'NaN'",
+        "1e300",
+        "extract(epoch from now()) + 1e9",
+    ] {
+        client
+            .execute(
+                &format!("UPDATE b24_rate_limit SET tat = {tat} WHERE portal = 'p'"),
+                &[],
+            )
+            .await
+            .unwrap();
+        let w = l.reserve_only("p").await.unwrap().as_secs_f64();
+        assert!(w <= most + 0.5, "tat {tat}: wait {w}");
+        l.fill("p").await.unwrap();
+        let level = l.level("p").await.unwrap();
+        assert!(level.is_finite(), "tat {tat}: level {level}");
+    }
+}
