@@ -5,7 +5,7 @@
 //! Exit codes for the gate's errors: a refusal, an unreadable batch, a policy that does not
 //! parse and an audit record that cannot be written are all refusals (4); a malformed method
 //! name or a bad request is usage (2); a failing guard store (disk full, database locked) is a
-//! transient failure (6); portal errors keep the library's classification.
+//! local-state failure (8); portal errors keep the library's classification.
 
 use std::sync::{Arc, LazyLock};
 
@@ -71,11 +71,11 @@ pub fn gate_error(e: GateError) -> anyhow::Error {
         | GateError::Policy(_)
         | GateError::Audit(_) => Some(exit::POLICY),
         GateError::Malformed(_) | GateError::Invalid(_) | GateError::Config(_) => Some(exit::USAGE),
-        _ => Some(exit::TRANSIENT),
+        _ => Some(exit::INTERNAL),
     };
     match (code, e) {
         (None, GateError::Client(b)) => anyhow::Error::new(b),
-        (code, e) => Exit::new(code.unwrap_or(exit::TRANSIENT), e.to_string()),
+        (code, e) => Exit::new(code.unwrap_or(exit::INTERNAL), e.to_string()),
     }
 }
 
