@@ -866,6 +866,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn redirect_targets() {
+        let base = "https://ex.bitrix24.com";
+        let cur = url::Url::parse("https://ex.bitrix24.com/rest/1/code/m.json").unwrap();
+        // Same origin, explicit default port, relative path: followed.
+        for ok in [
+            "https://ex.bitrix24.com/rest/1/code/m.json/",
+            "https://ex.bitrix24.com:443/x",
+            "/rest/1/code/other.json",
+            "m2.json",
+        ] {
+            assert!(redirect_target(base, &cur, ok).is_ok(), "{ok}");
+        }
+        for (bad, why) in [
+            ("http://ex.bitrix24.com/rest/1/code/m.json", "downgrade"),
+            ("https://evil.example/rest/1/code/m.json", "another origin"),
+            ("//evil.example/x", "another origin"),
+            ("https://ex.bitrix24.com:8443/x", "another origin"),
+            ("https://ex.bitrix24.com.evil.example/x", "another origin"),
+            ("ftp://ex.bitrix24.com/x", "downgrade"),
+            ("", "no Location"),
+        ] {
+            let e = redirect_target(base, &cur, bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        assert_eq!(
+            redact_url("https://evil.example:8443/rest/1/secret/m.json?auth=tok"),
+            "https://evil.example:8443/…"
+        );
+        assert!(!redact_url("/rest/1/secret/").contains("secret"));
+    }
+
+    #[test]
     fn read_names() {
         for m in [
             "crm.lead.list",
