@@ -18,18 +18,29 @@ pub struct Args {
 pub async fn run(args: Args, _g: &Globals) -> anyhow::Result<i32> {
     let cat = Catalog::builtin();
     let Some(m) = cat.get(&args.method) else {
-        let close: Vec<String> = cat
-            .search(args.method.rsplit('.').nth(1), None, None)
-            .iter()
-            .take(8)
-            .map(|m| m.name.clone())
+        let mut close: Vec<String> = cat
+            .suggest(&args.method, 5)
+            .into_iter()
+            .map(str::to_string)
             .collect();
+        if close.is_empty() {
+            close = cat
+                .search(args.method.rsplit('.').nth(1), None, None)
+                .iter()
+                .take(8)
+                .map(|m| m.name.clone())
+                .collect();
+        }
         return Err(Exit::new(
-            exit::API,
+            exit::USAGE,
             format!(
-                "`{}` is not in the catalog of documented methods; similar: {}",
+                "`{}` is not in the catalog of documented methods; did you mean: {} (search with `b24 methods --search`)",
                 args.method,
-                close.join(", ")
+                if close.is_empty() {
+                    "nothing close".to_string()
+                } else {
+                    close.join(", ")
+                }
             ),
         ));
     };

@@ -221,7 +221,23 @@ impl Gate {
         };
         let risk = self.decide(&checked, conf, false, req.dry_run, &req.params)?;
         if req.dry_run {
-            return self.dry_run(&checked.method, risk, req.api, &req.params);
+            // Would the same call, sent, pass the policy with the confirmations given?
+            let passes = checked.parts.iter().all(|(m, p)| {
+                let c = CallCheck {
+                    method: m.as_str(),
+                    params: Some(p),
+                    confirm_write: conf.write,
+                    confirm_destructive: conf.destructive,
+                    via_plan: false,
+                    no_send: false,
+                };
+                self.policy.check(self.catalog, &c).is_ok()
+            });
+            let mut out = self.dry_run(&checked.method, risk, req.api, &req.params)?;
+            if let CallOutcome::DryRun(v) = &mut out {
+                v["would_pass"] = json!(passes);
+            }
+            return Ok(out);
         }
         let key = match (&req.idempotency_key, req.idempotent) {
             (Some(k), _) => Some(k.trim().to_string()).filter(|k| !k.is_empty()),
