@@ -25,6 +25,7 @@ pub mod error;
 pub mod export;
 pub mod limiter;
 pub mod pg;
+mod redirect;
 pub mod retry;
 mod tls;
 
