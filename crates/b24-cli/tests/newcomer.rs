@@ -483,6 +483,9 @@ fn every_help_has_an_example() {
                 if line.trim().is_empty() || !line.starts_with("  ") {
                     break;
                 }
+                if line.starts_with("   ") {
+                    continue; // a wrapped description, not a command name
+                }
                 if let Some(name) = line.split_whitespace().next()
                     && name != "help"
                 {
