@@ -245,7 +245,14 @@ async fn poison_events_go_to_the_dlq_and_replay_once_fixed() {
 async fn receiver_takes_10000_events_from_50_clients() {
     let env = Env::bare();
     let mut child = env
-        .cmd(&["events", "serve", "--listen", "127.0.0.1:0"])
+        .cmd(&[
+            "events",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--application-token",
+            "good",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
