@@ -13,6 +13,9 @@ OUT=$HERE/out
 N_SMALL=${1:-10000}
 N_LARGE=${2:-100000}
 LATENCY=${LATENCY:-50ms}
+# realistic (default): each call takes its modelled duration and its operating time, as on a
+# portal; instant: the old behaviour (only the rate bucket and the latency fault).
+TIMING=${TIMING:-realistic}
 mkdir -p "$OUT"
 
 if [ -z "${SKIP_BUILD:-}" ]; then cargo build --release -p b24-cli >&2; fi  # SKIP_BUILD=1: use the existing binary
@@ -32,7 +35,7 @@ start_sandbox() {
   cleanup
   local fifo=$OUT/sandbox.out
   rm -f "$fifo"
-  "$B24" sandbox --plan standard --seed-leads "$1" --faults "latency=$LATENCY" --json >"$fifo" 2>"$OUT/sandbox.err" &
+  "$B24" sandbox --plan standard --timing "$TIMING" --seed-leads "$1" --faults "latency=$LATENCY" --json >"$fifo" 2>"$OUT/sandbox.err" &
   SB_PID=$!
   for _ in $(seq 1 600); do
     if [ -s "$fifo" ] && head -n1 "$fifo" | jq -e .base_url >/dev/null 2>&1; then break; fi
