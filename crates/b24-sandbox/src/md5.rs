@@ -1,72 +1,13 @@
-//! MD5 (RFC 1321), only to derive offline-event `MESSAGE_ID`s the way the portal does
-//! (`md5(EVENT_NAME . '|' . json(EVENT_DATA))`). Not used for anything that needs security.
-
-const S: [u32; 64] = [
-    7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 7, 12, 17, 22, 5, 9, 14, 20, 5, 9, 14, 20, 5, 9,
-    14, 20, 5, 9, 14, 20, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 4, 11, 16, 23, 6, 10, 15,
-    21, 6, 10, 15, 21, 6, 10, 15, 21, 6, 10, 15, 21,
-];
-
-/// `floor(abs(sin(i + 1)) * 2^32)`, computed once instead of tabulated.
-fn k_table() -> [u32; 64] {
-    let mut k = [0u32; 64];
-    for (i, v) in k.iter_mut().enumerate() {
-        *v = ((i as f64 + 1.0).sin().abs() * 4_294_967_296.0) as u32;
-    }
-    k
-}
+//! `MESSAGE_ID`s of offline events, derived the way the portal does:
+//! `md5(EVENT_NAME . '|' . json(EVENT_DATA))`, with PHP's JSON spelling. MD5 is not used for
+//! anything that needs security.
 
 /// Lower-case hex MD5 of `data`.
 pub fn hex(data: &[u8]) -> String {
-    let k = k_table();
-    let mut a0: u32 = 0x6745_2301;
-    let mut b0: u32 = 0xefcd_ab89;
-    let mut c0: u32 = 0x98ba_dcfe;
-    let mut d0: u32 = 0x1032_5476;
-    let mut msg = data.to_vec();
-    let bit_len = (data.len() as u64).wrapping_mul(8);
-    msg.push(0x80);
-    while msg.len() % 64 != 56 {
-        msg.push(0);
-    }
-    msg.extend_from_slice(&bit_len.to_le_bytes());
-    for chunk in msg.chunks_exact(64) {
-        let mut m = [0u32; 16];
-        for (i, w) in m.iter_mut().enumerate() {
-            *w = u32::from_le_bytes([
-                chunk[i * 4],
-                chunk[i * 4 + 1],
-                chunk[i * 4 + 2],
-                chunk[i * 4 + 3],
-            ]);
-        }
-        let (mut a, mut b, mut c, mut d) = (a0, b0, c0, d0);
-        for i in 0..64 {
-            let (f, g) = match i / 16 {
-                0 => ((b & c) | (!b & d), i),
-                1 => ((d & b) | (!d & c), (5 * i + 1) % 16),
-                2 => (b ^ c ^ d, (3 * i + 5) % 16),
-                _ => (c ^ (b | !d), (7 * i) % 16),
-            };
-            let f = f.wrapping_add(a).wrapping_add(k[i]).wrapping_add(m[g]);
-            a = d;
-            d = c;
-            c = b;
-            b = b.wrapping_add(f.rotate_left(S[i]));
-        }
-        a0 = a0.wrapping_add(a);
-        b0 = b0.wrapping_add(b);
-        c0 = c0.wrapping_add(c);
-        d0 = d0.wrapping_add(d);
-    }
-    let mut out = String::with_capacity(32);
-    for word in [a0, b0, c0, d0] {
-        for byte in word.to_le_bytes() {
-            out.push_str(&format!("{byte:02x}"));
-        }
-    }
-    out
+    use md5::Digest;
+    ::hex::encode(md5::Md5::digest(data))
 }
+
 
 /// JSON as PHP's `json_encode` with default flags prints it: `/` escaped as `\/` and
 /// non-ASCII as `\uXXXX` (UTF-16), so hashes match the portal's for the same data.
