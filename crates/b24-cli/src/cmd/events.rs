@@ -114,6 +114,8 @@ fn store_url(g: &Globals, url: Option<&str>) -> anyhow::Result<String> {
 /// The queue store from `--store` / `B24_STORE_URL`, defaulting to the state dir.
 pub async fn open_store(g: &Globals, url: Option<&str>) -> anyhow::Result<b24_events::Store> {
     let url = store_url(g, url)?;
+    // A misspelt scheme (`postgress://`) is a configuration error, never a SQLite file name.
+    b24::config::store_kind(&url).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
     b24_events::Store::open(&url)
         .await
         .map_err(|e| Exit::new(exit::USAGE, e.to_string()))

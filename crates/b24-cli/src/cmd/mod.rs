@@ -28,7 +28,8 @@ use crate::globals::Globals;
 ///
 /// Exit codes: 0 ok; 1 done with partial failures; 2 usage or configuration; 3 API error;
 /// 4 refused by policy; 5 authentication; 6 transient failure after retries;
-/// 7 outcome unknown (a write may have happened); 130 interrupted.
+/// 7 outcome unknown (a write may have happened); 8 internal or local-state failure;
+/// 130 interrupted.
 #[derive(Debug, clap::Parser)]
 #[command(name = "b24", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
