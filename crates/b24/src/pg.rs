@@ -36,6 +36,11 @@ CREATE TABLE IF NOT EXISTS b24_oauth_tokens (
     pair JSONB NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS b24_guard_writes (
+    portal TEXT NOT NULL,
+    ts TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS b24_guard_writes_portal_ts ON b24_guard_writes (portal, ts);
 ";
 
 fn pg_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -109,6 +114,48 @@ impl PgStore {
             db: self.clone(),
             portal: portal.to_string(),
         }
+    }
+
+    /// Take `n` writes from an hourly budget of `max` for `portal`, all or none. Check and
+    /// count are one transaction under a transaction-scoped advisory lock per portal, and the
+    /// hour is the database's, so every host sharing the database shares one budget.
+    pub async fn try_take_writes(&self, portal: &str, n: u32, max: u32) -> Result<bool, Error> {
+        let err = |e| pg_err("write budget", e);
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(err)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('b24-writes:' || $1))",
+            &[&portal],
+        )
+        .await
+        .map_err(err)?;
+        tx.execute(
+            "DELETE FROM b24_guard_writes WHERE portal = $1 AND ts < now() - interval '1 hour'",
+            &[&portal],
+        )
+        .await
+        .map_err(err)?;
+        let used: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM b24_guard_writes WHERE portal = $1",
+                &[&portal],
+            )
+            .await
+            .map_err(err)?
+            .get(0);
+        if used.saturating_add(i64::from(n)) > i64::from(max) {
+            tx.commit().await.map_err(err)?;
+            return Ok(false);
+        }
+        let n = i32::try_from(n).unwrap_or(i32::MAX);
+        tx.execute(
+            "INSERT INTO b24_guard_writes (portal, ts) SELECT $1, now() FROM generate_series(1, $2)",
+            &[&portal, &n],
+        )
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(true)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Error> {

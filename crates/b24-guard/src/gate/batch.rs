@@ -230,7 +230,7 @@ impl Gate {
         if writes > 0 {
             let store = self.store()?;
             let n = u32::try_from(writes).unwrap_or(u32::MAX);
-            self.take_write(&store, "batch", risk, &shown, n)?;
+            self.take_write(&store, "batch", risk, &shown, n).await?;
         }
         let client = self.portal.client().await?;
         let call_id = uuid::Uuid::now_v7().simple().to_string();

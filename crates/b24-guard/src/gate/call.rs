@@ -462,7 +462,7 @@ impl Gate {
             }
         }
         if let Some(store) = &store
-            && let Err(e) = self.take_write(store, m, risk, &params, writes)
+            && let Err(e) = self.take_write(store, m, risk, &params, writes).await
         {
             if let Some(k) = &key {
                 let _ = store.key_failed(k);

@@ -112,6 +112,8 @@ impl From<Refusal> for GateError {
 pub struct PortalSlot {
     config: Result<b24::Config, String>,
     cell: Arc<OnceCell<b24::Client>>,
+    /// The cluster store, when `B24_STORE_URL` names PostgreSQL (the write budget lives there).
+    pg: Arc<OnceCell<b24::pg::PgStore>>,
 }
 
 impl PortalSlot {
@@ -121,7 +123,32 @@ impl PortalSlot {
         config: Result<b24::Config, String>,
         cell: Arc<OnceCell<b24::Client>>,
     ) -> PortalSlot {
-        PortalSlot { config, cell }
+        PortalSlot {
+            config,
+            cell,
+            pg: Arc::new(OnceCell::new()),
+        }
+    }
+
+    /// The PostgreSQL store shared by a cluster, if one is configured.
+    pub(super) async fn pg(&self) -> Result<Option<b24::pg::PgStore>, GateError> {
+        use secrecy::ExposeSecret;
+        let Ok(cfg) = &self.config else {
+            return Ok(None);
+        };
+        let Some(url) = &cfg.store_url else {
+            return Ok(None);
+        };
+        let url = url.expose_secret();
+        if b24::config::store_kind(url)? != b24::config::StoreKind::Postgres {
+            return Ok(None);
+        }
+        self.pg
+            .get_or_try_init(|| b24::pg::PgStore::connect(url))
+            .await
+            .cloned()
+            .map(Some)
+            .map_err(GateError::Client)
     }
 
     /// The portal identity the guard's records are bound to (empty when none is configured).

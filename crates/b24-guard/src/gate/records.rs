@@ -72,7 +72,7 @@ impl Gate {
 
     /// Take `n` writes from the hourly budget, or refuse. Check and count are one transaction
     /// in the store, so parallel writers cannot all pass a check that only one should.
-    pub(super) fn take_write(
+    pub(super) async fn take_write(
         &self,
         store: &GuardStore,
         method: &str,
@@ -83,7 +83,16 @@ impl Gate {
         let Some(max) = self.policy.max_writes_per_hour() else {
             return Ok(());
         };
-        if store.try_take_writes(n, max).map_err(GateError::Store)? {
+        // A cluster (B24_STORE_URL=postgres://…) shares one budget per portal in the database;
+        // one host counts in its guard store.
+        let taken = match self.portal.pg().await? {
+            Some(pg) => pg
+                .try_take_writes(self.portal.portal(), n, max)
+                .await
+                .map_err(GateError::Client)?,
+            None => store.try_take_writes(n, max).map_err(GateError::Store)?,
+        };
+        if taken {
             return Ok(());
         }
         let r = self.refusal(

@@ -5,6 +5,7 @@ mod audit_attacks;
 mod audit_repair;
 mod bench;
 mod gate;
+mod pg_budget;
 mod store_attacks;
 
 use serde_json::{Map, Value, json};
