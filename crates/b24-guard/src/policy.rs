@@ -93,6 +93,10 @@ pub struct PolicyFile {
     /// How much of each call's params the audit log keeps (operator files only).
     #[serde(default)]
     pub audit_params: Option<AuditParams>,
+    /// Reads may go on when the audit log cannot take their record (operator files only;
+    /// writes are never sent unrecorded).
+    #[serde(default)]
+    pub allow_unaudited_reads: bool,
 }
 
 /// 1-based line of the first occurrence of `needle` in `text` (for error messages).
@@ -225,6 +229,7 @@ impl Layer {
             // Where the operator's evidence lives is not the caller's to choose.
             rules.guard_dir = None;
             rules.audit_params = None;
+            rules.allow_unaudited_reads = false;
         }
         Ok(Layer {
             allow: glob_set(&rules.allow, &source)?,
@@ -356,6 +361,12 @@ impl Policy {
         self.operator_layers()
             .find_map(|l| l.rules.audit_params)
             .unwrap_or_default()
+    }
+
+    /// Whether an operator lets reads go on unrecorded when the audit log fails.
+    pub fn allow_unaudited_reads(&self) -> bool {
+        self.operator_layers()
+            .any(|l| l.rules.allow_unaudited_reads)
     }
 
     /// The effective policy and its sources, for `b24 doctor`.

@@ -469,6 +469,13 @@ impl Gate {
             }
             return Err(e);
         }
+        if !is_write
+            && !self.policy.allow_unaudited_reads()
+            && let Err(e) = self.audit_ready()
+        {
+            // Reads go only where they can be recorded, unless the operator allows otherwise.
+            return Err(e);
+        }
         let client = match self.portal.client().await {
             Ok(c) => c,
             Err(e) => {
@@ -536,7 +543,7 @@ impl Gate {
                 }
                 let recorded = self.record(m, fields("ok", None));
                 if let Err(e) = recorded {
-                    if !is_write {
+                    if !is_write && !self.policy.allow_unaudited_reads() {
                         // A read's answer is not released without its record.
                         return Err(e);
                     }

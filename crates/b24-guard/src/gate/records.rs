@@ -22,6 +22,32 @@ impl Gate {
         GuardStore::open_for_portal(&self.guard_dir, self.portal.portal()).map_err(GateError::Store)
     }
 
+    /// Whether the audit log can take a record now (its directory and file open for
+    /// appending); checked before a read is sent.
+    pub(super) fn audit_ready(&self) -> Result<(), GateError> {
+        let io = |e: std::io::Error| {
+            GateError::Audit(crate::GuardError::Io {
+                path: self.audit.path().display().to_string(),
+                reason: e.to_string(),
+            })
+        };
+        b24::auth::ensure_private_dir(&self.guard_dir).map_err(|e| {
+            GateError::Audit(crate::GuardError::Io {
+                path: self.guard_dir.display().to_string(),
+                reason: e.to_string(),
+            })
+        })?;
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.audit.path())
+            .map_err(io)?;
+        if !f.metadata().map_err(io)?.is_file() {
+            return Err(io(std::io::Error::other("not a regular file")));
+        }
+        Ok(())
+    }
+
     /// Append an audit record (the common fields are filled in here). An error means the
     /// record is not on disk: the caller must not send.
     pub(super) fn record(&self, method: &str, fields: Vec<(&str, Value)>) -> Result<(), GateError> {

@@ -781,3 +781,40 @@ async fn an_operator_deny_of_batch_itself_holds() {
     );
     sb.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_wait_for_an_audit_log_unless_the_operator_allows_unaudited_reads() {
+    let sb = sandbox().await;
+    let w = World::new();
+    w.system("deny = [\"crm.deal.*\"]\n");
+    let gate = w.gate(&sb, &CallerInputs::default(), "a", Origin::Cli);
+    // The log cannot take records: its path is a directory.
+    std::fs::create_dir_all(gate.audit_log().path()).unwrap();
+    let read = || CallRequest {
+        method: "crm.lead.list".into(),
+        params: json!({}),
+        ..Default::default()
+    };
+    let e = gate
+        .call(read(), &NoPerson)
+        .await
+        .expect_err("unrecorded read");
+    assert!(matches!(e, GateError::Audit(_)), "{e}");
+    let write = confirmed("crm.lead.add", json!({"fields": {"TITLE": "x"}}));
+    let e = gate
+        .call(write, &NoPerson)
+        .await
+        .expect_err("unrecorded write");
+    assert!(matches!(e, GateError::Audit(_)), "{e}");
+    assert_eq!(sb.stats().requests, 0, "nothing reached the portal");
+    w.system("allow_unaudited_reads = true\n");
+    let gate = w.gate(&sb, &CallerInputs::default(), "a", Origin::Cli);
+    assert!(gate.call(read(), &NoPerson).await.is_ok());
+    let write = confirmed("crm.lead.add", json!({"fields": {"TITLE": "x"}}));
+    assert!(
+        gate.call(write, &NoPerson).await.is_err(),
+        "writes never go unrecorded"
+    );
+    assert_eq!(calls(&sb, "crm.lead.list"), 1);
+    assert_eq!(calls(&sb, "crm.lead.add"), 0);
+}
