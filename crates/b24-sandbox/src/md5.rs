@@ -8,7 +8,6 @@ pub fn hex(data: &[u8]) -> String {
     ::hex::encode(md5::Md5::digest(data))
 }
 
-
 /// JSON as PHP's `json_encode` with default flags prints it: `/` escaped as `\/` and
 /// non-ASCII as `\uXXXX` (UTF-16), so hashes match the portal's for the same data.
 pub fn php_json(v: &serde_json::Value) -> String {
