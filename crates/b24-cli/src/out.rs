@@ -46,6 +46,26 @@ pub fn line(v: &Value) -> anyhow::Result<()> {
     bytes(s.as_bytes())
 }
 
+/// One line of text.
+pub fn text(s: &str) -> anyhow::Result<()> {
+    let mut line = String::with_capacity(s.len() + 1);
+    line.push_str(s);
+    line.push('\n');
+    bytes(line.as_bytes())
+}
+
+/// `println!` for data on stdout, without its panic when the reader has gone: evaluates to
+/// `anyhow::Result<()>`, so callers write `outln!(…)?`.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::out::text("")
+    };
+    ($($arg:tt)*) => {
+        $crate::out::text(&format!($($arg)*))
+    };
+}
+
 /// Whether an error is (caused by) a closed stdout.
 pub fn is_closed(err: &anyhow::Error) -> bool {
     err.chain().any(|c| c.downcast_ref::<Closed>().is_some())

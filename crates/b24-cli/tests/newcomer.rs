@@ -521,3 +521,27 @@ fn every_help_has_an_example() {
     }
     assert!(checked > 30, "only {checked} commands found");
 }
+
+#[test]
+fn a_reader_that_goes_away_never_makes_b24_panic() {
+    let env = Env::bare();
+    for args in [
+        vec!["methods"],
+        vec!["describe", "crm.lead.list"],
+        vec!["completions", "bash"],
+        vec!["audit", "path"],
+    ] {
+        let mut child = env
+            .cmd(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the reading end before b24 writes: every write after this gets EPIPE.
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "b24 {}: {err}", args.join(" "));
+        assert_eq!(o.status.code(), Some(0), "b24 {}: {err}", args.join(" "));
+    }
+}

@@ -98,13 +98,13 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             }
             match r.problem {
                 None => {
-                    println!("{out}");
+                    crate::outln!("{out}")?;
                     Ok(exit::OK)
                 }
                 Some(p) => {
                     out["error"] = serde_json::json!(p.to_string());
                     out["problem"] = serde_json::json!(p);
-                    println!("{out}");
+                    crate::outln!("{out}")?;
                     Err(Exit::new(
                         exit::API,
                         format!(
@@ -117,20 +117,20 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         }
         Sub::Tail { n, filter } => {
             for r in log.records(&filter.filter()?, n).map_err(usage)? {
-                println!("{r}");
+                crate::outln!("{r}")?;
             }
             Ok(exit::OK)
         }
         Sub::Export { filter } => {
             let all = log.records(&filter.filter()?, usize::MAX).map_err(usage)?;
-            println!("{}", serde_json::Value::Array(all));
+            crate::outln!("{}", serde_json::Value::Array(all))?;
             Ok(exit::OK)
         }
         Sub::Path => {
-            println!(
+            crate::outln!(
                 "{}",
                 serde_json::json!({"path": log.path(), "head": log.head_path()})
-            );
+            )?;
             Ok(exit::OK)
         }
     }

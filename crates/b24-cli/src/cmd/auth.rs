@@ -354,8 +354,8 @@ fn now_unix() -> i64 {
     jiff::Timestamp::now().as_second()
 }
 
-fn print_json(v: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    crate::out::pretty(v)
 }
 
 async fn login(a: LoginArgs, g: &Globals) -> anyhow::Result<i32> {
@@ -432,7 +432,7 @@ async fn login(a: LoginArgs, g: &Globals) -> anyhow::Result<i32> {
             cfg.portal
         );
     }
-    print_json(&status_json(&cfg, Some(&pair)));
+    print_json(&status_json(&cfg, Some(&pair)))?;
     Ok(exit::OK)
 }
 
@@ -454,7 +454,7 @@ async fn status(a: PortalArgs, g: &Globals) -> anyhow::Result<i32> {
         report["token_file"] = serde_json::Value::Null;
         report["token_store"] = json!(store.describe());
     }
-    print_json(&report);
+    print_json(&report)?;
     if pair.is_none() {
         if !g.quiet {
             eprintln!(
@@ -491,7 +491,7 @@ fn status_all(g: &Globals) -> anyhow::Result<i32> {
             .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
         if let Some(p) = pair {
             found += 1;
-            println!("{}", pair_json(portal, &path, Some(&p)));
+            crate::outln!("{}", pair_json(portal, &path, Some(&p)))?;
         }
     }
     if found == 0 {
@@ -523,7 +523,7 @@ async fn logout(a: PortalArgs, g: &Globals) -> anyhow::Result<i32> {
             .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
         print_json(
             &json!({"logged_out": true, "portal": cfg.portal, "removed": existed, "token_store": store.describe()}),
-        );
+        )?;
         return Ok(exit::OK);
     }
     let path = cfg.token_file();
@@ -545,6 +545,6 @@ async fn logout(a: PortalArgs, g: &Globals) -> anyhow::Result<i32> {
     }
     print_json(
         &json!({"logged_out": true, "portal": cfg.portal, "removed": existed, "token_file": path}),
-    );
+    )?;
     Ok(exit::OK)
 }

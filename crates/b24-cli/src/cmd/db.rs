@@ -49,15 +49,13 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                 }
                 None => false,
             };
-            println!(
-                "{}",
-                serde_json::json!({"migrated": true, "backend": store.backend(), "client_tables": client_tables})
-            )
+            crate::out::line(
+                &serde_json::json!({"migrated": true, "backend": store.backend(), "client_tables": client_tables}),
+            )?
         }
-        Sub::Status => println!(
-            "{}",
-            serde_json::json!({"backend": store.backend(), "queue": stats})
-        ),
+        Sub::Status => {
+            crate::out::line(&serde_json::json!({"backend": store.backend(), "queue": stats}))?
+        }
     }
     Ok(exit::OK)
 }

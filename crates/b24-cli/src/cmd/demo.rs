@@ -239,7 +239,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             started.elapsed().as_secs_f64()
         );
     }
-    println!("{}", serde_json::to_string_pretty(&summary)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&summary)?)?;
     Ok(exit::OK)
 }
 

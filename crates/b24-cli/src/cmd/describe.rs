@@ -88,6 +88,6 @@ pub async fn run(args: Args, _g: &Globals) -> anyhow::Result<i32> {
         "doc": m.doc_url(),
         "common_errors": errors,
     });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?)?;
     Ok(exit::OK)
 }

@@ -51,14 +51,14 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     match args.cmd {
         Sub::List { limit } => {
             for d in store.dlq_list(limit).await.map_err(err)? {
-                println!(
+                crate::outln!(
                     "{}",
                     serde_json::json!({"id": d.id, "key": d.key, "event": d.name, "attempts": d.attempts, "last_error": d.last_error, "failed_at": d.failed_at})
-                );
+                )?;
             }
         }
         Sub::Show { id } => match store.dlq_get(id).await.map_err(err)? {
-            Some(d) => println!("{}", serde_json::to_string_pretty(&d)?),
+            Some(d) => crate::out::text(&serde_json::to_string_pretty(&d)?)?,
             None => return Err(Exit::new(exit::API, format!("no dead letter {id}"))),
         },
         Sub::Replay { id, all } => {
@@ -66,7 +66,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                 return Err(Exit::new(exit::USAGE, "give a dead-letter id or --all"));
             }
             let n = store.dlq_replay(id).await.map_err(err)?;
-            println!("{}", serde_json::json!({"replayed": n}));
+            crate::outln!("{}", serde_json::json!({"replayed": n}))?;
         }
         Sub::Purge { yes } => {
             if !yes {
@@ -75,10 +75,10 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                     "purging deletes dead letters for good: re-run with --yes",
                 ));
             }
-            println!(
+            crate::outln!(
                 "{}",
                 serde_json::json!({"purged": store.dlq_purge().await.map_err(err)?})
-            );
+            )?;
         }
     }
     Ok(exit::OK)

@@ -453,7 +453,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         .map(|(n, s, d, f, c)| json!({"name": n, "status": s.as_str(), "detail": d, "fix": f, "code": c}))
         .collect();
     let report = json!({"ok": !failed, "warnings": warned, "checks": checks, "policy": policy});
-    println!("{}", r.redact(&serde_json::to_string_pretty(&report)?));
+    crate::outln!("{}", r.redact(&serde_json::to_string_pretty(&report)?))?;
     Ok(if failed { exit::USAGE } else { exit::OK })
 }
 

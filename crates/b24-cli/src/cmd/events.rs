@@ -161,7 +161,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                 p["auth_type"] = json!(a);
             }
             // Binding is an explicit request: it counts as the write confirmation.
-            println!("{}", call(g, "event.bind", p, true).await?);
+            crate::outln!("{}", call(g, "event.bind", p, true).await?)?;
             Ok(exit::OK)
         }
         Sub::Unbind(b) => {
@@ -169,14 +169,14 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             if b.offline {
                 p["event_type"] = json!("offline");
             }
-            println!("{}", call(g, "event.unbind", p, true).await?);
+            crate::outln!("{}", call(g, "event.unbind", p, true).await?)?;
             Ok(exit::OK)
         }
         Sub::List => {
-            println!(
+            crate::outln!(
                 "{}",
                 serde_json::to_string_pretty(&call(g, "event.get", json!({}), false).await?)?
-            );
+            )?;
             Ok(exit::OK)
         }
         Sub::Serve(s) => {
@@ -210,7 +210,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                 .await
                 .map_err(|e| Exit::new(exit::USAGE, format!("{}: {e}", s.listen)))?;
             let addr = listener.local_addr()?;
-            println!("{}", json!({"listening": format!("http://{addr}/")}));
+            crate::outln!("{}", json!({"listening": format!("http://{addr}/")}))?;
             use std::io::Write;
             std::io::stdout().flush()?;
             let limits = b24_events::listen::ServeLimits {

@@ -32,7 +32,7 @@ pub async fn run(args: Args, _g: &Globals) -> anyhow::Result<i32> {
         for m in cat.search(None, None, None) {
             *counts.entry(m.pack.clone()).or_default() += 1;
         }
-        println!("{}", serde_json::to_string_pretty(&counts)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&counts)?)?;
         return Ok(exit::OK);
     }
     let risk = match &args.risk {
@@ -46,10 +46,10 @@ pub async fn run(args: Args, _g: &Globals) -> anyhow::Result<i32> {
     };
     let found = cat.search(args.search.as_deref(), args.pack.as_deref(), risk);
     for m in &found {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::json!({"name": m.name, "scope": m.scope, "risk": m.risk, "pack": m.pack, "api": m.api, "lists": m.lists, "deprecated": m.deprecated, "doc": m.doc_url()})
-        );
+        )?;
     }
     if found.is_empty() {
         eprintln!("b24: no method matches");

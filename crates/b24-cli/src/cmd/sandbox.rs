@@ -113,26 +113,26 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
     let info = sb.info().clone();
     if args.json {
-        println!("{}", serde_json::to_string(&info)?);
+        crate::outln!("{}", serde_json::to_string(&info)?)?;
     } else {
-        println!("b24 sandbox portal listening on {}", info.base_url);
-        println!("  plan:             {:?}", info.plan);
-        println!("  webhook URL:      {}", info.webhook_url);
-        println!("  OAuth client id:  {}", info.client_id);
-        println!("  OAuth secret:     {}", info.client_secret);
-        println!("  access token:     {}", info.access_token);
-        println!("  refresh token:    {}", info.refresh_token);
-        println!("  token endpoint:   {}", info.oauth_token_url);
-        println!("  member id:        {}", info.member_id);
-        println!("  app token:        {}", info.application_token);
+        crate::outln!("b24 sandbox portal listening on {}", info.base_url)?;
+        crate::outln!("  plan:             {:?}", info.plan)?;
+        crate::outln!("  webhook URL:      {}", info.webhook_url)?;
+        crate::outln!("  OAuth client id:  {}", info.client_id)?;
+        crate::outln!("  OAuth secret:     {}", info.client_secret)?;
+        crate::outln!("  access token:     {}", info.access_token)?;
+        crate::outln!("  refresh token:    {}", info.refresh_token)?;
+        crate::outln!("  token endpoint:   {}", info.oauth_token_url)?;
+        crate::outln!("  member id:        {}", info.member_id)?;
+        crate::outln!("  app token:        {}", info.application_token)?;
         if let Some(ca) = &info.ca_file {
-            println!("  CA certificate:   {}", ca.display());
+            crate::outln!("  CA certificate:   {}", ca.display())?;
         }
-        println!();
-        println!(
+        crate::outln!()?;
+        crate::outln!(
             "Try:  B24_WEBHOOK_URL={} b24 call user.current",
             info.webhook_url
-        );
+        )?;
     }
     use std::io::Write;
     std::io::stdout().flush()?;
