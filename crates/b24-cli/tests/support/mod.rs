@@ -189,26 +189,8 @@ pub fn calls_of(sb: &Sandbox, method: &str) -> u64 {
     sb.stats().methods.get(method).copied().unwrap_or(0)
 }
 
-/// A fresh PostgreSQL schema for one test, or None (the test is skipped, and says so) when
-/// `B24_TEST_PG_URL` is not set. `.ci/run` sets it together with `B24_REQUIRE_PG=1`.
+/// A fresh PostgreSQL schema for one test, or None (skipped, and says so); see
+/// [`b24_test_support::pg_url`].
 pub async fn pg_test_url(test: &str) -> Option<String> {
-    let Ok(base) = std::env::var("B24_TEST_PG_URL") else {
-        assert!(
-            std::env::var("B24_REQUIRE_PG").is_err(),
-            "B24_REQUIRE_PG is set but B24_TEST_PG_URL is not"
-        );
-        // Straight to the process's stderr: the test harness captures `eprintln!`, and a skip
-        // must be visible in a plain `cargo test`.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("skipped: B24_TEST_PG_URL not set ({test} needs PostgreSQL)\n").as_bytes(),
-        );
-        return None;
-    };
-    let schema = format!("cli_{test}_{}", uuid::Uuid::new_v4().simple());
-    Some(
-        b24_events::postgres::isolated_url(&base, &schema)
-            .await
-            .expect("PostgreSQL reachable at B24_TEST_PG_URL"),
-    )
+    b24_test_support::pg_url("cli", test).await
 }

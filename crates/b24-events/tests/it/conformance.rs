@@ -17,25 +17,7 @@ fn ev(i: usize) -> NewEvent {
 
 /// PostgreSQL URL for this test (a fresh schema), or None (skipped) when not configured.
 pub async fn pg(name: &str) -> Option<String> {
-    let Ok(base) = std::env::var("B24_TEST_PG_URL") else {
-        assert!(
-            std::env::var("B24_REQUIRE_PG").is_err(),
-            "B24_REQUIRE_PG is set but B24_TEST_PG_URL is not"
-        );
-        // Straight to the process's stderr: the test harness captures `eprintln!`, and a skip
-        // must be visible in a plain `cargo test`.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("skipped: B24_TEST_PG_URL not set ({name} runs on SQLite only)\n").as_bytes(),
-        );
-        return None;
-    };
-    let schema = format!("t_{name}_{}", uuid::Uuid::new_v4().simple());
-    Some(
-        b24_events::postgres::isolated_url(&base, &schema)
-            .await
-            .expect("PostgreSQL reachable at B24_TEST_PG_URL"),
-    )
+    b24_test_support::pg_url("t", name).await
 }
 
 pub async fn backends(name: &str) -> Vec<(Store, tempfile::TempDir)> {

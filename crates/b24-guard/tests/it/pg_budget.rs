@@ -9,32 +9,7 @@ use serde_json::json;
 
 /// A fresh schema on the test server, or None (skipped) when no server was given.
 async fn pg_url(test: &str) -> Option<String> {
-    let Ok(base) = std::env::var("B24_TEST_PG_URL") else {
-        assert!(
-            std::env::var("B24_REQUIRE_PG").is_err(),
-            "B24_REQUIRE_PG is set but B24_TEST_PG_URL is not"
-        );
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("skipped: B24_TEST_PG_URL not set ({test} needs PostgreSQL)\n").as_bytes(),
-        );
-        return None;
-    };
-    let schema = format!("b24g_{test}_{}", std::process::id());
-    let (client, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL reachable at B24_TEST_PG_URL");
-    let h = tokio::spawn(conn);
-    client
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-        ))
-        .await
-        .unwrap();
-    drop(client);
-    let _ = h.await;
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{sep}options=-csearch_path%3D{schema}"))
+    b24_test_support::pg_url("b24g", test).await
 }
 
 /// One host: its own operator file (budget 3) and its own guard dir, the shared database.
