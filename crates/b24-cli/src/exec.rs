@@ -88,7 +88,7 @@ impl Guard {
     pub fn from_globals(g: &Globals) -> anyhow::Result<Guard> {
         let resolved = resolve(g)?;
         Ok(Guard {
-            audit: AuditLog::new(resolved.guard_dir.join("audit.jsonl")),
+            audit: AuditLog::new(b24_guard::gate::audit_path(&resolved.guard_dir)),
         })
     }
 }

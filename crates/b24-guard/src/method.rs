@@ -25,6 +25,11 @@ impl MethodName {
         &self.0
     }
 
+    /// The `batch` method.
+    pub fn batch() -> MethodName {
+        MethodName("batch".to_string())
+    }
+
     /// Whether this is the `batch` method itself.
     pub fn is_batch(&self) -> bool {
         self.0 == "batch"

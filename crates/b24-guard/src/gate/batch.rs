@@ -10,7 +10,7 @@ use super::confirm::{Confirmed, Person};
 use super::{Gate, GateError};
 use crate::batch_cmds::query_params;
 use crate::catalog::Risk;
-use crate::method::normalise;
+use crate::method::{MethodName, normalise};
 
 /// One command as a front end received it.
 #[derive(Debug, Clone, PartialEq)]
@@ -173,7 +173,7 @@ impl Gate {
         let order = b.order().map_err(|e| GateError::Invalid(e.to_string()))?;
         self.check_spellings(&parts, &json!({"commands": listing}))?;
         let checked = Checked {
-            method: normalise("batch").map_err(GateError::from)?,
+            method: MethodName::batch(),
             parts,
         };
         let shown = json!({"commands": listing});

@@ -200,6 +200,11 @@ impl PortalSlot {
     }
 }
 
+/// Where the gate's audit log lives in a guard directory (`b24 audit` reads the same file).
+pub fn audit_path(guard_dir: &std::path::Path) -> PathBuf {
+    guard_dir.join("audit.jsonl")
+}
+
 /// Policy, catalog, records and the portal: everything a guarded call needs.
 pub struct Gate {
     policy: Policy,
@@ -226,7 +231,7 @@ impl Gate {
     pub fn new(resolved: Resolved, portal: PortalSlot, origin: Origin) -> Gate {
         let secrets = portal.secrets();
         crate::redact::remember(secrets.iter().cloned());
-        let audit = AuditLog::new(resolved.guard_dir.join("audit.jsonl"));
+        let audit = AuditLog::new(audit_path(&resolved.guard_dir));
         Gate {
             policy: resolved.policy,
             catalog: Catalog::builtin(),

@@ -77,7 +77,11 @@ impl Gate {
         }
         // Whatever a field holds, secrets never reach the log.
         let Value::Object(m) = self.redact(&Value::Object(m)) else {
-            return Ok(());
+            // Cannot happen (redaction keeps the shape); if it did, nothing would be recorded,
+            // so the call must not go on.
+            return Err(GateError::Audit(crate::GuardError::Store(
+                "the audit record lost its shape in redaction".into(),
+            )));
         };
         self.audit.append(m).map(|_| ()).map_err(GateError::Audit)
     }
