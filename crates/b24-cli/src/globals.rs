@@ -28,6 +28,10 @@ pub struct Globals {
     pub verbose: u8,
     #[command(flatten)]
     pub policy: crate::policy_args::PolicyArgs,
+    /// `--env-file` and profile variables, read once per process (the gate and the
+    /// configuration both need them).
+    #[arg(skip)]
+    vars_cache: std::sync::OnceLock<Vec<(String, HashMap<String, String>)>>,
 }
 
 /// Logs go to stderr only: stdout is for data.
@@ -68,6 +72,15 @@ impl Globals {
     /// The variables of `--env-file` and of the selected profile, each labelled with where it
     /// came from (they feed both the connection settings and the policy).
     pub fn caller_vars(&self) -> anyhow::Result<Vec<(String, HashMap<String, String>)>> {
+        if let Some(v) = self.vars_cache.get() {
+            return Ok(v.clone());
+        }
+        let layers = self.read_caller_vars()?;
+        let _ = self.vars_cache.set(layers.clone());
+        Ok(layers)
+    }
+
+    fn read_caller_vars(&self) -> anyhow::Result<Vec<(String, HashMap<String, String>)>> {
         let mut layers = Vec::new();
         if let Some(path) = &self.env_file {
             let mut file_vars: HashMap<String, String> = HashMap::new();
