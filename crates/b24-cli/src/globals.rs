@@ -14,10 +14,13 @@ pub struct Globals {
     /// Profile name in the config dir's `config.toml`.
     #[arg(long, global = true, env = "B24_PROFILE")]
     pub profile: Option<String>,
-    /// Configuration directory (operator `policy.toml`, profiles).
+    /// Configuration directory: profiles (`config.toml`) and a `policy.toml` that can only
+    /// narrow the operator's (`/etc/b24/policy.toml`, `~/.config/b24/policy.toml`).
     #[arg(long, global = true, env = "B24_CONFIG_DIR", value_name = "DIR")]
     pub config_dir: Option<PathBuf>,
-    /// State directory (tokens, limiter, plans, idempotency records, audit log, queue).
+    /// State directory (tokens, limiter, plans, idempotency records, audit log, queue). When an
+    /// operator policy exists, plans, idempotency records, the write counter and the audit log
+    /// live in its `guard_dir` instead.
     #[arg(long, global = true, env = "B24_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Hide progress bars and informational messages on stderr.

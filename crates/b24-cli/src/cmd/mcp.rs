@@ -2,7 +2,7 @@
 //!
 //! stdout carries JSON-RPC only; logs go to stderr. The global policy flags apply to every
 //! tool (`b24 mcp --read-only`, `--allow 'crm.*'`, `--require-plan`, ...), on top of the
-//! operator's `policy.toml`.
+//! operator's policy files; every tool goes through the same gate as the CLI.
 
 use crate::exit;
 use crate::globals::Globals;
