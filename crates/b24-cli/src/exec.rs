@@ -21,6 +21,10 @@ use crate::globals::Globals;
 pub static CLIENT: LazyLock<Arc<tokio::sync::OnceCell<b24::Client>>> =
     LazyLock::new(|| Arc::new(tokio::sync::OnceCell::new()));
 
+/// One pool to the cluster store (write budget) per process, for the same reason.
+static PG: LazyLock<Arc<tokio::sync::OnceCell<b24::pg::PgStore>>> =
+    LazyLock::new(|| Arc::new(tokio::sync::OnceCell::new()));
+
 /// Everything the caller contributed to the policy: flags and the process environment, the
 /// `--env-file`, the profile, and the config dir's `policy.toml` — each only narrows.
 fn caller_inputs(g: &Globals) -> anyhow::Result<CallerInputs> {
@@ -57,7 +61,7 @@ pub fn gate(g: &Globals, origin: Origin) -> anyhow::Result<Gate> {
     let config = g.config().map_err(|e| format!("{e:#}"));
     Ok(Gate::new(
         resolved,
-        PortalSlot::new(config, CLIENT.clone()),
+        PortalSlot::new(config, CLIENT.clone()).with_pg_cell(PG.clone()),
         origin,
     ))
 }

@@ -130,6 +130,13 @@ impl PortalSlot {
         }
     }
 
+    /// Share one cluster-store pool with other gates of the process (a long-running server
+    /// builds a gate per request; connecting and migrating each time would be waste).
+    pub fn with_pg_cell(mut self, cell: Arc<OnceCell<b24::pg::PgStore>>) -> PortalSlot {
+        self.pg = cell;
+        self
+    }
+
     /// The PostgreSQL store shared by a cluster, if one is configured.
     pub(super) async fn pg(&self) -> Result<Option<b24::pg::PgStore>, GateError> {
         use secrecy::ExposeSecret;
