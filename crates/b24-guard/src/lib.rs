@@ -9,20 +9,28 @@
 //! - [`sources`]: where the policy is read from (fixed places the caller cannot redirect);
 //! - [`catalog`]: every documented method with its scope, risk class, pack and doc link (data in
 //!   `data/catalog.tsv`, generated from the official method list plus reviewed rules and overrides);
+//! - [`knowledge`]: each documented method's parameters, result and an example (data in
+//!   `data/knowledge.jsonl`, generated from the official documentation repository), for
+//!   `describe` and for refusing parameters a method does not take (`strict_params`);
 //! - [`policy`]: allow/deny globs, packs, read-only, confirmations, plans-required — with an
 //!   operator file the calling agent cannot loosen;
 //! - [`store`]: plans (plan → apply exactly once), idempotency records and the write budget,
 //!   in one SQLite file (mode 0600) in the state dir;
+//! - [`settle`]: how a write whose answer was lost is settled (stamps, look-ups), used by the
+//!   gate right after the failure and by `b24 settle` later;
 //! - [`audit`]: the append-only, hash-chained JSONL audit log, with secrets redacted.
 
 pub mod audit;
 pub mod batch_cmds;
 pub mod catalog;
+pub mod clients;
 pub mod gate;
 pub mod keys;
+pub mod knowledge;
 pub mod method;
 pub mod policy;
 pub mod redact;
+pub mod settle;
 pub mod sources;
 pub mod store;
 

@@ -20,7 +20,7 @@ use sha2::Digest;
 use crate::GuardError;
 use crate::keys::GuardKey;
 
-pub use idempotency::{KeyClaim, KeyState};
+pub use idempotency::{KeyClaim, KeyRecord, KeyState};
 pub use plans::{Plan, PlanDenied, PlanRefusal};
 
 fn db_err(e: rusqlite::Error) -> GuardError {
@@ -82,6 +82,8 @@ const ADDED: &[(&str, &str)] = &[
     ("plans", "tag"),
     ("idempotency", "portal"),
     ("idempotency", "tag"),
+    // Which budget a write counts in: "" for the process's own, `mcp:NAME` per MCP client.
+    ("writes", "budget"),
 ];
 
 impl GuardStore {
@@ -170,6 +172,17 @@ impl GuardStore {
 
     /// Take `n` writes at once (a batch counts each command that writes), all or none.
     pub fn try_take_writes(&self, n: u32, max_per_hour: u32) -> Result<bool, GuardError> {
+        self.try_take_writes_for("", n, max_per_hour)
+    }
+
+    /// [`GuardStore::try_take_writes`] in a named budget (`mcp:NAME` for an MCP client; `""`
+    /// is the budget of the CLI and of `b24 mcp` over stdio).
+    pub fn try_take_writes_for(
+        &self,
+        budget: &str,
+        n: u32,
+        max_per_hour: u32,
+    ) -> Result<bool, GuardError> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -178,15 +191,22 @@ impl GuardStore {
         tx.execute("DELETE FROM writes WHERE ts < ?1", [t - 3600.0])
             .map_err(db_err)?;
         let used: i64 = tx
-            .query_row("SELECT COUNT(*) FROM writes", [], |r| r.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM writes WHERE budget = ?1",
+                [budget],
+                |r| r.get(0),
+            )
             .map_err(db_err)?;
         if used.saturating_add(i64::from(n)) > i64::from(max_per_hour) {
             tx.commit().map_err(db_err)?;
             return Ok(false);
         }
         for _ in 0..n {
-            tx.execute("INSERT INTO writes VALUES (?1)", [t])
-                .map_err(db_err)?;
+            tx.execute(
+                "INSERT INTO writes (ts, budget) VALUES (?1, ?2)",
+                params![t, budget],
+            )
+            .map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(true)
@@ -199,7 +219,7 @@ impl GuardStore {
         let t = now();
         conn.execute("DELETE FROM writes WHERE ts < ?1", [t - 3600.0])
             .map_err(db_err)?;
-        conn.execute("INSERT INTO writes VALUES (?1)", params![t])
+        conn.execute("INSERT INTO writes (ts) VALUES (?1)", params![t])
             .map_err(db_err)?;
         conn.query_row("SELECT COUNT(*) FROM writes", [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)

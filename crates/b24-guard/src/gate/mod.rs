@@ -18,6 +18,7 @@ mod confirm;
 mod export;
 mod plan;
 mod records;
+mod settle;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub use call::{Api, CallOutcome, CallRequest, strip_credentials};
 pub use confirm::{Answer, NoPerson, Person};
 pub use export::{ExportEnd, ExportRequest, ExportRun};
 pub use plan::{ApplyRequest, PlanRequest, Planned};
+pub use settle::SettleReport;
 
 use crate::GuardError;
 use crate::audit::AuditLog;
@@ -221,6 +223,9 @@ pub struct Gate {
     portal: PortalSlot,
     origin: Origin,
     secrets: Vec<String>,
+    /// The authenticated MCP client (`b24 mcp --http`), if any: named in every audit record,
+    /// and its writes counted in a budget of its own.
+    client: Option<String>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -247,7 +252,21 @@ impl Gate {
             portal,
             origin,
             secrets,
+            client: None,
         }
+    }
+
+    /// The same gate acting for an authenticated MCP client (see [`crate::clients`]): the
+    /// audit records name it and its writes are counted in its own hourly budget. The client's
+    /// policy layer is added to the resolved policy before the gate is built.
+    pub fn with_client(mut self, name: &str) -> Gate {
+        self.client = Some(name.to_string());
+        self
+    }
+
+    /// The MCP client this gate acts for.
+    pub fn client_name(&self) -> Option<&str> {
+        self.client.as_deref()
     }
 
     pub fn policy(&self) -> &Policy {

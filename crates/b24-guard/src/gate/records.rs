@@ -64,6 +64,9 @@ impl Gate {
         );
         m.insert("portal".into(), json!(self.portal.portal()));
         m.insert("origin".into(), json!(self.origin.as_str()));
+        if let Some(c) = &self.client {
+            m.insert("client".into(), json!(c));
+        }
         m.insert("method".into(), json!(method));
         let full = self.policy.audit_params() == AuditParams::Full;
         for (k, v) in fields {
@@ -114,13 +117,26 @@ impl Gate {
             return Ok(());
         };
         // A cluster (B24_STORE_URL=postgres://…) shares one budget per portal in the database;
-        // one host counts in its guard store.
+        // one host counts in its guard store. An MCP client's writes have a budget of their own.
+        let budget = self
+            .client
+            .as_deref()
+            .map(|c| format!("mcp:{c}"))
+            .unwrap_or_default();
         let taken = match self.portal.pg().await? {
-            Some(pg) => pg
-                .try_take_writes(self.portal.portal(), n, max)
-                .await
-                .map_err(GateError::Client)?,
-            None => store.try_take_writes(n, max).map_err(GateError::Store)?,
+            Some(pg) => {
+                let key = if budget.is_empty() {
+                    self.portal.portal().to_string()
+                } else {
+                    format!("{}#{budget}", self.portal.portal())
+                };
+                pg.try_take_writes(&key, n, max)
+                    .await
+                    .map_err(GateError::Client)?
+            }
+            None => store
+                .try_take_writes_for(&budget, n, max)
+                .map_err(GateError::Store)?,
         };
         if taken {
             return Ok(());
