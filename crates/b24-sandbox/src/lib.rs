@@ -20,6 +20,7 @@ mod md5;
 mod methods;
 mod oauth;
 mod params;
+mod portals;
 mod refdata;
 mod server;
 mod state;
@@ -31,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use faults::FaultSpec;
+pub use portals::{LifecycleOutcome, Portals, start_many};
 pub use state::{LoggedRequest, Stats};
 
 /// The portal's plan: it sets the leaky bucket (reference §7.2).
@@ -106,8 +108,12 @@ pub struct SandboxConfig {
     pub access_token_ttl: Duration,
     /// JSON file with records to load: `{"leads":[{...}], "deals":[...], ...}`.
     pub data_file: Option<PathBuf>,
-    /// Operating-time budget per method and credential over ten minutes (seconds).
+    /// Operating-time budget per method and credential over the window (seconds).
     pub operating_limit_secs: f64,
+    /// The operating-time window in seconds (600 on a portal). Ten baskets of a tenth of it
+    /// each; `operating_reset_at` follows it, so a client that learns the window from the
+    /// answers works unchanged with a 20 s window in a test.
+    pub operating_window_secs: f64,
     /// Simulated execution cost multiplier (1.0 = defaults; raise it to reach the limit fast).
     pub cost_scale: f64,
     /// Scopes granted to the incoming webhook (`None` = all). A method outside them answers
@@ -138,6 +144,7 @@ impl Default for SandboxConfig {
             access_token_ttl: Duration::from_secs(3600),
             data_file: None,
             operating_limit_secs: 480.0,
+            operating_window_secs: 600.0,
             cost_scale: 1.0,
             webhook_scopes: None,
             app_scopes: None,

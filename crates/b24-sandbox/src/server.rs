@@ -206,6 +206,8 @@ fn router(shared: Shared, max_body: usize) -> Router {
         .route("/_sandbox/faults", post(ctl_faults))
         .route("/_sandbox/reset-stats", post(ctl_reset))
         .route("/_sandbox/advance", post(ctl_advance))
+        .route("/_sandbox/install", post(crate::portals::ctl_install))
+        .route("/_sandbox/uninstall", post(crate::portals::ctl_uninstall))
         .fallback(|| async {
             error_response(
                 &perr(404, "ERROR_METHOD_NOT_FOUND", "Method not found!"),
@@ -418,7 +420,8 @@ async fn rest(
                 st.stats_.faults_injected += 1;
             }
         }
-        let r = handle(
+        let seq_before = st.seq;
+        let mut r = handle(
             &mut st,
             &rt,
             query,
@@ -427,6 +430,22 @@ async fn rest(
             fault,
             &mut deliveries,
         );
+        // Counted faults: a write that ran loses (or holds) its answer afterwards.
+        let ran = st.log.last().filter(|l| l.seq > seq_before);
+        let write = ran.is_some_and(|l| {
+            if rt.v3 {
+                crate::v3::v3_write(&l.method)
+            } else {
+                crate::faults::is_write_name(&l.method, &l.batch)
+            }
+        });
+        let ok = matches!(&r, Reply::Json(s, _, _) if *s == StatusCode::OK);
+        let mut fault = fault;
+        match st.cfg.faults.after_run(write, ok) {
+            Fault::Drop => r = Reply::Drop,
+            Fault::Timeout => fault = Fault::Timeout,
+            _ => {}
+        }
         st.notify_offline(&mut deliveries);
         if st.cfg.timing == crate::Timing::Realistic
             && let Reply::Json(_, body, _) = &r
@@ -690,7 +709,12 @@ fn handle_v3(st: &mut State, who: &Caller, m: &str, params: &Value, idem: Option
             );
         }
         let hash = crate::v3::body_hash(params);
-        let slot = (who.cred.clone(), m.to_string(), k.clone());
+        // Scope: (application or webhook) × user × method.
+        let slot = (
+            format!("{}#{}", who.cred, who.user_id),
+            m.to_string(),
+            k.clone(),
+        );
         let now = st.now();
         if let Some((h, stored, at)) = st.idempotency.get(&slot).cloned()
             && now - at < 86_400.0
@@ -727,7 +751,7 @@ fn handle_v3(st: &mut State, who: &Caller, m: &str, params: &Value, idem: Option
             if let Some(k) = key {
                 let hash = crate::v3::body_hash(params);
                 st.idempotency.insert(
-                    (who.cred.clone(), m.to_string(), k),
+                    (format!("{}#{}", who.cred, who.user_id), m.to_string(), k),
                     (hash, body.clone(), start),
                 );
             }
@@ -738,7 +762,7 @@ fn handle_v3(st: &mut State, who: &Caller, m: &str, params: &Value, idem: Option
     }
 }
 
-fn spawn_deliveries(shared: Shared, deliveries: Vec<Delivery>) {
+pub(crate) fn spawn_deliveries(shared: Shared, deliveries: Vec<Delivery>) {
     if deliveries.is_empty() {
         return;
     }

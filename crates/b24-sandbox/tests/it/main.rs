@@ -3,5 +3,6 @@
 
 mod conformance;
 mod fidelity;
+mod portals;
 mod reference_data;
 mod support;
