@@ -1,0 +1,122 @@
+//! Strict parameter checking: refuse a parameter the method does not accept, before anything
+//! is sent (`--strict-params`, the policy key `strict_params`, on by default in MCP).
+//!
+//! A misspelt or invented parameter is not harmless: the portal ignores most unknown names, so
+//! `crm.deal.update {"id": 5, "feilds": {…}}` "succeeds" and changes nothing, and an agent
+//! that invents `filter`-like keys on a method without them reads far more than it meant to.
+//!
+//! False refusals are worse than none, so only what the documentation lists completely is
+//! enforced:
+//! - top-level names only when the page's parameter table has no open rows (or the page says
+//!   the method takes none) — see [`DocStatus::enforceable`];
+//! - names compare case-insensitively: the portal reads many v2 names in any case (`ID` for
+//!   `id`, `FIELDS` for `fields`);
+//! - `start` (paging) is always accepted; positional keys (`0`, `1`, …) are accepted up to the
+//!   number of documented parameters;
+//! - keys inside an object parameter only when its nested list is complete and not open: the
+//!   `fields` of an entity with user fields (`UF_*`) are never refused here — the portal's live
+//!   field list is the only authority for those (`b24 describe` shows it);
+//! - `filter`, `order` and `select` contents are not names of the method and are not checked.
+//!
+//! A key in PHP bracket form (`fields[TITLE]`, as in a batch command's query string) is
+//! checked as the path it stands for.
+
+use serde_json::Value;
+
+use super::{Knowledge, MethodDoc, Param};
+
+/// A parameter the method does not accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{method} does not take the parameter `{parameter}` (documented: {})", if .known.is_empty() { "none".to_string() } else { .known.join(", ") })]
+pub struct Unaccepted {
+    pub method: String,
+    /// The parameter as given (`feilds`, or `fields.EVIL` for a nested key).
+    pub parameter: String,
+    /// The names the documentation lists at that level.
+    pub known: Vec<String>,
+}
+
+/// Object parameters whose keys are not parameter names (filters, sort orders, selections).
+fn is_free_form(p: &Param) -> bool {
+    matches!(
+        p.name.to_ascii_lowercase().as_str(),
+        "filter" | "order" | "select" | "sort" | "group" | "having" | "options"
+    )
+}
+
+/// `fields[TITLE][0]` → `["fields", "TITLE", "0"]`; a plain name is one segment.
+fn segments(key: &str) -> Vec<&str> {
+    let Some(open) = key.find('[') else {
+        return vec![key];
+    };
+    let mut out = vec![&key[..open]];
+    for part in key[open..].split('[').skip(1) {
+        out.push(part.strip_suffix(']').unwrap_or(part));
+    }
+    out
+}
+
+fn names(ps: &[Param]) -> Vec<String> {
+    ps.iter().map(|p| p.name.clone()).collect()
+}
+
+/// Check `params` against the method's documented parameters. Methods without a complete
+/// documented list, and params that are not an object, always pass.
+pub fn check_params(method: &str, params: &Value) -> Result<(), Unaccepted> {
+    match Knowledge::builtin().get(method) {
+        Some(doc) => check_against(&doc, params),
+        None => Ok(()),
+    }
+}
+
+/// [`check_params`] against a given entry.
+pub fn check_against(doc: &MethodDoc, params: &Value) -> Result<(), Unaccepted> {
+    if !doc.status.enforceable() {
+        return Ok(());
+    }
+    let Some(obj) = params.as_object() else {
+        return Ok(());
+    };
+    let unaccepted = |parameter: String, known: Vec<String>| Unaccepted {
+        method: doc.method.clone(),
+        parameter,
+        known,
+    };
+    for (key, value) in obj {
+        let segs = segments(key);
+        let top = segs[0];
+        if top.eq_ignore_ascii_case("start") {
+            continue;
+        }
+        if !top.is_empty()
+            && top.bytes().all(|b| b.is_ascii_digit())
+            && top.parse::<usize>().is_ok_and(|i| i < doc.params.len())
+        {
+            continue; // positional form
+        }
+        let Some(p) = doc.param(top) else {
+            return Err(unaccepted(key.clone(), names(&doc.params)));
+        };
+        if p.fields.is_empty() || p.open || is_free_form(p) {
+            continue;
+        }
+        // One level down: the keys of an object parameter with a complete nested list.
+        let nested: Vec<String> = if segs.len() > 1 {
+            vec![segs[1].to_string()]
+        } else if let Value::Object(o) = value {
+            o.keys().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        for k in nested {
+            let base = segments(&k)[0].to_string();
+            if base.is_empty() || base.bytes().all(|b| b.is_ascii_digit()) {
+                continue; // appended or indexed list items, not names
+            }
+            if !p.fields.iter().any(|f| f.name.eq_ignore_ascii_case(&base)) {
+                return Err(unaccepted(format!("{}.{base}", p.name), names(&p.fields)));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,718 @@
+//! Reading the facts out of one documentation page (Yandex Flavored Markdown as the
+//! `b24restdocs` repository writes it). Only names, types, required marks, backticked values
+//! and JSON examples are kept; descriptions are read to find those and then dropped.
+//!
+//! The page layout it relies on: a parameter table (`#| || **Name** `type` | **Description** ||
+//! … |#`, a trailing `*` on the name marks it required) before the code examples, nested tables
+//! under headings whose anchor or words name the parameter (`### Parameter fields {#fields}`),
+//! a cURL example with a JSON body, and a response section with a JSON example and a
+//! returned-data table. Anything that does not fit is left out, never guessed.
+
+use serde_json::{Map, Value};
+
+use super::{DocStatus, MethodDoc, Param, ResultField};
+
+/// A markdown heading: level, text without the anchor, anchor.
+#[derive(Debug, Clone)]
+struct Heading {
+    level: usize,
+    text: String,
+    anchor: Option<String>,
+}
+
+/// A block of the page: a heading, a table (its rows), a fenced code block, or a text line.
+#[derive(Debug, Clone)]
+enum Block {
+    Heading(Heading),
+    Table(Vec<Row>),
+    Code { lang: String, body: String },
+    Text(String),
+}
+
+/// One table row: its cells (the first holds the name and type).
+#[derive(Debug, Clone)]
+struct Row {
+    cells: Vec<String>,
+}
+
+fn heading(line: &str) -> Option<Heading> {
+    let t = line.trim_end();
+    let level = t.bytes().take_while(|&b| b == b'#').count();
+    if level == 0 || level > 6 || !t[level..].starts_with(' ') {
+        return None;
+    }
+    let mut text = t[level..].trim().to_string();
+    let mut anchor = None;
+    if let Some(i) = text.rfind("{#")
+        && text.ends_with('}')
+    {
+        anchor = Some(text[i + 2..text.len() - 1].trim().to_string());
+        text = text[..i].trim().to_string();
+    }
+    Some(Heading {
+        level,
+        text,
+        anchor,
+    })
+}
+
+/// Split the page into blocks. Nested tables stay inside their cell's text.
+fn blocks(page: &str) -> Vec<Block> {
+    let lines: Vec<&str> = page.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let t = line.trim();
+        if let Some(fence) = t.strip_prefix("```") {
+            let lang = fence.trim().to_ascii_lowercase();
+            let mut body = String::new();
+            i += 1;
+            while i < lines.len() && !lines[i].trim().starts_with("```") {
+                body.push_str(lines[i]);
+                body.push('\n');
+                i += 1;
+            }
+            out.push(Block::Code { lang, body });
+            i += 1;
+            continue;
+        }
+        if t == "#|" {
+            let (rows, next) = table(&lines, i + 1);
+            out.push(Block::Table(rows));
+            i = next;
+            continue;
+        }
+        if let Some(h) = heading(line) {
+            out.push(Block::Heading(h));
+        } else {
+            out.push(Block::Text(line.to_string()));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Read a table starting after its `#|`; returns its rows and the line after its `|#`.
+fn table(lines: &[&str], mut i: usize) -> (Vec<Row>, usize) {
+    let mut depth = 0usize;
+    let mut fence = false;
+    let mut raw_rows: Vec<String> = Vec::new();
+    while i < lines.len() {
+        let line = lines[i];
+        let t = line.trim();
+        i += 1;
+        if t.starts_with("```") {
+            fence = !fence;
+        }
+        if !fence {
+            if t == "#|" || t.ends_with(" #|") {
+                depth += 1;
+            } else if t == "|#" {
+                if depth == 0 {
+                    break;
+                }
+                depth -= 1;
+            }
+            if depth == 0 && t.starts_with("||") && !t.starts_with("|||") {
+                raw_rows.push(String::new());
+            }
+        }
+        if let Some(r) = raw_rows.last_mut() {
+            r.push_str(line);
+            r.push('\n');
+        }
+    }
+    let rows = raw_rows.iter().map(|r| split_row(r)).collect();
+    (rows, i)
+}
+
+/// The cells of a raw row (`|| a | b ||`): split on single `|` outside backticks, nested
+/// tables and code fences.
+fn split_row(raw: &str) -> Row {
+    let body = raw.trim();
+    let body = body.strip_prefix("||").unwrap_or(body);
+    let body = body.trim_end();
+    let body = body.strip_suffix("||").unwrap_or(body);
+    let mut cells: Vec<Vec<u8>> = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    let mut depth = 0usize;
+    let mut fence = false;
+    for line in body.split_inclusive('\n') {
+        let t = line.trim();
+        if t.starts_with("```") {
+            fence = !fence;
+        }
+        if !fence && (t == "#|" || t.ends_with(" #|")) {
+            depth += 1;
+        }
+        if fence || depth > 0 {
+            cur.extend_from_slice(line.as_bytes());
+            if !fence && t == "|#" {
+                depth = depth.saturating_sub(1);
+            }
+            continue;
+        }
+        // a backtick never spans lines in these tables
+        let mut tick = false;
+        let b = line.as_bytes();
+        let mut k = 0;
+        while k < b.len() {
+            let c = b[k];
+            if c == b'`' {
+                tick = !tick;
+            }
+            if c == b'|' && b.get(k + 1) == Some(&b'|') {
+                cur.extend_from_slice(b"||");
+                k += 2;
+                continue;
+            }
+            if c == b'|' && !tick && cells.len() < 8 {
+                cells.push(std::mem::take(&mut cur));
+                k += 1;
+                continue;
+            }
+            cur.push(c);
+            k += 1;
+        }
+    }
+    cells.push(cur);
+    Row {
+        cells: cells
+            .into_iter()
+            .map(|c| String::from_utf8_lossy(&c).into_owned())
+            .collect(),
+    }
+}
+
+/// The name, required mark and type of a parameter row's first cell, or `None` for a header
+/// row or a row without a bold name.
+fn name_cell(cell: &str) -> Option<(String, bool, String)> {
+    let t = cell.trim();
+    let start = t.find("**")?;
+    let rest = &t[start + 2..];
+    let end = rest.find("**")?;
+    let mut name = rest[..end].trim().to_string();
+    let after = &rest[end + 2..];
+    let mut required = after.starts_with('*') || after.starts_with("\\*");
+    if let Some(n) = name.strip_suffix("\\*").or_else(|| name.strip_suffix('*')) {
+        name = n.trim().to_string();
+        required = true;
+    }
+    name = name.replace('\\', "").trim_matches('`').trim().to_string();
+    let after = after.trim_start_matches("\\*").trim_start_matches('*');
+    let ty = first_backticked(after).unwrap_or_default();
+    Some((name, required, ty))
+}
+
+fn first_backticked(s: &str) -> Option<String> {
+    let a = s.find('`')?;
+    let rest = &s[a + 1..];
+    let b = rest.find('`')?;
+    let v = rest[..b].trim();
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// Header rows name the columns (`Name`, `Parameter`, `Field`, …) with `type` in backticks.
+fn is_header(name: &str, ty: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    let n = n.split(['/', ' ']).next().unwrap_or("");
+    matches!(
+        n,
+        "name" | "parameter" | "field" | "title" | "parameters" | "fields"
+    ) && (ty.is_empty() || ty.eq_ignore_ascii_case("type"))
+}
+
+/// A table is a parameter table when its header row is one.
+fn is_param_table(rows: &[Row]) -> bool {
+    rows.first()
+        .and_then(|r| r.cells.first())
+        .and_then(|c| name_cell(c))
+        .map(|(n, _, t)| is_header(&n, &t))
+        .unwrap_or(false)
+}
+
+/// A name that stands for many (`UF_CRM_...`, `PARENT_ID_{id}`, `field_n`, `0`, `1` …) or is
+/// not a plain name at all: the list it is in is open.
+fn is_pattern(name: &str) -> bool {
+    name.is_empty()
+        || name.contains("...")
+        || name.contains('…')
+        || name.contains(['{', '<', '*', '[', ' ', '|', '(', '='])
+        || name.eq_ignore_ascii_case("field_n")
+        || name.ends_with('_')
+        || name.ends_with("N")
+            && name.len() > 1
+            && name.as_bytes()[name.len() - 2].is_ascii_lowercase()
+        || name.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Values listed after "possible values" (or similar) in a description: the backticked token
+/// that starts each list item.
+fn allowed_values(desc: &str) -> Vec<String> {
+    let lower = desc.to_ascii_lowercase();
+    let markers = [
+        "possible values",
+        "allowed values",
+        "acceptable values",
+        "valid values",
+        "available values",
+        "can take the following values",
+        "takes the following values",
+        "one of the values",
+        "one of the following",
+        "supported values",
+    ];
+    let Some(at) = markers.iter().filter_map(|m| lower.find(m)).min() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut started = false;
+    for line in desc[at..].lines().skip(1) {
+        let t = line.trim();
+        let item = t
+            .strip_prefix("- ")
+            .or_else(|| t.strip_prefix("* "))
+            .map(str::trim);
+        match item {
+            Some(it) if it.starts_with('`') => {
+                started = true;
+                if let Some(v) = first_backticked(it)
+                    && v.chars().count() <= 60
+                    && !out.contains(&v)
+                {
+                    out.push(v);
+                }
+            }
+            Some(_) => started = true,
+            None if t.is_empty() && !started => {}
+            None => break,
+        }
+        if out.len() >= 60 {
+            break;
+        }
+    }
+    out
+}
+
+/// A default given as a backticked value ("By default `N`", "default value — `0`").
+fn default_value(desc: &str) -> Option<String> {
+    let lower = desc.to_ascii_lowercase();
+    for m in ["by default", "default value", "default is", "defaults to"] {
+        if let Some(i) = lower.find(m) {
+            // the value must follow at once (`By default — \`N\``), not a sentence later
+            let rest = desc[i + m.len()..]
+                .trim_start_matches([',', ':', ' ', '\u{2014}', '\u{2013}', '-', '='])
+                .trim_start_matches("is ")
+                .trim_start_matches("set to ");
+            if rest.starts_with('`')
+                && let Some(v) = first_backticked(rest)
+                && v.chars().count() <= 40
+            {
+                return Some(v);
+            }
+        }
+    }
+    None
+}
+
+/// Parameters from a parameter table; `open` when a row stands for many names.
+fn params_of(rows: &[Row]) -> (Vec<Param>, bool) {
+    let mut out: Vec<Param> = Vec::new();
+    let mut open = false;
+    for r in rows.iter().skip(1) {
+        let Some((name, required, ty)) = r.cells.first().and_then(|c| name_cell(c)) else {
+            continue;
+        };
+        if is_pattern(&name) {
+            open = true;
+            continue;
+        }
+        if out.iter().any(|p| p.name == name) {
+            continue;
+        }
+        let desc = r.cells.get(1..).map(|c| c.join("|")).unwrap_or_default();
+        out.push(Param {
+            name,
+            ty: clean_type(&ty),
+            required,
+            values: allowed_values(&desc),
+            default: default_value(&desc),
+            fields: Vec::new(),
+            open: false,
+        });
+    }
+    (out, open)
+}
+
+fn clean_type(t: &str) -> String {
+    t.trim().chars().take(40).collect()
+}
+
+/// Headings that end the parameter part of a page.
+fn ends_params(h: &Heading) -> bool {
+    if h.level > 2 {
+        return false;
+    }
+    let t = h.text.to_ascii_lowercase();
+    [
+        "example", "response", "returned", "success", "error", "continue", "result", "handling",
+    ]
+    .iter()
+    .any(|w| t.contains(w))
+}
+
+fn is_response_heading(h: &Heading) -> bool {
+    let t = h.text.to_ascii_lowercase();
+    h.level <= 2 && (t.contains("response") || t.contains("success") || t.contains("result"))
+}
+
+/// Words of a heading, for matching a nested section to its parameter.
+fn heading_words(h: &Heading) -> Vec<String> {
+    h.text
+        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_ascii_lowercase())
+        .collect()
+}
+
+/// The parameter a nested section is about: the anchor names it, or a word of the heading
+/// does (`Parameter fields`, `Fields Parameter`, `Parameter \`params\``).
+fn attach<'a>(params: &'a mut [Param], h: &Heading) -> Option<&'a mut Param> {
+    let mut keys: Vec<String> = Vec::new();
+    if let Some(a) = &h.anchor {
+        keys.push(a.to_ascii_lowercase());
+    }
+    keys.extend(heading_words(h));
+    for k in &keys {
+        let k = k.rsplit('.').next().unwrap_or(k);
+        if let Some(i) = find_param(params, k) {
+            return Some(get_path(params, &i));
+        }
+    }
+    None
+}
+
+/// Path (indices) of the first parameter named `k` without fields yet, breadth-first.
+fn find_param(params: &[Param], k: &str) -> Option<Vec<usize>> {
+    let mut queue: Vec<(Vec<usize>, &Param)> = params
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (vec![i], p))
+        .collect();
+    let mut at = 0;
+    while at < queue.len() {
+        let (path, p) = queue[at].clone();
+        if p.name.eq_ignore_ascii_case(k) && p.fields.is_empty() {
+            return Some(path);
+        }
+        for (j, c) in p.fields.iter().enumerate() {
+            let mut np = path.clone();
+            np.push(j);
+            queue.push((np, c));
+        }
+        at += 1;
+    }
+    None
+}
+
+fn get_path<'a>(params: &'a mut [Param], path: &[usize]) -> &'a mut Param {
+    let (first, rest) = path.split_first().expect("non-empty path");
+    let mut p = &mut params[*first];
+    for i in rest {
+        p = &mut p.fields[*i];
+    }
+    p
+}
+
+/// The page mentions user fields (`UF_…`, "custom fields", "user fields"): the entity's field
+/// set differs per portal.
+fn has_user_fields(page: &str) -> bool {
+    let l = page.to_ascii_lowercase();
+    page.contains("UF_")
+        || l.contains("custom field")
+        || l.contains("user field")
+        || l.contains("userfield")
+        || l.contains("ufcrm")
+}
+
+/// Says the method takes no parameters.
+fn says_no_params(text: &str) -> bool {
+    let l = text.to_ascii_lowercase();
+    [
+        "no parameters",
+        "without parameters",
+        "does not take parameters",
+        "does not accept parameters",
+        "does not require parameters",
+        "does not have parameters",
+        "has no parameters",
+        "takes no parameters",
+        "parameters are not required",
+        "no input parameters",
+    ]
+    .iter()
+    .any(|m| l.contains(m))
+}
+
+/// Read one page. `method` is the catalog name (the page may document several spellings).
+pub(super) fn parse_page(method: &str, page: &str) -> MethodDoc {
+    let blocks = blocks(page);
+    let end = blocks
+        .iter()
+        .position(|b| matches!(b, Block::Heading(h) if ends_params(h)))
+        .unwrap_or(blocks.len());
+    let head = &blocks[..end];
+    let mut params: Vec<Param> = Vec::new();
+    let mut status = DocStatus::Undocumented;
+    let mut current: Option<Heading> = None;
+    let mut top_done = false;
+    let mut text_before = String::new();
+    let user_fields = has_user_fields(page);
+    for b in head {
+        match b {
+            Block::Heading(h) => current = Some(h.clone()),
+            Block::Text(t) => {
+                if !top_done {
+                    text_before.push_str(t);
+                    text_before.push('\n');
+                }
+            }
+            Block::Code { .. } => {}
+            Block::Table(rows) => {
+                if !is_param_table(rows) {
+                    continue;
+                }
+                let (ps, open) = params_of(rows);
+                if !top_done {
+                    top_done = true;
+                    params = ps;
+                    status = if open {
+                        DocStatus::Open
+                    } else if params.is_empty() {
+                        DocStatus::None
+                    } else {
+                        DocStatus::Complete
+                    };
+                    continue;
+                }
+                let Some(h) = &current else { continue };
+                if let Some(p) = attach(&mut params, h) {
+                    let is_fields = p.name.eq_ignore_ascii_case("fields");
+                    p.fields = ps;
+                    p.open = open || (is_fields && user_fields);
+                }
+            }
+        }
+    }
+    if !top_done && says_no_params(&text_before) {
+        status = DocStatus::None;
+    }
+    // Positional forms (`?0=…&1[…]=…`) are described in prose, not tables: never enforce them.
+    if status == DocStatus::Complete && page.contains("positional") {
+        status = DocStatus::Open;
+    }
+    let (result, result_example) = response(&blocks[end..]);
+    let mut doc = MethodDoc {
+        method: method.to_string(),
+        status,
+        params,
+        result,
+        example: request_example(&blocks[end..]),
+        result_example,
+    };
+    reconcile(&mut doc);
+    doc
+}
+
+/// A page whose own example uses a name its table does not list is not a complete list: open
+/// the level that misses it (the whole method, or that object parameter), so the strict check
+/// never refuses what the documentation itself sends.
+fn reconcile(doc: &mut MethodDoc) {
+    let Some(x) = doc.example.clone() else { return };
+    for _ in 0..32 {
+        let Err(e) = super::check::check_against(doc, &x) else {
+            return;
+        };
+        match e.parameter.split_once('.') {
+            Some((top, _)) => match doc
+                .params
+                .iter_mut()
+                .find(|p| p.name.eq_ignore_ascii_case(top))
+            {
+                Some(p) => p.open = true,
+                None => doc.status = DocStatus::Open,
+            },
+            None => doc.status = DocStatus::Open,
+        }
+    }
+    doc.status = DocStatus::Open;
+}
+
+/// The returned-data table and the `result` of the first JSON response example.
+fn response(blocks: &[Block]) -> (Vec<ResultField>, Option<Value>) {
+    let Some(start) = blocks
+        .iter()
+        .position(|b| matches!(b, Block::Heading(h) if is_response_heading(h)))
+    else {
+        return (Vec::new(), None);
+    };
+    let mut fields = Vec::new();
+    let mut example = None;
+    for b in &blocks[start..] {
+        match b {
+            Block::Heading(h)
+                if h.level <= 2
+                    && h.text.to_ascii_lowercase().contains("error")
+                    && !fields.is_empty() =>
+            {
+                break;
+            }
+            Block::Code { lang, body }
+                if example.is_none() && (lang == "json" || lang.is_empty()) =>
+            {
+                if let Ok(v) = serde_json::from_str::<Value>(body)
+                    && let Some(r) = v.get("result")
+                {
+                    example = Some(shorten(r, 0));
+                }
+            }
+            Block::Table(rows) if fields.is_empty() && is_param_table(rows) => {
+                for r in rows.iter().skip(1) {
+                    if let Some((name, _, ty)) = r.cells.first().and_then(|c| name_cell(c))
+                        && !name.is_empty()
+                        && name != "time"
+                        && fields.len() < 60
+                    {
+                        fields.push(ResultField {
+                            name,
+                            ty: clean_type(&ty),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (fields, example)
+}
+
+/// The JSON body of the first cURL example, without credentials, values shortened.
+fn request_example(blocks: &[Block]) -> Option<Value> {
+    for b in blocks {
+        let Block::Code { body, .. } = b else {
+            continue;
+        };
+        let Some(i) = body.find("-d '") else { continue };
+        let rest = &body[i + 4..];
+        let Some(j) = rest.rfind("' \\").or_else(|| rest.rfind('\'')) else {
+            continue;
+        };
+        let json = unshell(&rest[..j]);
+        if let Ok(Value::Object(mut o)) = serde_json::from_str::<Value>(&json) {
+            o.retain(|k, _| !k.eq_ignore_ascii_case("auth"));
+            return Some(shorten(&Value::Object(o), 0));
+        }
+    }
+    None
+}
+
+/// Replace shell interpolations (`'"$(date …)"'`) inside a single-quoted body by a marker.
+fn unshell(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("'\"$(") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        match tail.find(")\"'") {
+            Some(j) => {
+                out.push_str("<computed>");
+                rest = &tail[j + 3..];
+            }
+            None => {
+                rest = tail;
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Keep an example small: long strings cut, arrays to their first 3 items, objects to 30 keys,
+/// depth at most 5.
+pub(super) fn shorten(v: &Value, depth: usize) -> Value {
+    match v {
+        Value::String(s) if s.chars().count() > 80 => {
+            Value::String(s.chars().take(77).collect::<String>() + "...")
+        }
+        Value::Array(a) if depth >= 5 => Value::Array(if a.is_empty() {
+            vec![]
+        } else {
+            vec![Value::String("...".into())]
+        }),
+        Value::Object(o) if depth >= 5 => {
+            if o.is_empty() {
+                Value::Object(Map::new())
+            } else {
+                Value::String("{...}".into())
+            }
+        }
+        Value::Array(a) => Value::Array(a.iter().take(3).map(|x| shorten(x, depth + 1)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .take(30)
+                .map(|(k, x)| (k.clone(), shorten(x, depth + 1)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: &str = "# Update crm.deal.update\n\n## Method Parameters\n\n#|\n|| **Name**\n`type` | **Description** ||\n|| **id***\n[`integer`](../x.md) | Identifier ||\n|| **fields**\n[`object`](../x.md) | Fields, see [below](#fields) ||\n|| **params**\n[`object`](../x.md) | Params ||\n|#\n\n### Parameter fields {#fields}\n\n#|\n|| **Name**\n`type` | **Description** ||\n|| **OPENED**\n[`char`](x) | Open? Possible values:\n- `Y` — yes\n- `N` — no\n\nBy default `Y` ||\n|| **UF_CRM_...** | Custom fields ||\n|#\n\n## Code Examples\n\n```bash\ncurl -X POST \\\n-d '{\"id\":1,\"fields\":{\"OPENED\":\"Y\",\"BEGINDATE\":\"'\"$(date --iso-8601=seconds)\"'\"},\"auth\":\"x\"}' \\\nhttps://x/rest/crm.deal.update\n```\n\n## Response Handling\n\n```json\n{\"result\": true, \"time\": {}}\n```\n\n### Returned Data\n\n#|\n|| **Name**\n`type` | **Description** ||\n|| **result**\n[`boolean`](x) | Root ||\n|| **time**\n[`time`](x) | Time ||\n|#\n";
+
+    #[test]
+    fn reads_a_page() {
+        let d = parse_page("crm.deal.update", PAGE);
+        assert_eq!(d.status, DocStatus::Complete);
+        let names: Vec<&str> = d.params.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["id", "fields", "params"]);
+        assert!(d.params[0].required);
+        assert_eq!(d.params[0].ty, "integer");
+        let f = &d.params[1];
+        assert_eq!(f.fields.len(), 1);
+        assert!(f.open, "a pattern row opens the list");
+        assert_eq!(f.fields[0].values, ["Y", "N"]);
+        assert_eq!(f.fields[0].default.as_deref(), Some("Y"));
+        assert_eq!(d.result.len(), 1);
+        assert_eq!(d.result_example, Some(Value::Bool(true)));
+        let x = d.example.unwrap();
+        assert_eq!(x["fields"]["BEGINDATE"], "<computed>");
+        assert!(x.get("auth").is_none());
+    }
+
+    #[test]
+    fn no_parameters_is_a_statement() {
+        let d = parse_page(
+            "x.fields",
+            "# X\n\nThe method returns fields. No parameters.\n\n## Code Examples\n",
+        );
+        assert_eq!(d.status, DocStatus::None);
+        let d = parse_page(
+            "x.y",
+            "# X\n\nThe method does something.\n\n## Code Examples\n",
+        );
+        assert_eq!(d.status, DocStatus::Undocumented);
+    }
+
+    #[test]
+    fn non_ascii_survives_the_splitter() {
+        let r = split_row("|| **név** `string` | описание | x ||");
+        assert!(r.cells[1].contains("описание"));
+        assert_eq!(name_cell(&r.cells[0]).unwrap().0, "név");
+    }
+}
