@@ -26,6 +26,8 @@ pub async fn oauth_token(
         }
     }
     let g = |k: &str| params.get(k).map(text).unwrap_or_default();
+    // One app, many portals: the OAuth server is central (see `portals`).
+    let shared = crate::portals::oauth_home(&shared, &g("refresh_token"));
     let mut st = lock(&shared);
     let fail = |st: &mut State, status: u16, code: &str, desc: &str| {
         st.record("oauth/token", "oauth", status, false, vec![]);

@@ -17,7 +17,9 @@
 //! [`Sandbox::uninstall_app`] (also `POST /_sandbox/install?handler=URL` and
 //! `/_sandbox/uninstall?handler=URL`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -78,7 +80,54 @@ pub async fn start_many(cfg: SandboxConfig, n: usize) -> Result<Portals, Sandbox
         }
         portals.push(sb);
     }
+    let group: Arc<Vec<Weak<Mutex<crate::state::State>>>> =
+        Arc::new(portals.iter().map(|p| Arc::downgrade(&p.state)).collect());
+    let mut g = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+    for p in &portals {
+        g.insert(group_key(&p.state), group.clone());
+    }
     Ok(Portals { portals })
+}
+
+/// Portal (by the address of its state) → every portal of its group. The OAuth server of a
+/// real app is central (`oauth.bitrix.info`): a refresh token of any portal is exchanged at one
+/// address, so each portal's `/oauth/token/` here answers for its siblings too.
+type Group = Arc<Vec<Weak<Mutex<crate::state::State>>>>;
+static GROUPS: LazyLock<Mutex<HashMap<usize, Group>>> = LazyLock::new(Default::default);
+
+fn group_key(s: &Shared) -> usize {
+    Arc::as_ptr(s) as usize
+}
+
+/// The portal that issued `refresh_token`: `shared` itself, or a sibling of its group.
+pub(crate) fn oauth_home(shared: &Shared, refresh_token: &str) -> Shared {
+    if refresh_token.is_empty() || lock(shared).refresh.contains_key(refresh_token) {
+        return shared.clone();
+    }
+    let group = GROUPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&group_key(shared))
+        .cloned();
+    for s in group
+        .iter()
+        .flat_map(|g| g.iter())
+        .filter_map(Weak::upgrade)
+    {
+        if lock(&s).refresh.contains_key(refresh_token) {
+            return s;
+        }
+    }
+    shared.clone()
+}
+
+impl Drop for Portals {
+    fn drop(&mut self) {
+        let mut g = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+        for p in &self.portals {
+            g.remove(&group_key(&p.state));
+        }
+    }
 }
 
 impl Portals {
@@ -112,8 +161,14 @@ impl Portals {
     }
 
     /// Stop every portal.
-    pub async fn shutdown(self) {
-        for p in self.portals {
+    pub async fn shutdown(mut self) {
+        {
+            let mut g = GROUPS.lock().unwrap_or_else(|p| p.into_inner());
+            for p in &self.portals {
+                g.remove(&group_key(&p.state));
+            }
+        }
+        for p in std::mem::take(&mut self.portals) {
             p.shutdown().await;
         }
     }

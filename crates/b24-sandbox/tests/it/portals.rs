@@ -161,3 +161,30 @@ async fn install_and_uninstall_drive_the_app_lifecycle() {
     assert_eq!(r.status(), 400);
     ps.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_oauth_server_for_every_portal() {
+    let ps = start_many(SandboxConfig::default(), 3).await.unwrap();
+    let (p0, p2) = (ps.get(0).unwrap(), ps.get(2).unwrap());
+    let i2 = p2.info();
+    // Portal 2's refresh token exchanged at portal 0's token endpoint (as at oauth.bitrix.info).
+    let r = http()
+        .get(&p0.info().oauth_token_url)
+        .query(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", i2.client_id.as_str()),
+            ("client_secret", i2.client_secret.as_str()),
+            ("refresh_token", i2.refresh_token.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(b["member_id"], json!(i2.member_id), "{b}");
+    assert_eq!(p2.stats().refreshes, 1);
+    assert_eq!(p0.stats().refreshes, 0);
+    let (s, _) = crate::support::app(p2, "server.time", json!({})).await;
+    assert_eq!(s, 200);
+    ps.shutdown().await;
+}
