@@ -66,6 +66,30 @@ pub fn gate(g: &Globals, origin: Origin) -> anyhow::Result<Gate> {
     ))
 }
 
+/// The gate acting for an authenticated MCP client (`b24 mcp --http`): the client's policy
+/// file narrows the resolved policy (a file that cannot be read refuses every call), and the
+/// gate names the client in audit records and counts its writes in its own budget.
+pub fn gate_for_client(
+    g: &Globals,
+    origin: Origin,
+    client: &b24_guard::clients::McpClient,
+) -> anyhow::Result<Gate> {
+    let mut resolved = resolve(g)?;
+    client.narrow(&mut resolved).map_err(|e| {
+        Exit::new(
+            exit::POLICY,
+            format!("refused: the policy of MCP client {:?} cannot be read, so its calls are refused until it is fixed: {e}", client.name),
+        )
+    })?;
+    let config = g.config().map_err(|e| format!("{e:#}"));
+    Ok(Gate::new(
+        resolved,
+        PortalSlot::new(config, CLIENT.clone()).with_pg_cell(PG.clone()),
+        origin,
+    )
+    .with_client(&client.name))
+}
+
 /// A gate error as an exit code and message.
 pub fn gate_error(e: GateError) -> anyhow::Error {
     let code = match &e {

@@ -1,27 +1,173 @@
-//! `b24 mcp`: serve b24 as an MCP server over stdio (see `crate::mcp`).
+//! `b24 mcp`: serve b24 as an MCP server over stdio (default) or Streamable HTTP (`--http`),
+//! and manage the bearer tokens of HTTP clients (`b24 mcp token ...`). See `crate::mcp`.
 //!
-//! stdout carries JSON-RPC only; logs go to stderr. The global policy flags apply to every
-//! tool (`b24 mcp --read-only`, `--allow 'crm.*'`, `--require-plan`, ...), on top of the
-//! operator's policy files; every tool goes through the same gate as the CLI.
+//! stdout carries JSON-RPC only in stdio mode; logs go to stderr. The global policy flags apply
+//! to every tool (`b24 mcp --read-only`, `--allow 'crm.*'`, `--require-plan`, ...), on top of
+//! the operator's policy files; over HTTP each client's policy file narrows them further. Every
+//! tool goes through the same gate as the CLI.
 
-use crate::exit;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use b24_guard::clients::{TokenError, TokenStore};
+use serde_json::json;
+
+use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = "Examples:
   b24 mcp                              # for an MCP client's stdio server entry
   b24 mcp --read-only                  # only reads, whatever the model asks
   b24 mcp --require-plan --packs core  # writes only via b24_plan -> b24_apply
+  b24 mcp token add crm-bot --policy ./crm-bot.toml   # prints the token once
+  b24 mcp --http 127.0.0.1:8787        # Streamable HTTP at http://127.0.0.1:8787/mcp
+  b24 mcp --http 0.0.0.0:8443 --allowed-host mcp.example.com \\
+      --tls-cert cert.pem --tls-key key.pem
 
-Client config (e.g. Claude Code): claude mcp add b24 -- b24 mcp")]
+Client config (e.g. Claude Code): claude mcp add b24 -- b24 mcp
+  over HTTP: claude mcp add --transport http b24 http://127.0.0.1:8787/mcp \\
+      --header \"Authorization: Bearer $B24_MCP_TOKEN\""
+)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<McpCommand>,
     /// Never ask the person to confirm destructive calls through the client (elicitation);
     /// such calls then need confirm_destructive: true in the tool arguments.
     #[arg(long)]
     pub no_elicitation: bool,
+    /// Serve Streamable HTTP on this address (IP:PORT; the endpoint is /mcp) instead of stdio.
+    /// Every request needs a bearer token from `b24 mcp token add`. Loopback unless TLS.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// PEM certificate chain for HTTPS (with --tls-key).
+    #[arg(long, value_name = "FILE", requires_all = ["http", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (with --tls-cert).
+    #[arg(long, value_name = "FILE", requires_all = ["http", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address because a proxy in front terminates TLS.
+    #[arg(long, requires = "http", conflicts_with = "tls_cert")]
+    pub behind_tls_proxy: bool,
+    /// A Host header value clients use (besides loopback names and the bound address), e.g.
+    /// mcp.example.com or mcp.example.com:8443. Repeatable. Protects against DNS rebinding.
+    #[arg(long = "allowed-host", value_name = "HOST", requires = "http")]
+    pub allowed_hosts: Vec<String>,
+    /// A browser Origin allowed to call (e.g. http://localhost:6274). Repeatable. Requests with
+    /// any other Origin get 403; requests without one (agent hosts) are not affected.
+    #[arg(long = "allowed-origin", value_name = "ORIGIN", requires = "http")]
+    pub allowed_origins: Vec<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum McpCommand {
+    /// Bearer tokens for `b24 mcp --http` clients: each with its own policy, audit name and
+    /// write budget.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Issue a token for a new client; the token is printed once (only its hash is kept).
+    Add {
+        /// The client's name: its identity in the audit log (a-z, 0-9, '.', '_', '-').
+        name: String,
+        /// The client's policy file (policy.toml format). It can only narrow the operator's
+        /// policy; it is read again at every call, and if it goes missing the client's calls
+        /// are refused.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+    },
+    /// List clients (names, policy files, dates; never tokens).
+    List,
+    /// Revoke a client's token; its next request gets 401.
+    Revoke {
+        /// The client's name.
+        name: String,
+    },
 }
 
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
-    crate::mcp::serve(g, !args.no_elicitation).await?;
+    if let Some(McpCommand::Token(t)) = args.command {
+        return token(t.command, g).await;
+    }
+    let elicit = !args.no_elicitation;
+    match args.http {
+        None => crate::mcp::serve(g, elicit).await?,
+        Some(addr) => {
+            let opts = crate::mcp::http::HttpOptions {
+                addr,
+                tls: args.tls_cert.zip(args.tls_key),
+                behind_tls_proxy: args.behind_tls_proxy,
+                allowed_hosts: args.allowed_hosts,
+                allowed_origins: args.allowed_origins,
+            };
+            crate::mcp::http::serve(g, elicit, opts, crate::cmd::events::shutdown_token()).await?;
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn token_error(e: TokenError) -> anyhow::Error {
+    let code = match e {
+        TokenError::Store(_) => exit::INTERNAL,
+        _ => exit::USAGE,
+    };
+    Exit::new(code, e.to_string())
+}
+
+async fn token(cmd: TokenCommand, g: &Globals) -> anyhow::Result<i32> {
+    // The same place `b24 mcp --http` reads them: the guard dir of the operator's policy.
+    let guard_dir = crate::exec::resolve(g)?.guard_dir;
+    let out = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
+        let store =
+            TokenStore::open(&guard_dir).map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))?;
+        Ok(match cmd {
+            TokenCommand::Add { name, policy } => {
+                let issued = store.add(&name, &policy).map_err(token_error)?;
+                eprintln!(
+                    "b24: the token for {name:?} is shown once; store it in the client's secret store (only its hash is kept)"
+                );
+                json!({"name": issued.name, "token": issued.token, "policy": std::path::absolute(&policy).unwrap_or(policy)})
+            }
+            TokenCommand::List => {
+                let list = store
+                    .list()
+                    .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))?;
+                let ts = |t: f64| {
+                    jiff::Timestamp::from_second(t as i64)
+                        .map(|x| x.to_string())
+                        .unwrap_or_default()
+                };
+                let rows: Vec<_> = list
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "name": t.name,
+                            "policy": t.policy,
+                            "created_at": ts(t.created_at),
+                            "revoked_at": t.revoked_at.map(ts),
+                            "active": t.revoked_at.is_none(),
+                        })
+                    })
+                    .collect();
+                json!(rows)
+            }
+            TokenCommand::Revoke { name } => {
+                let now = store.revoke(&name).map_err(token_error)?;
+                json!({"name": name, "revoked": true, "already_revoked": !now})
+            }
+        })
+    })
+    .await??;
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?)?;
     Ok(exit::OK)
 }

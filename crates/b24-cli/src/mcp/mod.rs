@@ -1,8 +1,10 @@
-//! `b24 mcp`: b24's capabilities as an MCP server over stdio, with the same guardrails as the
-//! CLI. Every tool that touches the portal goes through [`crate::exec`] (policy, confirmations,
+//! `b24 mcp`: b24's capabilities as an MCP server over stdio (the default) or Streamable HTTP,
+//! with the same guardrails as the CLI. Every tool that touches the portal goes through [`crate::exec`] (policy, confirmations,
 //! idempotency, audit records with origin `mcp`); nothing here talks to the portal directly.
 //!
-//! - [`server`]: the tools, their input schemas (derived from Rust types) and annotations.
+//! - [`server`]: the server's state, the catalog tools and the handler; [`tools`] the portal
+//!   tools; [`args`] their input types (the schemas derive from them); [`person`] elicitation.
+//! - [`http`]: Streamable HTTP with bearer tokens per client (`b24 mcp --http ADDR`).
 //! - [`errors`]: refusals and Bitrix24 errors as tool errors (`isError: true`) with the fix.
 //! - [`paging`]: bounded page sets for `b24_export` with a resume cursor.
 //! - this module: the stdio plumbing.
@@ -15,9 +17,13 @@
 //! so a parse error can never interleave with an rmcp message. Nothing else in `b24 mcp` writes
 //! to stdout (logs, notes and warnings go to stderr).
 
+pub mod args;
 pub mod errors;
+pub mod http;
 pub mod paging;
+pub mod person;
 pub mod server;
+mod tools;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 

@@ -1,0 +1,367 @@
+//! `b24 mcp --http ADDR`: the same server over Streamable HTTP (the current MCP transport), for
+//! agent hosts that connect to a URL rather than start a process.
+//!
+//! What this layer adds, and why:
+//!
+//! - **Bearer tokens per client.** Every request must carry `Authorization: Bearer <token>` for
+//!   a token the operator issued (`b24 mcp token add`); anything else gets `401` before rmcp
+//!   sees it, so an unauthenticated request can never reach a tool (or the portal). The token
+//!   store is consulted on every request, so a revoked token stops working at once. Which
+//!   policy, audit identity and write budget a client has is decided in
+//!   [`b24_guard::clients`]; this module only attaches the client to the request.
+//! - **Sessions bound to their client.** A session created with one token is not usable with
+//!   another (answered like an unknown session), so a leaked session id is worth nothing
+//!   without its token.
+//! - **DNS rebinding.** rmcp checks `Host` (loopback names by default, plus `--allowed-host`)
+//!   and, because we enable it, `Origin`: a request with an `Origin` not listed in
+//!   `--allowed-origin` gets `403`, as the MCP transport spec requires.
+//! - **Transport security.** Loopback by default; any other address needs `--tls-cert` and
+//!   `--tls-key`, or `--behind-tls-proxy` to say a proxy in front terminates TLS — bearer tokens
+//!   must not cross a network in clear text.
+//! - **Graceful shutdown.** SIGINT/SIGTERM stop accepting, end the sessions (their SSE streams
+//!   close) and wait a bounded time for requests in flight.
+//!
+//! Sessions, resumable SSE streams (`Last-Event-ID`, priming events with a retry interval) and
+//! the protocol-version rules are rmcp's `StreamableHttpService` with its in-memory session
+//! manager.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use b24_guard::clients::TokenStore;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use tokio_util::sync::CancellationToken;
+
+use super::server::B24Mcp;
+use crate::exit::{self, Exit};
+use crate::globals::Globals;
+
+/// The path the MCP endpoint is served at.
+pub const ENDPOINT: &str = "/mcp";
+/// How long requests in flight get after SIGINT/SIGTERM.
+const GRACE: Duration = Duration::from_secs(10);
+/// The header rmcp keeps the session in.
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// How `b24 mcp --http` was asked to serve.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    pub addr: SocketAddr,
+    /// PEM certificate chain and private key.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// A proxy in front terminates TLS (allows a non-loopback address without --tls-*).
+    pub behind_tls_proxy: bool,
+    /// Extra `Host` values accepted (DNS-rebinding protection).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted; every other `Origin` gets 403.
+    pub allowed_origins: Vec<String>,
+}
+
+impl HttpOptions {
+    /// Refuse settings that would expose tokens or accept any `Host`.
+    pub fn check(&self) -> Result<(), String> {
+        let ip = self.addr.ip();
+        if !ip.is_loopback() && self.tls.is_none() && !self.behind_tls_proxy {
+            return Err(format!(
+                "--http {}: a non-loopback address needs TLS (--tls-cert FILE --tls-key FILE), or --behind-tls-proxy when a proxy in front terminates it; bearer tokens must not travel in clear text",
+                self.addr
+            ));
+        }
+        if ip.is_unspecified() && self.allowed_hosts.is_empty() {
+            return Err(format!(
+                "--http {}: a wildcard address accepts any Host header; name the host names clients use with --allowed-host (DNS-rebinding protection)",
+                self.addr
+            ));
+        }
+        Ok(())
+    }
+
+    /// The `Host` values rmcp accepts: loopback names, the bound address, and --allowed-host.
+    fn hosts(&self) -> Vec<String> {
+        let mut h: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+        let ip = self.addr.ip();
+        if !ip.is_unspecified() {
+            h.push(ip.to_string());
+        }
+        h.extend(self.allowed_hosts.iter().cloned());
+        h.sort();
+        h.dedup();
+        h
+    }
+}
+
+/// What the authentication layer needs.
+struct Auth {
+    tokens: Arc<TokenStore>,
+    /// Session id → the client that created it.
+    sessions: Mutex<HashMap<String, String>>,
+    manager: Arc<LocalSessionManager>,
+}
+
+fn unauthorized(invalid: bool, message: &str) -> Response {
+    let challenge = if invalid {
+        r#"Bearer realm="b24 mcp", error="invalid_token""#
+    } else {
+        r#"Bearer realm="b24 mcp""#
+    };
+    (
+        StatusCode::UNAUTHORIZED,
+        [
+            (header::WWW_AUTHENTICATE, challenge),
+            (header::CONTENT_TYPE, "application/json"),
+        ],
+        serde_json::json!({"error": "unauthorized", "message": message}).to_string(),
+    )
+        .into_response()
+}
+
+/// The bearer token of a request: `None` when there is no Authorization header, `Some(Err)`
+/// when there is one that is not a bearer token.
+fn bearer(headers: &HeaderMap) -> Option<Result<String, ()>> {
+    let v = headers.get(header::AUTHORIZATION)?;
+    let Ok(v) = v.to_str() else {
+        return Some(Err(()));
+    };
+    let mut parts = v.trim().splitn(2, ' ');
+    let scheme = parts.next().unwrap_or("");
+    let token = parts.next().unwrap_or("").trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Some(Err(()));
+    }
+    Some(Ok(token.to_string()))
+}
+
+/// Authenticate every request; attach the client; keep sessions bound to their client.
+async fn authenticate(
+    State(auth): State<Arc<Auth>>,
+    mut req: Request<Body>,
+    next: Next,
+) -> Response {
+    let token = match bearer(req.headers()) {
+        None => {
+            return unauthorized(
+                false,
+                "this MCP server needs a bearer token: Authorization: Bearer <token> (the operator issues one with `b24 mcp token add NAME --policy FILE`)",
+            );
+        }
+        Some(Err(())) => {
+            return unauthorized(true, "the Authorization header is not a bearer token");
+        }
+        Some(Ok(t)) => t,
+    };
+    let tokens = auth.tokens.clone();
+    let found = tokio::task::spawn_blocking(move || tokens.authenticate(&token)).await;
+    let client = match found {
+        Ok(Ok(Some(c))) => Arc::new(c),
+        Ok(Ok(None)) => {
+            return unauthorized(true, "the token is unknown or revoked");
+        }
+        Ok(Err(e)) => {
+            tracing::error!("mcp http: the token store failed: {e}");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the token store cannot be read; try again",
+            )
+                .into_response();
+        }
+        Err(e) => {
+            tracing::error!("mcp http: token check failed: {e}");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let session = req
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(s) = &session {
+        let owner = auth
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(s)
+            .cloned();
+        if owner.is_some_and(|o| o != client.name) {
+            // Answered like an unknown session: another client's session id reveals nothing.
+            tracing::warn!(client = %client.name, "mcp http: a session of another client was presented");
+            return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
+        }
+    }
+    tracing::debug!(client = %client.name, method = %req.method(), "mcp http request");
+    let name = client.name.clone();
+    let is_delete = req.method() == Method::DELETE;
+    req.extensions_mut().insert(client);
+    let resp = next.run(req).await;
+    if session.is_none()
+        && let Some(new) = resp
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+    {
+        let live: Vec<String> = if auth.sessions.lock().map(|m| m.len()).unwrap_or(0) >= 1024 {
+            auth.manager
+                .sessions
+                .read()
+                .await
+                .keys()
+                .map(|k| k.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut map = auth.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if !live.is_empty() {
+            // Forget sessions the manager has closed (idle timeout, DELETE, shutdown).
+            map.retain(|k, _| live.iter().any(|l| l == k));
+        }
+        map.insert(new.to_string(), name);
+    } else if is_delete
+        && resp.status().is_success()
+        && let Some(s) = &session
+    {
+        auth.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(s);
+    }
+    resp
+}
+
+/// The TLS configuration from PEM files (ring, as the client side uses).
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let usage = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        Exit::new(exit::USAGE, format!("{}: {e}", what.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| usage(cert, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| usage(cert, &e))?;
+    if certs.is_empty() {
+        return Err(usage(cert, &"no certificate in the file"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| usage(key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| usage(cert, &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key_der)
+        .map_err(|e| usage(key, &e))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Serve until `shutdown` is cancelled. `ready` gets the bound address (the port may be 0).
+pub async fn serve(
+    g: &Globals,
+    elicit: bool,
+    opts: HttpOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    opts.check().map_err(|m| Exit::new(exit::USAGE, m))?;
+    let tls = match &opts.tls {
+        Some((c, k)) => Some(tls_config(c, k)?),
+        None => None,
+    };
+    // The tokens live with the guard's records, where the operator's policy puts them.
+    let guard_dir = crate::exec::resolve(g)?.guard_dir;
+    let tokens = {
+        let dir = guard_dir.clone();
+        tokio::task::spawn_blocking(move || TokenStore::open(&dir))
+            .await?
+            .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))?
+    };
+    let active = tokens
+        .list()
+        .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))?
+        .iter()
+        .filter(|t| t.revoked_at.is_none())
+        .count();
+    if active == 0 {
+        eprintln!(
+            "b24 mcp: no client tokens are issued yet, so every request gets 401; issue one with `b24 mcp token add NAME --policy FILE` (it applies without a restart)"
+        );
+    }
+
+    let manager = Arc::new(LocalSessionManager::default());
+    let config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(shutdown.child_token())
+        .with_allowed_hosts(opts.hosts())
+        .with_allowed_origins(opts.allowed_origins.clone())
+        .enforce_origin_validation();
+    let globals = Arc::new(g.clone());
+    let service = StreamableHttpService::new(
+        move || Ok(B24Mcp::for_http(globals.clone(), elicit)),
+        manager.clone(),
+        config,
+    );
+    let auth = Arc::new(Auth {
+        tokens: Arc::new(tokens),
+        sessions: Mutex::new(HashMap::new()),
+        manager,
+    });
+    let app = axum::Router::new()
+        .route_service(ENDPOINT, service)
+        .route_layer(axum::middleware::from_fn_with_state(auth, authenticate));
+
+    let listener = std::net::TcpListener::bind(opts.addr)
+        .map_err(|e| Exit::new(exit::USAGE, format!("--http {}: {e}", opts.addr)))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!(
+        "b24 mcp: serving Streamable HTTP at {scheme}://{bound}{ENDPOINT} ({active} client token(s) active)"
+    );
+
+    let server = match tls {
+        Some(cfg) => {
+            let handle = axum_server::Handle::<SocketAddr>::new();
+            let h = handle.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                stop.cancelled().await;
+                h.graceful_shutdown(Some(GRACE));
+            });
+            let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(cfg));
+            let srv = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle);
+            tokio::spawn(async move { srv.serve(app.into_make_service()).await })
+        }
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            })
+        }
+    };
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => return r?.map_err(anyhow::Error::from),
+        _ = shutdown.cancelled() => {}
+    }
+    // Sessions end with the cancellation (their streams close); requests in flight get GRACE.
+    match tokio::time::timeout(GRACE + Duration::from_secs(1), &mut server).await {
+        Ok(r) => r?.map_err(anyhow::Error::from)?,
+        Err(_) => {
+            tracing::warn!("mcp http: requests still running after {GRACE:?}; stopping anyway");
+        }
+    }
+    eprintln!("b24 mcp: stopped");
+    Ok(())
+}
