@@ -42,6 +42,12 @@ pub struct PolicyArgs {
     /// Writes must go through `b24 plan` → `b24 apply`.
     #[arg(long, global = true, env = "B24_REQUIRE_PLAN", value_parser = clap::builder::FalseyValueParser::new())]
     pub require_plan: bool,
+    /// Refuse parameters a method does not take, where its documentation lists them all
+    /// (`--strict-params=false` turns off MCP's default; an operator's `strict_params = true`
+    /// cannot be turned off). See `b24 describe METHOD`.
+    #[arg(long, global = true, env = "B24_STRICT_PARAMS", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub strict_params: Option<bool>,
     /// At most this many writes per hour (counted in the state dir).
     #[arg(long, global = true, env = "B24_MAX_WRITES_PER_HOUR", value_name = "N")]
     pub max_writes_per_hour: Option<u32>,
@@ -68,6 +74,7 @@ impl PolicyArgs {
             allow_unlisted: self.allow_unlisted,
             require_plan: self.require_plan,
             max_writes_per_hour: self.max_writes_per_hour,
+            strict_params: self.strict_params,
         }
     }
 }

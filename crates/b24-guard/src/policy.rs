@@ -97,6 +97,11 @@ pub struct PolicyFile {
     /// writes are never sent unrecorded).
     #[serde(default)]
     pub allow_unaudited_reads: bool,
+    /// Refuse parameters a method does not take, where its documentation lists them all
+    /// (`b24_guard::knowledge::check`). `true` in any layer turns it on; `false` turns off the
+    /// front end's default (on in MCP, off in the CLI) unless another layer says `true`.
+    #[serde(default)]
+    pub strict_params: Option<bool>,
 }
 
 /// 1-based line of the first occurrence of `needle` in `text` (for error messages).
@@ -153,6 +158,8 @@ pub struct AgentPolicy {
     pub allow_unlisted: bool,
     pub require_plan: bool,
     pub max_writes_per_hour: Option<u32>,
+    /// `--strict-params[=BOOL]`: `None` leaves the front end's default.
+    pub strict_params: Option<bool>,
 }
 
 impl AgentPolicy {
@@ -167,6 +174,7 @@ impl AgentPolicy {
             strict: self.strict,
             require_plan_for_writes: self.require_plan,
             max_writes_per_hour: self.max_writes_per_hour,
+            strict_params: self.strict_params,
             ..Default::default()
         }
     }
@@ -369,6 +377,24 @@ impl Policy {
             .any(|l| l.rules.allow_unaudited_reads)
     }
 
+    /// Whether parameters are checked against the documentation, given the front end's
+    /// default (MCP: on; CLI: off), and the operator layer that forces it, if one does.
+    pub fn strict_params(&self, default_on: bool) -> (bool, Option<&Layer>) {
+        if let Some(l) = self
+            .layers
+            .iter()
+            .find(|l| l.rules.strict_params == Some(true))
+        {
+            let op = (l.kind == LayerKind::Operator).then_some(l);
+            return (true, op);
+        }
+        let off = self
+            .layers
+            .iter()
+            .any(|l| l.rules.strict_params == Some(false));
+        (default_on && !off, None)
+    }
+
     /// The effective policy and its sources, for `b24 doctor`.
     pub fn describe(&self) -> Value {
         let layers: Vec<Value> = self
@@ -387,6 +413,7 @@ impl Policy {
                 "strict": self.layers.iter().any(|l| l.rules.strict || l.rules.forbid_allow_unlisted),
                 "allow_unlisted": self.allow_unlisted && !self.operator_layers().any(|l| l.rules.forbid_allow_unlisted),
                 "audit_params": self.audit_params(),
+                "strict_params": {"cli": self.strict_params(false).0, "mcp": self.strict_params(true).0},
             },
         })
     }

@@ -207,12 +207,14 @@ pub fn agent_from_vars(
         allow_unlisted: false,
         require_plan: flag("B24_REQUIRE_PLAN"),
         max_writes_per_hour: max,
+        strict_params: get("B24_STRICT_PARAMS").map(|v| truthy(&v)),
     };
     let any = !a.allow.is_empty()
         || !a.deny.is_empty()
         || a.packs.is_some()
         || a.read_only
         || a.strict
+        || a.strict_params.is_some()
         || a.require_plan
         || a.max_writes_per_hour.is_some();
     Ok(any.then_some(a))

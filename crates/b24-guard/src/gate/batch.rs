@@ -5,12 +5,14 @@ use std::time::Instant;
 use b24::batch::{Batch, Outcome};
 use serde_json::{Value, json};
 
-use super::call::{Checked, strip_credentials};
+use super::call::{Api, Checked, strip_credentials};
 use super::confirm::{Confirmed, Person};
+use super::settle::{Pending, Settled};
 use super::{Gate, GateError};
 use crate::batch_cmds::query_params;
-use crate::catalog::Risk;
+use crate::catalog::{Risk, SettleClass, stamp_spec};
 use crate::method::{MethodName, normalise};
+use crate::store::GuardStore;
 
 /// One command as a front end received it.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +113,7 @@ impl Gate {
         let mut b = Batch::new();
         b.halt(req.halt);
         let mut parts = Vec::with_capacity(req.commands.len());
+        let mut settles: Vec<CommandSettle> = Vec::new();
         let mut listing = Vec::with_capacity(req.commands.len());
         for c in &req.commands {
             let (key, raw_method, params, query) = match c {
@@ -157,13 +160,20 @@ impl Gate {
                 );
                 return Err(self.refuse(r, &json!({}), vec![]));
             }
+            let is_write = self.catalog.is_write(method.as_str(), &params);
+            let cmd = is_write.then(|| self.command_settle(key, &method, &params, query.is_some()));
+            let sent = match &cmd {
+                Some(c) => c.sent_params(&params),
+                None => params.clone(),
+            };
             let added = match &query {
                 Some(q) if q.is_empty() => b.add_text(key, method.as_str()),
                 Some(q) => b.add_text(key, &format!("{method}?{q}")),
-                None => b.add(key, method.as_str(), params.clone()),
+                None => b.add(key, method.as_str(), sent),
             };
             added.map_err(|e| GateError::Invalid(e.to_string()))?;
-            b.set_write(key, self.catalog.is_write(method.as_str(), &params));
+            b.set_write(key, is_write);
+            settles.extend(cmd);
             listing.push(json!({"key": key, "method": method}));
             parts.push((method, params));
         }
@@ -172,6 +182,7 @@ impl Gate {
         }
         let order = b.order().map_err(|e| GateError::Invalid(e.to_string()))?;
         self.check_spellings(&parts, &json!({"commands": listing}))?;
+        self.check_params(&parts, &json!({"commands": listing}))?;
         let checked = Checked {
             method: MethodName::batch(),
             parts,
@@ -227,11 +238,22 @@ impl Gate {
             return Ok(BatchRun::DryRun(lines));
         }
         let writes = b.commands().iter().filter(|c| c.is_write).count();
-        if writes > 0 {
+        let store = if writes > 0 {
             let store = self.store()?;
             let n = u32::try_from(writes).unwrap_or(u32::MAX);
             self.take_write(&store, "batch", risk, &shown, n).await?;
-        }
+            // Each write's key, params and settle class are recorded before anything is sent.
+            for c in &settles {
+                let meta = super::settle::meta(Api::V2, c.class, c.stamp.as_deref());
+                store
+                    .begin_with(&c.idempotency_key, c.method.as_str(), &c.params, &meta)
+                    .map_err(GateError::Store)?;
+            }
+            Some(store)
+        } else {
+            None
+        };
+        let plan: Vec<Value> = settles.iter().map(CommandSettle::to_json).collect();
         let client = self.portal.client().await?;
         let call_id = uuid::Uuid::now_v7().simple().to_string();
         self.record(
@@ -242,15 +264,36 @@ impl Gate {
                 ("outcome", json!("sending")),
                 ("call_id", json!(call_id)),
                 ("params", shown),
+                ("settle", Value::Array(plan)),
                 ("confirmed_by_person", json!(conf.by_person)),
             ],
         )?;
         let before = client.stats();
         let started = Instant::now();
-        let results = b.run(&client).await;
+        let mut results = b.run(&client).await;
+        let mut settled = std::collections::HashSet::new();
+        if let Some(store) = &store {
+            for (k, o) in results.iter_mut() {
+                let Some(c) = settles.iter().find(|c| c.cmd == *k) else {
+                    continue;
+                };
+                if self.settle_command(store, &client, &call_id, c, o).await {
+                    settled.insert(k.clone());
+                }
+            }
+        }
         let after = client.stats();
         let mut tally = BatchTally::default();
-        let lines: Vec<Value> = results.iter().map(|(k, o)| tally.add(k, o).1).collect();
+        let lines: Vec<Value> = results
+            .iter()
+            .map(|(k, o)| {
+                let mut l = tally.add(k, o).1;
+                if settled.contains(k) {
+                    l["settled"] = json!(true);
+                }
+                l
+            })
+            .collect();
         if let Err(e) = self.record(
             "batch",
             vec![
@@ -269,5 +312,137 @@ impl Gate {
             requests: after.requests.saturating_sub(before.requests),
             retries: after.retries.saturating_sub(before.retries),
         })
+    }
+}
+
+/// How one writing command of a batch is to be settled if its request ends ambiguously.
+struct CommandSettle {
+    cmd: String,
+    method: MethodName,
+    /// As the caller gave them (without the stamp).
+    params: Value,
+    class: SettleClass,
+    idempotency_key: String,
+    stamp: Option<String>,
+}
+
+impl CommandSettle {
+    fn sent_params(&self, params: &Value) -> Value {
+        match (&self.stamp, stamp_spec(self.method.as_str())) {
+            (Some(s), Some(spec)) => crate::settle::stamped(spec, params, s),
+            _ => params.clone(),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({"cmd": self.cmd, "method": self.method, "class": self.class,
+               "idempotency_key": self.idempotency_key, "stamp": self.stamp})
+    }
+}
+
+impl Gate {
+    /// A writing command's key and settle class. A command that refers to another's result
+    /// (`$result[…]`) cannot be resent on its own, and a `method?query` command cannot be
+    /// stamped: both stay unknown if their request ends ambiguously.
+    fn command_settle(
+        &self,
+        cmd: &str,
+        method: &MethodName,
+        params: &Value,
+        text: bool,
+    ) -> CommandSettle {
+        let key = format!("b24-{}", uuid::Uuid::now_v7().simple());
+        let mut class = self.catalog.settle_class(method.as_str(), false, params);
+        if params.to_string().contains("$result[") || (text && class == SettleClass::Stamp) {
+            class = SettleClass::Unknown;
+        }
+        let stamp = (class == SettleClass::Stamp)
+            .then(|| crate::settle::stamp_for(&key, method.as_str(), params));
+        CommandSettle {
+            cmd: cmd.to_string(),
+            method: method.clone(),
+            params: params.clone(),
+            class,
+            idempotency_key: key,
+            stamp,
+        }
+    }
+
+    /// Record a command's outcome under its key; settle it when it is unknown. Whether it was
+    /// settled (its outcome is then the settled one).
+    async fn settle_command(
+        &self,
+        store: &GuardStore,
+        client: &b24::Client,
+        call_id: &str,
+        c: &CommandSettle,
+        o: &mut Outcome,
+    ) -> bool {
+        let k = &c.idempotency_key;
+        match o {
+            Outcome::Ok { result, .. } => {
+                let _ = store.key_done(k, &json!({"result": result}));
+                return false;
+            }
+            Outcome::Unknown { .. } => {}
+            _ => {
+                let _ = store.key_failed(k);
+                return false;
+            }
+        }
+        let _ = store.key_unknown(k);
+        if c.class == SettleClass::Unknown {
+            return false;
+        }
+        let p = Pending {
+            method: c.method.as_str(),
+            api: Api::V2,
+            params: &c.params,
+            key: k,
+            class: c.class,
+            stamp: c.stamp.as_deref(),
+        };
+        let s = self.settle_one(client, &p).await;
+        self.record_settlement(
+            store,
+            k,
+            c.method.as_str(),
+            call_id,
+            Some(&c.cmd),
+            c.class,
+            &s,
+        );
+        match s {
+            Settled::Done { raw, .. } => {
+                *o = Outcome::Ok {
+                    result: raw.get("result").cloned().unwrap_or(Value::Null),
+                    total: None,
+                    next: None,
+                };
+                true
+            }
+            Settled::Failed { error, .. } => {
+                let (code, description) = match &error {
+                    b24::Error::Api(a) => (a.code.clone(), a.description.clone()),
+                    other => ("ERROR".to_string(), other.to_string()),
+                };
+                *o = Outcome::Error { code, description };
+                true
+            }
+            Settled::Unknown { evidence } => {
+                if let Outcome::Unknown { reason } = o {
+                    let why = evidence
+                        .get("why")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .unwrap_or_else(|| evidence.to_string());
+                    *reason = format!(
+                        "{reason}; not settled: {why}; `b24 settle {call_id}:{}` looks again later",
+                        c.cmd
+                    );
+                }
+                false
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::confirm::{Confirmed, Person};
 use super::{Gate, GateError};
 use crate::batch_cmds;
-use crate::catalog::Risk;
+use crate::catalog::{Risk, SettleClass, stamp_spec};
 use crate::method::{MethodName, normalise};
 use crate::policy::CallCheck;
 use crate::store::{KeyClaim, call_hash};
@@ -131,6 +131,7 @@ impl Gate {
             vec![(method.clone(), params.clone())]
         };
         self.check_spellings(&parts, params)?;
+        self.check_params(&parts, params)?;
         Ok(Checked { method, parts })
     }
 
@@ -381,11 +382,36 @@ impl Gate {
         writes: u32,
     ) -> Result<CallOutcome, GateError> {
         let is_write = self.catalog.is_write(method.as_str(), &params) || risk != Risk::Read;
-        let key = key.filter(|_| is_write);
-        let store = if is_write { Some(self.store()?) } else { None };
         let m = method.as_str();
+        // Every write carries a key, the caller's or one made here, recorded (with the params
+        // and how to settle the call) before anything is sent: REST 3.0 sends it as
+        // `Idempotency-Key`, stamped adds derive their stamp from it, `b24 settle` finds the
+        // params by it.
+        let class = if is_write {
+            self.catalog.settle_class(m, api == Api::V3, &params)
+        } else {
+            SettleClass::Unknown
+        };
+        let key = match key.filter(|_| is_write) {
+            Some(k) => Some(k),
+            None if is_write => Some(format!("b24-{}", uuid::Uuid::now_v7().simple())),
+            None => None,
+        };
+        let stamp = match (&key, class, stamp_spec(m)) {
+            (Some(k), SettleClass::Stamp, Some(_)) => Some(crate::settle::stamp_for(k, m, &params)),
+            _ => None,
+        };
+        let sent_params = match (&stamp, stamp_spec(m)) {
+            (Some(s), Some(spec)) => crate::settle::stamped(spec, &params, s),
+            _ => params.clone(),
+        };
+        let store = if is_write { Some(self.store()?) } else { None };
         if let (Some(k), Some(store)) = (&key, &store) {
-            match store.begin(k, m, &params).map_err(GateError::Store)? {
+            let meta = super::settle::meta(api, class, stamp.as_deref());
+            match store
+                .begin_with(k, m, &params, &meta)
+                .map_err(GateError::Store)?
+            {
                 KeyClaim::New => {}
                 KeyClaim::Done(raw) => {
                     self.record(
@@ -410,7 +436,17 @@ impl Gate {
                         replayed: true,
                     });
                 }
-                KeyClaim::InFlight | KeyClaim::Unknown => {
+                KeyClaim::Unknown => {
+                    // The caller repeats a write whose outcome is unknown: settle it now.
+                    if let Some(done) = self.settle_key(store, k).await? {
+                        return Ok(done);
+                    }
+                    let r = self.refusal(m, Some(risk),
+                        format!("idempotency key `{k}` belongs to a call whose outcome is not known, and it could not be settled (see `b24 audit tail --decision settle`)"),
+                        "check the portal for the effect (e.g. list by ORIGIN_ID / title); if it did not happen, use a new idempotency key", false);
+                    return Err(self.refuse(r, &params, vec![("idempotency_key", json!(k))]));
+                }
+                KeyClaim::InFlight => {
                     let r = self.refusal(m, Some(risk),
                         format!("idempotency key `{k}` belongs to a call whose outcome is not known (still running, or it failed ambiguously)"),
                         "check the portal for the effect (e.g. list by ORIGIN_ID / title); if it did not happen, use a new idempotency key", false);
@@ -498,6 +534,8 @@ impl Gate {
                     ("api", json!(api.as_str())),
                     ("params", self.audit_params(&params)),
                     ("idempotency_key", json!(key)),
+                    ("settle", json!(class)),
+                    ("stamp", json!(stamp)),
                     ("plan_id", json!(plan_id)),
                     ("confirmed_by_person", json!(conf.by_person)),
                 ],
@@ -517,8 +555,8 @@ impl Gate {
         };
         let started = Instant::now();
         let res = match api {
-            Api::V2 => client.call_with(m, params.clone(), opts).await,
-            Api::V3 => client.call_v3(m, params.clone(), opts).await,
+            Api::V2 => client.call_with(m, sent_params.clone(), opts).await,
+            Api::V3 => client.call_v3(m, sent_params.clone(), opts).await,
         };
         let retries = client.stats().retries.saturating_sub(before.retries);
         let fields = |outcome: &str, code: Option<String>| {
@@ -533,6 +571,8 @@ impl Gate {
                 ("retries", json!(retries)),
                 ("call_id", json!(request_id)),
                 ("idempotency_key", json!(key)),
+                ("settle", json!(class)),
+                ("stamp", json!(stamp)),
                 ("plan_id", json!(plan_id)),
             ]
         };
@@ -570,7 +610,30 @@ impl Gate {
                     _ => None,
                 };
                 let _ = self.record(m, fields(if unknown { "unknown" } else { "error" }, code));
-                Err(GateError::Client(e))
+                let (true, Some(k), Some(store)) = (unknown, &key, &store) else {
+                    return Err(GateError::Client(e));
+                };
+                // The write may have happened: settle it now, as its class allows.
+                let p = super::settle::Pending {
+                    method: m,
+                    api,
+                    params: &params,
+                    key: k,
+                    class,
+                    stamp: stamp.as_deref(),
+                };
+                let s = self.settle_one(&client, &p).await;
+                self.record_settlement(store, k, m, &request_id, None, class, &s);
+                match s {
+                    super::settle::Settled::Done { raw, replayed, .. } => Ok(CallOutcome::Done {
+                        response: crate::settle::response(raw, replayed),
+                        replayed,
+                    }),
+                    super::settle::Settled::Failed { error, .. } => Err(GateError::Client(error)),
+                    super::settle::Settled::Unknown { evidence } => {
+                        Err(GateError::Client(still_unknown(e, &request_id, &evidence)))
+                    }
+                }
             }
         }
     }
@@ -615,6 +678,31 @@ impl Gate {
             ],
         )?;
         Ok(worst)
+    }
+}
+
+/// The original outcome-unknown error, saying what settling found and how to try again later.
+fn still_unknown(e: b24::Error, call_id: &str, evidence: &Value) -> b24::Error {
+    match e {
+        b24::Error::OutcomeUnknown {
+            method,
+            reason,
+            idempotency_key,
+        } => {
+            let why = evidence
+                .get("why")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| evidence.to_string());
+            b24::Error::OutcomeUnknown {
+                method,
+                reason: format!(
+                    "{reason}; not settled: {why}; call id {call_id} (`b24 settle {call_id}` looks again later)"
+                ),
+                idempotency_key,
+            }
+        }
+        other => other,
     }
 }
 

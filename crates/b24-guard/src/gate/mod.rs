@@ -16,6 +16,7 @@ mod batch;
 mod call;
 mod confirm;
 mod export;
+mod params;
 mod plan;
 mod records;
 mod settle;
