@@ -18,6 +18,7 @@
 //! Appends from several processes are serialised by an advisory lock file.
 
 mod chain;
+mod keyed;
 mod params;
 mod verify;
 

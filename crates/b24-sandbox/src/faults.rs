@@ -1,4 +1,8 @@
-//! Seeded fault injection: `latency=50ms,rate500=0.01,rate503=0.05,drop=0.01,expire=0.01,timeout=0.01`.
+//! Seeded fault injection: `latency=50ms,rate500=0.01,rate503=0.05,drop=0.01,expire=0.01,timeout=0.01`,
+//! plus counted faults that hit the next N writes: `lose_after_write=1` runs the write and then
+//! drops the connection before the answer, `hold_after_write=1` runs it and holds the answer
+//! until the client gives up. Both are the case b24 must settle: the effect happened, the
+//! caller cannot know. (`drop` is the opposite case: the request is lost *before* it runs.)
 
 use std::time::Duration;
 
@@ -17,6 +21,10 @@ pub struct FaultSpec {
     pub expire: f64,
     /// Probability that the method runs but the answer is held until the client gives up.
     pub timeout: f64,
+    /// The next N writes that succeed run, then their answer is lost (connection dropped).
+    pub lose_after_write: u32,
+    /// The next N writes that succeed run, then their answer is held until the client gives up.
+    pub hold_after_write: u32,
 }
 
 fn dur(s: &str) -> Result<Duration, String> {
@@ -72,9 +80,20 @@ impl std::str::FromStr for FaultSpec {
                 "drop" => f.drop = prob()?,
                 "expire" => f.expire = prob()?,
                 "timeout" => f.timeout = prob()?,
+                "lose_after_write" | "hold_after_write" => {
+                    let n: u32 = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("`{k}` needs a count of writes, got `{v}`"))?;
+                    if k.trim() == "lose_after_write" {
+                        f.lose_after_write = n;
+                    } else {
+                        f.hold_after_write = n;
+                    }
+                }
                 other => {
                     return Err(format!(
-                        "unknown fault `{other}` (latency, rate500, rate503, drop, expire, timeout)"
+                        "unknown fault `{other}` (latency, rate500, rate503, drop, expire, timeout, lose_after_write, hold_after_write)"
                     ));
                 }
             }
@@ -114,6 +133,41 @@ impl FaultSpec {
     }
 }
 
+/// Last name segments that only read (for the counted faults, which hit writes only).
+const READ_VERBS: &[&str] = &[
+    "get", "list", "fields", "current", "search", "count", "info",
+];
+
+/// Whether a v2 method name writes, as far as the counted faults care: anything whose last
+/// segment is not a read verb (a batch writes when one of its commands does).
+pub fn is_write_name(method: &str, batch: &[String]) -> bool {
+    let m = method.to_ascii_lowercase();
+    if m == "batch" {
+        return batch.iter().any(|c| is_write_name(c, &[]));
+    }
+    let verb = m.rsplit('.').next().unwrap_or("");
+    !(READ_VERBS.contains(&verb) || verb.starts_with("get") || verb.starts_with("list"))
+}
+
+impl FaultSpec {
+    /// After a request ran: whether its answer is now lost (`Drop`) or held (`Timeout`), taking
+    /// one from the counted faults. Only writes that succeeded count (`ok`).
+    pub fn after_run(&mut self, write: bool, ok: bool) -> Fault {
+        if !(write && ok) {
+            return Fault::None;
+        }
+        if self.lose_after_write > 0 {
+            self.lose_after_write -= 1;
+            return Fault::Drop;
+        }
+        if self.hold_after_write > 0 {
+            self.hold_after_write -= 1;
+            return Fault::Timeout;
+        }
+        Fault::None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +187,31 @@ mod tests {
         assert_eq!(f.pick(0.005), Fault::Err500);
         assert_eq!(f.pick(0.03), Fault::Err503);
         assert_eq!(f.pick(0.9), Fault::None);
+    }
+
+    #[test]
+    fn counted_faults_hit_successful_writes_only() {
+        let mut f: FaultSpec = "lose_after_write=1,hold_after_write=1".parse().unwrap();
+        assert_eq!(f.after_run(false, true), Fault::None, "reads are never hit");
+        assert_eq!(
+            f.after_run(true, false),
+            Fault::None,
+            "failed writes are not"
+        );
+        assert_eq!(f.after_run(true, true), Fault::Drop);
+        assert_eq!(f.after_run(true, true), Fault::Timeout);
+        assert_eq!(
+            f.after_run(true, true),
+            Fault::None,
+            "then the portal behaves"
+        );
+        assert!("lose_after_write=x".parse::<FaultSpec>().is_err());
+        assert!(is_write_name("crm.lead.add", &[]));
+        assert!(!is_write_name("crm.lead.list", &[]));
+        assert!(is_write_name(
+            "batch",
+            &["crm.lead.get".into(), "crm.lead.delete".into()]
+        ));
+        assert!(!is_write_name("batch", &["crm.lead.get".into()]));
     }
 }

@@ -18,10 +18,12 @@ use serde_json::Value;
 
 pub mod generate;
 mod rules;
+pub mod settle;
 mod suggest;
 
 pub use generate::{Sources, generate, generate_from};
 pub use rules::{PACKS, classify, pack_of};
+pub use settle::{STAMPABLE, SettleClass, StampSpec, stamp_spec};
 
 #[cfg(test)]
 mod review;

@@ -2,6 +2,10 @@
 //! result. Rows are bound to the store's portal and tagged (HMAC over key, portal, method,
 //! call hash, state and result), so a key used on another portal, or a row edited in the
 //! database (a forged "result"), is refused instead of answered.
+//!
+//! Each key also keeps the call's params (`idempotency_params`), so that a write whose outcome
+//! is unknown can be settled later (`b24 settle`): resent, or looked up by its stamp. The
+//! params are checked against the row's tagged call hash before they are used.
 
 use rusqlite::{OptionalExtension, params};
 use serde_json::Value;
@@ -45,6 +49,25 @@ pub enum KeyClaim {
     Altered,
 }
 
+/// A key's row as [`GuardStore::key_record`] read it: tag and params checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRecord {
+    pub method: String,
+    pub params: Value,
+    /// `in_flight`, `done` or `unknown`.
+    pub state: String,
+    pub result: Option<Value>,
+    /// Unix seconds of the last change.
+    pub updated_at: f64,
+    /// How the gate meant to settle it (`{"api", "class", "stamp"}`), as recorded before the
+    /// call was sent; `{}` when nothing was recorded.
+    pub meta: Value,
+}
+
+const PARAMS_TABLE: &str = "CREATE TABLE IF NOT EXISTS idempotency_params (key TEXT NOT NULL,
+    portal TEXT NOT NULL, params TEXT NOT NULL, meta TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (key, portal))";
+
 impl GuardStore {
     fn key_tag(&self, key: &str, method: &str, hash: &str, state: &str, result: &str) -> String {
         self.key.tag(
@@ -64,6 +87,18 @@ impl GuardStore {
     /// (in flight) when new. One `BEGIN IMMEDIATE` transaction: two processes with the same
     /// key cannot both get `New`.
     pub fn begin(&self, key: &str, method: &str, params: &Value) -> Result<KeyClaim, GuardError> {
+        self.begin_with(key, method, params, &Value::Object(Default::default()))
+    }
+
+    /// [`GuardStore::begin`], keeping `meta` (how the call is to be settled) with the params
+    /// when the key is new.
+    pub fn begin_with(
+        &self,
+        key: &str,
+        method: &str,
+        params: &Value,
+        meta: &Value,
+    ) -> Result<KeyClaim, GuardError> {
         let hash = call_hash(method, params);
         let mut conn = self.conn();
         let tx = conn
@@ -94,6 +129,12 @@ impl GuardStore {
                     "INSERT INTO idempotency (key, method, hash, state, result, updated_at, portal, tag)
                      VALUES (?1, ?2, ?3, 'in_flight', NULL, ?4, ?5, ?6)",
                     params![key, method, hash, now(), self.portal, tag],
+                )
+                .map_err(db_err)?;
+                tx.execute_batch(PARAMS_TABLE).map_err(db_err)?;
+                tx.execute(
+                    "INSERT OR REPLACE INTO idempotency_params (key, portal, params, meta) VALUES (?1, ?2, ?3, ?4)",
+                    params![key, self.portal, params.to_string(), meta.to_string()],
                 )
                 .map_err(db_err)?;
                 KeyClaim::New
@@ -188,13 +229,103 @@ impl GuardStore {
 
     /// The call failed definitely (the portal refused it): free the key for a retry.
     pub fn key_failed(&self, key: &str) -> Result<(), GuardError> {
-        self.conn()
-            .execute(
-                "DELETE FROM idempotency WHERE key = ?1 AND portal = ?2",
-                params![key, self.portal],
-            )
-            .map_err(db_err)?;
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM idempotency WHERE key = ?1 AND portal = ?2",
+            params![key, self.portal],
+        )
+        .map_err(db_err)?;
+        conn.execute_batch(PARAMS_TABLE).map_err(db_err)?;
+        conn.execute(
+            "DELETE FROM idempotency_params WHERE key = ?1 AND portal = ?2",
+            params![key, self.portal],
+        )
+        .map_err(db_err)?;
         Ok(())
+    }
+
+    /// A key's row of this portal with its params, for settling. `Ok(None)`: no such key;
+    /// `Ok(Some(Err(why)))`: the row or its params were changed in the database (or written by
+    /// an older b24 that kept no params) — nothing may be resent from it.
+    pub fn key_record(&self, key: &str) -> Result<Option<Result<KeyRecord, String>>, GuardError> {
+        let conn = self.conn();
+        conn.execute_batch(PARAMS_TABLE).map_err(db_err)?;
+        type Row = (String, String, String, Option<String>, f64, String);
+        let row: Option<Row> = conn
+            .query_row(
+                "SELECT method, hash, state, result, updated_at, tag FROM idempotency WHERE key = ?1 AND portal = ?2",
+                params![key, self.portal],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(db_err)?;
+        let Some((method, hash, state, result, updated_at, tag)) = row else {
+            return Ok(None);
+        };
+        let text = result.clone().unwrap_or_default();
+        let parts: [&[u8]; 6] = [
+            key.as_bytes(),
+            self.portal.as_bytes(),
+            method.as_bytes(),
+            hash.as_bytes(),
+            state.as_bytes(),
+            text.as_bytes(),
+        ];
+        if tag.is_empty() || !self.key.check(Purpose::Idempotency, &parts, &tag) {
+            return Ok(Some(Err(format!(
+                "the record of key `{key}` fails its integrity check"
+            ))));
+        }
+        let stored: Option<(String, String)> = conn
+            .query_row(
+                "SELECT params, meta FROM idempotency_params WHERE key = ?1 AND portal = ?2",
+                params![key, self.portal],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        let parsed = stored.and_then(|(p, m)| {
+            Some((
+                serde_json::from_str::<Value>(&p).ok()?,
+                serde_json::from_str::<Value>(&m).ok()?,
+            ))
+        });
+        let Some((params, meta)) = parsed else {
+            return Ok(Some(Err(format!("no params are kept for key `{key}`"))));
+        };
+        if call_hash(&method, &params) != hash {
+            return Ok(Some(Err(format!(
+                "the params kept for key `{key}` are not the ones it was recorded with"
+            ))));
+        }
+        let result = match result {
+            Some(r) => match serde_json::from_str(&r) {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    return Ok(Some(Err(format!(
+                        "the result of key `{key}` is unreadable"
+                    ))));
+                }
+            },
+            None => None,
+        };
+        Ok(Some(Ok(KeyRecord {
+            method,
+            params,
+            state,
+            result,
+            updated_at,
+            meta,
+        })))
     }
 
     /// The outcome is unknown: keep the key blocked until a person checks.
