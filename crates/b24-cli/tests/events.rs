@@ -462,3 +462,67 @@ async fn worker_serves_prometheus_metrics() {
     );
     assert_eq!(effects(env.dir.path()), 5);
 }
+
+/// `--auth-connector` binds the connector's own queue (and reading it needs the connector);
+/// `--min-timeout` belongs to `ONOFFLINEEVENT` alone and is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn bind_passes_the_connector_and_checks_min_timeout() {
+    let sb = sandbox(SandboxConfig {
+        limits: false,
+        ..Default::default()
+    })
+    .await;
+    let env = Env::oauth(&sb);
+    let o = env
+        .run(&[
+            "events",
+            "bind",
+            "ONCRMLEADADD",
+            "--offline",
+            "--auth-connector",
+            "sync1",
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    hook_batch(&sb, vec!["crm.lead.add?fields[TITLE]=A".into()]).await;
+    let plain = app_call(&sb, "event.offline.list", json!({})).await;
+    assert_eq!(plain["total"], json!(0), "{plain}");
+    let own = app_call(
+        &sb,
+        "event.offline.list",
+        json!({"auth_connector": "sync1"}),
+    )
+    .await;
+    assert_eq!(own["total"], json!(1), "{own}");
+
+    let before = sb.request_log().len();
+    let o = env
+        .run(&[
+            "events",
+            "bind",
+            "ONCRMLEADADD",
+            "--offline",
+            "--min-timeout",
+            "5",
+        ])
+        .await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("ONOFFLINEEVENT"), "{}", stderr(&o));
+    assert_eq!(
+        sb.request_log().len(),
+        before,
+        "nothing may reach the portal"
+    );
+    let o = env
+        .run(&[
+            "events",
+            "bind",
+            "ONOFFLINEEVENT",
+            "--handler",
+            "https://example.invalid/hook",
+            "--min-timeout",
+            "0",
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}

@@ -53,6 +53,14 @@ pub struct BindArgs {
     /// User whose tokens the handler receives.
     #[arg(long)]
     pub auth_type: Option<u64>,
+    /// Offline queue of this connector (`auth_connector`): writes that carry the same connector
+    /// are not queued back to it, so a sync does not loop on its own changes.
+    #[arg(long, value_name = "NAME")]
+    pub auth_connector: Option<String>,
+    /// For `ONOFFLINEEVENT`: at most one notification per this many seconds (`options.minTimeout`;
+    /// 0 = one per portal hit).
+    #[arg(long, value_name = "SECS")]
+    pub min_timeout: Option<u32>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -160,6 +168,21 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             if let Some(a) = b.auth_type {
                 p["auth_type"] = json!(a);
             }
+            if let Some(c) = b.auth_connector {
+                p["auth_connector"] = json!(c);
+            }
+            if let Some(t) = b.min_timeout {
+                if b.event.to_ascii_uppercase() != "ONOFFLINEEVENT" {
+                    return Err(Exit::new(
+                        exit::USAGE,
+                        format!(
+                            "--min-timeout applies to ONOFFLINEEVENT only, not {}",
+                            b.event
+                        ),
+                    ));
+                }
+                p["options"] = json!({"minTimeout": t});
+            }
             // Binding is an explicit request: it counts as the write confirmation.
             crate::outln!("{}", call(g, "event.bind", p, true).await?)?;
             Ok(exit::OK)
@@ -168,6 +191,9 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             let mut p = json!({"event": b.event.to_ascii_uppercase(), "handler": b.handler.unwrap_or_default()});
             if b.offline {
                 p["event_type"] = json!("offline");
+            }
+            if let Some(c) = b.auth_connector {
+                p["auth_connector"] = json!(c);
             }
             crate::outln!("{}", call(g, "event.unbind", p, true).await?)?;
             Ok(exit::OK)
