@@ -190,3 +190,123 @@ pub fn merge_live(doc: &MethodDoc, live: &[LiveField]) -> Vec<MergedField> {
     out.extend(extra);
     out
 }
+
+/// What the portal said about a method's fields, merged (or why it could not be asked).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LiveReport {
+    /// The companion asked (`crm.deal.fields`).
+    pub from: String,
+    pub fields: Vec<MergedField>,
+    pub custom: usize,
+    pub undocumented: usize,
+}
+
+/// Ask the portal for the method's fields through the gate (a read: the policy, the audit log
+/// and every other step apply) and merge them with the documented ones. `Ok(None)` when the
+/// method has no companion or the companion needs parameters that were not given (`extra`
+/// supplies them, e.g. `{"entityTypeId": 2}` for `crm.item.fields`).
+pub async fn fetch_live(
+    gate: &crate::gate::Gate,
+    doc: &MethodDoc,
+    extra: serde_json::Value,
+) -> Result<Option<LiveReport>, crate::gate::GateError> {
+    let Some(from) = companion(doc, gate.catalog()) else {
+        return Ok(None);
+    };
+    if let Some(c) = super::Knowledge::builtin().get(&from) {
+        let missing = c.params.iter().filter(|p| p.required).any(|p| {
+            !extra
+                .as_object()
+                .is_some_and(|o| o.keys().any(|k| k.eq_ignore_ascii_case(&p.name)))
+        });
+        if missing {
+            return Ok(None);
+        }
+    }
+    let req = crate::gate::CallRequest {
+        method: from.clone(),
+        params: if extra.is_object() {
+            extra
+        } else {
+            serde_json::json!({})
+        },
+        reads_only: true,
+        ..Default::default()
+    };
+    let out = gate.call(req, &crate::gate::NoPerson).await?;
+    let crate::gate::CallOutcome::Done { response, .. } = out else {
+        return Ok(None);
+    };
+    let live = live_fields(&response.result);
+    let fields = merge_live(doc, &live);
+    Ok(Some(LiveReport {
+        custom: fields.iter().filter(|f| f.custom).count(),
+        undocumented: fields.iter().filter(|f| !f.documented).count(),
+        from,
+        fields,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merges_documented_live_and_custom_fields() {
+        let doc = crate::knowledge::Knowledge::builtin()
+            .get("crm.deal.add")
+            .expect("crm.deal.add is documented");
+        let live = live_fields(&json!({
+            "TITLE": {"type": "string", "isRequired": false, "isReadOnly": false, "isMultiple": false, "title": "Name"},
+            "ID": {"type": "integer", "isRequired": false, "isReadOnly": true, "isMultiple": false, "title": "ID"},
+            "UF_CRM_1721244482250": {"type": "enumeration", "isRequired": true, "isReadOnly": false, "isMultiple": true,
+                "formLabel": "Region", "items": [{"ID": "41", "VALUE": "North"}, {"ID": "42", "VALUE": "South"}]},
+            "broken": "not an object"
+        }));
+        assert_eq!(live.len(), 3);
+        let merged = merge_live(&doc, &live);
+        let title = merged.iter().find(|f| f.name == "TITLE").unwrap();
+        assert!(title.documented && title.live && !title.custom);
+        let probability = merged.iter().find(|f| f.name == "PROBABILITY").unwrap();
+        assert!(
+            probability.documented && !probability.live,
+            "documented, not on this portal"
+        );
+        let id = merged.iter().find(|f| f.name == "ID").unwrap();
+        assert!(!id.documented && id.live && id.read_only);
+        let uf = merged.last().unwrap();
+        assert_eq!(uf.name, "UF_CRM_1721244482250");
+        assert!(uf.custom && uf.live && !uf.documented && uf.required && uf.multiple);
+        assert_eq!(uf.values, ["41", "42"]);
+        assert_eq!(uf.label, "Region");
+    }
+
+    #[test]
+    fn item_fields_are_read_under_fields() {
+        let live = live_fields(
+            &json!({"fields": {"title": {"type": "string", "isRequired": true}, "ufCrm5_123": {"type": "string"}}}),
+        );
+        assert_eq!(live.len(), 2);
+        assert!(
+            live.iter()
+                .any(|f| f.name == "ufCrm5_123" && is_custom(&f.name))
+        );
+    }
+
+    #[test]
+    fn companions() {
+        let k = crate::knowledge::Knowledge::builtin();
+        let cat = Catalog::builtin();
+        assert_eq!(
+            companion(&k.get("crm.deal.add").unwrap(), cat).as_deref(),
+            Some("crm.deal.fields")
+        );
+        assert_eq!(
+            companion(&k.get("crm.deal.update").unwrap(), cat).as_deref(),
+            Some("crm.deal.fields")
+        );
+        assert_eq!(companion(&k.get("crm.deal.fields").unwrap(), cat), None);
+        assert_eq!(companion(&k.get("user.current").unwrap(), cat), None);
+    }
+}

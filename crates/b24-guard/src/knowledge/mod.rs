@@ -24,7 +24,7 @@ pub mod live;
 mod markdown;
 
 pub use check::{Unaccepted, check_params};
-pub use live::{LiveField, MergedField, companion, merge_live};
+pub use live::{LiveField, LiveReport, MergedField, companion, fetch_live, merge_live};
 
 /// How much the documentation says about a method's parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

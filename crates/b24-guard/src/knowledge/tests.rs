@@ -42,3 +42,85 @@ fn catalog_methods_all_have_an_entry() {
         assert!(k.get(&m.name).is_some(), "{} has no entry", m.name);
     }
 }
+
+fn doc(m: &str) -> MethodDoc {
+    Knowledge::builtin()
+        .get(m)
+        .unwrap_or_else(|| panic!("{m} has no entry"))
+}
+
+#[test]
+fn strict_check_refuses_unknown_names_in_every_spelling() {
+    use serde_json::json;
+    let add = doc("crm.deal.add");
+    assert!(add.status.enforceable());
+    // documented names pass in any case; paging always passes
+    for ok in [
+        json!({"fields": {"TITLE": "x"}, "params": {"REGISTER_SONET_EVENT": "N"}}),
+        json!({"FIELDS": {"TITLE": "x"}, "PARAMS": {"register_sonet_event": "N"}}),
+        json!({"Fields": {"UF_CRM_1": "x", "PARENT_ID_153": 1, "SOMETHING_NEW": 1}}),
+        json!({"fields[TITLE]": "x", "fields[UF_CRM_5]": "y", "start": "0"}),
+    ] {
+        assert_eq!(check_against(&add, &ok), Ok(()), "{ok}");
+    }
+    for (bad, what) in [
+        (json!({"feilds": {"TITLE": "x"}}), "feilds"),
+        (json!({"FEILDS": {}}), "FEILDS"),
+        (json!({"fields": {}, "Evil": 1}), "Evil"),
+        (json!({"evil[x]": 1}), "evil[x]"),
+        (json!({"params": {"EVIL": "Y"}}), "params.EVIL"),
+        (json!({"params[EVIL]": "Y"}), "params.EVIL"),
+        (json!({"PARAMS[evil][0]": "Y"}), "params.evil"),
+        (json!({"7": 1}), "7"),
+    ] {
+        let e = check_against(&add, &bad).unwrap_err();
+        assert_eq!(e.parameter, what, "{bad}");
+    }
+}
+
+#[test]
+fn strict_check_leaves_alone_what_it_cannot_know() {
+    use serde_json::json;
+    // no complete list: nothing is refused
+    for d in Knowledge::builtin().text.lines().skip(1) {
+        let d: MethodDoc = serde_json::from_str(d).unwrap();
+        if !d.status.enforceable() {
+            assert_eq!(
+                check_against(&d, &json!({"anything": 1})),
+                Ok(()),
+                "{}",
+                d.method
+            );
+        }
+    }
+    // a method that takes nothing refuses everything but paging
+    let cur = doc("user.current");
+    assert_eq!(cur.status, DocStatus::None);
+    assert!(check_against(&cur, &json!({"x": 1})).is_err());
+    assert_eq!(check_against(&cur, &json!({"start": 50})), Ok(()));
+    // filters are not parameter names
+    let list = doc("crm.deal.list");
+    assert_eq!(
+        check_against(
+            &list,
+            &json!({"filter": {">=DATE_CREATE": "2024-01-01", "UF_CRM_1": 1}, "select": ["*", "UF_*"]})
+        ),
+        Ok(())
+    );
+    // positional params (array) are not judged
+    assert_eq!(check_against(&cur, &json!([1, 2])), Ok(()));
+}
+
+#[test]
+fn every_entry_is_documented_or_marked() {
+    let mut counts = std::collections::BTreeMap::new();
+    for m in Catalog::builtin().search(None, None, None) {
+        let d = doc(&m.name);
+        *counts.entry(d.status.as_str()).or_insert(0) += 1;
+        if d.status == DocStatus::Undocumented {
+            assert!(d.params.is_empty(), "{}", m.name);
+        }
+    }
+    assert!(counts["complete"] > 1000, "{counts:?}");
+    assert!(counts["undocumented"] < 100, "{counts:?}");
+}
