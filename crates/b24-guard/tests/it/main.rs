@@ -6,6 +6,7 @@ mod audit_repair;
 mod bench;
 mod gate;
 mod pg_budget;
+mod settle;
 mod store_attacks;
 
 use serde_json::{Map, Value, json};

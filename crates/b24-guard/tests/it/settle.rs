@@ -1,0 +1,544 @@
+//! Writes that settle (issue 21), through the gate against the sandbox with the fault that
+//! runs a write and then loses its answer (`lose_after_write`). Every case asserts from the
+//! sandbox's data — its records and its request log — that the write took effect exactly once
+//! (or, where nothing may be guessed, that nothing was resent), not from what the gate says.
+
+use std::sync::Arc;
+
+use b24_guard::audit::Filter;
+use b24_guard::gate::{
+    BatchCommandSpec, BatchRequest, BatchRun, CallOutcome, CallRequest, Gate, GateError, NoPerson,
+    Origin, PortalSlot,
+};
+use b24_guard::policy::AgentPolicy;
+use b24_guard::sources::{CallerInputs, OperatorPaths, resolve};
+use b24_sandbox::{FaultSpec, Sandbox, SandboxConfig};
+use serde_json::{Value, json};
+
+struct Fixture {
+    sb: Sandbox,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let sb = b24_sandbox::start(SandboxConfig {
+            seed_leads: 5,
+            ..Default::default()
+        })
+        .await
+        .expect("sandbox starts");
+        Fixture {
+            sb,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A fresh gate (as a new `b24` process would build it) over the same records.
+    fn gate(&self) -> Gate {
+        let d = self.dir.path();
+        let paths = OperatorPaths {
+            system: d.join("etc/b24/policy.toml"),
+            user: Some(d.join("home/.config/b24/policy.toml")),
+            user_state: Some(d.join("home/.local/state/b24")),
+        };
+        let caller = CallerInputs {
+            flags: AgentPolicy {
+                allow: vec!["*".into()],
+                allow_unlisted: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let state = d.join("caller");
+        let resolved = resolve(&paths, &caller, &state).expect("policy resolves");
+        let url = self.sb.info().webhook_url.clone();
+        let cfg = b24::Config::from_lookup(
+            &|k: &str| (k == "B24_WEBHOOK_URL").then(|| url.clone()),
+            state.join("client"),
+        )
+        .expect("config");
+        let slot = PortalSlot::new(Ok(cfg), Arc::new(tokio::sync::OnceCell::new()));
+        Gate::new(resolved, slot, Origin::Cli)
+    }
+
+    fn lose(&self, n: u32) {
+        self.sb.set_faults(FaultSpec {
+            lose_after_write: n,
+            ..Default::default()
+        });
+    }
+
+    /// How many requests for `method` the portal received.
+    fn requests(&self, method: &str) -> usize {
+        self.sb
+            .request_log()
+            .iter()
+            .filter(|r| r.method == method)
+            .count()
+    }
+
+    /// Read the portal's data (reads are never hit by the counted faults).
+    async fn read(&self, method: &str, params: Value, v3: bool) -> Value {
+        let c = self.gate().client().await.unwrap();
+        let r = if v3 {
+            c.call_v3(method, params, Default::default()).await
+        } else {
+            c.call_with(method, params, Default::default()).await
+        };
+        r.expect("read").result
+    }
+
+    async fn leads_where(&self, filter: Value) -> Vec<Value> {
+        let v = self
+            .read(
+                "crm.lead.list",
+                json!({"filter": filter, "select": ["ID", "TITLE", "ORIGIN_ID"]}),
+                false,
+            )
+            .await;
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    async fn tasks(&self) -> Vec<Value> {
+        let v = self
+            .read(
+                "tasks.task.list",
+                json!({"select": ["id", "title"], "pagination": {"limit": 1000}}),
+                true,
+            )
+            .await;
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+fn write(method: &str, params: Value) -> CallRequest {
+    CallRequest {
+        method: method.into(),
+        params,
+        confirm_write: true,
+        confirm_destructive: true,
+        ..Default::default()
+    }
+}
+
+fn v3(method: &str, params: Value) -> CallRequest {
+    CallRequest {
+        api: b24_guard::gate::Api::V3,
+        ..write(method, params)
+    }
+}
+
+fn unknown(r: &Result<CallOutcome, GateError>) -> bool {
+    matches!(r, Err(GateError::Client(b24::Error::OutcomeUnknown { .. })))
+}
+
+fn result(r: Result<CallOutcome, GateError>) -> Value {
+    match r {
+        Ok(CallOutcome::Done { response, .. }) => response.result,
+        other => panic!("not done: {other:?}"),
+    }
+}
+
+/// The call ids of writes the log lists as outcome-unknown.
+fn unknown_ids(g: &Gate) -> Vec<String> {
+    g.audit_log()
+        .records(&Filter::default(), usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r["decision"] == "allow" && r["outcome"] == "unknown")
+        .filter_map(|r| r["call_id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v3_add_is_replayed_under_the_recorded_key_and_exists_once() {
+    let f = Fixture::new().await;
+    let before = f.tasks().await.len();
+    f.lose(1);
+    let r = f
+        .gate()
+        .call(
+            v3("tasks.task.add", json!({"fields": {"title": "settle v3"}})),
+            &NoPerson,
+        )
+        .await;
+    let got = result(r);
+    let tasks = f.tasks().await;
+    assert_eq!(tasks.len(), before + 1, "exactly one task: {tasks:?}");
+    assert_eq!(got["item"]["id"], tasks.last().unwrap()["id"]);
+    // Sent twice: the lost first answer, then the portal's replay (it did not run again).
+    assert_eq!(f.requests("tasks.task.add"), 2);
+    // The key was recorded before sending and is in the intent record.
+    let g = f.gate();
+    let recs = g.audit_log().records(&Filter::default(), 100).unwrap();
+    let intent = recs.iter().find(|r| r["outcome"] == "sending").unwrap();
+    assert!(
+        intent["idempotency_key"]
+            .as_str()
+            .unwrap()
+            .starts_with("b24-")
+    );
+    assert_eq!(intent["settle"], "replay");
+    let s = recs.iter().find(|r| r["decision"] == "settle").unwrap();
+    assert_eq!(s["outcome"], "settled");
+    assert_eq!(s["evidence"]["replayed"], true, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v2_update_and_delete_are_resent_and_take_effect_once() {
+    let f = Fixture::new().await;
+    f.lose(1);
+    let r = f
+        .gate()
+        .call(
+            write(
+                "crm.lead.update",
+                json!({"id": 2, "fields": {"TITLE": "settled title"}}),
+            ),
+            &NoPerson,
+        )
+        .await;
+    assert_eq!(result(r), json!(true));
+    assert_eq!(
+        f.leads_where(json!({"ID": 2})).await[0]["TITLE"],
+        "settled title"
+    );
+    assert_eq!(f.requests("crm.lead.update"), 2, "sent, then resent once");
+
+    f.lose(1);
+    let r = f
+        .gate()
+        .call(write("crm.lead.delete", json!({"id": 3})), &NoPerson)
+        .await;
+    assert_eq!(result(r), json!(true));
+    assert!(f.leads_where(json!({"ID": 3})).await.is_empty(), "gone");
+    let log = f.sb.request_log();
+    let deletes: Vec<u16> = log
+        .iter()
+        .filter(|l| l.method == "crm.lead.delete")
+        .map(|l| l.status)
+        .collect();
+    // The first ran (its answer lost); the resend found nothing left to delete.
+    assert_eq!(deletes, vec![200, 400]);
+    assert_eq!(f.leads_where(json!({})).await.len(), 4, "one lead fewer");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stamped_add_is_found_by_its_stamp_and_not_added_twice() {
+    let f = Fixture::new().await;
+    f.lose(1);
+    let r = f
+        .gate()
+        .call(
+            write("crm.lead.add", json!({"fields": {"TITLE": "stamped"}})),
+            &NoPerson,
+        )
+        .await;
+    let id = result(r);
+    let found = f.leads_where(json!({"TITLE": "stamped"})).await;
+    assert_eq!(found.len(), 1, "exactly one lead: {found:?}");
+    assert_eq!(found[0]["ID"].as_str().unwrap(), id.to_string());
+    assert!(found[0]["ORIGIN_ID"].as_str().unwrap().starts_with("b24-"));
+    assert_eq!(f.requests("crm.lead.add"), 1, "never resent");
+    assert_eq!(
+        f.requests("crm.lead.list"),
+        2,
+        "the look-up (and our check)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unstampable_add_stays_unknown_and_is_not_resent() {
+    let f = Fixture::new().await;
+    f.lose(1);
+    // The caller's own ORIGIN_ID: b24 does not stamp it nor trust it to be unique.
+    let r = f
+        .gate()
+        .call(
+            write(
+                "crm.lead.add",
+                json!({"fields": {"TITLE": "mine", "ORIGIN_ID": "ext-1"}}),
+            ),
+            &NoPerson,
+        )
+        .await;
+    assert!(unknown(&r), "{r:?}");
+    assert_eq!(f.requests("crm.lead.add"), 1, "not resent");
+    assert_eq!(f.leads_where(json!({"TITLE": "mine"})).await.len(), 1);
+    // Recorded with what b24 knows; `settle` cannot do more and leaves it unknown.
+    let g = f.gate();
+    let ids = unknown_ids(&g);
+    assert_eq!(ids.len(), 1);
+    let reports = g.settle(None).await.unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].status, "unknown");
+    assert_eq!(f.requests("crm.lead.add"), 1, "still not resent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settle_later_resolves_a_record_an_earlier_run_left_unknown() {
+    let f = Fixture::new().await;
+    let before = f.tasks().await.len();
+    // The first answer and both resends are lost: the run ends outcome-unknown.
+    f.lose(3);
+    let r = f
+        .gate()
+        .call(
+            v3("tasks.task.add", json!({"fields": {"title": "later"}})),
+            &NoPerson,
+        )
+        .await;
+    assert!(unknown(&r), "{r:?}");
+    let Err(GateError::Client(e)) = &r else {
+        unreachable!()
+    };
+    let g = f.gate();
+    let ids = unknown_ids(&g);
+    assert!(e.to_string().contains(&ids[0]), "names its call id: {e}");
+    assert_eq!(f.tasks().await.len(), before + 1, "it did run, once");
+    // Later, a new process settles it from the audit log.
+    let reports = f.gate().settle(Some(&ids[0])).await.unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].status, "settled", "{reports:?}");
+    assert_eq!(reports[0].evidence["replayed"], true);
+    assert_eq!(f.tasks().await.len(), before + 1, "still exactly one");
+    assert_eq!(f.requests("tasks.task.add"), 4);
+    // Settled means settled: nothing is left to do, and nothing more is sent.
+    assert!(f.gate().settle(None).await.unwrap().is_empty());
+    assert_eq!(f.requests("tasks.task.add"), 4);
+    let v = f.gate().audit_log().verify().unwrap();
+    assert!(v.is_ok(), "the chain holds the settlement records: {v:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_commands_settle_one_by_one() {
+    let f = Fixture::new().await;
+    f.lose(1);
+    let cmd = |key: &str, method: &str, params: Value| BatchCommandSpec::Params {
+        key: key.into(),
+        method: method.into(),
+        params,
+    };
+    let req = BatchRequest {
+        commands: vec![
+            cmd(
+                "a",
+                "crm.lead.add",
+                json!({"fields": {"TITLE": "batch add"}}),
+            ),
+            cmd(
+                "u",
+                "crm.lead.update",
+                json!({"id": 1, "fields": {"TITLE": "batch upd"}}),
+            ),
+            cmd("d", "crm.lead.delete", json!({"id": 4})),
+            cmd(
+                "x",
+                "crm.lead.add",
+                json!({"fields": {"TITLE": "batch own", "ORIGIN_ID": "e"}}),
+            ),
+        ],
+        confirm_write: true,
+        confirm_destructive: true,
+        ..Default::default()
+    };
+    let run = f.gate().batch(req, &NoPerson).await.unwrap();
+    let BatchRun::Done { results, .. } = run else {
+        panic!("not run")
+    };
+    let status: Vec<(&str, &str)> = results
+        .iter()
+        .map(|(k, o)| (k.as_str(), o.status()))
+        .collect();
+    assert_eq!(
+        status,
+        vec![("a", "ok"), ("u", "ok"), ("d", "ok"), ("x", "unknown")]
+    );
+    // From the portal's data: each command took effect once.
+    assert_eq!(f.leads_where(json!({"TITLE": "batch add"})).await.len(), 1);
+    assert_eq!(f.leads_where(json!({"TITLE": "batch own"})).await.len(), 1);
+    assert_eq!(
+        f.leads_where(json!({"ID": 1})).await[0]["TITLE"],
+        "batch upd"
+    );
+    assert!(f.leads_where(json!({"ID": 4})).await.is_empty());
+    assert_eq!(f.requests("batch"), 1, "the batch was not resent whole");
+    assert_eq!(f.requests("crm.lead.add"), 0, "no add resent on its own");
+    assert_eq!(f.requests("crm.lead.update"), 1);
+    assert_eq!(f.requests("crm.lead.delete"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lookup_that_finds_two_records_settles_nothing() {
+    let f = Fixture::new().await;
+    let params = json!({"fields": {"TITLE": "twin"}});
+    let key = "caller-key-1";
+    // Someone else wrote this add's stamp into two leads already.
+    let stamp = b24_guard::settle::stamp_for(key, "crm.lead.add", &params);
+    let c = f.gate().client().await.unwrap();
+    for t in ["twin a", "twin b"] {
+        c.call_with(
+            "crm.lead.add",
+            json!({"fields": {"TITLE": t, "ORIGIN_ID": stamp}}),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    }
+    f.sb.reset_stats();
+    f.lose(1);
+    let mut req = write("crm.lead.add", params);
+    req.idempotency_key = Some(key.into());
+    let r = f.gate().call(req, &NoPerson).await;
+    assert!(unknown(&r), "must not guess: {r:?}");
+    assert_eq!(f.requests("crm.lead.add"), 1, "not added again");
+    let with_stamp = f.leads_where(json!({"ORIGIN_ID": stamp})).await;
+    assert_eq!(with_stamp.len(), 3);
+    let g = f.gate();
+    let s = g
+        .audit_log()
+        .records(&Filter::default(), usize::MAX)
+        .unwrap()
+        .into_iter()
+        .find(|r| r["decision"] == "settle")
+        .unwrap();
+    assert_eq!(s["outcome"], "unknown");
+    assert_eq!(s["evidence"]["found"].as_array().unwrap().len(), 3, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_collisions_are_refused_not_answered() {
+    let f = Fixture::new().await;
+    let mut a = write("crm.lead.add", json!({"fields": {"TITLE": "k1 a"}}));
+    a.idempotency_key = Some("k1".into());
+    f.lose(1);
+    result(f.gate().call(a.clone(), &NoPerson).await);
+    // The same key for a different call: refused, nothing sent.
+    let mut b = write("crm.lead.add", json!({"fields": {"TITLE": "k1 b"}}));
+    b.idempotency_key = Some("k1".into());
+    let e = f.gate().call(b, &NoPerson).await.unwrap_err();
+    assert!(e.refusal().is_some(), "{e}");
+    // The same call again: the recorded (settled) result, nothing sent.
+    let again = f.gate().call(a, &NoPerson).await.unwrap();
+    assert!(matches!(again, CallOutcome::Done { replayed: true, .. }));
+    assert_eq!(f.requests("crm.lead.add"), 1);
+    assert!(f.leads_where(json!({"TITLE": "k1 b"})).await.is_empty());
+    assert_eq!(f.leads_where(json!({"TITLE": "k1 a"})).await.len(), 1);
+    // REST 3.0: the same key with another body is the portal's 422, not a replay.
+    let c = f.gate().client().await.unwrap();
+    let opts = || b24::CallOptions {
+        is_write: Some(true),
+        idempotency_key: Some("k2".into()),
+        timeout: None,
+    };
+    c.call_v3(
+        "tasks.task.add",
+        json!({"fields": {"title": "one"}}),
+        opts(),
+    )
+    .await
+    .unwrap();
+    let n = f.tasks().await.len();
+    let e = c
+        .call_v3(
+            "tasks.task.add",
+            json!({"fields": {"title": "two"}}),
+            opts(),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("IDEMPOTENCYKEYREUSED"), "{e}");
+    assert_eq!(f.tasks().await.len(), n);
+}
+
+/// Leave a v3 add outcome-unknown (every answer lost); its call id.
+async fn leave_unknown(f: &Fixture) -> String {
+    f.lose(3);
+    let r = f
+        .gate()
+        .call(
+            v3("tasks.task.add", json!({"fields": {"title": "forged?"}})),
+            &NoPerson,
+        )
+        .await;
+    assert!(unknown(&r), "{r:?}");
+    f.lose(0);
+    unknown_ids(&f.gate()).pop().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_or_edited_settle_records_are_refused() {
+    // A settlement record written without the guard key.
+    let f = Fixture::new().await;
+    let id = leave_unknown(&f).await;
+    let g = f.gate();
+    let path = g.audit_log().path().to_path_buf();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let forged = json!({"v": 2, "seq": last["seq"].as_u64().unwrap() + 1, "ts": last["ts"],
+        "portal": last["portal"], "method": "tasks.task.add", "decision": "settle", "settles": id,
+        "outcome": "settled", "prev": last["mac"], "mac": "0".repeat(64)});
+    std::fs::write(&path, format!("{text}{forged}\n")).unwrap();
+    let sent = f.requests("tasks.task.add");
+    let e = f.gate().settle(None).await.unwrap_err();
+    assert!(matches!(e, GateError::Audit(_)), "{e}");
+    assert_eq!(f.requests("tasks.task.add"), sent, "nothing resent");
+
+    // An edited record: the unknown write's class changed so that it would be resent.
+    let f = Fixture::new().await;
+    f.lose(1);
+    let r = f
+        .gate()
+        .call(
+            write(
+                "crm.lead.add",
+                json!({"fields": {"TITLE": "own", "ORIGIN_ID": "x"}}),
+            ),
+            &NoPerson,
+        )
+        .await;
+    assert!(unknown(&r));
+    let path = f.gate().audit_log().path().to_path_buf();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replace("\"settle\":\"unknown\"", "\"settle\":\"resend\"");
+    assert_ne!(edited, text);
+    std::fs::write(&path, edited).unwrap();
+    let e = f.gate().settle(None).await.unwrap_err();
+    assert!(matches!(e, GateError::Audit(_)), "{e}");
+    assert_eq!(f.requests("crm.lead.add"), 1, "nothing resent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edited_store_params_are_not_resent() {
+    let f = Fixture::new().await;
+    f.lose(3);
+    let r = f
+        .gate()
+        .call(
+            write(
+                "crm.lead.update",
+                json!({"id": 1, "fields": {"TITLE": "meant"}}),
+            ),
+            &NoPerson,
+        )
+        .await;
+    assert!(unknown(&r), "{r:?}");
+    f.lose(0);
+    let g = f.gate();
+    let db = g.guard_dir().join("guard.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let n = conn
+        .execute(
+            "UPDATE idempotency_params SET params = replace(params, 'meant', 'evil')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(conn);
+    let sent = f.requests("crm.lead.update");
+    let reports = g.settle(None).await.unwrap();
+    assert_eq!(reports[0].status, "unknown", "{reports:?}");
+    assert_eq!(f.requests("crm.lead.update"), sent, "nothing resent");
+    assert!(f.leads_where(json!({"TITLE": "evil"})).await.is_empty());
+}
