@@ -45,7 +45,7 @@ pub struct PolicyArgs {
     /// Refuse parameters a method does not take, where its documentation lists them all
     /// (`--strict-params=false` turns off MCP's default; an operator's `strict_params = true`
     /// cannot be turned off). See `b24 describe METHOD`.
-    #[arg(long, global = true, env = "B24_STRICT_PARAMS", value_name = "BOOL", num_args = 0..=1,
+    #[arg(long, global = true, env = "B24_STRICT_PARAMS", value_name = "BOOL", num_args = 0..=1, require_equals = true,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub strict_params: Option<bool>,
     /// At most this many writes per hour (counted in the state dir).

@@ -1,21 +1,37 @@
 //! `b24 describe`: one method from the catalog — scope, risk, version, paging, idempotency,
-//! documentation link and the errors to expect.
+//! documentation link and the errors to expect — and what it takes and returns (parameters,
+//! nested fields, allowed values, result shape, examples) from the method knowledge. With a
+//! portal configured, a method with a `*.fields` companion also shows the portal's live field
+//! list (custom `UF_*` fields included), merged and marked by the library.
 
+use b24_guard::gate::Origin;
+use b24_guard::knowledge::{self, Knowledge};
 use b24_guard::{Catalog, Risk};
 use serde_json::json;
 
+use crate::exec;
 use crate::exit::{self, Exit};
 use crate::globals::Globals;
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example:
-  b24 describe crm.deal.list")]
+#[command(after_help = "Examples:
+  b24 describe crm.deal.list
+  b24 describe crm.deal.add              # with a portal: its live fields, custom UF_* marked
+  b24 describe crm.item.add --fields-params '{\"entityTypeId\":2}'
+  b24 describe crm.deal.add --offline    # the documentation only")]
 pub struct Args {
     /// Method name, e.g. `crm.deal.list`.
     pub method: String,
+    /// Do not ask the portal for its live field list.
+    #[arg(long)]
+    pub offline: bool,
+    /// Parameters for the `*.fields` companion when it needs some (`crm.item.fields` takes
+    /// `entityTypeId`).
+    #[arg(long, value_name = "JSON")]
+    pub fields_params: Option<String>,
 }
 
-pub async fn run(args: Args, _g: &Globals) -> anyhow::Result<i32> {
+pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let cat = Catalog::builtin();
     let Some(m) = cat.get(&args.method) else {
         let mut close: Vec<String> = cat
@@ -43,6 +59,11 @@ pub async fn run(args: Args, _g: &Globals) -> anyhow::Result<i32> {
                 }
             ),
         ));
+    };
+    let extra = match &args.fields_params {
+        Some(s) => serde_json::from_str(s)
+            .map_err(|e| Exit::new(exit::USAGE, format!("--fields-params: not valid JSON: {e}")))?,
+        None => json!({}),
     };
     let mut errors = vec![
         json!({"code": "QUERY_LIMIT_EXCEEDED", "http": 503, "fix": "b24 retries automatically; lower concurrency"}),
@@ -73,7 +94,8 @@ pub async fn run(args: Args, _g: &Globals) -> anyhow::Result<i32> {
     } else {
         json!(null)
     };
-    let out = json!({
+    let doc = Knowledge::builtin().get(&m.name);
+    let mut out = json!({
         "name": m.name,
         "scope": m.scope,
         "risk": m.risk,
@@ -86,8 +108,26 @@ pub async fn run(args: Args, _g: &Globals) -> anyhow::Result<i32> {
         "deprecated": m.deprecated,
         "who_can_call": m.who_can_call,
         "doc": m.doc_url(),
+        "parameters": doc.as_ref().map(|d| d.view()).unwrap_or(json!({"status": "undocumented"})),
         "common_errors": errors,
     });
+    if let Some(d) = &doc
+        && !args.offline
+        && g.config().is_ok()
+        && knowledge::companion(d, cat).is_some()
+    {
+        let live = match exec::gate(g, Origin::Cli) {
+            Ok(gate) => match knowledge::fetch_live(&gate, d, extra).await {
+                Ok(Some(r)) => serde_json::to_value(r)?,
+                Ok(None) => {
+                    json!({"skipped": "the fields method needs parameters; give them with --fields-params"})
+                }
+                Err(e) => json!({"error": gate.redact_text(&e.to_string())}),
+            },
+            Err(e) => json!({"error": format!("{e:#}")}),
+        };
+        out["live_fields"] = live;
+    }
     crate::outln!("{}", serde_json::to_string_pretty(&out)?)?;
     Ok(exit::OK)
 }
