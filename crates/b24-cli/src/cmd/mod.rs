@@ -18,6 +18,7 @@ pub mod mcp;
 pub mod methods;
 pub mod plan;
 pub mod sandbox;
+pub mod settle;
 pub mod worker;
 
 use crate::globals::Globals;
@@ -55,6 +56,8 @@ pub enum Command {
     Apply(apply::Args),
     /// Inspect and verify the audit log.
     Audit(audit::Args),
+    /// Settle writes an earlier run left outcome-unknown (exit 7).
+    Settle(settle::Args),
     /// Search the method catalog.
     Methods(methods::Args),
     /// Describe one method from the catalog.
@@ -91,6 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Plan(a) => plan::run(a, &g).await,
         Command::Apply(a) => apply::run(a, &g).await,
         Command::Audit(a) => audit::run(a, &g).await,
+        Command::Settle(a) => settle::run(a, &g).await,
         Command::Methods(a) => methods::run(a, &g).await,
         Command::Describe(a) => describe::run(a, &g).await,
         Command::Events(a) => events::run(a, &g).await,
