@@ -75,6 +75,9 @@ impl Inbox {
             let mut c = pool.get().await.map_err(se)?;
             let tx = c.transaction().await.map_err(se)?;
             tx.batch_execute(PG_SCHEMA).await.map_err(se)?;
+            tx.batch_execute(crate::installs::PG_SCHEMA)
+                .await
+                .map_err(se)?;
             tx.commit().await.map_err(se)?;
             drop(c);
             return Ok(Inbox::Postgres(pool));
@@ -94,6 +97,8 @@ impl Inbox {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(se)?;
         conn.execute_batch(SQLITE_SCHEMA).map_err(se)?;
+        conn.execute_batch(crate::installs::SQLITE_SCHEMA)
+            .map_err(se)?;
         let mut wal = path.into_os_string();
         wal.push("-wal");
         Ok(Inbox::Sqlite {

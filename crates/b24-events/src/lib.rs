@@ -14,6 +14,7 @@
 pub mod form;
 pub mod handler;
 pub mod inbox;
+pub mod installs;
 pub mod listen;
 pub mod postgres;
 pub mod pull;

@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 
 use crate::form::{self, Envelope, FormError, Limits};
 use crate::inbox::Inbox;
+use crate::installs::Installations;
 use crate::queue::{NewEvent, Store};
 use crate::trust::{self, TrustConfig};
 
@@ -261,8 +262,12 @@ async fn receive(State(sh): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Respon
 
     // Authenticated from here on.
     let key = online_key(uri.path(), &body);
+    let mut pair = None;
     match form::build(&body, &sh.limits) {
         Ok(mut payload) => {
+            if matches!(event.as_str(), "ONAPPINSTALL" | "ONAPPUPDATE") {
+                pair = crate::installs::pair_from_event(&payload);
+            }
             redact(&mut payload);
             let new = NewEvent {
                 key,
@@ -294,23 +299,28 @@ async fn receive(State(sh): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Respon
             }
         }
     }
-    if lifecycle(&sh, &event, &env, admit).await.is_err() {
+    if lifecycle(&sh, &event, &env, admit, pair).await.is_err() {
         return unavailable();
     }
     reply(StatusCode::OK, "")
 }
 
-/// Record a confirmed install or rotation; forget a portal on uninstall.
+/// Record a confirmed install or rotation (with the OAuth pair the event carried, in the
+/// installations registry); on uninstall forget the portal's token and end its installation.
 async fn lifecycle(
     sh: &Shared,
     event: &str,
     env: &Envelope,
     admit: Option<String>,
+    pair: Option<b24::auth::TokenPair>,
 ) -> crate::Result<()> {
     match (event, admit) {
         ("ONAPPINSTALL" | "ONAPPUPDATE", Some(domain)) => {
             if let Some(i) = &sh.inbox {
                 i.set_portal(&env.member_id, Some(&domain)).await?;
+                Installations::from_inbox(i.clone())
+                    .record_install(&env.member_id, &domain, pair.as_ref())
+                    .await?;
             }
             sh.store
                 .set_app_token(&env.member_id, Some(&env.application_token))
@@ -321,9 +331,23 @@ async fn lifecycle(
                 .set_app_token(&env.member_id, Some(&env.application_token))
                 .await
         }
+        // A known portal updating with its current token: keep its installation's tokens fresh.
+        ("ONAPPINSTALL" | "ONAPPUPDATE", None) if sh.pinned.is_none() => {
+            if let (Some(i), Some(p)) = (&sh.inbox, pair.as_ref())
+                && let Some(d) = i.portal(&env.member_id).await?
+            {
+                Installations::from_inbox(i.clone())
+                    .record_install(&env.member_id, &d, Some(p))
+                    .await?;
+            }
+            Ok(())
+        }
         ("ONAPPUNINSTALL", _) => {
             if let Some(i) = &sh.inbox {
                 i.set_portal(&env.member_id, None).await?;
+                Installations::from_inbox(i.clone())
+                    .end(&env.member_id, "uninstalled")
+                    .await?;
             }
             sh.store.set_app_token(&env.member_id, None).await
         }

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// An operator-approved portal: `HOST`, `*.SUFFIX` or `MEMBER_ID@HOST`.
+/// An operator-approved portal: `HOST`, `*.SUFFIX`, `HOST:*` (any port on that host: the
+/// many portals of one local sandbox) or `MEMBER_ID@HOST`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApprovedPortal {
     /// When set, the only `member_id` this portal may install as.
@@ -35,6 +36,7 @@ impl std::str::FromStr for ApprovedPortal {
         };
         let host = host.trim().to_ascii_lowercase();
         let bare = host.strip_prefix("*.").unwrap_or(&host);
+        let bare = bare.strip_suffix(":*").unwrap_or(bare);
         if !valid_host(bare) || member.as_deref().is_some_and(str::is_empty) {
             return Err(format!(
                 "`{s}`: expected HOST, *.SUFFIX or MEMBER_ID@HOST (e.g. a223…@portal.bitrix24.com)"
@@ -91,11 +93,14 @@ impl TrustConfig {
     pub fn approves(&self, domain: &str, member_id: &str) -> bool {
         let domain = domain.to_ascii_lowercase();
         self.portals.iter().any(|p| {
-            let host_ok = match p.host.strip_prefix("*.") {
-                Some(suffix) => domain
+            let host_ok = match (p.host.strip_prefix("*."), p.host.strip_suffix(":*")) {
+                (Some(suffix), _) => domain
                     .strip_suffix(suffix)
                     .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
-                None => p.host == domain,
+                (None, Some(host)) => domain.rsplit_once(':').is_some_and(|(h, port)| {
+                    h == host && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+                }),
+                (None, None) => p.host == domain,
             };
             host_ok && p.member_id.as_deref().is_none_or(|m| m == member_id)
         })
@@ -206,6 +211,15 @@ mod tests {
         assert!(!cfg.approves("bitrix24.com", "m1"));
         assert!(!cfg.approves("evilbitrix24.com", "m1"));
         assert!(cfg.approves("pinned.example", "m9"));
+        let ports = TrustConfig {
+            portals: vec!["127.0.0.1:*".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(ports.approves("127.0.0.1:8080", "m"));
+        assert!(!ports.approves("127.0.0.1", "m"));
+        assert!(!ports.approves("127.0.0.10:80", "m"));
+        assert!(!ports.approves("127.0.0.1:80:1", "m"));
+        assert!("127.0.0.1:*/x".parse::<ApprovedPortal>().is_err());
         assert!(!cfg.approves("pinned.example", "m1"));
         assert!(!cfg.approves("b.example.com", "m1"));
         assert!("evil.com/x".parse::<ApprovedPortal>().is_err());

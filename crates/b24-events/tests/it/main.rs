@@ -5,6 +5,7 @@ mod form_fuzz;
 mod handlers;
 mod hostile;
 mod polling;
+mod portals;
 mod receiver;
 mod skew;
 mod worker;

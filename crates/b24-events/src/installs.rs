@@ -1,0 +1,459 @@
+//! Installations: which portals our app is installed on, and each one's OAuth pair.
+//!
+//! One app serves many portals. The receiver records an installation only after the portal
+//! confirmed it (the [`crate::trust`] rules), keyed by `member_id` — the portal's stable id; a
+//! portal's domain can change, its member id cannot. The row holds the domain the install was
+//! verified on, the OAuth pair the install event carried, and the state (`installed`,
+//! `uninstalled`, `removed`). `ONAPPUNINSTALL` clears the tokens but keeps the row (when it was
+//! installed and uninstalled: the portal's trail), so nothing can act for that portal any more
+//! while the audit log and the queue's records stay intact.
+//!
+//! The table lives beside the receiver's other records ([`Inbox`]: the same SQLite file or
+//! PostgreSQL database as the queue), so one `B24_STORE_URL` names everything a host needs.
+//!
+//! [`InstallTokenStore`] makes a row usable as the client's [`TokenStore`]: refreshes
+//! single-flight *per portal* — a PostgreSQL advisory lock (or, on SQLite, a lock file) keyed
+//! by the member id — so a slow refresh on one portal never holds up another, and a refresh
+//! racing an uninstall can never write tokens back into an uninstalled row.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use b24::auth::{TokenPair, TokenStore};
+use futures::future::BoxFuture;
+use rusqlite::params;
+use sha2::Digest;
+
+use crate::inbox::Inbox;
+use crate::{EventsError, Result, now};
+
+pub(crate) const SQLITE_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS b24_installations (
+  member_id TEXT PRIMARY KEY, domain TEXT NOT NULL, state TEXT NOT NULL,
+  pair TEXT, installed_at REAL NOT NULL, updated_at REAL NOT NULL, uninstalled_at REAL);
+";
+
+pub(crate) const PG_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS b24_installations (
+  member_id TEXT PRIMARY KEY, domain TEXT NOT NULL, state TEXT NOT NULL,
+  pair TEXT, installed_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
+  uninstalled_at DOUBLE PRECISION);
+";
+
+/// One portal our app is (or was) installed on. Never holds a secret in `Debug`.
+#[derive(Clone, serde::Serialize)]
+pub struct Installation {
+    pub member_id: String,
+    pub domain: String,
+    /// `installed`, `uninstalled` (ONAPPUNINSTALL) or `removed` (`b24 portals remove`).
+    pub state: String,
+    #[serde(skip)]
+    pub pair: Option<TokenPair>,
+    pub installed_at: f64,
+    pub updated_at: f64,
+    pub uninstalled_at: Option<f64>,
+}
+
+impl std::fmt::Debug for Installation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Installation")
+            .field("member_id", &self.member_id)
+            .field("domain", &self.domain)
+            .field("state", &self.state)
+            .field("has_tokens", &self.pair.is_some())
+            .finish()
+    }
+}
+
+impl Installation {
+    pub fn is_installed(&self) -> bool {
+        self.state == "installed"
+    }
+
+    /// `none`, `valid`, `expired` (refreshable) — for listings; never the tokens themselves.
+    pub fn token_state(&self, now_unix: i64) -> &'static str {
+        match &self.pair {
+            None => "none",
+            Some(p) if p.expires.is_some_and(|e| e <= now_unix) => "expired",
+            Some(_) => "valid",
+        }
+    }
+}
+
+fn se(x: impl std::fmt::Display) -> EventsError {
+    EventsError::Store(x.to_string())
+}
+
+fn pair_json(p: Option<&TokenPair>) -> Result<Option<String>> {
+    p.map(|p| serde_json::to_string(p).map_err(se)).transpose()
+}
+
+fn parse_pair(s: Option<String>) -> Option<TokenPair> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+const COLS: &str = "member_id, domain, state, pair, installed_at, updated_at, uninstalled_at FROM b24_installations";
+
+/// The installations registry over the receiver's side store.
+#[derive(Clone)]
+pub struct Installations {
+    inbox: Inbox,
+}
+
+impl Installations {
+    /// Open beside the queue at `url` (SQLite path or `postgres://…`).
+    pub async fn open(url: &str) -> Result<Installations> {
+        Ok(Installations {
+            inbox: Inbox::open(url).await?,
+        })
+    }
+
+    pub fn from_inbox(inbox: Inbox) -> Installations {
+        Installations { inbox }
+    }
+
+    async fn sqlite<T: Send + 'static>(
+        conn: &Arc<Mutex<rusqlite::Connection>>,
+        f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&c).map_err(se)
+        })
+        .await
+        .map_err(se)?
+    }
+
+    /// Record a confirmed install (or update) of `member_id` on `domain`, with the OAuth pair
+    /// the event carried (`None` keeps the stored one). A re-install revives an uninstalled row.
+    pub async fn record_install(
+        &self,
+        member_id: &str,
+        domain: &str,
+        pair: Option<&TokenPair>,
+    ) -> Result<()> {
+        let (m, d, p, t) = (
+            member_id.to_string(),
+            domain.to_string(),
+            pair_json(pair)?,
+            now(),
+        );
+        match &self.inbox {
+            Inbox::Sqlite { conn, .. } => {
+                Self::sqlite(conn, move |c| {
+                    c.execute(
+                        "INSERT INTO b24_installations VALUES (?1, ?2, 'installed', ?3, ?4, ?4, NULL)
+                         ON CONFLICT(member_id) DO UPDATE SET domain = excluded.domain,
+                           state = 'installed', pair = COALESCE(excluded.pair, b24_installations.pair),
+                           installed_at = CASE WHEN b24_installations.state = 'installed'
+                             THEN b24_installations.installed_at ELSE excluded.installed_at END,
+                           updated_at = excluded.updated_at, uninstalled_at = NULL",
+                        params![m, d, p, t],
+                    )
+                    .map(|_| ())
+                })
+                .await
+            }
+            Inbox::Postgres(pool) => {
+                let c = pool.get().await.map_err(se)?;
+                c.execute(
+                    "INSERT INTO b24_installations VALUES ($1, $2, 'installed', $3, $4, $4, NULL)
+                     ON CONFLICT (member_id) DO UPDATE SET domain = EXCLUDED.domain,
+                       state = 'installed', pair = COALESCE(EXCLUDED.pair, b24_installations.pair),
+                       installed_at = CASE WHEN b24_installations.state = 'installed'
+                         THEN b24_installations.installed_at ELSE EXCLUDED.installed_at END,
+                       updated_at = EXCLUDED.updated_at, uninstalled_at = NULL",
+                    &[&m, &d, &p, &t],
+                )
+                .await
+                .map_err(se)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// The portal removed our app (`uninstalled`) or the operator forgot it (`removed`): the
+    /// tokens go, the row stays as the portal's trail.
+    pub async fn end(&self, member_id: &str, state: &'static str) -> Result<bool> {
+        let (m, t) = (member_id.to_string(), now());
+        let n = match &self.inbox {
+            Inbox::Sqlite { conn, .. } => {
+                Self::sqlite(conn, move |c| {
+                    c.execute(
+                        "UPDATE b24_installations SET state = ?2, pair = NULL, updated_at = ?3,
+                           uninstalled_at = ?3 WHERE member_id = ?1",
+                        params![m, state, t],
+                    )
+                })
+                .await?
+            }
+            Inbox::Postgres(pool) => {
+                let c = pool.get().await.map_err(se)?;
+                c.execute(
+                    "UPDATE b24_installations SET state = $2, pair = NULL, updated_at = $3,
+                       uninstalled_at = $3 WHERE member_id = $1",
+                    &[&m, &state, &t],
+                )
+                .await
+                .map_err(se)? as usize
+            }
+        };
+        Ok(n > 0)
+    }
+
+    /// Every installation, installed ones first, then by domain.
+    pub async fn list(&self) -> Result<Vec<Installation>> {
+        self.query(
+            "ORDER BY state <> 'installed', domain".into(),
+            None::<String>,
+        )
+        .await
+    }
+
+    /// The installation with this member id or (case-insensitive) domain.
+    pub async fn find(&self, key: &str) -> Result<Option<Installation>> {
+        let mut v = self
+            .query(
+                "WHERE member_id = {} OR lower(domain) = lower({}) ORDER BY member_id <> {} LIMIT 1"
+                    .into(),
+                Some(key.to_string()),
+            )
+            .await?;
+        Ok(v.pop())
+    }
+
+    async fn query(&self, tail: String, arg: Option<String>) -> Result<Vec<Installation>> {
+        match &self.inbox {
+            Inbox::Sqlite { conn, .. } => {
+                let sql = format!("SELECT {COLS} {}", tail.replace("{}", "?1"));
+                Self::sqlite(conn, move |c| {
+                    let mut st = c.prepare(&sql)?;
+                    let map = |r: &rusqlite::Row<'_>| {
+                        Ok(Installation {
+                            member_id: r.get(0)?,
+                            domain: r.get(1)?,
+                            state: r.get(2)?,
+                            pair: parse_pair(r.get(3)?),
+                            installed_at: r.get(4)?,
+                            updated_at: r.get(5)?,
+                            uninstalled_at: r.get(6)?,
+                        })
+                    };
+                    match &arg {
+                        Some(a) => st.query_map([a], map)?.collect(),
+                        None => st.query_map([], map)?.collect(),
+                    }
+                })
+                .await
+            }
+            Inbox::Postgres(pool) => {
+                let sql = format!("SELECT {COLS} {}", tail.replace("{}", "$1"));
+                let c = pool.get().await.map_err(se)?;
+                let rows = match &arg {
+                    Some(a) => c.query(&sql, &[a]).await,
+                    None => c.query(&sql, &[]).await,
+                }
+                .map_err(se)?;
+                Ok(rows
+                    .iter()
+                    .map(|r| Installation {
+                        member_id: r.get(0),
+                        domain: r.get(1),
+                        state: r.get(2),
+                        pair: parse_pair(r.get(3)),
+                        installed_at: r.get(4),
+                        updated_at: r.get(5),
+                        uninstalled_at: r.get(6),
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Save a rotated pair — only while the portal is still installed (an uninstall that
+    /// happened during the refresh wins). `false` when the row is no longer installed.
+    async fn save_pair(&self, member_id: &str, pair: &TokenPair) -> Result<bool> {
+        let (m, p, t) = (member_id.to_string(), pair_json(Some(pair))?, now());
+        let n = match &self.inbox {
+            Inbox::Sqlite { conn, .. } => {
+                Self::sqlite(conn, move |c| {
+                    c.execute(
+                        "UPDATE b24_installations SET pair = ?2, updated_at = ?3
+                         WHERE member_id = ?1 AND state = 'installed'",
+                        params![m, p, t],
+                    )
+                })
+                .await?
+            }
+            Inbox::Postgres(pool) => {
+                let c = pool.get().await.map_err(se)?;
+                c.execute(
+                    "UPDATE b24_installations SET pair = $2, updated_at = $3
+                     WHERE member_id = $1 AND state = 'installed'",
+                    &[&m, &p, &t],
+                )
+                .await
+                .map_err(se)? as usize
+            }
+        };
+        Ok(n > 0)
+    }
+
+    /// The client's token store for one installed portal.
+    pub fn token_store(&self, member_id: &str) -> InstallTokenStore {
+        InstallTokenStore {
+            reg: self.clone(),
+            member_id: member_id.to_string(),
+        }
+    }
+}
+
+/// A portal's OAuth pair in the installations registry, as a [`TokenStore`].
+#[derive(Clone)]
+pub struct InstallTokenStore {
+    reg: Installations,
+    member_id: String,
+}
+
+/// Holds the per-portal lock: a dedicated PostgreSQL session (its advisory lock ends with it)
+/// or a locked file.
+enum PortalLock {
+    Pg(#[allow(dead_code)] deadpool_postgres::ClientWrapper),
+    File(#[allow(dead_code)] std::fs::File),
+}
+
+fn b24e(e: EventsError) -> b24::Error {
+    b24::Error::state("installations store", e)
+}
+
+/// The lock file of one portal beside the SQLite database: a digest of the member id, so no
+/// member id (it comes from a portal) can name a path.
+fn lock_path(wal: &std::path::Path, member_id: &str) -> PathBuf {
+    let db = wal.to_string_lossy();
+    let db = db.strip_suffix("-wal").unwrap_or(&db);
+    let digest = hex::encode(&sha2::Sha256::digest(member_id.as_bytes())[..12]);
+    PathBuf::from(format!("{db}-portal-locks")).join(format!("{digest}.lock"))
+}
+
+impl InstallTokenStore {
+    pub fn member_id(&self) -> &str {
+        &self.member_id
+    }
+
+    async fn lock_portal(&self) -> Result<PortalLock> {
+        match &self.reg.inbox {
+            Inbox::Postgres(pool) => {
+                // A session of its own, taken out of the pool: the lock ends with it (on drop
+                // the connection closes) and a pooled connection never goes back holding it.
+                let obj = pool.get().await.map_err(se)?;
+                let client = deadpool_postgres::Object::take(obj);
+                client
+                    .execute(
+                        "SELECT pg_advisory_lock(hashtext('b24-install:' || $1))",
+                        &[&self.member_id],
+                    )
+                    .await
+                    .map_err(se)?;
+                Ok(PortalLock::Pg(client))
+            }
+            Inbox::Sqlite { wal, .. } => {
+                let path = lock_path(wal, &self.member_id);
+                tokio::task::spawn_blocking(move || {
+                    if let Some(d) = path.parent() {
+                        std::fs::create_dir_all(d)?;
+                    }
+                    let f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&path)?;
+                    f.lock()?;
+                    Ok::<_, std::io::Error>(PortalLock::File(f))
+                })
+                .await
+                .map_err(se)?
+                .map_err(se)
+            }
+        }
+    }
+}
+
+impl TokenStore for InstallTokenStore {
+    fn load(&self) -> BoxFuture<'_, std::result::Result<Option<TokenPair>, b24::Error>> {
+        Box::pin(async move {
+            let row = self.reg.find(&self.member_id).await.map_err(b24e)?;
+            Ok(row
+                .filter(|r| r.member_id == self.member_id && r.is_installed())
+                .and_then(|r| r.pair))
+        })
+    }
+
+    fn save<'a>(
+        &'a self,
+        pair: &'a TokenPair,
+    ) -> BoxFuture<'a, std::result::Result<(), b24::Error>> {
+        Box::pin(async move {
+            if self
+                .reg
+                .save_pair(&self.member_id, pair)
+                .await
+                .map_err(b24e)?
+            {
+                Ok(())
+            } else {
+                Err(b24::Error::Auth(format!(
+                    "portal {} is no longer installed: its tokens are gone",
+                    self.member_id
+                )))
+            }
+        })
+    }
+
+    fn lock(&self) -> BoxFuture<'_, std::result::Result<Box<dyn Send>, b24::Error>> {
+        Box::pin(async move {
+            let g = self.lock_portal().await.map_err(b24e)?;
+            Ok(Box::new(g) as Box<dyn Send>)
+        })
+    }
+
+    fn clear(&self) -> BoxFuture<'_, std::result::Result<(), b24::Error>> {
+        Box::pin(async move {
+            self.reg
+                .end(&self.member_id, "removed")
+                .await
+                .map(|_| ())
+                .map_err(b24e)
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("installation of portal {}", self.member_id)
+    }
+}
+
+/// An OAuth pair from an install event's `auth[...]` (the built payload), if it has one.
+pub fn pair_from_event(payload: &serde_json::Value) -> Option<TokenPair> {
+    let auth = payload.get("auth")?;
+    let s = |k: &str| auth.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    let access = s("access_token").filter(|t| !t.is_empty())?;
+    let refresh = s("refresh_token").filter(|t| !t.is_empty())?;
+    let now = now() as i64;
+    let expires = s("expires")
+        .and_then(|e| e.parse::<i64>().ok())
+        .or_else(|| {
+            s("expires_in")
+                .and_then(|e| e.parse::<i64>().ok())
+                .map(|x| now + x)
+        });
+    Some(TokenPair {
+        access_token: access,
+        refresh_token: refresh,
+        expires,
+        member_id: s("member_id"),
+        scope: s("scope"),
+        client_endpoint: s("client_endpoint"),
+        user_id: s("user_id").and_then(|u| u.parse().ok()),
+        obtained_at: now,
+    })
+}
