@@ -227,3 +227,410 @@ async fn secrets_never_leave_the_process() {
         }
     }
 }
+
+/// Parse csv output into its header and rows (with the csv crate: quoting is checked too).
+fn csv_rows(o: &std::process::Output) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut r = csv::Reader::from_reader(o.stdout.as_slice());
+    let header = r.headers().unwrap().iter().map(String::from).collect();
+    let rows = r
+        .records()
+        .map(|x| x.unwrap().iter().map(String::from).collect())
+        .collect();
+    (header, rows)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_formats_json_ndjson_csv_table() {
+    let sb = sandbox_with_leads(60).await;
+    let env = Env::webhook(&sb);
+    // A title that needs quoting in csv.
+    let o = env
+        .run(&[
+            "call",
+            "crm.lead.update",
+            "--confirm-write",
+            "-p",
+            r#"{"id": 3, "fields": {"TITLE": "Smith, \"Jo\"\nline two"}}"#,
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let sel = r#"{"select":["TITLE","ID"],"filter":{"<=ID":5}}"#;
+
+    // JSON: compact in a pipe, pretty with --pretty; the same document either way.
+    let o = env.run(&["call", "crm.lead.list", "-p", sel]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 1, "compact: {}", stdout(&o));
+    let compact = json(&o);
+    let o = env
+        .run(&["call", "crm.lead.list", "-p", sel, "--pretty"])
+        .await;
+    assert!(stdout(&o).lines().count() > 10, "pretty: {}", stdout(&o));
+    assert_eq!(json(&o), compact);
+
+    // CSV: the selected order, proper quoting, one row per record.
+    let o = env
+        .run(&["call", "crm.lead.list", "-p", sel, "-o", "csv"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let (h, rows) = csv_rows(&o);
+    assert_eq!(h, vec!["TITLE", "ID"]);
+    assert_eq!(rows.len(), 5);
+    assert_eq!(rows[2], vec!["Smith, \"Jo\"\nline two", "3"]);
+    // list and export: the same columns; --select names them.
+    let o = env
+        .run(&[
+            "list",
+            "crm.lead.list",
+            "--select",
+            "TITLE,ID",
+            "-o",
+            "csv",
+            "-p",
+            r#"{"filter":{"<=ID":5}}"#,
+        ])
+        .await;
+    assert_eq!(csv_rows(&o).0, vec!["TITLE", "ID"]);
+    assert_eq!(csv_rows(&o).1.len(), 5);
+    let o = env
+        .run(&[
+            "export",
+            "crm.lead.list",
+            "--select",
+            "TITLE",
+            "-o",
+            "csv",
+            "--filter",
+            r#"{"<=ID":5}"#,
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let (h, rows) = csv_rows(&o);
+    assert_eq!(h, vec!["ID", "TITLE"], "the ID is exported, so it is shown");
+    assert_eq!(rows.len(), 5);
+
+    // NDJSON: one record a line.
+    let o = env
+        .run(&["list", "crm.lead.list", "-p", sel, "-o", "ndjson"])
+        .await;
+    let ls: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ls.len(), 5);
+    assert_eq!(ls[0]["ID"], "1");
+
+    // Table: fitted to COLUMNS, every record shown.
+    let mut narrow = Env::webhook(&sb);
+    narrow.set("COLUMNS", "50");
+    let o = narrow
+        .run(&[
+            "call",
+            "crm.lead.list",
+            "-p",
+            r#"{"select":["ID","TITLE","NAME","LAST_NAME","STATUS_ID","SOURCE_ID","OPPORTUNITY"],"filter":{"<=ID":5}}"#,
+            "-o",
+            "table",
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let t = stdout(&o);
+    assert!(t.contains("TITLE"), "{t}");
+    for l in t.lines() {
+        assert!(l.chars().count() <= 50, "wider than 50: {l:?}\n{t}");
+    }
+    for id in 1..=5 {
+        assert!(t.contains(&format!(" {id} ")), "row {id}: {t}");
+    }
+
+    // Records of other commands.
+    let o = env
+        .run(&["methods", "--search", "crm.deal.", "-o", "csv"])
+        .await;
+    let (h, rows) = csv_rows(&o);
+    assert_eq!(h[0], "name");
+    assert!(rows.iter().any(|r| r[0] == "crm.deal.add"));
+    let o = env.run(&["audit", "tail", "-n", "3", "-o", "json"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(json(&o).as_array().unwrap().len(), 3);
+    let o = env
+        .run_stdin(
+            &["batch", "-", "-o", "csv"],
+            "\"crm.lead.get?id=1\"\n\"crm.lead.get?id=999\"\n",
+        )
+        .await;
+    let (h, rows) = csv_rows(&o);
+    assert_eq!(h, vec!["key", "status", "result", "error", "reason"]);
+    assert_eq!(rows[0][1], "ok");
+    assert_eq!(rows[1][1], "error");
+    // An unknown format is a usage error.
+    let o = env.run(&["call", "user.current", "-o", "xml"]).await;
+    assert_eq!(code(&o), 2);
+}
+
+/// Read the sandbox's data straight from the portal (plain HTTP, not b24): reads are never
+/// hit by the counted faults.
+async fn portal(sb: &Sandbox, method: &str, params: serde_json::Value) -> serde_json::Value {
+    let url = if method.starts_with("tasks.task.") {
+        sb.info()
+            .webhook_url
+            .replacen("/rest/", "/rest/api/", 1)
+            .trim_end_matches('/')
+            .to_string()
+            + "/"
+            + method
+    } else {
+        format!(
+            "{}/{method}.json",
+            sb.info().webhook_url.trim_end_matches('/')
+        )
+    };
+    let v: serde_json::Value = reqwest::Client::new()
+        .post(url)
+        .json(&params)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["result"].clone()
+}
+
+fn lose_answers(sb: &Sandbox, n: u32) {
+    sb.set_faults(b24_sandbox::FaultSpec {
+        lose_after_write: n,
+        ..Default::default()
+    });
+}
+
+fn portal_requests(sb: &Sandbox, method: &str) -> Vec<u16> {
+    sb.request_log()
+        .iter()
+        .filter(|r| r.method == method)
+        .map(|r| r.status)
+        .collect()
+}
+
+/// Issue 21: a write whose answer is lost after it ran ends with its real result (exit 0),
+/// exactly once — checked in the portal's records and request log.
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_whose_answer_is_lost_settle_with_exit_0_exactly_once() {
+    let sb = sandbox_with_leads(5).await;
+    let env = Env::webhook(&sb);
+    let tasks = |v: serde_json::Value| v["items"].as_array().map(Vec::len).unwrap_or(0);
+    let list = serde_json::json!({"select": ["id"], "pagination": {"limit": 1000}});
+    let before = tasks(portal(&sb, "tasks.task.list", list.clone()).await);
+    // REST 3.0 add: resent under the key b24 recorded; the portal replays, does not rerun.
+    lose_answers(&sb, 1);
+    let o = env
+        .run(&[
+            "call",
+            "tasks.task.add",
+            "--v3",
+            "--params",
+            r#"{"fields":{"title":"lost answer"}}"#,
+            "--confirm-write",
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        tasks(portal(&sb, "tasks.task.list", list.clone()).await),
+        before + 1
+    );
+    assert_eq!(portal_requests(&sb, "tasks.task.add"), vec![200, 200]);
+    // v2 update: resent.
+    lose_answers(&sb, 1);
+    let o = env
+        .run(&[
+            "call",
+            "crm.lead.update",
+            "-p",
+            r#"{"id":1,"fields":{"TITLE":"set twice, same effect"}}"#,
+            "--confirm-write",
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let lead = portal(&sb, "crm.lead.get", serde_json::json!({"id": 1})).await;
+    assert_eq!(lead["TITLE"], "set twice, same effect");
+    assert_eq!(portal_requests(&sb, "crm.lead.update"), vec![200, 200]);
+    // v2 delete: resent; the portal's "not found" means it is gone.
+    lose_answers(&sb, 1);
+    let o = env
+        .run(&[
+            "call",
+            "crm.lead.delete",
+            "-p",
+            r#"{"id":2}"#,
+            "--confirm-destructive",
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(portal_requests(&sb, "crm.lead.delete"), vec![200, 400]);
+    // Stamped add: found by its stamp, not added again.
+    lose_answers(&sb, 1);
+    let o = env
+        .run(&[
+            "call",
+            "crm.lead.add",
+            "-p",
+            r#"{"fields":{"TITLE":"stamped once"}}"#,
+            "--confirm-write",
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let found = portal(
+        &sb,
+        "crm.lead.list",
+        serde_json::json!({"filter": {"TITLE": "stamped once"}, "select": ["ID", "ORIGIN_ID"]}),
+    )
+    .await;
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(
+        json(&o),
+        serde_json::json!(found[0]["ID"].as_str().unwrap().parse::<u64>().unwrap())
+    );
+    assert_eq!(portal_requests(&sb, "crm.lead.add"), vec![200]);
+    let all = portal(&sb, "crm.lead.list", serde_json::json!({"select": ["ID"]})).await;
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        5,
+        "5 seeded - 1 deleted + 1 added"
+    );
+    // An add b24 cannot stamp (the caller's own ORIGIN_ID) stays outcome-unknown: exit 7.
+    lose_answers(&sb, 1);
+    let o = env
+        .run(&[
+            "call",
+            "crm.lead.add",
+            "-p",
+            r#"{"fields":{"TITLE":"own id","ORIGIN_ID":"crm-77"}}"#,
+            "--confirm-write",
+        ])
+        .await;
+    assert_eq!(code(&o), 7, "{}", stderr(&o));
+    assert_eq!(
+        portal_requests(&sb, "crm.lead.add"),
+        vec![200, 200],
+        "not resent"
+    );
+}
+
+/// `b24 settle` resolves a write an earlier run left outcome-unknown, and refuses to act on a
+/// log with a forged record.
+#[tokio::test(flavor = "multi_thread")]
+async fn settle_resolves_what_an_earlier_run_left_unknown() {
+    let sb = sandbox_with_leads(1).await;
+    let env = Env::webhook(&sb);
+    let list = serde_json::json!({"select": ["id"], "pagination": {"limit": 1000}});
+    let count = |v: serde_json::Value| v["items"].as_array().map(Vec::len).unwrap_or(0);
+    let before = count(portal(&sb, "tasks.task.list", list.clone()).await);
+    // The first answer and both resends are lost.
+    lose_answers(&sb, 3);
+    let o = env
+        .run(&[
+            "call",
+            "tasks.task.add",
+            "--v3",
+            "-p",
+            r#"{"fields":{"title":"settle me later"}}"#,
+            "--confirm-write",
+        ])
+        .await;
+    assert_eq!(code(&o), 7, "{}", stderr(&o));
+    assert!(stderr(&o).contains("b24 settle"), "{}", stderr(&o));
+    assert_eq!(portal_requests(&sb, "tasks.task.add").len(), 3);
+    // Nothing to settle yet for a record that does not exist.
+    let o = env.run(&["settle", "no-such-record"]).await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let o = env.run(&["settle"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let line = json(&o);
+    assert_eq!(line["status"], "settled", "{line}");
+    assert_eq!(line["evidence"]["replayed"], true, "{line}");
+    assert_eq!(
+        count(portal(&sb, "tasks.task.list", list.clone()).await),
+        before + 1,
+        "exactly one task"
+    );
+    assert_eq!(portal_requests(&sb, "tasks.task.add").len(), 4);
+    // Settled once: a second run finds nothing to do and sends nothing.
+    let o = env.run(&["settle"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+    assert_eq!(portal_requests(&sb, "tasks.task.add").len(), 4);
+    let o = env.run(&["audit", "verify"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    // Another unknown write, then a "settled" record forged into the log: refused, nothing sent.
+    lose_answers(&sb, 3);
+    let o = env
+        .run(&[
+            "call",
+            "tasks.task.add",
+            "--v3",
+            "-p",
+            r#"{"fields":{"title":"forged"}}"#,
+            "--confirm-write",
+        ])
+        .await;
+    assert_eq!(code(&o), 7, "{}", stderr(&o));
+    let o = env.run(&["audit", "path"]).await;
+    let path = json(&o)["path"].as_str().unwrap().to_string();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let forged = serde_json::json!({"v": 2, "seq": last["seq"].as_u64().unwrap() + 1,
+        "ts": last["ts"], "decision": "settle", "settles": last["call_id"], "outcome": "settled",
+        "prev": last["mac"], "mac": "f".repeat(64)});
+    std::fs::write(&path, format!("{text}{forged}\n")).unwrap();
+    let sent = portal_requests(&sb, "tasks.task.add").len();
+    let o = env.run(&["settle"]).await;
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    assert!(stderr(&o).contains("verification"), "{}", stderr(&o));
+    assert_eq!(portal_requests(&sb, "tasks.task.add").len(), sent);
+}
+
+/// Inside `b24 batch`, each command whose request ended ambiguously is settled on its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_commands_settle_and_the_batch_exits_0() {
+    let sb = sandbox_with_leads(3).await;
+    let env = Env::webhook(&sb);
+    lose_answers(&sb, 1);
+    let o = env
+        .run(&[
+            "batch",
+            "--cmd",
+            r#"{"key":"a","method":"crm.lead.add","params":{"fields":{"TITLE":"batch stamped"}}}"#,
+            "--cmd",
+            r#"{"key":"u","method":"crm.lead.update","params":{"id":1,"fields":{"TITLE":"batch set"}}}"#,
+            "--cmd",
+            r#"{"key":"d","method":"crm.lead.delete","params":{"id":3}}"#,
+            "--confirm-write",
+            "--confirm-destructive",
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}\n{}", stdout(&o), stderr(&o));
+    let all = portal(
+        &sb,
+        "crm.lead.list",
+        serde_json::json!({"select": ["ID", "TITLE"]}),
+    )
+    .await;
+    let titles: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["TITLE"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        titles.len(),
+        3,
+        "3 seeded - 1 deleted + 1 added: {titles:?}"
+    );
+    assert_eq!(titles.iter().filter(|t| **t == "batch stamped").count(), 1);
+    assert!(titles.contains(&"batch set"));
+    assert_eq!(portal_requests(&sb, "batch").len(), 1, "never resent whole");
+    assert!(
+        portal_requests(&sb, "crm.lead.add").is_empty(),
+        "the add was found, not resent"
+    );
+}
