@@ -323,6 +323,77 @@ async fn confirmed_write_with_idempotency_key_happens_once() {
     sb.shutdown().await;
 }
 
+/// MCP checks parameters by default: b24_describe returns them as structured content, and a
+/// parameter the method does not take is refused with nothing sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn describe_returns_parameters_and_unknown_ones_are_refused() {
+    let sb = sandbox_with_leads(1).await;
+    let env = Env::webhook(&sb);
+    let client = connect(&env).await;
+    let r = call(&client, "b24_describe", json!({"method": "crm.deal.add"})).await;
+    let v = structured(&r);
+    assert_eq!(v["parameters"]["status"], "complete", "{v}");
+    let names: Vec<&str> = v["parameters"]["params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["fields", "params"]);
+    for (tool, method, params) in [
+        (
+            "b24_write",
+            "crm.lead.update",
+            json!({"id": 1, "feilds": {"TITLE": "x"}}),
+        ),
+        (
+            "b24_write",
+            "crm.lead.update",
+            json!({"ID": 1, "fields": {}, "PARAMS": {"Evil": "Y"}}),
+        ),
+        (
+            "b24_read",
+            "crm.lead.get",
+            json!({"id": 1, "Select": ["ID"]}),
+        ),
+        (
+            "b24_plan",
+            "crm.lead.update",
+            json!({"id": 1, "fields[TITLE]": "x", "sneak[x]": 1}),
+        ),
+    ] {
+        let mut args = json!({"method": method, "params": params});
+        if tool == "b24_write" {
+            args["confirm"] = json!(true);
+        }
+        let r = call(&client, tool, args).await;
+        assert!(is_error(&r), "{tool} {params}: {}", text(&r));
+        assert!(
+            text(&r).contains("does not take"),
+            "{tool} {params}: {}",
+            text(&r)
+        );
+    }
+    let r = call(
+        &client,
+        "b24_batch",
+        json!({"commands": [{"method": "crm.lead.get", "params": {"id": 1, "EVIL": 1}}]}),
+    )
+    .await;
+    assert!(is_error(&r), "{}", text(&r));
+    assert!(sb.request_log().is_empty(), "{:?}", sb.request_log());
+    // documented names in any case pass
+    let r = call(
+        &client,
+        "b24_read",
+        json!({"method": "crm.lead.get", "params": {"ID": 1}}),
+    )
+    .await;
+    assert!(!is_error(&r), "{}", text(&r));
+    client.cancel().await.ok();
+    sb.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn batch_cannot_hide_a_destructive_command() {
     let sb = sandbox_with_leads(3).await;

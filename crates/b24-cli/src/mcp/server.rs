@@ -136,7 +136,7 @@ impl B24Mcp {
     /// One method from the catalog.
     #[tool(
         name = "b24_describe",
-        description = "Describe a Bitrix24 REST method from b24's catalog of 1,600+ documented methods: scope, risk (read/write/admin/destructive) and the confirmation it needs, paging, idempotency, documentation link and the errors to expect.",
+        description = "Describe a Bitrix24 REST method from b24's catalog of 1,600+ documented methods: its parameters (name, type, required, allowed values, nested fields), result shape and an example; scope, risk (read/write/admin/destructive) and the confirmation it needs, paging, idempotency, documentation link and the errors to expect. Parameters a method does not take are refused before sending.",
         annotations(
             title = "Describe a method",
             read_only_hint = true,
@@ -339,6 +339,12 @@ fn describe(method: &str) -> Result<Value, Value> {
         "deprecated": m.deprecated,
         "who_can_call": m.who_can_call,
         "doc": m.doc_url(),
+        // What it takes and returns (from the documentation); unknown parameters are refused
+        // before sending while strict parameter checking is on (the MCP default).
+        "parameters": b24_guard::knowledge::Knowledge::builtin()
+            .get(&m.name)
+            .map(|d| d.view())
+            .unwrap_or_else(|| json!({"status": "undocumented"})),
         "common_errors": errs,
     }))
 }
