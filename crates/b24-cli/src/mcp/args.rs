@@ -6,6 +6,10 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+// Optional fields are declared with their inner type in the schema (`#[schemars(with = ...)]`):
+// absent is how a client leaves them out, and a `["T", "null"]` type is not portable to clients
+// that map tool schemas onto a single-type dialect (the MCP Inspector's --strict flags it).
+
 /// A JSON object of REST parameters.
 pub type Params = Map<String, Value>;
 
@@ -17,6 +21,7 @@ pub struct ReadArgs {
     pub method: String,
     /// Method parameters, e.g. {"filter": {"STATUS_ID": "NEW"}, "select": ["ID", "TITLE"]}.
     #[serde(default)]
+    #[schemars(with = "Params")]
     pub params: Option<Params>,
     /// Call REST 3.0 (`/rest/api/`) instead of the classic REST v2.
     #[serde(default)]
@@ -30,6 +35,7 @@ pub struct WriteArgs {
     pub method: String,
     /// Method parameters, e.g. {"fields": {"TITLE": "New lead"}}.
     #[serde(default)]
+    #[schemars(with = "Params")]
     pub params: Option<Params>,
     /// Call REST 3.0 (`/rest/api/`) instead of the classic REST v2.
     #[serde(default)]
@@ -42,10 +48,12 @@ pub struct WriteArgs {
     pub confirm_destructive: bool,
     /// Apply this plan from b24_plan instead (it must be for the same method and params).
     #[serde(default)]
+    #[schemars(with = "String")]
     pub plan_id: Option<String>,
     /// A key that makes the write happen at most once: repeating the call with the same key
     /// returns the first answer instead of writing again.
     #[serde(default)]
+    #[schemars(with = "String")]
     pub idempotency_key: Option<String>,
 }
 
@@ -56,12 +64,14 @@ pub struct PlanArgs {
     pub method: String,
     /// Method parameters, exactly as they will be sent.
     #[serde(default)]
+    #[schemars(with = "Params")]
     pub params: Option<Params>,
     /// Plan a REST 3.0 call.
     #[serde(default)]
     pub v3: bool,
     /// Seconds the plan stays valid (default 900, at most 86400).
     #[serde(default)]
+    #[schemars(with = "u64")]
     pub ttl_secs: Option<u64>,
 }
 
@@ -81,11 +91,13 @@ pub struct ApplyArgs {
 pub struct BatchCommand {
     /// Name for this command's result, used in `$result[key]` references (default: its position).
     #[serde(default)]
+    #[schemars(with = "String")]
     pub key: Option<String>,
     /// REST method, e.g. `crm.lead.get`.
     pub method: String,
     /// Method parameters; may refer to earlier results, e.g. {"id": "$result[first][ID]"}.
     #[serde(default)]
+    #[schemars(with = "Params")]
     pub params: Option<Params>,
 }
 
@@ -112,12 +124,15 @@ pub struct ExportArgs {
     pub method: String,
     /// List parameters (`filter`, `select`, ...); paging params are set by b24.
     #[serde(default)]
+    #[schemars(with = "Params")]
     pub params: Option<Params>,
     /// Most items to return in this call (default 200, at most 5000).
     #[serde(default)]
+    #[schemars(with = "u32")]
     pub max_items: Option<u32>,
     /// The `cursor` from the previous answer, to continue after its last item.
     #[serde(default)]
+    #[schemars(with = "String")]
     pub cursor: Option<String>,
 }
 
@@ -142,15 +157,19 @@ pub enum RiskArg {
 pub struct SearchArgs {
     /// Substring of the method name, or a scope (e.g. `deal`, `crm`, `task`).
     #[serde(default)]
+    #[schemars(with = "String")]
     pub query: Option<String>,
     /// Only this capability pack (core, comms, automation, collab, content, boards, commerce, ...).
     #[serde(default)]
+    #[schemars(with = "String")]
     pub pack: Option<String>,
     /// Only this risk class.
     #[serde(default)]
+    #[schemars(with = "RiskArg")]
     pub risk: Option<RiskArg>,
     /// Most methods to return (default 50, at most 500).
     #[serde(default)]
+    #[schemars(with = "u32")]
     pub limit: Option<u32>,
 }
 
