@@ -1,6 +1,6 @@
 //! `b24`: the thin binary over the b24 library crates.
 //!
-//! stdout carries data only (JSON / NDJSON / MCP JSON-RPC); everything else goes to stderr.
+//! stdout carries data only (JSON / NDJSON / CSV / a table / MCP JSON-RPC); everything else goes to stderr.
 //! Exit codes are documented in [`exit`].
 
 mod cmd;
@@ -10,6 +10,7 @@ mod globals;
 mod mcp;
 mod out;
 mod policy_args;
+mod render;
 
 use clap::Parser;
 

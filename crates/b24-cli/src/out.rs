@@ -18,7 +18,7 @@ impl std::fmt::Display for Closed {
 
 impl std::error::Error for Closed {}
 
-fn map(e: std::io::Error) -> anyhow::Error {
+pub(crate) fn map(e: std::io::Error) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         anyhow::Error::new(Closed)
     } else {
@@ -32,9 +32,14 @@ pub fn bytes(b: &[u8]) -> anyhow::Result<()> {
     out.write_all(b).and_then(|_| out.flush()).map_err(map)
 }
 
-/// One value, pretty-printed, with a newline.
+/// One JSON document with a newline: pretty on a terminal, compact in a pipe or file (or as
+/// `--pretty` / `--compact` say; see [`crate::render`]).
 pub fn pretty(v: &Value) -> anyhow::Result<()> {
-    let mut s = serde_json::to_string_pretty(v)?;
+    let mut s = if crate::render::pretty_stdout() {
+        serde_json::to_string_pretty(v)?
+    } else {
+        serde_json::to_string(v)?
+    };
     s.push('\n');
     bytes(s.as_bytes())
 }

@@ -112,6 +112,36 @@ async fn plans_apply_once_and_refuse_tampering() {
     assert_eq!(code(&o), 4);
     assert!(stderr(&o).contains("expired"));
     assert_eq!(calls_of(&sb, "crm.lead.add"), 1);
+
+    // plan list: the three plans, newest first, with their state; `list` is no method to plan.
+    let o = env.run(&["plan", "list"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3, "{}", stdout(&o));
+    assert_eq!(rows[0]["id"], plan["id"]);
+    assert_eq!(rows[0]["expired"], true);
+    assert_eq!(rows[2]["id"], serde_json::json!(id));
+    assert_eq!(rows[2]["state"], "applied");
+    assert!(rows.iter().all(|r| r["method"] == "crm.lead.add"));
+    let o = env
+        .run(&["plan", "list", "--limit", "1", "-o", "csv"])
+        .await;
+    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with("id,method,risk,state"),
+        "{}",
+        stdout(&o)
+    );
+    let o = env.run(&["plan", "show", &id]).await;
+    assert_eq!(json(&o)["state"], "applied");
+    let db = rusqlite::Connection::open(env.state_dir().join("guard.db")).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM plans", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 3, "listing recorded no plan");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -64,6 +64,8 @@ pub enum Sub {
         n: usize,
         #[command(flatten)]
         filter: FilterArgs,
+        #[command(flatten)]
+        output: crate::render::OutputArgs,
     },
     /// Print every matching record as one JSON array (for whoever reviews what an agent did).
     #[command(
@@ -72,6 +74,8 @@ pub enum Sub {
     Export {
         #[command(flatten)]
         filter: FilterArgs,
+        #[command(flatten)]
+        output: crate::render::OutputArgs,
     },
     /// Print where the audit log and its head are.
     #[command(after_help = "Example:\n  b24 audit path")]
@@ -115,15 +119,16 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                 }
             }
         }
-        Sub::Tail { n, filter } => {
-            for r in log.records(&filter.filter()?, n).map_err(usage)? {
-                crate::outln!("{r}")?;
-            }
+        Sub::Tail { n, filter, output } => {
+            let format = output.format(crate::render::Format::Ndjson);
+            let records = log.records(&filter.filter()?, n).map_err(usage)?;
+            crate::render::print(format, Vec::new(), &records)?;
             Ok(exit::OK)
         }
-        Sub::Export { filter } => {
+        Sub::Export { filter, output } => {
+            let format = output.format(crate::render::Format::Json);
             let all = log.records(&filter.filter()?, usize::MAX).map_err(usage)?;
-            crate::outln!("{}", serde_json::Value::Array(all))?;
+            crate::render::print(format, Vec::new(), &all)?;
             Ok(exit::OK)
         }
         Sub::Path => {

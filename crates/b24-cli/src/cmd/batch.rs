@@ -25,6 +25,8 @@ use crate::globals::Globals;
 
 Any number of commands: they are sent 50 to a request. `$result[key][path]` refers to an
 earlier command; a reference to a failed command is reported as an error and never sent.
+Output: one NDJSON line per command (default); -o csv|table has the columns key, status,
+result, error, reason (nested values as JSON); -o json one array.
 Exit code: 0 all ok, 1 some commands failed or were not executed, 7 a write's outcome is unknown.")]
 pub struct Args {
     /// File with the commands (JSON object, JSON array or NDJSON); `-` for stdin.
@@ -45,6 +47,8 @@ pub struct Args {
     /// Print the commands as they would be sent (with their request number); send nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub output: crate::render::OutputArgs,
 }
 
 /// A parsed input command.
@@ -213,9 +217,20 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                 ..
             } => (results, requests, retries),
         };
+    let format = args.output.format(crate::render::Format::Ndjson);
     let mut tally = BatchTally::default();
     let mut closed = false;
-    {
+    if format != crate::render::Format::Ndjson {
+        let lines: Vec<Value> = results.iter().map(|(key, o)| tally.add(key, o).0).collect();
+        let hint = ["key", "status", "result", "error", "reason"]
+            .map(String::from)
+            .to_vec();
+        if let Err(e) = crate::render::print(format, hint, &lines) {
+            if !crate::out::is_closed(&e) {
+                return Err(e);
+            }
+        }
+    } else {
         use std::io::Write;
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());

@@ -14,7 +14,10 @@ use crate::globals::Globals;
   b24 call crm.lead.list --params '{\"select\":[\"ID\",\"TITLE\"],\"filter\":{\">ID\":0}}'
   b24 call crm.lead.add --params @lead.json --confirm-write --idempotent
   echo '{\"id\":42}' | b24 call crm.lead.get --params -
-  b24 call tasks.task.get --v3 --params '{\"id\":1,\"select\":[\"id\",\"title\"]}'")]
+  b24 call tasks.task.get --v3 --params '{\"id\":1,\"select\":[\"id\",\"title\"]}'
+  b24 call crm.lead.list -p '{\"select\":[\"ID\",\"TITLE\"]}' -o csv > leads.csv
+
+JSON is pretty on a terminal and compact in a pipe (--pretty / --compact to choose).")]
 pub struct Args {
     /// REST method, e.g. `crm.lead.list`.
     pub method: String,
@@ -45,6 +48,8 @@ pub struct Args {
     /// Derive the idempotency key from method + params.
     #[arg(long, conflicts_with = "idempotency_key")]
     pub idempotent: bool,
+    #[command(flatten)]
+    pub output: crate::render::OutputArgs,
 }
 
 /// Read `--params`: inline JSON, `@file`, or `-` (stdin).
@@ -83,6 +88,8 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             "b24: note: credential parameters were removed from params; b24 authenticates calls itself"
         );
     }
+    let format = args.output.format(crate::render::Format::Json);
+    let hint = crate::render::select_columns(&params);
     let api = if args.v3 || args.api.as_deref() == Some("v3") {
         Api::V3
     } else {
@@ -112,7 +119,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             } else {
                 &response.result
             };
-            crate::out::pretty(out)?;
+            crate::render::value(format, hint, out)?;
             Ok(exit::OK)
         }
         CallOutcome::DryRun(plan) => {

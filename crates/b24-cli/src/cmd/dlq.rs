@@ -23,8 +23,11 @@ pub enum Sub {
     /// Dead letters as NDJSON.
     #[command(after_help = "Example:\n  b24 dlq list --limit 20")]
     List {
+        /// At most this many dead letters.
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        #[command(flatten)]
+        output: crate::render::OutputArgs,
     },
     /// One dead letter with its payload and last error.
     #[command(after_help = "Example:\n  b24 dlq show 42")]
@@ -49,13 +52,16 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let store = open_store(g, args.store.as_deref()).await?;
     let err = |e: b24_events::EventsError| Exit::new(exit::USAGE, e.to_string());
     match args.cmd {
-        Sub::List { limit } => {
-            for d in store.dlq_list(limit).await.map_err(err)? {
-                crate::outln!(
-                    "{}",
-                    serde_json::json!({"id": d.id, "key": d.key, "event": d.name, "attempts": d.attempts, "last_error": d.last_error, "failed_at": d.failed_at})
-                )?;
-            }
+        Sub::List { limit, output } => {
+            let format = output.format(crate::render::Format::Ndjson);
+            let records: Vec<serde_json::Value> = store
+                .dlq_list(limit)
+                .await
+                .map_err(err)?
+                .into_iter()
+                .map(|d| serde_json::json!({"id": d.id, "key": d.key, "event": d.name, "attempts": d.attempts, "last_error": d.last_error, "failed_at": d.failed_at}))
+                .collect();
+            crate::render::print(format, Vec::new(), &records)?;
         }
         Sub::Show { id } => match store.dlq_get(id).await.map_err(err)? {
             Some(d) => crate::out::text(&serde_json::to_string_pretty(&d)?)?,

@@ -9,7 +9,8 @@ use crate::globals::Globals;
 #[command(after_help = "Examples:
   b24 methods --search deal --risk read
   b24 methods --pack automation
-  b24 methods --packs-summary")]
+  b24 methods --packs-summary
+  b24 methods --search crm.deal -o table")]
 pub struct Args {
     /// Substring of the method name (or a scope).
     #[arg(long, short = 's')]
@@ -23,6 +24,8 @@ pub struct Args {
     /// Print each pack with its method count instead.
     #[arg(long)]
     pub packs_summary: bool,
+    #[command(flatten)]
+    pub output: crate::render::OutputArgs,
 }
 
 pub async fn run(args: Args, _g: &Globals) -> anyhow::Result<i32> {
@@ -45,12 +48,12 @@ pub async fn run(args: Args, _g: &Globals) -> anyhow::Result<i32> {
         None => None,
     };
     let found = cat.search(args.search.as_deref(), args.pack.as_deref(), risk);
-    for m in &found {
-        crate::outln!(
-            "{}",
-            serde_json::json!({"name": m.name, "scope": m.scope, "risk": m.risk, "pack": m.pack, "api": m.api, "lists": m.lists, "deprecated": m.deprecated, "doc": m.doc_url()})
-        )?;
-    }
+    let format = args.output.format(crate::render::Format::Ndjson);
+    let records: Vec<serde_json::Value> = found
+        .iter()
+        .map(|m| serde_json::json!({"name": m.name, "scope": m.scope, "risk": m.risk, "pack": m.pack, "api": m.api, "lists": m.lists, "deprecated": m.deprecated, "doc": m.doc_url()}))
+        .collect();
+    crate::render::print(format, Vec::new(), &records)?;
     if found.is_empty() {
         eprintln!("b24: no method matches");
     }

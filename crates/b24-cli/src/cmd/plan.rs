@@ -17,6 +17,7 @@ use crate::globals::Globals;
     after_help = "Examples:
   b24 plan crm.lead.add --params '{\"fields\":{\"TITLE\":\"New lead\"}}'
   b24 plan show pl_0190c3c1a2b3c4d5e6f7
+  b24 plan list -o table
   b24 apply pl_0190c3c1a2b3c4d5e6f7 --confirm-write"
 )]
 pub struct Args {
@@ -45,10 +46,42 @@ pub enum Sub {
         /// The plan id printed by `b24 plan`.
         id: String,
     },
+    /// The plans recorded for this portal, newest first (params redacted), with their state.
+    #[command(after_help = "Examples:\n  b24 plan list\n  b24 plan list --limit 5 -o table")]
+    List {
+        /// At most this many plans.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        output: crate::render::OutputArgs,
+    },
 }
 
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let gate = exec::gate(g, Origin::Cli)?;
+    if let Some(Sub::List { limit, output }) = args.sub {
+        let format = output.format(crate::render::Format::Ndjson);
+        let now = b24_guard::store::now();
+        let records: Vec<serde_json::Value> = gate
+            .list_plans(limit)
+            .map_err(exec::gate_error)?
+            .into_iter()
+            .map(|plan| {
+                json!({
+                    "id": plan.id,
+                    "method": plan.method,
+                    "risk": plan.risk,
+                    "state": plan.state,
+                    "expired": plan.expires_at < now,
+                    "created_at": plan.created_at as i64,
+                    "expires_at": plan.expires_at as i64,
+                    "params": gate.redact(&plan.params),
+                })
+            })
+            .collect();
+        crate::render::print(format, Vec::new(), &records)?;
+        return Ok(exit::OK);
+    }
     if let Some(Sub::Show { id }) = args.sub {
         let Some(plan) = gate.show_plan(&id).map_err(exec::gate_error)? else {
             return Err(crate::exit::Exit::new(
@@ -75,7 +108,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let Some(method) = args.method else {
         return Err(crate::exit::Exit::new(
             exit::USAGE,
-            "give a METHOD to plan (or `b24 plan show ID`)",
+            "give a METHOD to plan (or `b24 plan show ID`, `b24 plan list`)",
         ));
     };
     let params = read_params(args.params.as_deref())?;

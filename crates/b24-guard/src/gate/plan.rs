@@ -82,6 +82,11 @@ impl Gate {
         self.store()?.get_plan(id).map_err(GateError::Store)
     }
 
+    /// The plans recorded for this portal, newest first (at most `limit`).
+    pub fn list_plans(&self, limit: usize) -> Result<Vec<Plan>, GateError> {
+        self.store()?.list_plans(limit).map_err(GateError::Store)
+    }
+
     fn refuse_plan(&self, id: &str, reason: &str) -> GateError {
         let r = self.refusal(
             "apply",

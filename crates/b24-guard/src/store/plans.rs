@@ -190,6 +190,30 @@ impl GuardStore {
         Self::read_plan(&self.conn(), id)
     }
 
+    /// The plans recorded for this store's portal, newest first, at most `limit` (unchecked,
+    /// like [`GuardStore::get_plan`]: for showing).
+    pub fn list_plans(&self, limit: usize) -> Result<Vec<Plan>, GuardError> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT id FROM plans WHERE portal = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2",
+            )
+            .map_err(db_err)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ids: Vec<String> = st
+            .query_map(params![self.portal, limit], |r| r.get(0))
+            .map_err(db_err)?
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(p) = Self::read_plan(&conn, &id)? {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether a stored plan is intact: its tag matches and its params are what was hashed.
     fn plan_problem(&self, plan: &Plan) -> Option<PlanDenied> {
         if plan.tag.is_empty() {
