@@ -5,6 +5,7 @@ mod audit_attacks;
 mod audit_repair;
 mod bench;
 mod gate;
+mod knowledge;
 mod pg_budget;
 mod settle;
 mod store_attacks;
