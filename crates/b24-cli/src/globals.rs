@@ -29,6 +29,10 @@ pub struct Globals {
     /// More logging on stderr (-v info, -vv debug, -vvv trace). `RUST_LOG` also works.
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Act on one portal the app is installed on (domain or member id, see `b24 portals
+    /// list`): its address and OAuth pair come from the installation the receiver recorded.
+    #[arg(long, global = true, value_name = "DOMAIN|MEMBER_ID")]
+    pub portal: Option<String>,
     #[command(flatten)]
     pub policy: crate::policy_args::PolicyArgs,
     /// `--env-file` and profile variables, read once per process (the gate and the
@@ -160,6 +164,9 @@ impl Globals {
 
     /// Resolve the configuration (flags > env > profile file > defaults).
     pub fn config(&self) -> anyhow::Result<b24::Config> {
+        if self.portal.is_some() {
+            return crate::cmd::portals::resolved_config();
+        }
         let lookup = self.lookup()?;
         let cfg = b24::Config::from_lookup(&lookup, self.state_dir())
             .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
@@ -172,6 +179,9 @@ impl Globals {
     pub async fn client(&self) -> anyhow::Result<b24::Client> {
         let c = crate::exec::CLIENT
             .get_or_try_init(|| async {
+                if let Some(key) = &self.portal {
+                    return crate::cmd::portals::client(self, key).await;
+                }
                 let cfg = self.config()?;
                 b24::auth::ensure_private_dir(&cfg.state_dir)
                     .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
@@ -180,4 +190,48 @@ impl Globals {
             .await?;
         Ok(c.clone())
     }
+}
+
+/// The command tree as `b24` parses it: the global flags (connection, state, policy, `-q`,
+/// `-v`) are described once, in `b24 --help`. They still work before or after any subcommand,
+/// but each subcommand's help lists only its own flags and points to `b24 --help` for the rest
+/// (twenty guard flags repeated under `b24 completions --help` hid what that command takes).
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = crate::cmd::Cli::command();
+    // Propagate the global args into every subcommand first, then hide the copies.
+    cmd.build();
+    let globals: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .map(|a| a.get_id().clone())
+        .collect();
+    hide_in_subcommands(cmd, &globals)
+}
+
+fn hide_in_subcommands(mut cmd: clap::Command, globals: &[clap::Id]) -> clap::Command {
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(&name, |mut sc| {
+            for id in globals {
+                if sc.get_arguments().any(|a| a.get_id() == id) {
+                    sc = sc.mut_arg(id.clone(), |a| a.hide(true));
+                }
+            }
+            if name != "help" {
+                let after = sc
+                    .get_after_help()
+                    .map(|h| format!("{h}\n\n"))
+                    .unwrap_or_default();
+                sc = sc.after_help(format!(
+                    "{after}Global options (--profile, --state-dir, --env-file, --allow, --deny, --packs, --read-only, -q, -v, …) work here too: see `b24 --help`."
+                ));
+            }
+            hide_in_subcommands(sc, globals)
+        });
+    }
+    cmd
 }

@@ -121,3 +121,115 @@ async fn eight_hosts_expire_at_once_and_refresh_once() {
     ];
     assert_no_secrets("auth status", &o.stdout, &secrets);
 }
+
+/// One app on several portals: the receiver records verified installs, `b24 portals` lists
+/// them, and `--portal` addresses each with its own tokens, bucket and refresh.
+#[tokio::test(flavor = "multi_thread")]
+async fn portals_installed_through_the_receiver_are_addressed_with_portal() {
+    let ps = b24_sandbox::start_many(SandboxConfig::default(), 3)
+        .await
+        .unwrap();
+    let (p0, p1) = (ps.get(0).unwrap(), ps.get(1).unwrap());
+    let i0 = p0.info().clone();
+    let i1 = p1.info().clone();
+    let mut env = Env::bare();
+    env.set("B24_CLIENT_ID", &i0.client_id);
+    env.set("B24_CLIENT_SECRET", &i0.client_secret);
+    // One OAuth server for every portal (oauth.bitrix.info; here any portal's endpoint).
+    env.set("B24_OAUTH_TOKEN_URL", &i0.oauth_token_url);
+    let mut rx = env
+        .cmd(&[
+            "events",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-portal",
+            "127.0.0.1:*",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let out = rx.stdout.as_mut().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    }
+    let url = serde_json::from_str::<serde_json::Value>(&line).unwrap()["listening"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(p0.install_app(&url).await.status, 200);
+    assert_eq!(p1.install_app(&url).await.status, 200);
+
+    let o = env.run(&["portals", "list"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r["state"], "installed");
+        assert_eq!(r["token_state"], "valid");
+        assert_eq!(r["queue_depth"], 1, "its install event: {r}");
+    }
+    assert_no_secrets("portals list", &o.stdout, &[i0.client_secret.clone()]);
+
+    // --portal by domain and by member id: each call reaches its own portal only.
+    let o = env
+        .run(&["--portal", &i1.domain, "call", "server.time"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(calls_of(p1, "server.time"), 1);
+    assert_eq!(calls_of(p0, "server.time"), 0);
+    let o = env
+        .run(&["--portal", &i0.member_id, "call", "app.info"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        json(&o)["CODE"],
+        serde_json::json!(i0.client_id),
+        "{}",
+        stdout(&o)
+    );
+
+    // An expired token is refreshed for that portal alone, and the rotated pair is kept.
+    p1.expire_access_tokens();
+    let o = env
+        .run(&["--portal", &i1.domain, "call", "server.time"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(p1.stats().refreshes, 1);
+    assert_eq!(p0.stats().refreshes, 0);
+    let o = env
+        .run(&["--portal", &i1.domain, "call", "server.time"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(p1.stats().refreshes, 1, "the rotated pair was stored");
+
+    // Uninstalled: its tokens are gone, nothing acts for it.
+    assert_eq!(p1.uninstall_app(&url).await.status, 200);
+    let o = env
+        .run(&["--portal", &i1.member_id, "call", "server.time"])
+        .await;
+    assert_eq!(code(&o), 5, "{}", stderr(&o));
+    let o = env.run(&["portals", "show", &i1.domain]).await;
+    assert_eq!(json(&o)["state"], "uninstalled");
+    assert_eq!(json(&o)["token_state"], "none");
+    // Removed here by the operator.
+    let o = env.run(&["portals", "remove", &i0.domain]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = env
+        .run(&["--portal", &i0.domain, "call", "server.time"])
+        .await;
+    assert_eq!(code(&o), 5, "{}", stderr(&o));
+    let o = env
+        .run(&["--portal", "nowhere.example", "call", "server.time"])
+        .await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let _ = rx.kill();
+    let _ = rx.wait();
+    ps.shutdown().await;
+}

@@ -300,6 +300,44 @@ impl Installations {
         Ok(n > 0)
     }
 
+    /// Events waiting or running in the queue, per `member_id` of the portal that sent them
+    /// (from the payload's `auth[member_id]`). Empty when the queue has no table yet.
+    pub async fn queue_depths(&self) -> Result<std::collections::HashMap<String, i64>> {
+        match &self.inbox {
+            Inbox::Sqlite { conn, .. } => Self::sqlite(conn, |c| {
+                let mut st = match c.prepare(
+                    "SELECT json_extract(payload, '$.auth.member_id') AS m, count(*) FROM b24_jobs
+                     WHERE state IN ('ready', 'running') AND m IS NOT NULL GROUP BY m",
+                ) {
+                    Ok(st) => st,
+                    Err(_) => return Ok(Default::default()),
+                };
+                let rows = st.query_map([], |r| {
+                    Ok((r.get::<_, String>(0).unwrap_or_default(), r.get(1)?))
+                })?;
+                rows.collect()
+            })
+            .await,
+            Inbox::Postgres(pool) => {
+                let c = pool.get().await.map_err(se)?;
+                let rows = c
+                    .query(
+                        "SELECT payload::jsonb->'auth'->>'member_id' AS m, count(*) FROM b24_jobs
+                         WHERE state IN ('ready', 'running') GROUP BY m",
+                        &[],
+                    )
+                    .await;
+                Ok(rows
+                    .map(|rows| {
+                        rows.iter()
+                            .filter_map(|r| Some((r.get::<_, Option<String>>(0)?, r.get(1))))
+                            .collect()
+                    })
+                    .unwrap_or_default())
+            }
+        }
+    }
+
     /// The client's token store for one installed portal.
     pub fn token_store(&self, member_id: &str) -> InstallTokenStore {
         InstallTokenStore {

@@ -17,6 +17,7 @@ pub mod list;
 pub mod mcp;
 pub mod methods;
 pub mod plan;
+pub mod portals;
 pub mod sandbox;
 pub mod settle;
 pub mod worker;
@@ -72,6 +73,8 @@ pub enum Command {
     Db(db::Args),
     /// Run the local emulated Bitrix24 portal.
     Sandbox(sandbox::Args),
+    /// The portals the app is installed on: list, show, remove.
+    Portals(portals::Args),
     /// OAuth login, status and logout.
     Auth(auth::Args),
     /// Diagnose configuration, connectivity, auth and limits.
@@ -86,6 +89,7 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let g = cli.globals;
+    portals::prime(&g).await?;
     match cli.command {
         Command::Call(a) => call::run(a, &g).await,
         Command::Batch(a) => batch::run(a, &g).await,
@@ -102,6 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Dlq(a) => dlq::run(a, &g).await,
         Command::Db(a) => db::run(a, &g).await,
         Command::Sandbox(a) => sandbox::run(a, &g).await,
+        Command::Portals(a) => portals::run(a, &g).await,
         Command::Auth(a) => auth::run(a, &g).await,
         Command::Doctor(a) => doctor::run(a, &g).await,
         Command::Demo(a) => demo::run(a, &g).await,

@@ -23,7 +23,11 @@ Point b24 at it with the printed webhook URL:
 
 Control endpoints (loopback, no auth): GET /_sandbox/stats, GET /_sandbox/requests,
 POST /_sandbox/expire-tokens, POST /_sandbox/revoke-tokens, POST /_sandbox/faults (body = spec),
-POST /_sandbox/reset-stats, POST /_sandbox/advance?secs=N")]
+POST /_sandbox/reset-stats, POST /_sandbox/advance?secs=N,
+POST /_sandbox/install?handler=URL, POST /_sandbox/uninstall?handler=URL (the app's lifecycle)
+
+Many portals (an app installed on each, one process):
+  b24 sandbox --portals 1000 --json > portals.ndjson")]
 pub struct Args {
     /// Address to listen on (port 0 = pick a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -55,9 +59,13 @@ pub struct Args {
     /// Lifetime of OAuth access tokens in seconds.
     #[arg(long, default_value_t = 3600)]
     pub token_ttl: u64,
-    /// Operating-time budget per method per ten minutes, seconds.
+    /// Operating-time budget per method per window, seconds.
     #[arg(long, default_value_t = 480.0)]
     pub operating_limit: f64,
+    /// The operating-time window, seconds (600 on a portal): a shorter one lets tests and
+    /// benchmarks run whole windows in seconds. `operating_reset_at` follows it.
+    #[arg(long, default_value_t = 600.0, value_name = "SECS", value_parser = window_secs)]
+    pub operating_window: f64,
     /// `instant` answers at once; `realistic` answers each call after its modelled duration
     /// (a counted page of a large table takes seconds, a `start=-1` page 0.097 s).
     #[arg(long, default_value = "instant", value_name = "instant|realistic")]
@@ -69,6 +77,12 @@ pub struct Args {
     /// Scopes of the OAuth application, comma-separated (default: all).
     #[arg(long, value_name = "SCOPES", value_delimiter = ',')]
     pub app_scopes: Option<Vec<String>>,
+    /// Host this many portals in one process, one application installed on each: every portal
+    /// has its own `127.0.0.1:PORT` domain, member id, tokens, bucket, offline queue and data.
+    /// `--json` then prints one line per portal.
+    #[arg(long, default_value_t = 1, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub portals: u32,
 }
 
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
@@ -103,11 +117,15 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         access_token_ttl: Duration::from_secs(args.token_ttl),
         data_file: args.data,
         operating_limit_secs: args.operating_limit,
+        operating_window_secs: args.operating_window,
         timing,
         webhook_scopes: scopes(args.scopes),
         app_scopes: scopes(args.app_scopes),
         ..Default::default()
     };
+    if args.portals > 1 {
+        return run_many(cfg, args.portals as usize, args.json, g).await;
+    }
     let sb = b24_sandbox::start(cfg)
         .await
         .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
@@ -147,6 +165,57 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     }
     sb.shutdown().await;
     Ok(exit::OK)
+}
+
+/// `--portals N`: N portals in this process until interrupted.
+async fn run_many(
+    cfg: b24_sandbox::SandboxConfig,
+    n: usize,
+    json: bool,
+    g: &Globals,
+) -> anyhow::Result<i32> {
+    let portals = b24_sandbox::start_many(cfg, n)
+        .await
+        .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
+    if json {
+        for info in portals.infos() {
+            crate::outln!("{}", serde_json::to_string(&info)?)?;
+        }
+    } else if let Some(first) = portals.get(0) {
+        let i = first.info();
+        crate::outln!("b24 sandbox: {n} portals, one application installed on each")?;
+        crate::outln!("  OAuth client id:  {}", i.client_id)?;
+        crate::outln!("  OAuth secret:     {}", i.client_secret)?;
+        crate::outln!("  #     domain                 member id")?;
+        for (k, p) in portals.iter().enumerate() {
+            crate::outln!("  {k:<5} {:<22} {}", p.info().domain, p.info().member_id)?;
+        }
+        crate::outln!()?;
+        crate::outln!(
+            "Install the app on portal K:  curl -X POST 'http://DOMAIN/_sandbox/install?handler=URL'"
+        )?;
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    if !g.quiet {
+        eprintln!("b24 sandbox: {n} portals running; Ctrl-C to stop");
+    }
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate() => {}
+    }
+    portals.shutdown().await;
+    Ok(exit::OK)
+}
+
+/// A window of at least a second and at most a day.
+fn window_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && (1.0..=86_400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err("the window must be between 1 and 86400 seconds".into())
+    }
 }
 
 #[cfg(unix)]
