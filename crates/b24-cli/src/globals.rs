@@ -31,7 +31,8 @@ pub struct Globals {
     pub verbose: u8,
     /// Act on one portal the app is installed on (domain or member id, see `b24 portals
     /// list`): its address and OAuth pair come from the installation the receiver recorded.
-    #[arg(long, global = true, value_name = "DOMAIN|MEMBER_ID")]
+    /// Given before the command (`b24 --portal X call …`): `auth --portal` is another flag.
+    #[arg(long = "portal", id = "installed_portal", value_name = "DOMAIN|MEMBER_ID")]
     pub portal: Option<String>,
     #[command(flatten)]
     pub policy: crate::policy_args::PolicyArgs,
@@ -198,38 +199,37 @@ impl Globals {
 /// (twenty guard flags repeated under `b24 completions --help` hid what that command takes).
 pub fn command() -> clap::Command {
     use clap::CommandFactory;
-    let mut cmd = crate::cmd::Cli::command();
-    // Propagate the global args into every subcommand first, then hide the copies.
-    cmd.build();
-    let globals: Vec<clap::Id> = cmd
+    let cmd = crate::cmd::Cli::command();
+    // clap copies a global arg into a subcommand only where the subcommand has no arg of that
+    // id: putting hidden copies there first keeps the flags working (the values still land in
+    // the top level's matches) and out of the subcommands' help.
+    let globals: Vec<clap::Arg> = cmd
         .get_arguments()
         .filter(|a| a.is_global_set())
-        .map(|a| a.get_id().clone())
+        .map(|a| a.clone().hide(true))
         .collect();
     hide_in_subcommands(cmd, &globals)
 }
 
-fn hide_in_subcommands(mut cmd: clap::Command, globals: &[clap::Id]) -> clap::Command {
+fn hide_in_subcommands(mut cmd: clap::Command, globals: &[clap::Arg]) -> clap::Command {
     let names: Vec<String> = cmd
         .get_subcommands()
         .map(|s| s.get_name().to_string())
         .collect();
     for name in names {
         cmd = cmd.mut_subcommand(&name, |mut sc| {
-            for id in globals {
-                if sc.get_arguments().any(|a| a.get_id() == id) {
-                    sc = sc.mut_arg(id.clone(), |a| a.hide(true));
+            for a in globals {
+                if !sc.get_arguments().any(|x| x.get_id() == a.get_id()) {
+                    sc = sc.arg(a.clone());
                 }
             }
-            if name != "help" {
-                let after = sc
-                    .get_after_help()
-                    .map(|h| format!("{h}\n\n"))
-                    .unwrap_or_default();
-                sc = sc.after_help(format!(
-                    "{after}Global options (--profile, --state-dir, --env-file, --allow, --deny, --packs, --read-only, -q, -v, …) work here too: see `b24 --help`."
-                ));
-            }
+            let after = sc
+                .get_after_help()
+                .map(|h| format!("{h}\n\n"))
+                .unwrap_or_default();
+            sc = sc.after_help(format!(
+                "{after}Global options (--profile, --state-dir, --env-file, --allow, --deny, --packs, --read-only, -q, -v, …) work here too: see `b24 --help`."
+            ));
             hide_in_subcommands(sc, globals)
         });
     }

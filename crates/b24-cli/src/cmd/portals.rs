@@ -29,13 +29,16 @@ pub struct Args {
 #[derive(Debug, clap::Subcommand)]
 pub enum Cmd {
     /// Every installation: state, token state, rate bucket level and queue depth.
+    #[command(after_help = "Example:\n  b24 portals list | jq -c 'select(.queue_depth > 100)'")]
     List,
     /// One installation by domain or member id.
+    #[command(after_help = "Example:\n  b24 portals show example.bitrix24.com")]
     Show {
         #[arg(value_name = "DOMAIN|MEMBER_ID")]
         key: String,
     },
     /// Forget a portal here: its tokens are deleted (the row stays, marked `removed`).
+    #[command(after_help = "Example:\n  b24 portals remove a223c6b3710f85df22e9377d6c4f7553")]
     Remove {
         #[arg(value_name = "DOMAIN|MEMBER_ID")]
         key: String,
