@@ -1281,3 +1281,47 @@ fn unsafe_free_kill(pid: i32) -> i32 {
         .map(|s| s.code().unwrap_or(-1))
         .unwrap_or(-1)
 }
+
+/// With `B24_STORE_URL=postgres://…` a client's budget is shared by every host serving it: two
+/// `b24 mcp --http` hosts (separate state dirs, one database) each issue a token named `agent`;
+/// its one write per hour is spent on the first host and refused on the second, while another
+/// client there still has its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_client_budgets_are_shared_by_a_cluster_through_postgres() {
+    let Some(url) = pg_test_url("mcp_client_budget").await else {
+        return;
+    };
+    let sb = sandbox_with_leads(0).await;
+    let policy = "allow = [\"crm.lead.*\"]\nmax_writes_per_hour = 1\n";
+    let mut hosts = Vec::new();
+    for _ in 0..2 {
+        let mut env = Env::webhook(&sb);
+        env.set("B24_STORE_URL", &url);
+        hosts.push(env);
+    }
+    let t1 = token_add(&hosts[0], "agent", policy).await;
+    let t2 = token_add(&hosts[1], "agent", policy).await;
+    let other = token_add(&hosts[1], "other", policy).await;
+    let s1 = HttpServer::start(&hosts[0], &[]).await;
+    let s2 = HttpServer::start(&hosts[1], &[]).await;
+    let a1 = http_client(&s1.url, &t1).await.unwrap();
+    let a2 = http_client(&s2.url, &t2).await.unwrap();
+    let o2 = http_client(&s2.url, &other).await.unwrap();
+    let add =
+        json!({"method": "crm.lead.add", "params": {"fields": {"TITLE": "x"}}, "confirm": true});
+    let r = call(&a1, "b24_write", add.clone()).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    let r = call(&a2, "b24_write", add.clone()).await;
+    assert!(
+        is_error(&r) && text(&r).contains("write budget"),
+        "{}",
+        text(&r)
+    );
+    let r = call(&o2, "b24_write", add).await;
+    assert!(!is_error(&r), "{}", text(&r));
+    assert_eq!(calls_of(&sb, "crm.lead.add"), 2);
+    for c in [a1, a2, o2] {
+        c.cancel().await.ok();
+    }
+    sb.shutdown().await;
+}

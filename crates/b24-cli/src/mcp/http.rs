@@ -265,7 +265,8 @@ fn tls_config(
     Ok(cfg)
 }
 
-/// Serve until `shutdown` is cancelled. `ready` gets the bound address (the port may be 0).
+/// Serve until `shutdown` is cancelled. The bound address is announced on stderr (the port
+/// may have been 0): `b24 mcp: serving Streamable HTTP at http://ADDR/mcp`.
 pub async fn serve(
     g: &Globals,
     elicit: bool,
