@@ -64,6 +64,9 @@ pub struct KeyRecord {
     pub meta: Value,
 }
 
+/// How long a done row of a key b24 made is kept.
+const KEEP_DONE_SECS: f64 = 7.0 * 86_400.0;
+
 const PARAMS_TABLE: &str = "CREATE TABLE IF NOT EXISTS idempotency_params (key TEXT NOT NULL,
     portal TEXT NOT NULL, params TEXT NOT NULL, meta TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (key, portal))";
@@ -122,6 +125,25 @@ impl GuardStore {
             )
             .optional()
             .map_err(db_err)?;
+        // Keys b24 made itself (`b24-…`) only serve settling: once done they are kept a week
+        // (for `b24 settle` and a look at the guard store), then dropped, so a long-running
+        // server's store does not grow with every write it ever made.
+        let cutoff = now() - KEEP_DONE_SECS;
+        let pruned = tx
+            .execute(
+                "DELETE FROM idempotency WHERE key LIKE 'b24-%' AND state = 'done' AND updated_at < ?1",
+                [cutoff],
+            )
+            .map_err(db_err)?;
+        tx.execute_batch(PARAMS_TABLE).map_err(db_err)?;
+        if pruned > 0 {
+            tx.execute(
+                "DELETE FROM idempotency_params WHERE key LIKE 'b24-%'
+                 AND NOT EXISTS (SELECT 1 FROM idempotency i WHERE i.key = idempotency_params.key)",
+                [],
+            )
+            .map_err(db_err)?;
+        }
         let claim = match row {
             None => {
                 let tag = self.key_tag(key, method, &hash, "in_flight", "");
@@ -131,7 +153,6 @@ impl GuardStore {
                     params![key, method, hash, now(), self.portal, tag],
                 )
                 .map_err(db_err)?;
-                tx.execute_batch(PARAMS_TABLE).map_err(db_err)?;
                 tx.execute(
                     "INSERT OR REPLACE INTO idempotency_params (key, portal, params, meta) VALUES (?1, ?2, ?3, ?4)",
                     params![key, self.portal, params.to_string(), meta.to_string()],

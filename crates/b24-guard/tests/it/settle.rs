@@ -542,3 +542,38 @@ async fn edited_store_params_are_not_resent() {
     assert_eq!(f.requests("crm.lead.update"), sent, "nothing resent");
     assert!(f.leads_where(json!({"TITLE": "evil"})).await.is_empty());
 }
+
+#[test]
+fn done_keys_b24_made_are_pruned_after_a_week_and_callers_keys_are_kept() {
+    let d = tempfile::tempdir().unwrap();
+    let s = b24_guard::store::GuardStore::open_for_portal(d.path(), "p").unwrap();
+    let p = json!({"id": 1});
+    for k in ["b24-old", "mine-old", "b24-open"] {
+        s.begin(k, "crm.lead.update", &p).unwrap();
+    }
+    s.key_done("b24-old", &json!({"result": true})).unwrap();
+    s.key_done("mine-old", &json!({"result": true})).unwrap();
+    s.key_unknown("b24-open").unwrap();
+    let conn = rusqlite::Connection::open(d.path().join("guard.db")).unwrap();
+    conn.execute(
+        "UPDATE idempotency SET updated_at = updated_at - 8 * 86400",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    s.begin("b24-new", "crm.lead.update", &p).unwrap();
+    assert!(s.key_record("b24-old").unwrap().is_none(), "pruned");
+    let kept = |k: &str| matches!(s.key_record(k).unwrap(), Some(Ok(_)));
+    assert!(kept("mine-old"), "a caller's key is theirs to keep");
+    assert!(kept("b24-open"), "an unknown outcome is kept until settled");
+    assert!(kept("b24-new"));
+    let conn = rusqlite::Connection::open(d.path().join("guard.db")).unwrap();
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM idempotency_params WHERE key = 'b24-old'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 0, "its params went with it");
+}
