@@ -440,7 +440,6 @@ async fn rest(
             }
         });
         let ok = matches!(&r, Reply::Json(s, _, _) if *s == StatusCode::OK);
-        let mut fault = fault;
         match st.cfg.faults.after_run(write, ok) {
             Fault::Drop => r = Reply::Drop,
             Fault::Timeout => fault = Fault::Timeout,

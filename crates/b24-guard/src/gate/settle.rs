@@ -239,6 +239,7 @@ impl Gate {
 
     /// Record a settlement (a new record; the one it settles is left as it is) and move the
     /// key: done with the result, freed after a refusal, or kept blocked while unknown.
+    #[allow(clippy::too_many_arguments)] // the record's fields, each named at the call
     pub(super) fn record_settlement(
         &self,
         store: &GuardStore,
