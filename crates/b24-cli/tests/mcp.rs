@@ -929,10 +929,9 @@ async fn http_needs_a_valid_token_and_nothing_unauthenticated_reaches_the_portal
     .await;
     assert_eq!(status, 401, "a token in the URL is not accepted");
     // The real client with a wrong token cannot even initialize.
-    let e = http_client(&server.url, &wrong)
-        .await
-        .err()
-        .expect("refused");
+    let Err(e) = http_client(&server.url, &wrong).await else {
+        panic!("a client with a wrong token initialized")
+    };
     assert!(
         e.contains("401") || e.to_lowercase().contains("auth"),
         "{e}"
@@ -976,7 +975,7 @@ async fn http_needs_a_valid_token_and_nothing_unauthenticated_reaches_the_portal
     );
     // The token never reaches the audit log, the guard store or stderr.
     let raw = std::fs::read(env.state_dir().join("audit.jsonl")).unwrap();
-    assert_no_secrets("the audit log", &raw, &[token.clone()]);
+    assert_no_secrets("the audit log", &raw, std::slice::from_ref(&token));
     let db = std::fs::read(env.state_dir().join("guard.db")).unwrap();
     assert_no_secrets("the guard store", &db, &[token[7..].to_string()]);
     assert_no_secrets("the server's stderr", server.stderr().as_bytes(), &[token]);
