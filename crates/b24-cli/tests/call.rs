@@ -634,3 +634,65 @@ async fn batch_commands_settle_and_the_batch_exits_0() {
         "the add was found, not resent"
     );
 }
+
+/// A held answer (the client times out after the write ran) settles like a lost one; a batch
+/// command left unknown by one run is settled by `b24 settle CALL_ID:KEY` in another.
+#[tokio::test(flavor = "multi_thread")]
+async fn timeouts_settle_and_batch_commands_settle_later() {
+    let sb = sandbox_with_leads(2).await;
+    let mut env = Env::webhook(&sb);
+    env.set("B24_TIMEOUT_SECS", "1");
+    let list = serde_json::json!({"select": ["id"], "pagination": {"limit": 1000}});
+    let count = |v: serde_json::Value| v["items"].as_array().map(Vec::len).unwrap_or(0);
+    let before = count(portal(&sb, "tasks.task.list", list.clone()).await);
+    sb.set_faults(b24_sandbox::FaultSpec {
+        hold_after_write: 1,
+        ..Default::default()
+    });
+    let o = env
+        .run(&[
+            "call",
+            "tasks.task.add",
+            "--v3",
+            "-p",
+            r#"{"fields":{"title":"held answer"}}"#,
+            "--confirm-write",
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        count(portal(&sb, "tasks.task.list", list).await),
+        before + 1
+    );
+    assert_eq!(portal_requests(&sb, "tasks.task.add"), vec![200, 200]);
+
+    // The batch's answer and both resends of its update are lost: the command stays unknown.
+    lose_answers(&sb, 3);
+    let o = env
+        .run(&[
+            "batch",
+            "--cmd",
+            r#"{"key":"u","method":"crm.lead.update","params":{"id":2,"fields":{"TITLE":"later"}}}"#,
+            "--confirm-write",
+        ])
+        .await;
+    assert_eq!(code(&o), 7, "{}\n{}", stdout(&o), stderr(&o));
+    let line = json(&o);
+    assert_eq!(line["status"], "unknown", "{line}");
+    let reason = line["reason"].as_str().unwrap();
+    let target = reason
+        .split("b24 settle ")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+        .expect("the reason names what to settle")
+        .to_string();
+    assert!(target.ends_with(":u"), "{target}");
+    let o = env.run(&["settle", &target]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(json(&o)["status"], "settled");
+    let lead = portal(&sb, "crm.lead.get", serde_json::json!({"id": 2})).await;
+    assert_eq!(lead["TITLE"], "later");
+    // The batch once, the update resent twice (lost), then once by `settle`.
+    assert_eq!(portal_requests(&sb, "batch").len(), 1);
+    assert_eq!(portal_requests(&sb, "crm.lead.update").len(), 3);
+}
