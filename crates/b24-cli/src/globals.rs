@@ -32,7 +32,11 @@ pub struct Globals {
     /// Act on one portal the app is installed on (domain or member id, see `b24 portals
     /// list`): its address and OAuth pair come from the installation the receiver recorded.
     /// Given before the command (`b24 --portal X call …`): `auth --portal` is another flag.
-    #[arg(long = "portal", id = "installed_portal", value_name = "DOMAIN|MEMBER_ID")]
+    #[arg(
+        long = "portal",
+        id = "installed_portal",
+        value_name = "DOMAIN|MEMBER_ID"
+    )]
     pub portal: Option<String>,
     #[command(flatten)]
     pub policy: crate::policy_args::PolicyArgs,

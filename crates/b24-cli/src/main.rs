@@ -12,10 +12,11 @@ mod out;
 mod policy_args;
 mod render;
 
-use clap::Parser;
+use clap::FromArgMatches;
 
 fn main() -> std::process::ExitCode {
-    let cli = cmd::Cli::parse();
+    let matches = globals::command().get_matches();
+    let cli = cmd::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     globals::init_tracing(&cli.globals);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -545,3 +545,101 @@ fn a_reader_that_goes_away_never_makes_b24_panic() {
         assert_eq!(o.status.code(), Some(0), "b24 {}: {err}", args.join(" "));
     }
 }
+
+/// Global flags are described once (`b24 --help`), not repeated under every subcommand; they
+/// still work after a subcommand. Every command has a man page with an ENVIRONMENT section, and
+/// the completion scripts offer method names from the catalog.
+#[test]
+fn global_flags_once_man_pages_for_every_command_method_completions() {
+    let env = Env::bare();
+    let top = stdout(&env.cmd(&["--help"]).output().unwrap());
+    for flag in [
+        "--read-only",
+        "--allow",
+        "--state-dir",
+        "--max-writes-per-hour",
+    ] {
+        assert!(top.contains(flag), "b24 --help lacks {flag}");
+    }
+    for sub in [
+        vec!["completions"],
+        vec!["sandbox"],
+        vec!["call"],
+        vec!["export"],
+        vec!["audit", "verify"],
+        vec!["plan", "list"],
+    ] {
+        let mut args = sub.clone();
+        args.push("--help");
+        let o = env.cmd(&args).output().unwrap();
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let h = stdout(&o);
+        for flag in [
+            "Refuse everything but reads",
+            "--max-writes-per-hour <N>",
+            "--env-file <FILE>",
+        ] {
+            assert!(
+                !h.contains(flag),
+                "b24 {} --help repeats {flag}",
+                sub.join(" ")
+            );
+        }
+        assert!(h.contains("b24 --help"), "points to the global options");
+    }
+    // Still accepted after the subcommand: refused by --read-only before anything else.
+    let o = env
+        .cmd(&[
+            "call",
+            "crm.lead.delete",
+            "-p",
+            r#"{"id":1}"#,
+            "--confirm-destructive",
+            "--read-only",
+            "--dry-run",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 4, "{}", stderr(&o));
+
+    let dir = env.dir.path().join("man");
+    let o = env
+        .cmd(&["completions", "man", "--dir", dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let pages: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(pages.len() >= 40, "{} pages", pages.len());
+    for p in &pages {
+        let t = std::fs::read_to_string(p).unwrap();
+        assert!(t.contains(".SH ENVIRONMENT"), "{}", p.display());
+        assert!(t.contains("B24_WEBHOOK_URL"), "{}", p.display());
+    }
+    let export = std::fs::read_to_string(dir.join("b24-export.1")).unwrap();
+    assert!(export.contains(".TH b24-export"), "{export}");
+    assert!(export.contains("checkpoint") && export.contains("GLOBAL OPTIONS"));
+    let verify = env
+        .cmd(&["completions", "man", "audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(stdout(&verify).contains(".TH b24-audit-verify"));
+    assert_eq!(
+        code(&env.cmd(&["completions", "man", "nosuch"]).output().unwrap()),
+        2
+    );
+
+    for shell in ["bash", "zsh"] {
+        let o = env.cmd(&["completions", shell]).output().unwrap();
+        let s = stdout(&o);
+        assert!(
+            s.contains("crm.deal.add") && s.contains("tasks.task.list"),
+            "{shell}: method names from the catalog"
+        );
+    }
+    // Completion candidates do not restrict what is accepted.
+    let o = env.cmd(&["describe", "not.in.catalog"]).output().unwrap();
+    assert_ne!(stderr(&o).contains("invalid value"), true, "{}", stderr(&o));
+}
