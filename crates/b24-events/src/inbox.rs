@@ -99,6 +99,11 @@ impl Inbox {
         conn.execute_batch(SQLITE_SCHEMA).map_err(se)?;
         conn.execute_batch(crate::installs::SQLITE_SCHEMA)
             .map_err(se)?;
+        // A store created before installations had `wake_at` (it exists: the error is fine).
+        let _ = conn.execute(
+            "ALTER TABLE b24_installations ADD COLUMN wake_at REAL NOT NULL DEFAULT 0",
+            [],
+        );
         let mut wal = path.into_os_string();
         wal.push("-wal");
         Ok(Inbox::Sqlite {

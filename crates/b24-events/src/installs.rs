@@ -30,14 +30,16 @@ use crate::{EventsError, Result, now};
 pub(crate) const SQLITE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS b24_installations (
   member_id TEXT PRIMARY KEY, domain TEXT NOT NULL, state TEXT NOT NULL,
-  pair TEXT, installed_at REAL NOT NULL, updated_at REAL NOT NULL, uninstalled_at REAL);
+  pair TEXT, installed_at REAL NOT NULL, updated_at REAL NOT NULL, uninstalled_at REAL,
+  wake_at REAL NOT NULL DEFAULT 0);
 ";
 
 pub(crate) const PG_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS b24_installations (
   member_id TEXT PRIMARY KEY, domain TEXT NOT NULL, state TEXT NOT NULL,
   pair TEXT, installed_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
-  uninstalled_at DOUBLE PRECISION);
+  uninstalled_at DOUBLE PRECISION, wake_at DOUBLE PRECISION NOT NULL DEFAULT 0);
+ALTER TABLE b24_installations ADD COLUMN IF NOT EXISTS wake_at DOUBLE PRECISION NOT NULL DEFAULT 0;
 ";
 
 /// One portal our app is (or was) installed on. Never holds a secret in `Debug`.
@@ -52,6 +54,8 @@ pub struct Installation {
     pub installed_at: f64,
     pub updated_at: f64,
     pub uninstalled_at: Option<f64>,
+    /// When the portal last said it has offline events (`ONOFFLINEEVENT`): wakes its puller.
+    pub wake_at: f64,
 }
 
 impl std::fmt::Debug for Installation {
@@ -92,7 +96,7 @@ fn parse_pair(s: Option<String>) -> Option<TokenPair> {
     s.and_then(|s| serde_json::from_str(&s).ok())
 }
 
-const COLS: &str = "member_id, domain, state, pair, installed_at, updated_at, uninstalled_at FROM b24_installations";
+const COLS: &str = "member_id, domain, state, pair, installed_at, updated_at, uninstalled_at, wake_at FROM b24_installations";
 
 /// The installations registry over the receiver's side store.
 #[derive(Clone)]
@@ -143,7 +147,7 @@ impl Installations {
             Inbox::Sqlite { conn, .. } => {
                 Self::sqlite(conn, move |c| {
                     c.execute(
-                        "INSERT INTO b24_installations VALUES (?1, ?2, 'installed', ?3, ?4, ?4, NULL)
+                        "INSERT INTO b24_installations VALUES (?1, ?2, 'installed', ?3, ?4, ?4, NULL, ?4)
                          ON CONFLICT(member_id) DO UPDATE SET domain = excluded.domain,
                            state = 'installed', pair = COALESCE(excluded.pair, b24_installations.pair),
                            installed_at = CASE WHEN b24_installations.state = 'installed'
@@ -158,7 +162,7 @@ impl Installations {
             Inbox::Postgres(pool) => {
                 let c = pool.get().await.map_err(se)?;
                 c.execute(
-                    "INSERT INTO b24_installations VALUES ($1, $2, 'installed', $3, $4, $4, NULL)
+                    "INSERT INTO b24_installations VALUES ($1, $2, 'installed', $3, $4, $4, NULL, $4)
                      ON CONFLICT (member_id) DO UPDATE SET domain = EXCLUDED.domain,
                        state = 'installed', pair = COALESCE(EXCLUDED.pair, b24_installations.pair),
                        installed_at = CASE WHEN b24_installations.state = 'installed'
@@ -238,6 +242,7 @@ impl Installations {
                             installed_at: r.get(4)?,
                             updated_at: r.get(5)?,
                             uninstalled_at: r.get(6)?,
+                            wake_at: r.get(7)?,
                         })
                     };
                     match &arg {
@@ -265,6 +270,7 @@ impl Installations {
                         installed_at: r.get(4),
                         updated_at: r.get(5),
                         uninstalled_at: r.get(6),
+                        wake_at: r.get(7),
                     })
                     .collect())
             }
@@ -304,20 +310,22 @@ impl Installations {
     /// (from the payload's `auth[member_id]`). Empty when the queue has no table yet.
     pub async fn queue_depths(&self) -> Result<std::collections::HashMap<String, i64>> {
         match &self.inbox {
-            Inbox::Sqlite { conn, .. } => Self::sqlite(conn, |c| {
-                let mut st = match c.prepare(
+            Inbox::Sqlite { conn, .. } => {
+                Self::sqlite(conn, |c| {
+                    let mut st = match c.prepare(
                     "SELECT json_extract(payload, '$.auth.member_id') AS m, count(*) FROM b24_jobs
                      WHERE state IN ('ready', 'running') AND m IS NOT NULL GROUP BY m",
                 ) {
                     Ok(st) => st,
                     Err(_) => return Ok(Default::default()),
                 };
-                let rows = st.query_map([], |r| {
-                    Ok((r.get::<_, String>(0).unwrap_or_default(), r.get(1)?))
-                })?;
-                rows.collect()
-            })
-            .await,
+                    let rows = st.query_map([], |r| {
+                        Ok((r.get::<_, String>(0).unwrap_or_default(), r.get(1)?))
+                    })?;
+                    rows.collect()
+                })
+                .await
+            }
             Inbox::Postgres(pool) => {
                 let c = pool.get().await.map_err(se)?;
                 let rows = c
@@ -338,11 +346,123 @@ impl Installations {
         }
     }
 
+    /// The portal announced offline events (`ONOFFLINEEVENT`, authenticated): wake its puller.
+    pub async fn wake(&self, member_id: &str) -> Result<()> {
+        let (m, t) = (member_id.to_string(), now());
+        match &self.inbox {
+            Inbox::Sqlite { conn, .. } => {
+                Self::sqlite(conn, move |c| {
+                    c.execute(
+                        "UPDATE b24_installations SET wake_at = ?2 WHERE member_id = ?1",
+                        params![m, t],
+                    )
+                    .map(|_| ())
+                })
+                .await
+            }
+            Inbox::Postgres(pool) => {
+                let c = pool.get().await.map_err(se)?;
+                c.execute(
+                    "UPDATE b24_installations SET wake_at = $2 WHERE member_id = $1",
+                    &[&m, &t],
+                )
+                .await
+                .map_err(se)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Take the right to pull `member_id`'s offline queue, if nobody holds it: a PostgreSQL
+    /// session advisory lock (hosts sharing the database exclude each other; a host that dies
+    /// loses its session and the lock with it) or, on SQLite, a lock file. `None` = taken.
+    pub async fn try_lock_pull(&self, member_id: &str) -> Result<Option<PullLock>> {
+        match &self.inbox {
+            Inbox::Postgres(pool) => {
+                let obj = pool.get().await.map_err(se)?;
+                let row = obj
+                    .query_one(
+                        "SELECT pg_try_advisory_lock(hashtext('b24-pull:' || $1))",
+                        &[&member_id],
+                    )
+                    .await
+                    .map_err(se)?;
+                Ok(row.get::<_, bool>(0).then(|| PullLock {
+                    inner: Some(PullInner::Pg(obj)),
+                    member_id: member_id.to_string(),
+                }))
+            }
+            Inbox::Sqlite { wal, .. } => {
+                let path = lock_path(wal, &format!("pull:{member_id}"));
+                let member = member_id.to_string();
+                tokio::task::spawn_blocking(move || {
+                    if let Some(d) = path.parent() {
+                        std::fs::create_dir_all(d)?;
+                    }
+                    let f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .truncate(false)
+                        .write(true)
+                        .open(&path)?;
+                    match f.try_lock() {
+                        Ok(()) => Ok(Some(PullLock {
+                            inner: Some(PullInner::File(f)),
+                            member_id: member,
+                        })),
+                        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+                        Err(std::fs::TryLockError::Error(e)) => Err(e),
+                    }
+                })
+                .await
+                .map_err(se)?
+                .map_err(se)
+            }
+        }
+    }
+
     /// The client's token store for one installed portal.
     pub fn token_store(&self, member_id: &str) -> InstallTokenStore {
         InstallTokenStore {
             reg: self.clone(),
             member_id: member_id.to_string(),
+        }
+    }
+}
+
+/// The right to pull one portal's offline queue ([`Installations::try_lock_pull`]). Give it
+/// back with [`PullLock::release`]; dropped without that, a PostgreSQL session is closed
+/// rather than returned to the pool still holding the lock.
+pub struct PullLock {
+    inner: Option<PullInner>,
+    member_id: String,
+}
+
+enum PullInner {
+    Pg(deadpool_postgres::Object),
+    File(#[allow(dead_code)] std::fs::File),
+}
+
+impl PullLock {
+    pub async fn release(mut self) {
+        if let Some(PullInner::Pg(obj)) = self.inner.take() {
+            let unlocked = obj
+                .query_one(
+                    "SELECT pg_advisory_unlock(hashtext('b24-pull:' || $1))",
+                    &[&self.member_id],
+                )
+                .await
+                .is_ok_and(|r| r.get::<_, bool>(0));
+            if !unlocked {
+                drop(deadpool_postgres::Object::take(obj));
+            }
+        }
+    }
+}
+
+impl Drop for PullLock {
+    fn drop(&mut self) {
+        if let Some(PullInner::Pg(obj)) = self.inner.take() {
+            drop(deadpool_postgres::Object::take(obj));
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`worker`] and [`handler`]: run `--exec` or `--forward` handlers for queued events (or,
 //!   for library users and benchmarks, an in-process async function).
 
+pub mod fleet;
 pub mod form;
 pub mod handler;
 pub mod inbox;

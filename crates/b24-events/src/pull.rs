@@ -28,17 +28,23 @@ fn text(v: &Value) -> String {
     }
 }
 
-fn to_events(portal: &str, events: &[Value]) -> Result<Vec<NewEvent>> {
+/// `member`: with many portals, each pulled event names its portal in `auth` (as an online
+/// event does), so handlers, per-portal queue depths and metrics can tell them apart.
+fn to_events(portal: &str, member: Option<&str>, events: &[Value]) -> Result<Vec<NewEvent>> {
     events
         .iter()
         .map(|ev| {
             let key = offline_key(portal, ev)
                 .ok_or_else(|| EventsError::Store(format!("offline event without ID: {ev}")))?;
+            let mut payload = ev.clone();
+            if let (Some(m), Some(o)) = (member, payload.as_object_mut()) {
+                o.insert("auth".into(), json!({"member_id": m, "domain": portal}));
+            }
             Ok(NewEvent {
                 key,
                 source: "offline".into(),
                 name: ev.get("EVENT_NAME").map(text).unwrap_or_default(),
-                payload: ev.clone(),
+                payload,
             })
         })
         .collect()
@@ -57,10 +63,11 @@ async fn commit_and_clear(
     store: &Store,
     events: &[Value],
     pid: &str,
+    member: Option<&str>,
 ) -> Result<usize> {
     let portal = client.portal().to_string();
     let new = store
-        .enqueue_offline(&to_events(&portal, events)?, pid)
+        .enqueue_offline(&to_events(&portal, member, events)?, pid)
         .await?;
     client
         .call("event.offline.clear", json!({"process_id": pid}))
@@ -71,8 +78,24 @@ async fn commit_and_clear(
 
 /// Finish what a previous run left: pending clears, and reservations never committed.
 pub async fn recover(client: &b24::Client, store: &Store) -> Result<Pulled> {
+    let pids: Vec<String> = store.pending_processes().await?;
+    recover_with(client, store, pids, None).await
+}
+
+/// [`recover`] for one portal of many: only the reservations *this* portal lists (the store's
+/// pending clears belong to every portal; a reservation we committed but never cleared is
+/// still listed by its portal, and its keys dedupe the re-read).
+pub async fn recover_portal(client: &b24::Client, store: &Store, member: &str) -> Result<Pulled> {
+    recover_with(client, store, Vec::new(), Some(member)).await
+}
+
+async fn recover_with(
+    client: &b24::Client,
+    store: &Store,
+    mut pids: Vec<String>,
+    member: Option<&str>,
+) -> Result<Pulled> {
     let mut p = Pulled::default();
-    let mut pids: Vec<String> = store.pending_processes().await?;
     // Reservations on the portal that we may never have committed.
     let mut start = 0u64;
     loop {
@@ -107,7 +130,7 @@ pub async fn recover(client: &b24::Client, store: &Store) -> Result<Pulled> {
             .cloned()
             .unwrap_or_default();
         p.fetched += events.len();
-        p.new += commit_and_clear(client, store, &events, &pid).await?;
+        p.new += commit_and_clear(client, store, &events, &pid, member).await?;
         p.batches += 1;
     }
     Ok(p)
@@ -119,6 +142,17 @@ pub async fn pull(
     store: &Store,
     limit: u32,
     max_batches: usize,
+) -> Result<Pulled> {
+    pull_portal(client, store, limit, max_batches, None).await
+}
+
+/// [`pull`] for one portal of many: each event is tagged with the portal's `member_id`.
+pub async fn pull_portal(
+    client: &b24::Client,
+    store: &Store,
+    limit: u32,
+    max_batches: usize,
+    member: Option<&str>,
 ) -> Result<Pulled> {
     let mut p = Pulled::default();
     while p.batches < max_batches {
@@ -147,7 +181,7 @@ pub async fn pull(
             break;
         };
         p.fetched += events.len();
-        p.new += commit_and_clear(client, store, &events, &pid).await?;
+        p.new += commit_and_clear(client, store, &events, &pid, member).await?;
         p.batches += 1;
         if events.len() < limit as usize {
             break;

@@ -342,6 +342,14 @@ async fn lifecycle(
             }
             Ok(())
         }
+        ("ONOFFLINEEVENT", _) => match &sh.inbox {
+            Some(i) => {
+                Installations::from_inbox(i.clone())
+                    .wake(&env.member_id)
+                    .await
+            }
+            None => Ok(()),
+        },
         ("ONAPPUNINSTALL", _) => {
             if let Some(i) = &sh.inbox {
                 i.set_portal(&env.member_id, None).await?;

@@ -239,3 +239,217 @@ async fn one_refresh_per_portal_across_hosts_postgres() {
     }
     ps.shutdown().await;
 }
+
+/// The app's side of every sandbox portal, for the fleet's client factory.
+fn factory(reg: Installations, ps: &b24_sandbox::Portals) -> b24_events::fleet::ClientFactory {
+    let infos: std::collections::HashMap<String, b24_sandbox::StartInfo> = ps
+        .infos()
+        .into_iter()
+        .map(|i| (i.member_id.clone(), i))
+        .collect();
+    let infos = Arc::new(infos);
+    Arc::new(move |inst: b24_events::installs::Installation| {
+        let (reg, infos) = (reg.clone(), infos.clone());
+        Box::pin(async move {
+            let i = infos
+                .get(&inst.member_id)
+                .ok_or_else(|| b24_events::EventsError::Config("unknown portal".into()))?;
+            let store = Arc::new(reg.token_store(&inst.member_id));
+            let pair = store.load().await?.ok_or_else(|| {
+                b24_events::EventsError::Config("installed portal without tokens".into())
+            })?;
+            Ok(b24::ClientBuilder::oauth(
+                &i.base_url,
+                &i.client_id,
+                &i.client_secret,
+                &pair.access_token,
+                &pair.refresh_token,
+            )?
+            .token_url(&i.oauth_token_url)?
+            .token_store(store)
+            .build()
+            .await?)
+        })
+    })
+}
+
+/// Two fleet hosts pull six portals, one flooded: every event is queued exactly once, the
+/// quiet portals' events are handled long before the flood drains, and the pull locks kept
+/// the hosts apart.
+async fn fleet_run(db: String, dir: tempfile::TempDir) {
+    use b24_events::fleet::{FleetConfig, FleetStats, run};
+    let ps = start_many(
+        SandboxConfig {
+            limits: false,
+            ..Default::default()
+        },
+        6,
+    )
+    .await
+    .unwrap();
+    let rx = serve_at(db, dir, &["127.0.0.1:*"], None, ServeLimits::default()).await;
+    let reg = Installations::open(&rx.db).await.unwrap();
+    for p in ps.iter() {
+        assert_eq!(p.install_app(&rx.url).await.status, 200);
+        let c = client_for(&reg, p, &p.info().member_id).await;
+        c.call(
+            "event.bind",
+            json!({"event": "ONCRMLEADADD", "event_type": "offline"}),
+        )
+        .await
+        .unwrap();
+        c.call(
+            "event.bind",
+            json!({"event": "ONOFFLINEEVENT", "handler": rx.url, "options": {"minTimeout": 0}}),
+        )
+        .await
+        .unwrap();
+    }
+    let store = Arc::new(b24_events::Store::open(&rx.db).await.unwrap());
+    // Drain the install events first: only offline events count below.
+    while let Some(j) = store
+        .claim("setup", 50, 30.0)
+        .await
+        .unwrap()
+        .first()
+        .cloned()
+    {
+        store.complete(&j, "setup").await.unwrap();
+    }
+    let flooded = ps.get(0).unwrap().info().member_id.clone();
+    assert_eq!(ps.get(0).unwrap().emit_lead_adds(1500), 1500);
+    for p in ps.iter().skip(1) {
+        assert_eq!(p.emit_lead_adds(5), 5);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cfg = FleetConfig {
+        concurrency: 4,
+        per_portal_cap: 100,
+        poll_min: Duration::from_millis(50),
+        poll_max: Duration::from_secs(2),
+        rescan: Duration::from_millis(100),
+        ..Default::default()
+    };
+    let mut hosts = Vec::new();
+    let mut host_stats = Vec::new();
+    for _ in 0..2 {
+        let host = Installations::open(&rx.db).await.unwrap();
+        let stats = Arc::new(FleetStats::default());
+        host_stats.push(stats.clone());
+        hosts.push(tokio::spawn(run(
+            host.clone(),
+            store.clone(),
+            cfg.clone(),
+            factory(host, &ps),
+            stats,
+            stop.clone(),
+        )));
+    }
+    // The handler: one consumer, first come first served from the shared queue.
+    let mut seen = std::collections::HashSet::new();
+    let (mut flood_done, mut quiet_done, mut flood_when_quiet_done) = (0usize, 0usize, None);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while flood_done + quiet_done < 1525 && std::time::Instant::now() < deadline {
+        let jobs = store.claim("h", 20, 30.0).await.unwrap();
+        if jobs.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        for j in jobs {
+            assert!(store.complete(&j, "h").await.unwrap());
+            if j.name != "ONCRMLEADADD" {
+                continue;
+            }
+            assert!(seen.insert(j.key.clone()), "queued once: {}", j.key);
+            if j.payload["auth"]["member_id"] == json!(flooded) {
+                flood_done += 1;
+            } else {
+                quiet_done += 1;
+                if quiet_done == 25 {
+                    flood_when_quiet_done = Some(flood_done);
+                }
+            }
+        }
+    }
+    stop.cancel();
+    for h in hosts {
+        h.await.unwrap().unwrap();
+    }
+    assert_eq!((flood_done, quiet_done), (1500, 25));
+    let at = flood_when_quiet_done.unwrap();
+    eprintln!("fleet: the 25 quiet events were all handled after {at} of the 1500 flooded ones");
+    assert!(
+        at <= 400,
+        "quiet portals were served while the flood drained: all 25 done after {at} of 1500"
+    );
+    for p in ps.iter() {
+        assert_eq!(p.stats().offline_queue_depth, 0, "every portal cleared");
+    }
+    let locked: u64 = host_stats
+        .iter()
+        .flat_map(|s| ps.iter().filter_map(|p| s.portal(&p.info().member_id)))
+        .map(|c| c.locked_elsewhere)
+        .sum();
+    let pulled: u64 = host_stats
+        .iter()
+        .map(|s| s.pulled.load(std::sync::atomic::Ordering::Relaxed))
+        .sum();
+    assert_eq!(pulled, 1525, "each event pulled by exactly one host");
+    eprintln!("fleet: {locked} rounds found a portal locked by the other host");
+    assert!(
+        host_stats[0]
+            .prometheus()
+            .contains(&format!("member_id=\"{flooded}\""))
+    );
+    ps.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_pulls_every_portal_fairly_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db").to_str().unwrap().to_string();
+    fleet_run(db, dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_pulls_every_portal_fairly_postgres() {
+    let Some(url) = crate::conformance::pg("fleet_fair").await else {
+        return;
+    };
+    fleet_run(url, tempfile::tempdir().unwrap()).await;
+}
+
+/// Two hosts never hold one portal's pull lock at once; a host that dies (its session
+/// dropped without releasing) frees it.
+async fn pull_lock_excludes(url: String) {
+    let (h1, h2) = (
+        Installations::open(&url).await.unwrap(),
+        Installations::open(&url).await.unwrap(),
+    );
+    let a = h1.try_lock_pull("m1").await.unwrap().expect("free");
+    assert!(
+        h2.try_lock_pull("m1").await.unwrap().is_none(),
+        "held by h1"
+    );
+    let b = h2
+        .try_lock_pull("m2")
+        .await
+        .unwrap()
+        .expect("another portal is free");
+    a.release().await;
+    let a2 = h2.try_lock_pull("m1").await.unwrap().expect("released");
+    assert!(h1.try_lock_pull("m1").await.unwrap().is_none());
+    drop(a2); // h2 "dies" without releasing
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(h1.try_lock_pull("m1").await.unwrap().is_some());
+    b.release().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hosts_never_pull_one_portal_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    pull_lock_excludes(dir.path().join("q.db").to_str().unwrap().to_string()).await;
+    if let Some(url) = crate::conformance::pg("pull_lock").await {
+        pull_lock_excludes(url).await;
+    }
+}
