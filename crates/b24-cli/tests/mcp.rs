@@ -1014,6 +1014,12 @@ async fn http_tokens_have_their_own_policy_audit_identity_and_write_budget() {
     assert!(is_error(&r), "{}", text(&r));
     assert!(text(&r).contains("read-only"), "{}", text(&r));
     assert!(text(&r).contains("MCP client reader"), "{}", text(&r));
+    // The fix names who can change it, not CLI flags the model does not have.
+    assert!(
+        !text(&r).contains("--read-only") && text(&r).contains("ask the operator"),
+        "{}",
+        text(&r)
+    );
     assert_eq!(calls_of(&sb, "crm.lead.add"), 0);
     let r = call(&b, "b24_write", add("from lead-writer")).await;
     assert!(!is_error(&r), "{}", text(&r));

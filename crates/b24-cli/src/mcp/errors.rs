@@ -50,8 +50,26 @@ fn rewrite_plan_command(text: &str) -> String {
     format!("{}b24_plan {call}{}", &text[..i], &rest[end + 1..])
 }
 
+/// A refusal that comes from an HTTP client's own policy file (its layer is named
+/// `MCP client NAME (PATH)`): the CLI's fix ("add --allow ...", "remove the pattern there")
+/// would send the model after flags it does not have, so it says who can change it instead.
+fn client_layer_fix(text: &str) -> Option<String> {
+    const MARK: &str = "(MCP client ";
+    let start = text.find(MARK)?;
+    let end = start + text[start..].find("))")? + 2;
+    let fix_at = end + text[end..].strip_prefix(". ").map(|_| 2)?;
+    let source = &text[start + 1..end - 1];
+    Some(format!(
+        "{}{source} does not allow this call: that file is the operator's, and no tool argument changes it; ask the operator, or do only what it allows",
+        &text[..fix_at]
+    ))
+}
+
 /// Rewrite the CLI's flags in a refusal's fix into this server's tool arguments.
 pub fn mcp_fix(text: &str) -> String {
+    if let Some(s) = client_layer_fix(text) {
+        return s;
+    }
     let mut s = rewrite_plan_command(text);
     for (cli, mcp) in [
         (
@@ -196,6 +214,19 @@ fn b24_error_value(e: &b24::Error) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_layers_refusal_names_the_file_not_flags() {
+        let t = "refused crm.deal.add: not in the allowlist (MCP client bot (/etc/b24/bot.toml)). add --allow 'crm.deal.add'";
+        let f = mcp_fix(t);
+        assert!(f.starts_with("refused crm.deal.add: not in the allowlist (MCP client bot (/etc/b24/bot.toml)). MCP client bot (/etc/b24/bot.toml) does not allow"), "{f}");
+        assert!(!f.contains("--allow"), "{f}");
+        let ro = "refused crm.lead.add: a write call in read-only mode (MCP client r (/p.toml)). read-only comes from MCP client r (/p.toml) (--read-only / B24_READ_ONLY)";
+        assert!(!mcp_fix(ro).contains("--read-only"), "{}", mcp_fix(ro));
+        // Other refusals are untouched by it.
+        let other = "refused crm.lead.add: not in the allowlist (flags and environment). add --allow 'crm.lead.add'";
+        assert_eq!(mcp_fix(other), other);
+    }
 
     #[test]
     fn cli_flags_become_tool_arguments() {
