@@ -108,3 +108,56 @@ mod tests {
         assert_eq!(d, (1..=12).map(|a| b2.delay(a)).collect::<Vec<_>>());
     }
 }
+
+/// A connection failure that will not heal within a call's retry budget, and its likely cause:
+/// the host name does not resolve, TLS fails (a certificate for another name, an untrusted one,
+/// or https spoken to a plain-http port), or — on the client's first request — the connection
+/// is refused (nothing listens at that address). Retrying these for ~24 s only delays the
+/// message the person needs; a refusal later on (a portal restarting) is still retried.
+pub(crate) fn unhealable(
+    e: &(dyn std::error::Error + 'static),
+    first_request: bool,
+) -> Option<String> {
+    let mut text = String::new();
+    let mut refused = false;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            refused = true;
+        }
+        text.push_str(&c.to_string().to_ascii_lowercase());
+        text.push('\n');
+        cur = c.source();
+    }
+    let dns = [
+        "dns error",
+        "failed to lookup address",
+        "name or service not known",
+        "no address associated",
+        "nodename nor servname",
+        "no such host",
+        "temporary failure in name resolution",
+    ];
+    if dns.iter().any(|m| text.contains(m)) {
+        return Some("the portal's host name does not resolve (DNS): check the domain in B24_WEBHOOK_URL / B24_DOMAIN for a typo, and this machine's DNS".into());
+    }
+    let tls = [
+        "certificate",
+        "tls",
+        "handshake",
+        "corrupt message",
+        "invalidcontenttype",
+        "peer misbehaved",
+        "unknownissuer",
+        "notvalidforname",
+    ];
+    if tls.iter().any(|m| text.contains(m)) {
+        return Some("the TLS handshake failed: the portal's certificate is for another name or not trusted, a proxy intercepts TLS, or the address speaks plain http; b24 never turns certificate checks off".into());
+    }
+    if first_request && (refused || text.contains("connection refused")) {
+        return Some("the connection was refused: nothing listens at that address and port; check the portal address (https uses port 443)".into());
+    }
+    None
+}
