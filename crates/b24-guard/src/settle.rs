@@ -24,6 +24,9 @@ pub const REPLAY_WINDOW_SECS: f64 = 23.0 * 3600.0;
 /// this long it stays unknown.
 pub const UPDATE_WINDOW_SECS: f64 = 600.0;
 
+/// A settle that holds a key longer than this died; the key may be taken again.
+pub const STALE_SETTLE_SECS: f64 = 900.0;
+
 /// The stamp of an add: the same (key, call) always gives the same stamp.
 pub fn stamp_for(key: &str, method: &str, params: &Value) -> String {
     let h = sha2::Sha256::digest(

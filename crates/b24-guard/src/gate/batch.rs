@@ -390,10 +390,11 @@ impl Gate {
                 return false;
             }
         }
-        let _ = store.key_unknown(k);
         if c.class == SettleClass::Unknown {
+            let _ = store.key_unknown(k);
             return false;
         }
+        // The key stays in flight while it is settled, so no `b24 settle` takes it meanwhile.
         let p = Pending {
             method: c.method.as_str(),
             api: Api::V2,

@@ -598,6 +598,37 @@ impl Gate {
             }
             Err(e) => {
                 let unknown = matches!(e, b24::Error::OutcomeUnknown { .. });
+                if let (true, Some(k), Some(store)) = (unknown, &key, &store)
+                    && class != SettleClass::Unknown
+                {
+                    // The write may have happened: settle it now, as its class allows. The
+                    // outcome is recorded after, so no `b24 settle` starts on it meanwhile.
+                    let p = super::settle::Pending {
+                        method: m,
+                        api,
+                        params: &params,
+                        key: k,
+                        class,
+                        stamp: stamp.as_deref(),
+                    };
+                    let s = self.settle_one(&client, &p).await;
+                    let _ = self.record(m, fields("unknown", None));
+                    self.record_settlement(store, k, m, &request_id, None, class, &s);
+                    return match s {
+                        super::settle::Settled::Done { raw, replayed, .. } => {
+                            Ok(CallOutcome::Done {
+                                response: crate::settle::response(raw, replayed),
+                                replayed,
+                            })
+                        }
+                        super::settle::Settled::Failed { error, .. } => {
+                            Err(GateError::Client(error))
+                        }
+                        super::settle::Settled::Unknown { evidence } => {
+                            Err(GateError::Client(still_unknown(e, &request_id, &evidence)))
+                        }
+                    };
+                }
                 if let (Some(k), Some(store)) = (&key, &store) {
                     let _ = if unknown {
                         store.key_unknown(k)
@@ -610,30 +641,15 @@ impl Gate {
                     _ => None,
                 };
                 let _ = self.record(m, fields(if unknown { "unknown" } else { "error" }, code));
-                let (true, Some(k), Some(store)) = (unknown, &key, &store) else {
+                if unknown {
+                    let e = still_unknown(
+                        e,
+                        &request_id,
+                        &json!({"why": "no safe way to settle this write; read it back before any retry", "final": true}),
+                    );
                     return Err(GateError::Client(e));
-                };
-                // The write may have happened: settle it now, as its class allows.
-                let p = super::settle::Pending {
-                    method: m,
-                    api,
-                    params: &params,
-                    key: k,
-                    class,
-                    stamp: stamp.as_deref(),
-                };
-                let s = self.settle_one(&client, &p).await;
-                self.record_settlement(store, k, m, &request_id, None, class, &s);
-                match s {
-                    super::settle::Settled::Done { raw, replayed, .. } => Ok(CallOutcome::Done {
-                        response: crate::settle::response(raw, replayed),
-                        replayed,
-                    }),
-                    super::settle::Settled::Failed { error, .. } => Err(GateError::Client(error)),
-                    super::settle::Settled::Unknown { evidence } => {
-                        Err(GateError::Client(still_unknown(e, &request_id, &evidence)))
-                    }
                 }
+                Err(GateError::Client(e))
             }
         }
     }
@@ -694,11 +710,14 @@ fn still_unknown(e: b24::Error, call_id: &str, evidence: &Value) -> b24::Error {
                 .and_then(Value::as_str)
                 .map(str::to_string)
                 .unwrap_or_else(|| evidence.to_string());
+            let later = if evidence.get("final").is_some() {
+                String::new()
+            } else {
+                format!(" (`b24 settle {call_id}` looks again later)")
+            };
             b24::Error::OutcomeUnknown {
                 method,
-                reason: format!(
-                    "{reason}; not settled: {why}; call id {call_id} (`b24 settle {call_id}` looks again later)"
-                ),
+                reason: format!("{reason}; not settled: {why}; call id {call_id}{later}"),
                 idempotency_key,
             }
         }

@@ -253,6 +253,7 @@ impl Gate {
         let _ = match s {
             Settled::Done { raw, .. } => store.key_done(key, raw),
             Settled::Failed { .. } => store.key_failed(key),
+            Settled::Unknown { evidence } if evidence.get("busy").is_some() => Ok(()),
             Settled::Unknown { .. } => store.key_unknown(key),
         };
         let recorded = self.record(
@@ -373,6 +374,22 @@ impl Gate {
             }
             Err(e) => return (o.class, unknown(e.to_string())),
         };
+        if rec.state != "done" {
+            match store.claim_for_settling(&o.key, logic::STALE_SETTLE_SECS) {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Not ours: the key's state is left to whoever holds it.
+                    return (
+                        o.class,
+                        Settled::Unknown {
+                            evidence: json!({"how": "none", "busy": true,
+                                "why": "another b24 is settling this write (or sending it) right now"}),
+                        },
+                    );
+                }
+                Err(e) => return (o.class, unknown(e.to_string())),
+            }
+        }
         if rec.state == "done" {
             // Settled before (e.g. its settlement record could not be written): the result.
             return (

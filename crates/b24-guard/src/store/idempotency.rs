@@ -265,6 +265,41 @@ impl GuardStore {
         Ok(())
     }
 
+    /// Take a key whose outcome is unknown for settling (state `in_flight`), so that two
+    /// processes never settle one write at once (two look-ups that both find nothing would both
+    /// add). A key left `in_flight` for longer than `stale_secs` (a settle that died) can be
+    /// taken again. `false`: someone else holds it, or it is not unknown.
+    pub fn claim_for_settling(&self, key: &str, stale_secs: f64) -> Result<bool, GuardError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let row: Option<(String, String, String, f64)> = tx
+            .query_row(
+                "SELECT method, hash, state, updated_at FROM idempotency WHERE key = ?1 AND portal = ?2",
+                params![key, self.portal],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        let Some((method, hash, state, at)) = row else {
+            return Ok(false);
+        };
+        let free = state == "unknown" || (state == "in_flight" && now() - at > stale_secs);
+        if !free {
+            return Ok(false);
+        }
+        let tag = self.key_tag(key, &method, &hash, "in_flight", "");
+        tx.execute(
+            "UPDATE idempotency SET state = 'in_flight', result = NULL, updated_at = ?2, tag = ?3
+             WHERE key = ?1 AND portal = ?4",
+            params![key, now(), tag, self.portal],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(true)
+    }
+
     /// A key's row of this portal with its params, for settling. `Ok(None)`: no such key;
     /// `Ok(Some(Err(why)))`: the row or its params were changed in the database (or written by
     /// an older b24 that kept no params) — nothing may be resent from it.

@@ -577,3 +577,31 @@ fn done_keys_b24_made_are_pruned_after_a_week_and_callers_keys_are_kept() {
         .unwrap();
     assert_eq!(n, 0, "its params went with it");
 }
+
+#[test]
+fn one_write_is_settled_by_one_process_at_a_time() {
+    let d = tempfile::tempdir().unwrap();
+    let s = b24_guard::store::GuardStore::open_for_portal(d.path(), "p").unwrap();
+    s.begin("b24-k", "crm.lead.add", &json!({"fields": {}}))
+        .unwrap();
+    assert!(
+        !s.claim_for_settling("b24-k", 900.0).unwrap(),
+        "still being sent"
+    );
+    s.key_unknown("b24-k").unwrap();
+    assert!(s.claim_for_settling("b24-k", 900.0).unwrap());
+    assert!(
+        !s.claim_for_settling("b24-k", 900.0).unwrap(),
+        "a second settler waits"
+    );
+    // A settle that died long ago gives the key back.
+    assert!(s.claim_for_settling("b24-k", -1.0).unwrap());
+    // The claim keeps the row's integrity tag valid.
+    assert!(matches!(s.key_record("b24-k").unwrap(), Some(Ok(_))));
+    s.key_done("b24-k", &json!({"result": 1})).unwrap();
+    assert!(
+        !s.claim_for_settling("b24-k", -1.0).unwrap(),
+        "done is done"
+    );
+    assert!(!s.claim_for_settling("nope", 900.0).unwrap());
+}
