@@ -842,6 +842,29 @@ async fn token_add(env: &Env, name: &str, policy: &str) -> String {
     v["token"].as_str().expect("token").to_string()
 }
 
+/// A client of the stateless 2026-07-28 revision (`server/discover`, no session).
+async fn http_client_stateless(url: &str, token: &str) -> Client {
+    use rmcp::ClientServiceExt;
+    use rmcp::model::ProtocolVersion;
+    use rmcp::service::ClientLifecycleMode;
+    let cfg = StreamableHttpClientTransportConfig::with_uri(url.to_string()).auth_header(token);
+    let c = ()
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_config(cfg),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("server/discover");
+    assert_eq!(
+        c.peer_info().unwrap().protocol_version,
+        ProtocolVersion::V_2026_07_28
+    );
+    c
+}
+
+/// A client of the `initialize` era (`serve` runs the handshake; the server gives a session).
 async fn http_client(url: &str, token: &str) -> Result<Client, String> {
     let cfg = StreamableHttpClientTransportConfig::with_uri(url.to_string()).auth_header(token);
     let transport = StreamableHttpClientTransport::from_config(cfg);
@@ -1148,7 +1171,8 @@ async fn http_concurrent_sessions_stay_apart() {
     let b = token_add(&env, "agent-b", "read_only = true\n").await;
     let server = HttpServer::start(&env, &[]).await;
 
-    // Eight sessions (four per token) calling at the same time.
+    // Eight clients (four per token) calling at the same time: six with sessions (the
+    // `initialize` era), two stateless (2026-07-28).
     let mut tasks = Vec::new();
     for i in 0..8 {
         let (url, tok) = (
@@ -1156,7 +1180,11 @@ async fn http_concurrent_sessions_stay_apart() {
             if i % 2 == 0 { a.clone() } else { b.clone() },
         );
         tasks.push(tokio::spawn(async move {
-            let c = http_client(&url, &tok).await.expect("initialize");
+            let c = if i >= 6 {
+                http_client_stateless(&url, &tok).await
+            } else {
+                http_client(&url, &tok).await.expect("initialize")
+            };
             for _ in 0..3 {
                 let r = call(&c, "b24_read", json!({"method": "crm.lead.list"})).await;
                 assert!(!is_error(&r), "{}", text(&r));
