@@ -233,3 +233,157 @@ async fn portals_installed_through_the_receiver_are_addressed_with_portal() {
     let _ = rx.wait();
     ps.shutdown().await;
 }
+
+/// An idempotent handler: one marker file per event key (the effect), plus a log of runs.
+fn effect_handler(dir: &std::path::Path) -> String {
+    let script = dir.join("handler.sh");
+    std::fs::create_dir_all(dir.join("effects")).unwrap();
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\necho \"$B24_EVENT_KEY\" >> '{runs}'\n[ -e \"{eff}/$B24_EVENT_KEY\" ] || : > \"{eff}/$B24_EVENT_KEY\"\n",
+            runs = dir.join("runs.log").display(),
+            eff = dir.join("effects").display()
+        ),
+    )
+    .unwrap();
+    format!("sh {}", script.display())
+}
+
+fn effect_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir.join("effects"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// `b24 worker --all-portals` killed with SIGKILL again and again while it pulls four portals
+/// (one with most of the events): every event's effect happens exactly once and every
+/// portal's offline queue ends empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn all_portals_worker_survives_sigkills_and_handles_each_event_once() {
+    let ps = b24_sandbox::start_many(
+        SandboxConfig {
+            limits: false,
+            ..Default::default()
+        },
+        4,
+    )
+    .await
+    .unwrap();
+    let i0 = ps.get(0).unwrap().info().clone();
+    let mut env = Env::bare();
+    env.set("B24_CLIENT_ID", &i0.client_id);
+    env.set("B24_CLIENT_SECRET", &i0.client_secret);
+    env.set("B24_OAUTH_TOKEN_URL", &i0.oauth_token_url);
+    let mut rx = env
+        .cmd(&[
+            "events",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-portal",
+            "127.0.0.1:*",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let out = rx.stdout.as_mut().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    }
+    let url = serde_json::from_str::<serde_json::Value>(&line).unwrap()["listening"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let mut total = 0;
+    for (k, p) in ps.iter().enumerate() {
+        assert_eq!(p.install_app(&url).await.status, 200);
+        let r = http
+            .post(format!("{}/rest/event.bind", p.base_url()))
+            .json(&serde_json::json!({"auth": p.info().access_token, "event": "ONCRMLEADADD", "event_type": "offline"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let n = if k == 0 { 600 } else { 100 };
+        assert_eq!(p.emit_lead_adds(n), n);
+        total += n;
+    }
+    let h = effect_handler(env.dir.path());
+    let args = [
+        "worker",
+        "--all-portals",
+        "--exec",
+        h.as_str(),
+        "--concurrency",
+        "4",
+        "--lease",
+        "5",
+        "--poll-interval",
+        "0.1",
+        "--poll-max",
+        "1",
+        "--per-portal-cap",
+        "50",
+    ];
+    let mut seed: u64 = 0x5eed;
+    for _ in 0..12 {
+        let mut child = env
+            .cmd(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        tokio::time::sleep(std::time::Duration::from_millis(50 + (seed >> 33) % 300)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    // Expired leases come back after their 5 s; a last worker drains everything.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let mut last = env
+        .cmd(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    // The four ONAPPINSTALL events are handled too (their effects count with the rest).
+    let total_effects = total + 4;
+    while (effect_count(env.dir.path()) < total_effects
+        || ps.iter().any(|p| p.stats().offline_queue_depth > 0))
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let _ = last.kill();
+    let _ = last.wait();
+    let _ = rx.kill();
+    let _ = rx.wait();
+    assert_eq!(
+        effect_count(env.dir.path()),
+        total_effects,
+        "each effect exactly once"
+    );
+    let runs = std::fs::read_to_string(env.dir.path().join("runs.log")).unwrap();
+    let mut keys: Vec<&str> = runs.lines().filter(|k| k.starts_with("offline:")).collect();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), total, "{total} distinct offline events handled");
+    for p in ps.iter() {
+        assert_eq!(
+            p.stats().offline_queue_depth,
+            0,
+            "{} drained",
+            p.info().domain
+        );
+    }
+    ps.shutdown().await;
+}

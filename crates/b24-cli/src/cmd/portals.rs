@@ -59,7 +59,7 @@ fn store_url(g: &Globals, url: Option<&str>) -> anyhow::Result<String> {
     Ok(url)
 }
 
-async fn open(g: &Globals, url: Option<&str>) -> anyhow::Result<Installations> {
+pub async fn open(g: &Globals, url: Option<&str>) -> anyhow::Result<Installations> {
     let url = store_url(g, url)?;
     if !url.contains("://") && !std::path::Path::new(&url).exists() {
         return Err(Exit::new(
@@ -159,6 +159,20 @@ pub async fn client(g: &Globals, key: &str) -> anyhow::Result<b24::Client> {
     b24::Client::with_token_store(cfg, Some(store))
         .await
         .map_err(anyhow::Error::new)
+}
+
+/// Clients for `b24 worker --all-portals`: each installed portal with its own address,
+/// tokens (refresh locked per member id) and bucket, the app's credentials from the settings.
+pub fn factory(g: Globals, reg: Installations) -> b24_events::fleet::ClientFactory {
+    Arc::new(move |inst: Installation| {
+        let (g, reg) = (g.clone(), reg.clone());
+        Box::pin(async move {
+            let cfg = config_for(&g, &inst)
+                .map_err(|e| b24_events::EventsError::Config(format!("{e:#}")))?;
+            let store = Arc::new(reg.token_store(&inst.member_id));
+            Ok(b24::Client::with_token_store(cfg, Some(store)).await?)
+        })
+    })
 }
 
 /// One limiter over the configured rate store, to read every portal's bucket level.

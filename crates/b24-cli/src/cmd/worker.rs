@@ -70,6 +70,18 @@ pub struct Args {
     /// comes back after its key was forgotten is handled again.
     #[arg(long, default_value_t = 14.0)]
     pub processed_retention_days: f64,
+    /// Pull every portal the app is installed on (`b24 portals list`), each with its own
+    /// tokens and bucket, woken by its ONOFFLINEEVENT; hosts sharing PostgreSQL never pull one
+    /// portal at once.
+    #[arg(long, conflicts_with = "no_pull")]
+    pub all_portals: bool,
+    /// With --all-portals: most events of one portal queued or running before it is pulled
+    /// again (a flooded portal keeps the rest on the portal and cannot starve the others).
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub per_portal_cap: i64,
+    /// With --all-portals: portals pulled at once by this process.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub pull_concurrency: usize,
     /// Serve Prometheus metrics on this address.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
@@ -108,7 +120,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         }
     };
     let store = Arc::new(open_store(g, args.store.as_deref()).await?);
-    let client = if args.no_pull {
+    let client = if args.no_pull || args.all_portals {
         None
     } else {
         // The worker pulls, clears and fails offline events on its own for as long as it
@@ -127,8 +139,44 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         Some(g.client().await?)
     };
     let stats = Arc::new(WorkerStats::default());
+    let fleet_stats = Arc::new(b24_events::fleet::FleetStats::default());
+    let stop = shutdown_token();
+    // Its own token (a child of the shutdown): the fleet stops with the worker, and stopping
+    // it does not make a finished `--once` run look interrupted.
+    let fleet_stop = stop.child_token();
+    let fleet = if args.all_portals {
+        let gate = crate::exec::gate(g, b24_guard::gate::Origin::Cli)?;
+        gate.authorize_standing(
+            "b24 worker --all-portals",
+            &[
+                ("event.offline.get", serde_json::json!({"clear": 0})),
+                ("event.offline.clear", serde_json::json!({})),
+                ("event.offline.list", serde_json::json!({})),
+            ],
+        )
+        .map_err(crate::exec::gate_error)?;
+        let reg = crate::cmd::portals::open(g, args.store.as_deref()).await?;
+        let fcfg = b24_events::fleet::FleetConfig {
+            concurrency: args.pull_concurrency.max(1),
+            per_portal_cap: args.per_portal_cap.max(1),
+            poll_min: poll_interval,
+            poll_max,
+            ..Default::default()
+        };
+        Some(tokio::spawn(b24_events::fleet::run(
+            reg.clone(),
+            store.clone(),
+            fcfg,
+            crate::cmd::portals::factory(g.clone(), reg),
+            fleet_stats.clone(),
+            fleet_stop.clone(),
+        )))
+    } else {
+        None
+    };
     if let Some(addr) = args.metrics_listen {
         let (store, stats, client) = (store.clone(), stats.clone(), client.clone());
+        let fleet_stats = fleet_stats.clone();
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Exit::new(exit::USAGE, format!("--metrics-listen {addr}: {e}")))?;
@@ -136,9 +184,10 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             "/metrics",
             axum::routing::get(move || {
                 let (store, stats, client) = (store.clone(), stats.clone(), client.clone());
+                let fleet_stats = fleet_stats.clone();
                 async move {
                     let q = store.stats().await.unwrap_or_default();
-                    b24_events::worker::metrics(
+                    let mut text = b24_events::worker::metrics(
                         &q,
                         &stats,
                         client.as_ref().map(|c| c.stats()).as_ref(),
@@ -146,7 +195,9 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                             .as_ref()
                             .map(|c| c.operating_snapshot())
                             .unwrap_or_default(),
-                    )
+                    );
+                    text.push_str(&fleet_stats.prometheus());
+                    text
                 }
             }),
         );
@@ -170,13 +221,16 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         processed_retention: (retention_days > 0.0)
             .then(|| Duration::from_secs_f64(retention_days * 86_400.0)),
     };
-    let stop = shutdown_token();
     b24_events::worker::run(store.clone(), handler, cfg, stats.clone(), stop.clone())
         .await
         .map_err(|e| match e {
             b24_events::EventsError::Portal(p) => anyhow::Error::new(p),
             other => Exit::new(exit::TRANSIENT, other.to_string()),
         })?;
+    if let Some(f) = fleet {
+        fleet_stop.cancel();
+        let _ = f.await;
+    }
     let q = store.stats().await.unwrap_or_default();
     if !g.quiet {
         eprintln!(
