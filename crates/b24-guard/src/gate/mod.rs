@@ -3,6 +3,7 @@
 //! ```text
 //! normalise → find batch commands → classify → policy → confirm (person / flags) or plan
 //!           → idempotency → write budget → audit (intent) → send → audit (outcome)
+//!           → settle, when the answer was lost (see `settle.rs`)
 //! ```
 //!
 //! There is one entry point per operation — [`Gate::call`], [`Gate::batch`], [`Gate::plan`],
