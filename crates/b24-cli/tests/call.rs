@@ -696,3 +696,30 @@ async fn timeouts_settle_and_batch_commands_settle_later() {
     assert_eq!(portal_requests(&sb, "batch").len(), 1);
     assert_eq!(portal_requests(&sb, "crm.lead.update").len(), 3);
 }
+
+/// MCP goes through the same gate: a `b24_write` whose answer is lost settles the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_writes_settle_through_the_same_gate() {
+    use rmcp::ServiceExt;
+    let sb = sandbox_with_leads(2).await;
+    let env = Env::webhook(&sb);
+    let cmd = tokio::process::Command::from(env.cmd(&["mcp"]));
+    let transport = rmcp::transport::TokioChildProcess::new(cmd).expect("spawn b24 mcp");
+    let client = tokio::time::timeout(std::time::Duration::from_secs(30), ().serve(transport))
+        .await
+        .expect("initialize in time")
+        .expect("initialize");
+    lose_answers(&sb, 1);
+    let args = serde_json::json!({"method": "crm.lead.update",
+        "params": {"id": 1, "fields": {"TITLE": "via mcp"}}, "confirm": true});
+    let serde_json::Value::Object(args) = args else {
+        unreachable!()
+    };
+    let p = rmcp::model::CallToolRequestParams::new("b24_write".to_string()).with_arguments(args);
+    let r = client.call_tool(p).await.expect("answered");
+    assert_ne!(r.is_error, Some(true), "{:?}", r.content);
+    let lead = portal(&sb, "crm.lead.get", serde_json::json!({"id": 1})).await;
+    assert_eq!(lead["TITLE"], "via mcp");
+    assert_eq!(portal_requests(&sb, "crm.lead.update"), vec![200, 200]);
+    let _ = client.cancel().await;
+}
