@@ -230,7 +230,14 @@ pub fn run_batch(
                 ))
             } else {
                 subs.push(m.clone());
-                let start = st.now();
+                // Under realistic timing a command starts when the ones before it finished,
+                // and its `time` block says so (its `operating_reset_at` is relative to that).
+                let start = st.now()
+                    + if st.cfg.timing == crate::Timing::Realistic {
+                        cost
+                    } else {
+                        0.0
+                    };
                 access_check(st, who, &m)
                     .and_then(|_| run_one(st, who, &m, &p, dl, cost))
                     .map(|r| (r, start))

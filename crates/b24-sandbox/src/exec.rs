@@ -91,6 +91,7 @@ pub fn run_one(
     if limits {
         let (used, _) = st.operating_at(&who.cred, m, begin);
         if used > st.cfg.operating_limit_secs {
+            st.stats_.operation_time_limit += 1;
             return Err(perr(
                 429,
                 "OPERATION_TIME_LIMIT",
@@ -118,10 +119,12 @@ pub fn run_one(
         let end = begin + out.cost;
         st.bill_at(&who.cred, m, out.cost, end);
         let op = st.operating_at(&who.cred, m, end);
+        st.note_operating(m, op.0);
         Ok((out, Some(op)))
     } else {
         st.bill(&who.cred, m, out.cost);
         let op = st.operating(&who.cred, m);
+        st.note_operating(m, op.0);
         Ok((out, Some(op)))
     }
 }

@@ -23,15 +23,18 @@
 //!   [`Outcome::Unknown`], never resent.
 
 pub mod query;
+mod reply;
+mod run;
+
+pub use reply::{Reference, Reply, references};
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::client::is_read_name;
-use crate::envelope::lenient_u64;
-use crate::{CallOptions, Client, Error, ErrorClass, Response};
+use crate::{Client, Error, ErrorClass, Response};
 
 /// At most this many commands per request (the portal's limit).
 pub const MAX_COMMANDS: usize = 50;
@@ -49,6 +52,25 @@ pub trait Transport: Send + Sync {
         halt: bool,
         is_write: bool,
     ) -> impl Future<Output = Result<Response, Error>> + Send;
+
+    /// As [`Transport::send_batch`] for long jobs (export, many-chunk batches): waits for the
+    /// methods' operating-time budgets — pace and blocks — however long that takes, instead of
+    /// giving up within one call's retry budget.
+    fn send_batch_patient(
+        &self,
+        cmd: Map<String, Value>,
+        halt: bool,
+        is_write: bool,
+    ) -> impl Future<Output = Result<Response, Error>> + Send {
+        self.send_batch(cmd, halt, is_write)
+    }
+
+    /// How many commands of `method` one request should carry (at most `want`) so that a
+    /// request stays a small share of the method's operating-time budget.
+    fn room(&self, method: &str, want: usize) -> impl Future<Output = usize> + Send {
+        let _ = method;
+        std::future::ready(want.max(1))
+    }
 }
 
 impl Transport for Client {
@@ -58,12 +80,20 @@ impl Transport for Client {
         halt: bool,
         is_write: bool,
     ) -> impl Future<Output = Result<Response, Error>> + Send {
-        let params = json!({"halt": if halt { 1 } else { 0 }, "cmd": cmd});
-        let opts = CallOptions {
-            is_write: Some(is_write),
-            ..Default::default()
-        };
-        async move { self.call_with("batch", params, opts).await }
+        self.send_batch_paced(cmd, halt, is_write, false)
+    }
+
+    fn send_batch_patient(
+        &self,
+        cmd: Map<String, Value>,
+        halt: bool,
+        is_write: bool,
+    ) -> impl Future<Output = Result<Response, Error>> + Send {
+        self.send_batch_paced(cmd, halt, is_write, true)
+    }
+
+    fn room(&self, method: &str, want: usize) -> impl Future<Output = usize> + Send {
+        self.operating_room(method, want)
     }
 }
 
@@ -199,6 +229,7 @@ pub struct Batch {
     commands: Vec<Command>,
     keys: HashSet<String>,
     halt: bool,
+    patient: bool,
 }
 
 impl Batch {
@@ -210,6 +241,14 @@ impl Batch {
     /// Stop at the first failing command; later ones are not executed.
     pub fn halt(&mut self, halt: bool) -> &mut Self {
         self.halt = halt;
+        self
+    }
+
+    /// Wait out the portal's operating-time blocks and the client's pacing, however long they
+    /// last, instead of failing within one call's retry budget (for long jobs). A batch of more
+    /// than 50 commands (several requests) is always patient.
+    pub fn patient(&mut self, patient: bool) -> &mut Self {
+        self.patient = patient;
         self
     }
 
@@ -343,436 +382,12 @@ impl Batch {
         }
         Ok(out)
     }
-
-    /// Run every command; returns `(key, outcome)` in insertion order. Errors building the batch
-    /// (unknown references, cycles) become an error outcome for every command, nothing is sent.
-    pub async fn run<T: Transport>(&self, transport: &T) -> Vec<(String, Outcome)> {
-        self.run_with_progress(transport, |_, _| {}).await
-    }
-
-    /// As [`Batch::run`], calling `progress(done, total)` after each request.
-    pub async fn run_with_progress<T: Transport>(
-        &self,
-        transport: &T,
-        mut progress: impl FnMut(usize, usize),
-    ) -> Vec<(String, Outcome)> {
-        let order = match self.order() {
-            Ok(o) => o,
-            Err(e) => {
-                return self
-                    .commands
-                    .iter()
-                    .map(|c| {
-                        (
-                            c.key.clone(),
-                            Outcome::Error {
-                                code: "INVALID_BATCH".into(),
-                                description: e.to_string(),
-                            },
-                        )
-                    })
-                    .collect();
-            }
-        };
-        let mut outcomes: HashMap<String, Outcome> = HashMap::new();
-        let mut queue: std::collections::VecDeque<usize> = order.into();
-        let mut unknown_retries: HashMap<usize, u32> = HashMap::new();
-        let mut halted: Option<String> = None;
-        let total = self.commands.len();
-        while !queue.is_empty() {
-            if let Some(why) = &halted {
-                for i in queue.drain(..) {
-                    outcomes.insert(
-                        self.commands[i].key.clone(),
-                        Outcome::NotExecuted {
-                            reason: why.clone(),
-                        },
-                    );
-                }
-                break;
-            }
-            // Build one request.
-            let mut chunk: Vec<(usize, String)> = Vec::new();
-            let mut in_chunk: HashSet<&str> = HashSet::new();
-            let mut client_failed = false;
-            while let Some(&i) = queue.front() {
-                if chunk.len() == MAX_COMMANDS {
-                    break;
-                }
-                let c = &self.commands[i];
-                let mut text = c.text();
-                let mut blocked = false;
-                let mut failure: Option<String> = None;
-                for r in references(&text) {
-                    if in_chunk.contains(r.target.as_str()) {
-                        if c.is_write {
-                            blocked = true; // run after the referenced command's request
-                            break;
-                        }
-                        continue;
-                    }
-                    match outcomes.get(&r.target) {
-                        Some(Outcome::Ok { result, .. }) => match resolve(result, &r.path) {
-                            Some(v) => {
-                                text = text.replacen(&r.raw, &query::encode_value(&v), 1);
-                            }
-                            None => {
-                                failure = Some(format!(
-                                    "reference {} does not resolve in the result of `{}`",
-                                    r.raw, r.target
-                                ));
-                                break;
-                            }
-                        },
-                        Some(_) => {
-                            failure = Some(format!("reference to failed command {}", r.target));
-                            break;
-                        }
-                        None => {
-                            // Not run yet and not in this request: cannot happen in topological
-                            // order, but never send a literal.
-                            blocked = true;
-                            break;
-                        }
-                    }
-                }
-                if blocked {
-                    break;
-                }
-                queue.pop_front();
-                if let Some(description) = failure {
-                    outcomes.insert(
-                        c.key.clone(),
-                        Outcome::Error {
-                            code: "REFERENCE_FAILED".into(),
-                            description,
-                        },
-                    );
-                    if self.halt {
-                        client_failed = true;
-                        halted = Some(format!("halted: command {} failed", c.key));
-                        break;
-                    }
-                    continue;
-                }
-                in_chunk.insert(c.key.as_str());
-                chunk.push((i, text));
-            }
-            if chunk.is_empty() {
-                if client_failed || queue.is_empty() {
-                    continue;
-                }
-                // Defensive: nothing could be placed (should be impossible); fail the rest.
-                for i in queue.drain(..) {
-                    outcomes.insert(
-                        self.commands[i].key.clone(),
-                        Outcome::NotExecuted {
-                            reason: "could not be scheduled".into(),
-                        },
-                    );
-                }
-                break;
-            }
-            let cmd: Map<String, Value> = chunk
-                .iter()
-                .map(|(i, t)| (self.commands[*i].key.clone(), Value::String(t.clone())))
-                .collect();
-            let any_write = chunk.iter().any(|(i, _)| self.commands[*i].is_write);
-            let reply = transport.send_batch(cmd, self.halt, any_write).await;
-            match reply {
-                Ok(resp) => {
-                    let reply = Reply::from_result(resp.result);
-                    let mut first_failure: Option<String> = None;
-                    for (i, _) in &chunk {
-                        let c = &self.commands[*i];
-                        let o = reply.outcome(&c.key);
-                        if !o.is_ok()
-                            && first_failure.is_none()
-                            && !matches!(o, Outcome::NotExecuted { .. })
-                        {
-                            first_failure = Some(c.key.clone());
-                        }
-                        outcomes.insert(c.key.clone(), o);
-                    }
-                    // Reads that shared a request with their referenced command: if the
-                    // reference did not resolve, the portal ran them on a literal. Discard.
-                    for (i, _) in &chunk {
-                        let c = &self.commands[*i];
-                        if !outcomes.get(&c.key).is_some_and(Outcome::is_ok) {
-                            continue;
-                        }
-                        for r in references(&c.text()) {
-                            if !in_chunk.contains(r.target.as_str()) {
-                                continue;
-                            }
-                            let bad = match outcomes.get(&r.target) {
-                                Some(Outcome::Ok { result, .. }) => {
-                                    resolve(result, &r.path).is_none().then(|| {
-                                        format!(
-                                            "reference {} does not resolve in the result of `{}`",
-                                            r.raw, r.target
-                                        )
-                                    })
-                                }
-                                _ => Some(format!("reference to failed command {}", r.target)),
-                            };
-                            if let Some(description) = bad {
-                                outcomes.insert(
-                                    c.key.clone(),
-                                    Outcome::Error {
-                                        code: "REFERENCE_FAILED".into(),
-                                        description,
-                                    },
-                                );
-                                break;
-                            }
-                        }
-                    }
-                    if self.halt
-                        && let Some(k) = first_failure
-                    {
-                        halted = Some(format!("halted: command {k} failed"));
-                    }
-                }
-                Err(Error::OutcomeUnknown { reason, .. }) => {
-                    // Writes may have happened: report, never resend. Reads go back to the
-                    // front of the queue (unless they depend on a write of this request).
-                    let writes: HashSet<&str> = chunk
-                        .iter()
-                        .filter(|(i, _)| self.commands[*i].is_write)
-                        .map(|(i, _)| self.commands[*i].key.as_str())
-                        .collect();
-                    let mut again = Vec::new();
-                    for (i, _) in &chunk {
-                        let c = &self.commands[*i];
-                        let n = unknown_retries.entry(*i).or_insert(0);
-                        if c.is_write {
-                            outcomes.insert(
-                                c.key.clone(),
-                                Outcome::Unknown {
-                                    reason: reason.clone(),
-                                },
-                            );
-                        } else if c.refs.iter().any(|t| writes.contains(t.as_str())) {
-                            outcomes.insert(
-                                c.key.clone(),
-                                Outcome::Error {
-                                    code: "REFERENCE_FAILED".into(),
-                                    description: format!(
-                                        "reference to a command whose outcome is unknown ({reason})"
-                                    ),
-                                },
-                            );
-                        } else if *n >= UNKNOWN_READ_RETRIES {
-                            outcomes.insert(
-                                c.key.clone(),
-                                Outcome::Error {
-                                    code: "TRANSIENT".into(),
-                                    description: reason.clone(),
-                                },
-                            );
-                        } else {
-                            *n += 1;
-                            again.push(*i);
-                        }
-                    }
-                    for i in again.into_iter().rev() {
-                        queue.push_front(i);
-                    }
-                    if self.halt && !writes.is_empty() {
-                        halted = Some("halted: a write's outcome is unknown".into());
-                    }
-                }
-                Err(e) => {
-                    let class = e.class();
-                    let (code, description) = match &e {
-                        Error::Api(a) => (a.code.clone(), a.description.clone()),
-                        other => (class_code(class).into(), other.to_string()),
-                    };
-                    for (i, _) in &chunk {
-                        outcomes.insert(
-                            self.commands[*i].key.clone(),
-                            Outcome::Error {
-                                code: code.clone(),
-                                description: description.clone(),
-                            },
-                        );
-                    }
-                    if self.halt
-                        || matches!(
-                            class,
-                            ErrorClass::Reauthorize | ErrorClass::PortalStop | ErrorClass::Usage
-                        )
-                    {
-                        halted = Some(format!("not sent: an earlier request failed ({code})"));
-                    }
-                }
-            }
-            progress(outcomes.len(), total);
-        }
-        self.commands
-            .iter()
-            .map(|c| {
-                let o = outcomes.remove(&c.key).unwrap_or(Outcome::NotExecuted {
-                    reason: "not reached".into(),
-                });
-                (c.key.clone(), o)
-            })
-            .collect()
-    }
-}
-
-fn class_code(c: ErrorClass) -> &'static str {
-    match c {
-        ErrorClass::Transient => "TRANSIENT",
-        ErrorClass::Reauthorize => "AUTH",
-        ErrorClass::Usage => "USAGE",
-        ErrorClass::OutcomeUnknown => "OUTCOME_UNKNOWN",
-        _ => "ERROR",
-    }
-}
-
-/// A `$result[key][a][b]` occurrence in a command's text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reference {
-    /// The text as it appears (`$result[key][0][ID]`).
-    pub raw: String,
-    /// The key of the command referred to.
-    pub target: String,
-    /// The path into that command's result (`["0", "ID"]`).
-    pub path: Vec<String>,
-}
-
-/// Every `$result[...]` reference in a command's text (in order).
-pub fn references(text: &str) -> Vec<Reference> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("$result[") {
-        let tail = &rest[at + "$result".len()..];
-        let mut segs = Vec::new();
-        let mut consumed = 0;
-        let mut t = tail;
-        while let Some(s) = t.strip_prefix('[') {
-            match s.find(']') {
-                Some(c) => {
-                    segs.push(s[..c].to_string());
-                    consumed += c + 2;
-                    t = &s[c + 1..];
-                }
-                None => break,
-            }
-        }
-        let end = at + "$result".len() + consumed;
-        if let Some((target, path)) = segs.split_first() {
-            out.push(Reference {
-                raw: rest[at..end].to_string(),
-                target: target.clone(),
-                path: path.to_vec(),
-            });
-        }
-        rest = &rest[end.max(at + 1)..];
-    }
-    out
-}
-
-/// Follow `path` into a result; only scalars can be substituted.
-fn resolve(result: &Value, path: &[String]) -> Option<String> {
-    let mut cur = result;
-    for p in path {
-        cur = match cur {
-            Value::Object(o) => o.get(p)?,
-            Value::Array(a) => a.get(p.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    match cur {
-        Value::Object(_) | Value::Array(_) | Value::Null => None,
-        v => Some(query::scalar(v)),
-    }
-}
-
-/// The `result` of a batch response (reference §5.3). Maps may arrive as `[]` when empty, or
-/// as JSON arrays when the keys were `0..n-1`.
-#[derive(Debug, Default)]
-pub struct Reply {
-    /// `result` per command key.
-    pub result: Map<String, Value>,
-    /// `result_error` per command key.
-    pub error: Map<String, Value>,
-    /// `result_total` per command key.
-    pub total: Map<String, Value>,
-    /// `result_next` per command key.
-    pub next: Map<String, Value>,
-}
-
-impl Reply {
-    /// Read a batch's `result` (borrowed; see [`Reply::from_result`]).
-    pub fn parse(v: &Value) -> Reply {
-        Reply::from_result(v.clone())
-    }
-
-    /// As [`Reply::parse`], taking the value (no copy of the results: exports hold thousands
-    /// of items per reply).
-    pub fn from_result(v: Value) -> Reply {
-        let Value::Object(mut o) = v else {
-            return Reply::default();
-        };
-        let mut m = |k: &str| as_map(o.remove(k));
-        Reply {
-            result: m("result"),
-            error: m("result_error"),
-            total: m("result_total"),
-            next: m("result_next"),
-        }
-    }
-
-    /// The outcome of the command `key` in this reply.
-    pub fn outcome(&self, key: &str) -> Outcome {
-        if let Some(e) = self.error.get(key) {
-            let (code, description) = match e {
-                Value::Object(o) => (
-                    o.get("error").map(query::scalar).unwrap_or_default(),
-                    o.get("error_description")
-                        .map(query::scalar)
-                        .unwrap_or_default(),
-                ),
-                other => (query::scalar(other), String::new()),
-            };
-            return Outcome::Error { code, description };
-        }
-        match self.result.get(key) {
-            Some(r) => Outcome::Ok {
-                result: r.clone(),
-                total: self.total.get(key).and_then(lenient_u64),
-                next: self.next.get(key).and_then(lenient_u64),
-            },
-            None => Outcome::NotExecuted {
-                reason: "the portal did not run it (halted after a failure)".into(),
-            },
-        }
-    }
-
-    /// Take a command's result out of the reply (no clone; used by export).
-    pub fn take(&mut self, key: &str) -> Option<Value> {
-        self.result.remove(key)
-    }
-}
-
-fn as_map(v: Option<Value>) -> Map<String, Value> {
-    match v {
-        Some(Value::Object(o)) => o,
-        Some(Value::Array(a)) => a
-            .into_iter()
-            .enumerate()
-            .map(|(i, v)| (i.to_string(), v))
-            .collect(),
-        _ => Map::new(),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn finds_references() {

@@ -26,11 +26,16 @@ use crate::auth::{FileTokenStore, OAuthSession, TokenPair, TokenStore, now_unix}
 use crate::config::{Auth, LimiterBackend, TokenBackend};
 use crate::envelope::{Parsed, parse};
 use crate::error::ApiError;
-use crate::limiter::{Clock, Limiter, MemoryStore, OperatingBudget, SqliteStore, SystemClock};
+use crate::limiter::operating::{MemoryOpStore, OperatingStore, Reservation, SqliteOpStore};
+use crate::limiter::{Limiter, MemoryStore, OperatingBudget, SqliteStore, SystemClock};
 use crate::pg::PgStore;
 use crate::redirect::{MAX_REDIRECTS, is_redirect, redact_url, redirect_target};
 use crate::retry::Backoff;
 use crate::{Config, Error, ErrorClass, Response};
+
+mod pacing;
+
+pub use pacing::Waiting;
 
 /// Per-call options.
 #[derive(Debug, Clone, Default)]
@@ -63,6 +68,12 @@ pub struct ClientStats {
     pub limiter_waits: u64,
     /// Milliseconds spent waiting for the rate limiter in total.
     pub limiter_wait_ms: u64,
+    /// Times a method waited for its operating-time budget (pace or block).
+    pub operating_waits: u64,
+    /// Milliseconds spent waiting for operating-time budgets in total.
+    pub operating_wait_ms: u64,
+    /// `OPERATION_TIME_LIMIT` answers seen (whole calls and commands inside batches).
+    pub operating_blocks: u64,
 }
 
 /// Whether a method name is clearly a read (used when the caller gives no verdict).
@@ -107,6 +118,9 @@ struct Counters {
     s429: AtomicU64,
     waits: AtomicU64,
     wait_ms: AtomicU64,
+    op_waits: AtomicU64,
+    op_wait_ms: AtomicU64,
+    op_blocks: AtomicU64,
 }
 
 /// A Bitrix24 REST client.
@@ -120,9 +134,9 @@ struct Inner {
     http: reqwest::Client,
     limiter: Option<Limiter>,
     operating: OperatingBudget,
+    waits: pacing::Waits,
     oauth: Option<OAuthSession>,
     counters: Counters,
-    clock: Box<dyn Clock>,
 }
 
 #[allow(clippy::large_enum_variant)] // built once per attempt; boxing buys nothing
@@ -134,6 +148,8 @@ enum Attempt {
         delay: Option<Duration>,
     },
     Refresh(u64),
+    /// The portal blocked the method (`OPERATION_TIME_LIMIT`); the budget knows until when.
+    Blocked,
     Fail(Error),
 }
 
@@ -196,6 +212,32 @@ impl Client {
         } else {
             None
         };
+        // Operating-time states live where the rate bucket lives (in memory when limiting is
+        // off: a single process still paces itself).
+        let op_store: Box<dyn OperatingStore> = match &config.limiter {
+            LimiterBackend::Sqlite(path) => {
+                let path = path.clone();
+                Box::new(
+                    tokio::task::spawn_blocking(move || {
+                        SqliteOpStore::open(&path, Arc::new(SystemClock))
+                    })
+                    .await
+                    .map_err(|e| Error::state("operating store task", e))??,
+                )
+            }
+            LimiterBackend::Postgres => {
+                Box::new(pg.as_ref().expect("connected above").operating_store())
+            }
+            LimiterBackend::Off | LimiterBackend::Memory => {
+                Box::new(MemoryOpStore::new(Box::new(SystemClock)))
+            }
+        };
+        let operating = OperatingBudget::new(
+            op_store,
+            &config.portal,
+            &pacing::credential_id(&config.auth),
+            config.operating_limit_secs,
+        );
         let limiter = match &config.limiter {
             LimiterBackend::Off => None,
             LimiterBackend::Memory => Some(Limiter::new(
@@ -271,10 +313,10 @@ impl Client {
                 config,
                 http,
                 limiter,
-                operating: OperatingBudget::default(),
+                operating,
+                waits: pacing::Waits::default(),
                 oauth,
                 counters: Counters::default(),
-                clock: Box::new(SystemClock),
             }),
         })
     }
@@ -319,7 +361,7 @@ impl Client {
         params: Value,
         opts: CallOptions,
     ) -> Result<Response, Error> {
-        self.run(method, params, opts, false).await
+        self.run(method, params, opts, false, false).await
     }
 
     /// Call a REST 3.0 method (`/rest/api/…`); an idempotency key is sent for writes.
@@ -329,7 +371,7 @@ impl Client {
         params: Value,
         opts: CallOptions,
     ) -> Result<Response, Error> {
-        self.run(method, params, opts, true).await
+        self.run(method, params, opts, true, false).await
     }
 
     /// Counters since the client was built.
@@ -348,15 +390,22 @@ impl Client {
                 .unwrap_or(0),
             limiter_waits: c.waits.load(Relaxed),
             limiter_wait_ms: c.wait_ms.load(Relaxed),
+            operating_waits: c.op_waits.load(Relaxed),
+            operating_wait_ms: c.op_wait_ms.load(Relaxed),
+            operating_blocks: c.op_blocks.load(Relaxed),
         }
     }
 
+    /// One call with its retries. `patient` (long jobs: export, many-chunk batches) waits out
+    /// operating-time pacing and blocks however long they last; otherwise the retry budget
+    /// bounds every wait and a longer one is reported with the time the method is free.
     async fn run(
         &self,
         method: &str,
         params: Value,
         opts: CallOptions,
         v3: bool,
+        patient: bool,
     ) -> Result<Response, Error> {
         let method = method.trim();
         if method.is_empty()
@@ -381,30 +430,16 @@ impl Client {
         let base = inner.config.base_url.clone();
         let mut attempt: u32 = 0;
         let mut refreshes: u32 = 0;
+        let deadline = (!patient).then(|| started + policy.max_total);
+        let mut reservation: Option<Reservation> = None;
+        let mut paced = false;
+        let mut blocks: u32 = 0;
         loop {
             attempt += 1;
-            if let Some(until) = inner.operating.pause_until(
-                method,
-                inner.config.operating_limit_secs,
-                inner.clock.now(),
-            ) {
-                let wait = crate::retry::clamp_secs(until - inner.clock.now());
-                if started.elapsed() + wait > policy.max_total {
-                    return Err(Error::Api(ApiError {
-                        code: "OPERATION_TIME_LIMIT".into(),
-                        description: format!(
-                            "{method} is close to its operating-time budget; it resets at Unix time {until:.0}, beyond this call's retry budget"
-                        ),
-                        http_status: 429,
-                        method: method.into(),
-                    }));
-                }
-                tracing::info!(
-                    method,
-                    wait_secs = wait.as_secs_f64(),
-                    "pausing method near its operating-time limit"
-                );
-                tokio::time::sleep(wait).await;
+            // Operating time: once per call, and again after the portal blocked the method.
+            if !paced {
+                reservation = self.pace(method, 1, deadline).await?;
+                paced = true;
             }
             if let Some(l) = &inner.limiter {
                 let waited = l.reserve_only(&inner.config.portal).await?;
@@ -429,10 +464,27 @@ impl Client {
                 }
             }
             let outcome = self
-                .attempt(&base, method, &params, &opts, v3, is_write)
+                .attempt(&base, method, &params, &opts, v3, is_write, reservation)
                 .await;
             let (reason, delay) = match outcome {
                 Attempt::Done(r) => return Ok(r),
+                Attempt::Blocked => {
+                    // Waited out by `pace` on the next turn (or refused there, saying when
+                    // the method is free, if that is beyond a one-shot call's budget).
+                    blocks += 1;
+                    if blocks > MAX_BLOCKS_PER_CALL {
+                        return Err(Error::Transient {
+                            method: method.into(),
+                            reason: format!(
+                                "OPERATION_TIME_LIMIT: still blocked after {MAX_BLOCKS_PER_CALL} waits for the budget to reset"
+                            ),
+                            attempts: attempt,
+                        });
+                    }
+                    attempt -= 1;
+                    paced = false;
+                    continue;
+                }
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Refresh(seen) => {
                     let oauth = inner
@@ -469,6 +521,7 @@ impl Client {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // one attempt of `run`, which owns all of these
     async fn attempt(
         &self,
         base: &str,
@@ -477,6 +530,7 @@ impl Client {
         opts: &CallOptions,
         v3: bool,
         is_write: bool,
+        reservation: Option<Reservation>,
     ) -> Attempt {
         let inner = &self.inner;
         let api = if v3 { "rest/api" } else { "rest" };
@@ -612,9 +666,10 @@ impl Client {
         match parse(&bytes) {
             Parsed::Ok(mut r) if status < 400 => {
                 if let Some(t) = &r.time {
-                    inner
-                        .operating
-                        .observe(method, t.operating, t.operating_reset_at);
+                    // A `time` block without start/finish: measure the reset on our clock.
+                    let now = crate::limiter::Clock::now(&SystemClock);
+                    let (o, reset) = pacing::observation(t, Some(now));
+                    inner.operating.observe(method, reservation, o, reset).await;
                 }
                 r.replayed = replayed;
                 Attempt::Done(r)
@@ -650,14 +705,11 @@ impl Client {
                     }
                     ErrorClass::WaitForReset => {
                         inner.counters.s429.fetch_add(1, Relaxed);
-                        let now = inner.clock.now();
-                        let until = inner.operating.blocked(method, now);
-                        Attempt::Retry {
-                            reason: format!(
-                                "OPERATION_TIME_LIMIT: {method} is blocked until its budget resets"
-                            ),
-                            delay: Some(crate::retry::clamp_secs((until - now).max(0.5))),
+                        inner.counters.op_blocks.fetch_add(1, Relaxed);
+                        if let Err(e) = inner.operating.blocked(method).await {
+                            return Attempt::Fail(e);
                         }
+                        Attempt::Blocked
                     }
                     ErrorClass::RefreshThenRetry if inner.oauth.is_some() => {
                         Attempt::Refresh(generation)
@@ -698,6 +750,18 @@ impl Client {
         let e = e.without_url();
         // A failure to connect means the request never left: safe for everyone.
         if e.is_connect() {
+            // DNS, TLS, or refused on the very first request: say why now, do not retry.
+            let first = self.inner.counters.requests.load(Relaxed) <= 1;
+            if let Some(cause) = crate::retry::unhealable(&e, first) {
+                return Attempt::Fail(Error::Transient {
+                    method: method.into(),
+                    reason: format!(
+                        "cannot connect to the portal ({}): {cause}; not retried",
+                        root_cause(&e)
+                    ),
+                    attempts: 1,
+                });
+            }
             return Attempt::Retry {
                 reason: format!("cannot connect to the portal ({})", root_cause(&e)),
                 delay: None,
@@ -800,6 +864,10 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 
 /// Token refreshes one call may trigger before it reports an authentication error.
 const MAX_REFRESHES_PER_CALL: u32 = 2;
+
+/// `OPERATION_TIME_LIMIT` answers one call waits out before it gives up (each wait lasts until
+/// the budget's next reset, so this is hours for a patient call, never a busy loop).
+const MAX_BLOCKS_PER_CALL: u32 = 30;
 
 #[cfg(test)]
 mod tests {

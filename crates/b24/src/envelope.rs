@@ -156,7 +156,7 @@ pub fn lenient_f64(v: &Value) -> Option<f64> {
     }
 }
 
-fn parse_time(v: &Value) -> Option<Time> {
+pub(crate) fn parse_time(v: &Value) -> Option<Time> {
     let o = v.as_object()?;
     let f = |k: &str| o.get(k).and_then(lenient_f64);
     let s = |k: &str| o.get(k).and_then(|x| x.as_str()).map(str::to_string);

@@ -14,7 +14,8 @@ pub struct ApiError {
     pub code: String,
     /// The `error_description`, possibly empty.
     pub description: String,
-    /// The HTTP status it came with.
+    /// The HTTP status it came with; 0 when a command inside a batch failed (the batch
+    /// request itself answered 200, so its status says nothing about the command).
     pub http_status: u16,
     /// The method called.
     pub method: String,
@@ -51,7 +52,7 @@ pub enum ErrorClass {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    #[error("{method}: {code}: {description} (HTTP {http_status})", method = .0.method, code = if .0.code.is_empty() { "<empty code>" } else { .0.code.as_str() }, description = .0.description, http_status = .0.http_status)]
+    #[error("{method}: {code}: {description} ({place})", method = .0.method, code = if .0.code.is_empty() { "<empty code>" } else { .0.code.as_str() }, description = .0.description, place = .0.place())]
     /// The portal refused the call with an error code (see [`ApiError::class`]).
     Api(ApiError),
     /// A write whose outcome is unknown (timeout, reset, body-less 5xx). It was NOT resent.
@@ -153,6 +154,15 @@ impl Error {
 }
 
 impl ApiError {
+    /// Where the error came from, for messages: `HTTP 404`, or `a command inside a batch`.
+    pub fn place(&self) -> String {
+        if self.http_status == 0 {
+            "a command inside a batch".into()
+        } else {
+            format!("HTTP {}", self.http_status)
+        }
+    }
+
     /// Classify by code (case-insensitive), never by HTTP status alone.
     pub fn class(&self) -> ErrorClass {
         match self.code.to_ascii_uppercase().as_str() {

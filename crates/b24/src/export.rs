@@ -339,14 +339,26 @@ fn id_of(item: &Value) -> Option<u64> {
         .and_then(lenient_u64)
 }
 
+/// A command of the export's batch failed: reported as the method's own error, marked as
+/// coming from inside a batch (`http_status` 0), not as the batch's HTTP 200.
 fn api(method: &str, code: &str, description: String) -> Error {
     Error::Api(ApiError {
         code: code.into(),
         description,
-        http_status: 200,
+        http_status: 0,
         method: method.into(),
     })
 }
+
+/// True for the portal's operating-time block: the command did not run and will, once the
+/// method's budget resets (the client's patient send waits for that).
+fn is_block(code: &str) -> bool {
+    code.eq_ignore_ascii_case("OPERATION_TIME_LIMIT")
+}
+
+/// Consecutive requests of an export that meet a block before it gives up. Each resend waits
+/// until the budget resets (the transport's patient send), so this is not a busy loop.
+const BLOCKED_RESENDS: u32 = 30;
 
 async fn drive<T: Transport + Clone + 'static>(
     transport: T,
@@ -423,7 +435,7 @@ fn base_params(params: &Value) -> (Map<String, Value>, Map<String, Value>) {
 async fn send_read<T: Transport>(t: &T, cmd: Map<String, Value>) -> Result<crate::Response, Error> {
     let mut failures = 0;
     loop {
-        match t.send_batch(cmd.clone(), false, false).await {
+        match t.send_batch_patient(cmd.clone(), false, false).await {
             Err(e) if e.class() == crate::ErrorClass::Transient && failures < EXPORT_RETRIES => {
                 failures += 1;
                 tracing::warn!(error = %e, "export request failed; sending it again");

@@ -23,6 +23,7 @@ use futures::future::BoxFuture;
 
 use crate::Error;
 use crate::auth::{TokenPair, TokenStore};
+use crate::limiter::operating::{OpState, OperatingStore, Reservation, Update};
 use crate::limiter::{Gcra, RateStore};
 
 /// The schema these stores need. Applied on connect (idempotent) and by `b24 db migrate`.
@@ -41,6 +42,10 @@ CREATE TABLE IF NOT EXISTS b24_guard_writes (
     ts TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS b24_guard_writes_portal_ts ON b24_guard_writes (portal, ts);
+CREATE TABLE IF NOT EXISTS b24_operating (
+    key TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+);
 ";
 
 fn pg_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
@@ -106,6 +111,11 @@ impl PgStore {
     /// The shared rate-limit store.
     pub fn rate_store(&self) -> PgRateStore {
         PgRateStore { db: self.clone() }
+    }
+
+    /// The shared operating-time store (table `b24_operating`).
+    pub fn operating_store(&self) -> PgOpStore {
+        PgOpStore { db: self.clone() }
     }
 
     /// The token store of one portal.
@@ -240,6 +250,67 @@ impl RateStore for PgRateStore {
             Ok(row
                 .map(|r| g.level(r.get::<_, f64>(0), r.get::<_, f64>(1)))
                 .unwrap_or(0.0))
+        })
+    }
+}
+
+/// Operating-time states shared by every host that uses the database: one row per
+/// (portal, credential, method), read and rewritten under a transaction-scoped advisory lock
+/// on the key, at the database's clock (hosts whose clocks disagree still share one ledger).
+#[derive(Debug, Clone)]
+pub struct PgOpStore {
+    db: PgStore,
+}
+
+const NOW: &str = "SELECT extract(epoch FROM clock_timestamp())::float8";
+
+impl OperatingStore for PgOpStore {
+    fn update<'a>(
+        &'a self,
+        key: &'a str,
+        f: Update<Reservation>,
+    ) -> BoxFuture<'a, Result<Reservation, Error>> {
+        Box::pin(async move {
+            let err = |e| pg_err("operating store", e);
+            let mut c = self.db.client().await?;
+            let tx = c.transaction().await.map_err(err)?;
+            tx.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('b24-operating:' || $1))",
+                &[&key],
+            )
+            .await
+            .map_err(err)?;
+            let row = tx
+                .query_opt("SELECT state FROM b24_operating WHERE key = $1", &[&key])
+                .await
+                .map_err(err)?;
+            let mut state: OpState = row
+                .and_then(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
+                .unwrap_or_default();
+            let now: f64 = tx.query_one(NOW, &[]).await.map_err(err)?.get(0);
+            let out = f(&mut state, now);
+            let text = serde_json::to_string(&state)
+                .map_err(|e| Error::state("operating store: encode", e))?;
+            tx.execute(
+                "INSERT INTO b24_operating (key, state) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET state = excluded.state",
+                &[&key, &text],
+            )
+            .await
+            .map_err(err)?;
+            tx.commit().await.map_err(err)?;
+            Ok(out)
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<OpState>, Error>> {
+        Box::pin(async move {
+            let c = self.db.client().await?;
+            let row = c
+                .query_opt("SELECT state FROM b24_operating WHERE key = $1", &[&key])
+                .await
+                .map_err(|e| pg_err("operating store", e))?;
+            Ok(row.and_then(|r| serde_json::from_str(r.get::<_, &str>(0)).ok()))
         })
     }
 }

@@ -72,9 +72,19 @@ pub(super) async fn probe_keyset<T: Transport>(
             true,
         )),
     );
-    let resp = send_read(t, cmd).await?;
-    let mut reply = Reply::from_result(resp.result);
-    let (lo, hi) = (reply.outcome("lo"), reply.outcome("hi"));
+    let mut blocked = 0;
+    let (mut reply, lo, hi) = loop {
+        let resp = send_read(t, cmd.clone()).await?;
+        let reply = Reply::from_result(resp.result);
+        let (lo, hi) = (reply.outcome("lo"), reply.outcome("hi"));
+        let is_blocked = |o: &Outcome| matches!(o, Outcome::Error { code, .. } if is_block(code));
+        if (is_blocked(&lo) || is_blocked(&hi)) && blocked < BLOCKED_RESENDS {
+            // The portal blocked the method: the next (patient) send waits for its budget.
+            blocked += 1;
+            continue;
+        }
+        break (reply, lo, hi);
+    };
     if !lo.is_ok() || !hi.is_ok() {
         if opts.strategy == Strategy::Keyset
             && let Outcome::Error { code, description } = if lo.is_ok() { hi } else { lo }
@@ -167,12 +177,16 @@ pub(super) async fn keyset<T: Transport + Clone + 'static>(
     let (mut seen_items, mut seen_width) = (1.0f64, 1.0f64);
     let concurrency = opts.concurrency.max(1);
     let mut failures = 0u32;
+    let mut blocked = 0u32;
     loop {
         while tasks.len() < concurrency && !free.is_empty() {
+            // A request carries no more commands than the method's operating-time budget
+            // comfortably allows (all 50 until the portal has reported a cost).
+            let room = transport.room(&method, MAX_COMMANDS).await;
             let density = (seen_items / seen_width).clamp(1e-9, 1.0);
             let width = ((PAGE as f64 / density).floor() as u64).clamp(1, u64::MAX / 4);
-            let mut ranges = Vec::with_capacity(MAX_COMMANDS);
-            while ranges.len() < MAX_COMMANDS {
+            let mut ranges = Vec::with_capacity(room);
+            while ranges.len() < room {
                 let Some((lo, hi)) = free.pop_first() else {
                     break;
                 };
@@ -206,7 +220,7 @@ pub(super) async fn keyset<T: Transport + Clone + 'static>(
             inflight.insert(id, ranges.clone());
             let t = transport.clone();
             tasks.spawn(async move {
-                let r = t.send_batch(cmd, false, false).await;
+                let r = t.send_batch_patient(cmd, false, false).await;
                 (id, ranges, r)
             });
         }
@@ -236,10 +250,18 @@ pub(super) async fn keyset<T: Transport + Clone + 'static>(
         drop(resp.raw);
         let mut reply = Reply::from_result(resp.result);
         let mut items_out = Vec::new();
+        let mut any_blocked = false;
         for (i, (lo, hi)) in ranges.iter().copied().enumerate() {
             let key = format!("r{i}");
             match reply.outcome_ref(&key) {
                 OutcomeKind::Ok => {}
+                // Blocked commands did not run: their ranges go back to the queue, and the
+                // next send waits until the method's budget has room again.
+                OutcomeKind::Error(code, _) if is_block(&code) && blocked < BLOCKED_RESENDS => {
+                    any_blocked = true;
+                    free.insert(lo, hi);
+                    continue;
+                }
                 OutcomeKind::Error(code, description) => {
                     return Err(api(&method, &code, description));
                 }
@@ -273,6 +295,7 @@ pub(super) async fn keyset<T: Transport + Clone + 'static>(
             seen_items += got.len() as f64;
             items_out.extend(got.into_iter().map(|(_, v)| v));
         }
+        blocked = if any_blocked { blocked + 1 } else { 0 };
         progress.emitted += items_out.len() as u64;
         let mut pending: Vec<(u64, u64)> = free.iter().map(|(a, b)| (*a, *b)).collect();
         pending.extend(inflight.values().flatten().copied());

@@ -19,9 +19,20 @@ pub(super) async fn offset<T: Transport + Clone + 'static>(
     if !progress.started {
         let mut cmd = Map::new();
         cmd.insert("p".into(), Value::String(page_cmd(1)));
-        let resp = send_read(&transport, cmd).await?;
-        let mut reply = Reply::from_result(resp.result);
-        let o = reply.outcome("p");
+        let mut blocked = 0;
+        let (mut reply, o) = loop {
+            let resp = send_read(&transport, cmd.clone()).await?;
+            let reply = Reply::from_result(resp.result);
+            let o = reply.outcome("p");
+            if matches!(&o, Outcome::Error { code, .. } if is_block(code))
+                && blocked < BLOCKED_RESENDS
+            {
+                // Blocked: the next (patient) send waits for the method's budget.
+                blocked += 1;
+                continue;
+            }
+            break (reply, o);
+        };
         let (total, next) = match o {
             Outcome::Ok { total, next, .. } => (total, next),
             Outcome::Error { code, description } => return Err(api(&method, &code, description)),
@@ -60,11 +71,15 @@ pub(super) async fn offset<T: Transport + Clone + 'static>(
         }
     }
     // Pages are emitted in order (one request at a time) so the checkpoint stays a single range.
+    let mut blocked = 0u32;
     loop {
         let Some(&(lo, hi)) = progress.pending.first() else {
             return Ok(());
         };
-        let last = hi.min(lo + MAX_COMMANDS as u64);
+        // No more pages to a request than the method's operating-time budget comfortably
+        // allows: a counted page of a large table costs seconds (reference §6).
+        let room = transport.room(&method, MAX_COMMANDS).await as u64;
+        let last = hi.min(lo + room);
         let cmd: Map<String, Value> = (lo + 1..=last)
             .map(|p| (format!("p{p}"), Value::String(page_cmd(p))))
             .collect();
@@ -73,10 +88,17 @@ pub(super) async fn offset<T: Transport + Clone + 'static>(
         let mut items_out = Vec::new();
         let mut end = hi;
         let mut done_to = lo;
+        let mut hit_block = false;
         for p in lo + 1..=last {
             let key = format!("p{p}");
             match reply.outcome_ref(&key) {
                 OutcomeKind::Ok => {}
+                // This page and the rest did not run: emit what did, send the rest again
+                // (the patient send waits until the method's budget has room).
+                OutcomeKind::Error(code, _) if is_block(&code) && blocked < BLOCKED_RESENDS => {
+                    hit_block = true;
+                    break;
+                }
                 OutcomeKind::Error(code, description) => {
                     return Err(api(&method, &code, description));
                 }
@@ -92,6 +114,7 @@ pub(super) async fn offset<T: Transport + Clone + 'static>(
                 break;
             }
         }
+        blocked = if hit_block { blocked + 1 } else { 0 };
         progress.emitted += items_out.len() as u64;
         progress.pending = if done_to >= end {
             Vec::new()

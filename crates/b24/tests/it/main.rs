@@ -5,6 +5,7 @@ mod batch;
 mod builder;
 mod client;
 mod export;
+mod operating;
 mod redirect;
 mod robust;
 mod shared_stores;
