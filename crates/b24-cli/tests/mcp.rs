@@ -1,5 +1,6 @@
-//! `b24 mcp` end to end: the real binary as a subprocess, driven by the rmcp client over stdio,
-//! against an in-process sandbox portal. Every gate is checked against what actually reached
+//! `b24 mcp` end to end: the real binary as a subprocess, driven by the rmcp client over stdio
+//! and over Streamable HTTP (`b24 mcp --http`, bearer tokens per client), against an in-process
+//! sandbox portal. Every gate is checked against what actually reached
 //! the sandbox and what the audit log recorded.
 
 mod support;

@@ -69,6 +69,13 @@ pub enum McpCommand {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  b24 mcp token add reader --policy /etc/b24/clients/reader.toml   # prints the token once
+  b24 mcp token list
+  b24 mcp token revoke reader
+
+The tokens live in the guard store of the operator's guard dir (only their SHA-256), the same
+place `b24 mcp --http` reads on every request: adding or revoking needs no restart.")]
 pub struct TokenArgs {
     #[command(subcommand)]
     pub command: TokenCommand,
@@ -77,6 +84,9 @@ pub struct TokenArgs {
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCommand {
     /// Issue a token for a new client; the token is printed once (only its hash is kept).
+    #[command(after_help = "Example:
+  printf 'read_only = true\\n' > reader.toml
+  b24 mcp token add reader --policy reader.toml   # {\"name\": \"reader\", \"token\": \"b24mcp_…\", ...}")]
     Add {
         /// The client's name: its identity in the audit log (a-z, 0-9, '.', '_', '-').
         name: String,
@@ -87,8 +97,12 @@ pub enum TokenCommand {
         policy: PathBuf,
     },
     /// List clients (names, policy files, dates; never tokens).
+    #[command(after_help = "Example:
+  b24 mcp token list   # [{\"name\": \"reader\", \"active\": true, ...}]")]
     List,
     /// Revoke a client's token; its next request gets 401.
+    #[command(after_help = "Example:
+  b24 mcp token revoke reader   # the name is not reused afterwards")]
     Revoke {
         /// The client's name.
         name: String,

@@ -81,7 +81,7 @@ pub enum Command {
     Doctor(doctor::Args),
     /// A guided tour against an embedded sandbox portal.
     Demo(demo::Args),
-    /// Serve b24 as an MCP server over stdio.
+    /// Serve b24 as an MCP server (stdio, or Streamable HTTP with client tokens).
     Mcp(mcp::Args),
     /// Print shell completions.
     Completions(completions::Args),
