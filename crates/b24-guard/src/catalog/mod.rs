@@ -101,56 +101,93 @@ impl MethodInfo {
 }
 
 /// The catalog compiled into this binary.
+///
+/// Parsed lazily: every command looks up one or two methods, so start-up only indexes the
+/// lines (a lowercased key per method) and an entry is parsed the first time it is asked for.
+/// Parsing all ~1,700 entries up front was three quarters of the instructions of a whole
+/// `b24 call` process.
 pub struct Catalog {
+    /// The TSV text the entries are parsed from.
+    text: std::borrow::Cow<'static, str>,
     /// Keyed by the lowercased name: lookups are case-insensitive (`imbot.v2.Chat.Message.read`).
-    methods: HashMap<String, MethodInfo>,
-    /// Lowercased names, sorted: the candidates [`Catalog::suggest`] ranks.
-    names: Vec<String>,
+    /// The value indexes `entries`; a repeated name keeps its last line.
+    index: HashMap<String, usize>,
+    /// Each entry's line in `text`, and the entry once parsed.
+    entries: Vec<(std::ops::Range<usize>, OnceLock<MethodInfo>)>,
+    /// Lowercased names, sorted: the candidates [`Catalog::suggest`] ranks (built when needed).
+    names: OnceLock<Vec<String>>,
 }
 
 static BUILTIN: OnceLock<Catalog> = OnceLock::new();
 
 impl Catalog {
     pub fn builtin() -> &'static Catalog {
-        BUILTIN.get_or_init(|| Catalog::parse(include_str!("../../data/catalog.tsv")))
+        BUILTIN.get_or_init(|| {
+            Catalog::index(std::borrow::Cow::Borrowed(include_str!(
+                "../../data/catalog.tsv"
+            )))
+        })
     }
 
+    /// A catalog from TSV text (header line, then one method per line of at least ten
+    /// tab-separated columns; shorter lines are skipped).
     pub fn parse(tsv: &str) -> Catalog {
-        let mut methods = HashMap::new();
-        for line in tsv.lines().skip(1) {
-            let c: Vec<&str> = line.split('\t').collect();
-            if c.len() < 10 {
+        Catalog::index(std::borrow::Cow::Owned(tsv.to_string()))
+    }
+
+    fn index(text: std::borrow::Cow<'static, str>) -> Catalog {
+        let mut index = HashMap::with_capacity(2048);
+        let mut entries = Vec::with_capacity(2048);
+        let mut at = 0;
+        for (n, raw) in text.split_inclusive('\n').enumerate() {
+            let start = at;
+            at += raw.len();
+            let line = raw.trim_end_matches(['\n', '\r']);
+            if n == 0 || line.split('\t').nth(9).is_none() {
                 continue;
             }
-            let info = MethodInfo {
-                name: c[0].to_string(),
-                scope: c[1].to_string(),
-                risk: Risk::parse(c[2]).unwrap_or(Risk::Destructive),
-                api: c[3].to_string(),
-                lists: c[4] == "true",
-                idempotent: c[5] == "true",
-                pack: c[6].to_string(),
-                deprecated: c[7] == "true",
-                who_can_call: c[8].to_string(),
-                doc_path: c[9].to_string(),
-            };
-            methods.insert(info.name.to_ascii_lowercase(), info);
+            let name = line.split('\t').next().unwrap_or_default();
+            index.insert(name.to_ascii_lowercase(), entries.len());
+            entries.push((start..start + line.len(), OnceLock::new()));
         }
-        let mut names: Vec<String> = methods.keys().cloned().collect();
-        names.sort();
-        Catalog { methods, names }
+        Catalog {
+            text,
+            index,
+            entries,
+            names: OnceLock::new(),
+        }
+    }
+
+    fn entry(&self, i: usize) -> &MethodInfo {
+        let (range, cell) = &self.entries[i];
+        cell.get_or_init(|| parse_line(&self.text[range.clone()]))
+    }
+
+    /// Every method (one per distinct lowercased name), in no particular order.
+    fn all(&self) -> impl Iterator<Item = &MethodInfo> {
+        self.index.values().map(|&i| self.entry(i))
+    }
+
+    /// Lowercased names, sorted.
+    fn names(&self) -> &[String] {
+        self.names.get_or_init(|| {
+            let mut v: Vec<String> = self.index.keys().cloned().collect();
+            v.sort();
+            v
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.methods.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.methods.is_empty()
+        self.index.is_empty()
     }
 
     pub fn get(&self, name: &str) -> Option<&MethodInfo> {
-        self.methods.get(&name.trim().to_ascii_lowercase())
+        let i = *self.index.get(&name.trim().to_ascii_lowercase())?;
+        Some(self.entry(i))
     }
 
     /// Methods matching every given criterion, sorted by name.
@@ -162,8 +199,7 @@ impl Catalog {
     ) -> Vec<&MethodInfo> {
         let text = text.map(|t| t.to_ascii_lowercase());
         let mut v: Vec<&MethodInfo> = self
-            .methods
-            .values()
+            .all()
             .filter(|m| pack.map(|p| m.pack.eq_ignore_ascii_case(p)).unwrap_or(true))
             .filter(|m| risk.map(|r| m.risk == r).unwrap_or(true))
             .filter(|m| {
@@ -252,6 +288,25 @@ impl Catalog {
                     && !method.eq_ignore_ascii_case("batch")
                     && self.get(method).map(|i| i.risk) == Some(Risk::Read)
             })
+    }
+}
+
+/// One catalog line (at least ten tab-separated columns) as a [`MethodInfo`]. An unknown risk
+/// reads as destructive (fail closed).
+fn parse_line(line: &str) -> MethodInfo {
+    let mut c = line.split('\t');
+    let mut next = || c.next().unwrap_or_default();
+    MethodInfo {
+        name: next().to_string(),
+        scope: next().to_string(),
+        risk: Risk::parse(next()).unwrap_or(Risk::Destructive),
+        api: next().to_string(),
+        lists: next() == "true",
+        idempotent: next() == "true",
+        pack: next().to_string(),
+        deprecated: next() == "true",
+        who_can_call: next().to_string(),
+        doc_path: next().to_string(),
     }
 }
 

@@ -244,7 +244,7 @@ mod review {
     fn settle_classes_over_the_catalog() {
         let c = Catalog::builtin();
         let mut counts = std::collections::BTreeMap::new();
-        for name in &c.names {
+        for name in c.names() {
             let info = c.get(name).unwrap();
             let p = json!({"id": 1, "fields": {"TITLE": "x"}, "entityTypeId": 1});
             let class = c.settle_class(name, false, &p);

@@ -58,7 +58,7 @@ impl Catalog {
         let prefix = format!("{q}.");
         let mut row = Vec::with_capacity(64);
         let mut scored: Vec<(usize, usize, &str)> = Vec::new();
-        for cand in &self.names {
+        for cand in self.names() {
             let mut d = distance(q.as_bytes(), cand.as_bytes(), limit, &mut row);
             if cand.starts_with(&prefix) {
                 d = d.min(limit);
@@ -73,7 +73,7 @@ impl Catalog {
         scored
             .into_iter()
             .take(n)
-            .filter_map(|(_, _, key)| self.methods.get(key).map(|m| m.name.as_str()))
+            .filter_map(|(_, _, key)| self.get(key).map(|m| m.name.as_str()))
             .collect()
     }
 }
