@@ -387,9 +387,13 @@ pub async fn stream(
         Some(p) => Exit::new(exit::INTERNAL, format!("--out {}: {e}", p.display())),
         None => crate::out::map(e),
     };
+    // Twice a second: is the client waiting for a method's operating-time budget?
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut noted = None;
     loop {
         let next = tokio::select! {
             p = s.next() => p,
+            _ = tick.tick() => { show_wait(&bar, &client, g, &mut noted); continue; }
             _ = tokio::signal::ctrl_c() => { interrupted = true; None }
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => { interrupted = true; None }
         };
@@ -606,12 +610,52 @@ fn progress_bar(g: &Globals) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{spinner} {pos} items ({per_sec}) [{elapsed_precise}] {wide_bar} eta {eta}",
+            "{spinner} {pos} items ({per_sec}) [{elapsed_precise}] {wide_bar} eta {eta} {msg}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     bar
+}
+
+/// Show what the client waits for: on the bar, or (no terminal) one stderr line per long
+/// wait. Pacing keeps a long export under the method's operating-time budget; a block is the
+/// portal's, and the export waits it out instead of failing.
+fn show_wait(
+    bar: &indicatif::ProgressBar,
+    client: &b24::Client,
+    g: &Globals,
+    noted: &mut Option<(String, bool)>,
+) {
+    let w = client
+        .waiting()
+        .into_iter()
+        .max_by(|a, b| a.secs_left.total_cmp(&b.secs_left));
+    let Some(w) = w.filter(|w| w.secs_left >= 1.0) else {
+        bar.set_message("");
+        *noted = None;
+        return;
+    };
+    let msg = if w.blocked {
+        format!(
+            "{} blocked by the portal (OPERATION_TIME_LIMIT): waiting {:.0} s for its budget",
+            w.method, w.secs_left
+        )
+    } else {
+        format!(
+            "{} paced to its operating-time budget: next request in {:.0} s",
+            w.method, w.secs_left
+        )
+    };
+    if !bar.is_hidden() {
+        bar.set_message(msg);
+        return;
+    }
+    let key = (w.method.clone(), w.blocked);
+    if !g.quiet && (w.blocked || w.secs_left >= 10.0) && noted.as_ref() != Some(&key) {
+        eprintln!("b24 export: {msg}");
+        *noted = Some(key);
+    }
 }
 
 fn summary(
@@ -627,8 +671,17 @@ fn summary(
     }
     let st = client.stats();
     let secs = started.elapsed().as_secs_f64();
+    let paced = if st.operating_waits > 0 || st.operating_blocks > 0 {
+        format!(
+            ", {:.1} s waiting for operating-time budgets ({} blocks)",
+            st.operating_wait_ms as f64 / 1000.0,
+            st.operating_blocks
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "b24 export: {what}: {emitted} items{} in {} requests, {} retries, {secs:.1} s ({:.0} items/s)",
+        "b24 export: {what}: {emitted} items{} in {} requests, {} retries{paced}, {secs:.1} s ({:.0} items/s)",
         if resumed_from > 0 {
             format!(" (resumed after {resumed_from})")
         } else {
