@@ -1359,3 +1359,47 @@ async fn http_client_budgets_are_shared_by_a_cluster_through_postgres() {
     }
     sb.shutdown().await;
 }
+
+/// Over HTTP the person behind a client is asked too (elicitation on the request's stream), and
+/// the confirmation is recorded under the client's name.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_a_person_confirms_a_destructive_call_through_the_client() {
+    let sb = sandbox_with_leads(3).await;
+    let env = Env::webhook(&sb);
+    let token = token_add(&env, "cleaner", "allow = [\"crm.lead.*\"]\n").await;
+    let server = HttpServer::start(&env, &[]).await;
+    for accept in [false, true] {
+        let cfg = StreamableHttpClientTransportConfig::with_uri(server.url.clone())
+            .auth_header(token.clone());
+        let client = Person { accept }
+            .serve(StreamableHttpClientTransport::from_config(cfg))
+            .await
+            .expect("initialize");
+        let r = call(
+            &client,
+            "b24_write",
+            json!({"method": "crm.lead.delete", "params": {"id": 1}, "confirm": true}),
+        )
+        .await;
+        if accept {
+            assert!(!is_error(&r), "{}", text(&r));
+            assert_eq!(calls_of(&sb, "crm.lead.delete"), 1);
+        } else {
+            assert!(
+                is_error(&r) && text(&r).contains("declined"),
+                "{}",
+                text(&r)
+            );
+            assert_eq!(calls_of(&sb, "crm.lead.delete"), 0);
+        }
+        client.cancel().await.ok();
+    }
+    let audit = audit_records(&env);
+    assert!(
+        audit.iter().any(|r| r["decision"] == "confirmed_by_person"
+            && r["via"] == "elicitation"
+            && r["client"] == "cleaner"),
+        "{audit:#?}"
+    );
+    sb.shutdown().await;
+}
