@@ -351,7 +351,8 @@ fn clean_type(t: &str) -> String {
 
 /// Headings that end the parameter part of a page.
 fn ends_params(h: &Heading) -> bool {
-    if h.level > 2 {
+    // the page title (level 1) names the method, and may contain any word
+    if h.level != 2 {
         return false;
     }
     let t = h.text.to_ascii_lowercase();
@@ -364,7 +365,7 @@ fn ends_params(h: &Heading) -> bool {
 
 fn is_response_heading(h: &Heading) -> bool {
     let t = h.text.to_ascii_lowercase();
-    h.level <= 2 && (t.contains("response") || t.contains("success") || t.contains("result"))
+    h.level == 2 && (t.contains("response") || t.contains("success") || t.contains("result"))
 }
 
 /// Words of a heading, for matching a nested section to its parameter.

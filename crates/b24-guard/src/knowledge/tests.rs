@@ -135,3 +135,28 @@ fn methods_on_both_apis_are_not_checked() {
     );
     assert!(check::check_params("crm.deal.get", &json!({"id": 1, "taskId": 2})).is_err());
 }
+
+#[test]
+fn lookup_is_lazy_and_cheap() {
+    let k = Knowledge {
+        text: DATA,
+        index: OnceLock::new(),
+    };
+    assert!(
+        k.index.get().is_none(),
+        "nothing is parsed before the first lookup"
+    );
+    let t = std::time::Instant::now();
+    let d = k.get("crm.deal.add").expect("documented");
+    let first = t.elapsed();
+    let t = std::time::Instant::now();
+    let _ = k.get("CRM.DEAL.UPDATE").expect("any case");
+    let next = t.elapsed();
+    println!(
+        "first lookup (index {} names + one line) {first:?}, next {next:?}; {} bytes",
+        k.len(),
+        DATA.len()
+    );
+    assert_eq!(d.method, "crm.deal.add");
+    assert!(first < std::time::Duration::from_millis(250), "{first:?}");
+}
