@@ -242,13 +242,18 @@ impl Gate {
             let store = self.store()?;
             let n = u32::try_from(writes).unwrap_or(u32::MAX);
             self.take_write(&store, "batch", risk, &shown, n).await?;
-            // Each write's key, params and settle class are recorded before anything is sent.
-            for c in &settles {
-                let meta = super::settle::meta(Api::V2, c.class, c.stamp.as_deref());
-                store
-                    .begin_with(&c.idempotency_key, c.method.as_str(), &c.params, &meta)
-                    .map_err(GateError::Store)?;
-            }
+            // Each write's key, params and settle class are recorded before anything is sent
+            // (one transaction for the whole batch).
+            let metas: Vec<Value> = settles
+                .iter()
+                .map(|c| super::settle::meta(Api::V2, c.class, c.stamp.as_deref()))
+                .collect();
+            let rows: Vec<(&str, &str, &Value, &Value)> = settles
+                .iter()
+                .zip(&metas)
+                .map(|(c, m)| (c.idempotency_key.as_str(), c.method.as_str(), &c.params, m))
+                .collect();
+            store.begin_many(&rows).map_err(GateError::Store)?;
             Some(store)
         } else {
             None
@@ -273,11 +278,33 @@ impl Gate {
         let mut results = b.run(&client).await;
         let mut settled = std::collections::HashSet::new();
         if let Some(store) = &store {
+            // Known outcomes first, in one transaction; then each unknown one is settled.
+            let wrapped: Vec<(String, Value)> = results
+                .iter()
+                .filter_map(|(k, o)| match o {
+                    Outcome::Ok { result, .. } => Some((k.clone(), json!({"result": result}))),
+                    _ => None,
+                })
+                .collect();
+            let finished: Vec<(&str, Option<&Value>)> = results
+                .iter()
+                .filter(|(_, o)| !matches!(o, Outcome::Unknown { .. }))
+                .filter_map(|(k, _)| {
+                    let c = settles.iter().find(|c| c.cmd == *k)?;
+                    let r = wrapped.iter().find(|(w, _)| w == k).map(|(_, v)| v);
+                    Some((c.idempotency_key.as_str(), r))
+                })
+                .collect();
+            if let Err(e) = store.finish_many(&finished) {
+                tracing::error!("the batch's idempotency records could not be finished: {e}");
+            }
             for (k, o) in results.iter_mut() {
                 let Some(c) = settles.iter().find(|c| c.cmd == *k) else {
                     continue;
                 };
-                if self.settle_command(store, &client, &call_id, c, o).await {
+                if matches!(o, Outcome::Unknown { .. })
+                    && self.settle_command(store, &client, &call_id, c, o).await
+                {
                     settled.insert(k.clone());
                 }
             }
@@ -368,8 +395,8 @@ impl Gate {
         }
     }
 
-    /// Record a command's outcome under its key; settle it when it is unknown. Whether it was
-    /// settled (its outcome is then the settled one).
+    /// Settle a command whose outcome is unknown. Whether it was settled (its outcome is then
+    /// the settled one).
     async fn settle_command(
         &self,
         store: &GuardStore,
@@ -379,17 +406,6 @@ impl Gate {
         o: &mut Outcome,
     ) -> bool {
         let k = &c.idempotency_key;
-        match o {
-            Outcome::Ok { result, .. } => {
-                let _ = store.key_done(k, &json!({"result": result}));
-                return false;
-            }
-            Outcome::Unknown { .. } => {}
-            _ => {
-                let _ = store.key_failed(k);
-                return false;
-            }
-        }
         if c.class == SettleClass::Unknown {
             let _ = store.key_unknown(k);
             return false;

@@ -198,6 +198,74 @@ impl GuardStore {
         Ok(claim)
     }
 
+    /// Record fresh keys (b24 made them: none may exist yet) with their params and meta, all in
+    /// one transaction — a batch of 50 writes costs one commit, not 50. `Err` if any key exists.
+    pub fn begin_many(&self, rows: &[(&str, &str, &Value, &Value)]) -> Result<(), GuardError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        tx.execute_batch(PARAMS_TABLE).map_err(db_err)?;
+        for (key, method, params, meta) in rows {
+            let hash = call_hash(method, params);
+            let tag = self.key_tag(key, method, &hash, "in_flight", "");
+            tx.execute(
+                "INSERT INTO idempotency (key, method, hash, state, result, updated_at, portal, tag)
+                 VALUES (?1, ?2, ?3, 'in_flight', NULL, ?4, ?5, ?6)",
+                params![key, method, hash, now(), self.portal, tag],
+            )
+            .map_err(db_err)?;
+            tx.execute(
+                "INSERT OR REPLACE INTO idempotency_params (key, portal, params, meta) VALUES (?1, ?2, ?3, ?4)",
+                params![key, self.portal, params.to_string(), meta.to_string()],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
+    /// Finish many keys in one transaction: `Some(result)` done, `None` failed (freed).
+    pub fn finish_many(&self, rows: &[(&str, Option<&Value>)]) -> Result<(), GuardError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        tx.execute_batch(PARAMS_TABLE).map_err(db_err)?;
+        for (key, result) in rows {
+            match result {
+                Some(r) => {
+                    let row: Option<(String, String)> = tx
+                        .query_row(
+                            "SELECT method, hash FROM idempotency WHERE key = ?1 AND portal = ?2",
+                            params![key, self.portal],
+                            |x| Ok((x.get(0)?, x.get(1)?)),
+                        )
+                        .optional()
+                        .map_err(db_err)?;
+                    let Some((method, hash)) = row else { continue };
+                    let text = r.to_string();
+                    let tag = self.key_tag(key, &method, &hash, "done", &text);
+                    tx.execute(
+                        "UPDATE idempotency SET state = 'done', result = ?2, updated_at = ?3, tag = ?4
+                         WHERE key = ?1 AND portal = ?5",
+                        params![key, text, now(), tag, self.portal],
+                    )
+                    .map_err(db_err)?;
+                }
+                None => {
+                    for table in ["idempotency", "idempotency_params"] {
+                        tx.execute(
+                            &format!("DELETE FROM {table} WHERE key = ?1 AND portal = ?2"),
+                            params![key, self.portal],
+                        )
+                        .map_err(db_err)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+
     /// Look up a key (old signature): other-portal and altered rows map to refusing states.
     pub fn begin_key(
         &self,

@@ -605,3 +605,41 @@ fn one_write_is_settled_by_one_process_at_a_time() {
     );
     assert!(!s.claim_for_settling("nope", 900.0).unwrap());
 }
+
+/// A batch's keys are recorded in one transaction and finished in another, not one each.
+#[test]
+fn a_batchs_keys_take_two_transactions() {
+    let d = tempfile::tempdir().unwrap();
+    let s = b24_guard::store::GuardStore::open_for_portal(d.path(), "p").unwrap();
+    let params: Vec<Value> = (0..50).map(|i| json!({"fields": {"TITLE": i}})).collect();
+    let keys: Vec<String> = (0..50).map(|i| format!("b24-{i}")).collect();
+    let meta = json!({"api": "v2", "class": "stamp"});
+    let rows: Vec<(&str, &str, &Value, &Value)> = keys
+        .iter()
+        .zip(&params)
+        .map(|(k, p)| (k.as_str(), "crm.lead.add", p, &meta))
+        .collect();
+    let t = std::time::Instant::now();
+    s.begin_many(&rows).unwrap();
+    let results: Vec<Value> = (0..50).map(|i| json!({"result": i})).collect();
+    let done: Vec<(&str, Option<&Value>)> = keys
+        .iter()
+        .zip(&results)
+        .enumerate()
+        .map(|(i, (k, r))| (k.as_str(), (i % 2 == 0).then_some(r)))
+        .collect();
+    s.finish_many(&done).unwrap();
+    eprintln!("50 keys recorded and finished in {:?}", t.elapsed());
+    // Done keys answer with their result; failed ones are freed; the meta is kept.
+    let Some(Ok(r)) = s.key_record("b24-0").unwrap() else {
+        panic!("kept")
+    };
+    assert_eq!(
+        (r.state.as_str(), r.result),
+        ("done", Some(json!({"result": 0})))
+    );
+    assert_eq!(r.meta, meta);
+    assert!(s.key_record("b24-1").unwrap().is_none(), "failed: freed");
+    // A key that exists already is not taken over.
+    assert!(s.begin_many(&rows[..1]).is_err());
+}
