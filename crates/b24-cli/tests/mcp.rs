@@ -1403,3 +1403,97 @@ async fn http_a_person_confirms_a_destructive_call_through_the_client() {
     );
     sb.shutdown().await;
 }
+
+/// A client whose connection drops while a tool runs resumes the stream with `Last-Event-ID`
+/// and gets the answer without the call being sent twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_a_dropped_stream_resumes_with_last_event_id() {
+    let sb = sandbox(SandboxConfig {
+        seed_leads: 2,
+        faults: "latency=1500ms".parse().unwrap(),
+        ..Default::default()
+    })
+    .await;
+    let env = Env::webhook(&sb);
+    let token = token_add(&env, "resumer", "read_only = true\n").await;
+    let server = HttpServer::start(&env, &[]).await;
+    let bearer = format!("Bearer {token}");
+    let (status, hdrs, _) = raw_post(
+        &server.url,
+        &[("authorization", bearer.as_str())],
+        initialize_body(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sid = hdrs["mcp-session-id"].to_str().unwrap().to_string();
+    let session = [
+        ("authorization", bearer.as_str()),
+        ("mcp-session-id", sid.as_str()),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+    let (status, _, _) = raw_post(
+        &server.url,
+        &session,
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+
+    // The call starts; the client reads the priming event and then loses the connection.
+    let mut rb = reqwest::Client::new()
+        .post(&server.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    for (k, v) in session {
+        rb = rb.header(k, v);
+    }
+    let mut resp = rb
+        .body(tools_call_body("crm.lead.list").to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut seen = String::new();
+    let last_id = loop {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .expect("the priming event in time")
+            .unwrap()
+            .expect("stream open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+        if let Some(id) = seen
+            .lines()
+            .find_map(|l| l.strip_prefix("id: ").map(str::to_string))
+        {
+            break id;
+        }
+    };
+    assert!(!seen.contains("\"result\""), "answered too early: {seen}");
+    drop(resp);
+
+    // Reconnect with Last-Event-ID: the answer arrives, and the portal saw one call.
+    let mut rb = reqwest::Client::new()
+        .get(&server.url)
+        .header("accept", "text/event-stream")
+        .header("last-event-id", last_id.as_str());
+    for (k, v) in session {
+        rb = rb.header(k, v);
+    }
+    let mut resp = rb.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = String::new();
+    while !body.contains("\"result\"") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no answer after resuming: {body}"))
+            .unwrap();
+        match chunk {
+            Some(c) => body.push_str(&String::from_utf8_lossy(&c)),
+            None => panic!("the resumed stream ended without the answer: {body}"),
+        }
+    }
+    assert!(body.contains("\"id\":2"), "{body}");
+    assert!(body.contains("crm.lead.list"), "{body}");
+    assert_eq!(calls_of(&sb, "crm.lead.list"), 1);
+    sb.shutdown().await;
+}
