@@ -36,7 +36,7 @@ fn main() -> std::process::ExitCode {
         Err(err) => {
             let code = exit::code_for(&err);
             // Every message passes the one redactor (known secrets and credential shapes).
-            let msg = b24_guard::redact::text(&format!("{err:#}"));
+            let msg = b24_guard::redact::text(&describe(&err));
             let _ = std::io::Write::write_all(
                 &mut std::io::stderr(),
                 format!("b24: error: {msg}\n").as_bytes(),
@@ -44,4 +44,18 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(code as u8)
         }
     }
+}
+
+/// The error as printed: for a portal error, its meaning and fix (from the library's table,
+/// the same text MCP gives the model) under the portal's own words; an empty code is not
+/// printed as a code.
+fn describe(err: &anyhow::Error) -> String {
+    let text = format!("{err:#}").replace("<empty code>: ", "");
+    for cause in err.chain() {
+        if let Some(b24::Error::Api(a)) = cause.downcast_ref::<b24::Error>() {
+            let f = b24_guard::fixes::portal_error(&a.code, &a.description, &a.method);
+            return format!("{text}\n  meaning: {}\n  fix: {}", f.meaning, f.fix);
+        }
+    }
+    text
 }

@@ -723,3 +723,105 @@ async fn mcp_writes_settle_through_the_same_gate() {
     assert_eq!(portal_requests(&sb, "crm.lead.update"), vec![200, 200]);
     let _ = client.cancel().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn portal_errors_carry_their_fix() {
+    let sb = sandbox(SandboxConfig {
+        seed_leads: 3,
+        webhook_scopes: Some(vec!["crm".into(), "user".into()]),
+        ..Default::default()
+    })
+    .await;
+    let env = Env::webhook(&sb);
+    // A deleted record: no "<empty code>", the meaning and where to look.
+    let o = env
+        .run(&["call", "crm.lead.get", "-p", r#"{"id": 999}"#])
+        .await;
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(!e.contains("<empty code>"), "{e}");
+    assert!(
+        e.contains("does not exist") && e.contains("b24 list crm.lead.list"),
+        "{e}"
+    );
+    // A scope the webhook lacks: which one, and where to add it.
+    let narrow = sandbox(SandboxConfig {
+        seed_leads: 1,
+        webhook_scopes: Some(vec!["user".into()]),
+        ..Default::default()
+    })
+    .await;
+    let o = Env::webhook(&narrow).run(&["call", "crm.lead.list"]).await;
+    let e = stderr(&o);
+    assert!(e.contains("insufficient_scope"), "{e}");
+    assert!(e.contains("lacks the `crm` scope"), "{e}");
+    assert!(e.contains("Inbound webhook"), "{e}");
+    // An application-only method from a webhook: OAuth, and how.
+    let o = env.run(&["call", "event.get"]).await;
+    let e = stderr(&o);
+    assert!(e.contains("WRONG_AUTH_TYPE"), "{e}");
+    assert!(
+        e.contains("B24_AUTH_MODE=oauth") && e.contains("b24 auth login"),
+        "{e}"
+    );
+    // A wrong (or revoked) webhook code.
+    let mut bad = Env::webhook(&sb);
+    bad.set(
+        "B24_WEBHOOK_URL",
+        &sb.info()
+            .webhook_url
+            .replace(&sb.info().webhook_code, "wrongcode1234567"),
+    );
+    let o = bad.run(&["call", "user.current"]).await;
+    let e = stderr(&o);
+    assert!(e.contains("NO_AUTH_FOUND") && e.contains("revoked"), "{e}");
+    assert!(e.contains("copy its URL again"), "{e}");
+    // In a batch, the failed command's line carries the fix too.
+    let o = env
+        .run_stdin(&["batch", "-"], "\"crm.lead.get?id=999\"\n")
+        .await;
+    let line: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert!(
+        line["error"]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("b24 list crm.lead.list"),
+        "{line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_portals_fail_fast_with_the_likely_cause() {
+    let sb = sandbox_with_leads(1).await;
+    // A port where nothing listens.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // https spoken to the sandbox's plain-http port: the TLS handshake fails.
+    let http_port = url::Url::parse(sb.base_url()).unwrap().port().unwrap();
+    for (url, cause) in [
+        (
+            "https://no-such-portal.invalid/rest/1/abcdefabcdef/".to_string(),
+            "DNS",
+        ),
+        (
+            format!("http://127.0.0.1:{port}/rest/1/abcdefabcdef/"),
+            "refused",
+        ),
+        (
+            format!("https://127.0.0.1:{http_port}/rest/1/abcdefabcdef/"),
+            "TLS",
+        ),
+    ] {
+        let mut env = Env::bare();
+        env.set("B24_WEBHOOK_URL", &url);
+        let t = std::time::Instant::now();
+        let o = env.run(&["call", "user.current"]).await;
+        let took = t.elapsed();
+        assert_eq!(code(&o), 6, "{url}: {}", stderr(&o));
+        assert!(stderr(&o).contains(cause), "{url}: {}", stderr(&o));
+        assert!(stderr(&o).contains("not retried"), "{url}: {}", stderr(&o));
+        assert!(took.as_secs_f64() < 3.0, "{url}: took {took:?}");
+    }
+}

@@ -24,6 +24,7 @@ pub mod audit;
 pub mod batch_cmds;
 pub mod catalog;
 pub mod clients;
+pub mod fixes;
 pub mod gate;
 pub mod keys;
 pub mod knowledge;

@@ -179,6 +179,16 @@ fn read_all(args: &Args) -> anyhow::Result<Vec<Input>> {
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let started = Instant::now();
     let inputs = read_all(&args)?;
+    let methods: std::collections::HashMap<String, String> = inputs
+        .iter()
+        .map(|i| match i {
+            Input::Params { key, method, .. } => (key.clone(), method.clone()),
+            Input::Text { key, text } => (
+                key.clone(),
+                text.split('?').next().unwrap_or_default().to_string(),
+            ),
+        })
+        .collect();
     let commands = inputs
         .into_iter()
         .map(|i| match i {
@@ -221,7 +231,10 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let mut tally = BatchTally::default();
     let mut closed = false;
     if format != crate::render::Format::Ndjson {
-        let lines: Vec<Value> = results.iter().map(|(key, o)| tally.add(key, o).0).collect();
+        let lines: Vec<Value> = results
+            .iter()
+            .map(|(key, o)| with_fix(tally.add(key, o).0, &methods))
+            .collect();
         let hint = ["key", "status", "result", "error", "reason"]
             .map(String::from)
             .to_vec();
@@ -235,7 +248,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         for (key, o) in &results {
-            let (line, _) = tally.add(key, o);
+            let line = with_fix(tally.add(key, o).0, &methods);
             if !closed && writeln!(out, "{line}").is_err() {
                 // The reader went away: keep counting, so the exit code still tells the truth.
                 closed = true;
@@ -268,6 +281,29 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     } else {
         exit::OK
     })
+}
+
+/// A failed command's line carries the fix for its portal error (the library's table).
+fn with_fix(mut line: Value, methods: &std::collections::HashMap<String, String>) -> Value {
+    if line["status"] != "error" {
+        return line;
+    }
+    let key = line["key"].as_str().unwrap_or_default().to_string();
+    let method = methods.get(&key).map(String::as_str).unwrap_or_default();
+    if let Some(err) = line.get_mut("error").and_then(Value::as_object_mut) {
+        let code = err.get("code").and_then(Value::as_str).unwrap_or_default();
+        let desc = err
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if matches!(code, "REFERENCE_FAILED" | "INVALID_BATCH" | "TRANSIENT" | "REFUSED") {
+            return line;
+        }
+        let f = b24_guard::fixes::portal_error(code, desc, method);
+        err.insert("meaning".into(), json!(f.meaning));
+        err.insert("fix".into(), json!(f.fix));
+    }
+    line
 }
 
 #[cfg(test)]

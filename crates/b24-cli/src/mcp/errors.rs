@@ -156,18 +156,24 @@ fn b24_error_value(e: &b24::Error) -> Value {
             } else {
                 a.code.as_str()
             };
-            let fix = fix_for_code(code, &a.method);
+            // The library's table (shared with the CLI), in this server's tool names.
+            let f = b24_guard::fixes::portal_error(code, &a.description, &a.method);
+            let fix = f
+                .fix
+                .replace("`b24 describe ", "b24_describe `")
+                .replace("`b24 methods --search`", "b24_search_methods");
             json!({
                 "error": "api",
                 "code": code,
                 "description": a.description,
                 "http_status": a.http_status,
                 "method": a.method,
+                "meaning": f.meaning,
                 "fix": fix,
                 "message": format!(
-                    "Bitrix24 error {} on {} (HTTP {}): {}. Fix: {fix}",
-                    if code.is_empty() { "<empty code>" } else { code },
-                    a.method, a.http_status, a.description
+                    "Bitrix24 error {}on {} (HTTP {}): {}. {}. Fix: {fix}",
+                    if code.is_empty() { String::new() } else { format!("{code} ") },
+                    a.method, a.http_status, a.description, f.meaning
                 ),
             })
         }
@@ -257,7 +263,8 @@ mod tests {
         assert!(
             m.contains("insufficient_scope")
                 && m.contains("higher privileges")
-                && m.contains("Fix: grant the scope"),
+                && m.contains("lacks the `crm` scope")
+                && m.contains("Fix: webhook: add `crm`"),
             "{m}"
         );
         let r = Exit::new(
