@@ -51,6 +51,11 @@ fn segments(key: &str) -> Vec<&str> {
     let Some(open) = key.find('[') else {
         return vec![key];
     };
+    if !key[open..].contains(']') {
+        // PHP reads `fields[TITLE` as the top-level name `fields_TITLE`: the whole key is one
+        // (unknown) name, never a way into `fields`.
+        return vec![key];
+    }
     let mut out = vec![&key[..open]];
     for part in key[open..].split('[').skip(1) {
         out.push(part.strip_suffix(']').unwrap_or(part));

@@ -72,6 +72,7 @@ fn strict_check_refuses_unknown_names_in_every_spelling() {
         (json!({"params[EVIL]": "Y"}), "params.EVIL"),
         (json!({"PARAMS[evil][0]": "Y"}), "params.evil"),
         (json!({"7": 1}), "7"),
+        (json!({"fields[TITLE": "x"}), "fields[TITLE"),
     ] {
         let e = check_against(&add, &bad).unwrap_err();
         assert_eq!(e.parameter, what, "{bad}");
