@@ -341,6 +341,24 @@ async fn describe_returns_parameters_and_unknown_ones_are_refused() {
         .filter_map(|p| p["name"].as_str())
         .collect();
     assert_eq!(names, ["fields", "params"]);
+    assert!(v.get("live_fields").is_none());
+    let r = call(
+        &client,
+        "b24_describe",
+        json!({"method": "crm.deal.update", "live": true}),
+    )
+    .await;
+    let v = structured(&r);
+    assert_eq!(v["live_fields"]["from"], "crm.deal.fields", "{v}");
+    assert!(
+        v["live_fields"]["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == "TITLE" && f["documented"] == true && f["live"] == true),
+        "{v}"
+    );
+    assert_eq!(calls_of(&sb, "crm.deal.fields"), 1);
     for (tool, method, params) in [
         (
             "b24_write",
@@ -382,7 +400,12 @@ async fn describe_returns_parameters_and_unknown_ones_are_refused() {
     )
     .await;
     assert!(is_error(&r), "{}", text(&r));
-    assert!(sb.request_log().is_empty(), "{:?}", sb.request_log());
+    let sent: Vec<String> = sb.request_log().into_iter().map(|l| l.method).collect();
+    assert_eq!(
+        sent,
+        ["crm.deal.fields"],
+        "only the describe read reached the portal"
+    );
     // documented names in any case pass
     let r = call(
         &client,
@@ -977,6 +1000,17 @@ async fn http_needs_a_valid_token_and_nothing_unauthenticated_reaches_the_portal
         &[
             ("authorization", bearer.as_str()),
             ("origin", "http://evil.example"),
+        ],
+        initialize_body(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    // So is a Host that is not this server's (a rebinding attacker's name for 127.0.0.1).
+    let (status, _, _) = raw_post(
+        &server.url,
+        &[
+            ("authorization", bearer.as_str()),
+            ("host", "attacker.example"),
         ],
         initialize_body(),
     )
