@@ -141,6 +141,15 @@ pub struct ExportArgs {
 pub struct DescribeArgs {
     /// Method name, e.g. `crm.deal.list`.
     pub method: String,
+    /// Also ask the portal for the method's live field list (its `*.fields` companion, e.g.
+    /// `crm.deal.fields`), merged with the documented fields and marked documented / live /
+    /// custom (`UF_*`). A guarded read.
+    #[serde(default)]
+    pub live: bool,
+    /// Parameters for the `*.fields` companion when it needs some, e.g. {"entityTypeId": 2}
+    /// for `crm.item.fields`.
+    #[serde(default)]
+    pub fields_params: Option<Params>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema)]

@@ -148,10 +148,26 @@ impl B24Mcp {
         Parameters(a): Parameters<DescribeArgs>,
     ) -> Result<CallToolResult, ErrorData> {
         let method = method_name(&a.method)?;
-        Ok(match describe(&method) {
-            Ok(v) => self.ok(v),
-            Err(v) => tool_error_value(v),
-        })
+        let mut v = match describe(&method) {
+            Ok(v) => v,
+            Err(v) => return Ok(tool_error_value(v)),
+        };
+        if a.live
+            && let Some(doc) = b24_guard::knowledge::Knowledge::builtin().get(&method)
+        {
+            let extra = Value::Object(a.fields_params.unwrap_or_default());
+            v["live_fields"] = match self.gate() {
+                Ok(gate) => match b24_guard::knowledge::fetch_live(&gate, &doc, extra).await {
+                    Ok(Some(r)) => serde_json::to_value(r).unwrap_or(Value::Null),
+                    Ok(None) => {
+                        json!({"skipped": "no *.fields companion, or it needs fields_params"})
+                    }
+                    Err(e) => json!({"error": gate.redact_text(&e.to_string())}),
+                },
+                Err(e) => json!({"error": format!("{e:#}")}),
+            };
+        }
+        Ok(self.ok(v))
     }
 
     /// Search the method catalog.
