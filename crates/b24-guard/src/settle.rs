@@ -27,6 +27,11 @@ pub const UPDATE_WINDOW_SECS: f64 = 600.0;
 /// A settle that holds a key longer than this died; the key may be taken again.
 pub const STALE_SETTLE_SECS: f64 = 900.0;
 
+/// A write whose intent is recorded but no outcome (the process ended mid-call) is only
+/// settled once its key has been in flight this long: until then it may still be on its way
+/// (waiting for the rate limiter, or for its answer).
+pub const CRASHED_AFTER_SECS: f64 = 3600.0;
+
 /// The stamp of an add: the same (key, call) always gives the same stamp.
 pub fn stamp_for(key: &str, method: &str, params: &Value) -> String {
     let h = sha2::Sha256::digest(

@@ -50,6 +50,17 @@ impl Settled {
         }
     }
 
+    /// The same, with one more fact in its evidence.
+    fn noted(mut self, key: &str, v: Value) -> Settled {
+        let (Settled::Done { evidence, .. }
+        | Settled::Failed { evidence, .. }
+        | Settled::Unknown { evidence }) = &mut self;
+        if let Some(o) = evidence.as_object_mut() {
+            o.insert(key.to_string(), v);
+        }
+        self
+    }
+
     fn evidence(&self) -> &Value {
         match self {
             Settled::Done { evidence, .. }
@@ -95,6 +106,8 @@ struct Open {
     stamp: Option<String>,
     /// When it was sent (Unix seconds, from the record).
     at: f64,
+    /// Its intent is recorded but no outcome: the process that sent it ended mid-call.
+    crashed: bool,
 }
 
 impl Gate {
@@ -277,7 +290,21 @@ impl Gate {
     /// its `call_id`, `request_id` or `seq`). Reads only records that check under the guard key,
     /// and only when the whole log verifies; appends a settlement record for each write tried.
     pub async fn settle(&self, record: Option<&str>) -> Result<Vec<SettleReport>, GateError> {
-        let open = self.open_writes(record)?;
+        self.settle_with(record, logic::CRASHED_AFTER_SECS).await
+    }
+
+    /// [`Gate::settle`], taking writes whose process ended mid-call (an intent, no outcome)
+    /// once they are `crashed_after` seconds old (default [`logic::CRASHED_AFTER_SECS`]).
+    pub async fn settle_with(
+        &self,
+        record: Option<&str>,
+        crashed_after: f64,
+    ) -> Result<Vec<SettleReport>, GateError> {
+        let open: Vec<Open> = self
+            .open_writes(record)?
+            .into_iter()
+            .filter(|o| !o.crashed || crate::store::now() - o.at >= crashed_after)
+            .collect();
         if open.is_empty() {
             if let Some(r) = record {
                 return Err(GateError::Invalid(format!(
@@ -290,7 +317,12 @@ impl Gate {
         let client = self.portal.client().await?;
         let mut out = Vec::new();
         for o in open {
-            let (class, s) = self.settle_open(&store, &client, &o).await;
+            let (class, s) = self.settle_open(&store, &client, &o, crashed_after).await;
+            let s = if o.crashed {
+                s.noted("no_outcome_recorded", json!(true))
+            } else {
+                s
+            };
             self.record_settlement(
                 &store,
                 &o.key,
@@ -334,11 +366,17 @@ impl Gate {
         store: &GuardStore,
         key: &str,
     ) -> Result<Option<super::CallOutcome>, GateError> {
-        let Some(o) = self.open_writes(None)?.into_iter().rfind(|o| o.key == key) else {
+        let Some(o) = self
+            .open_writes(None)?
+            .into_iter()
+            .rfind(|o| o.key == key && !o.crashed)
+        else {
             return Ok(None);
         };
         let client = self.portal.client().await?;
-        let (class, s) = self.settle_open(store, &client, &o).await;
+        let (class, s) = self
+            .settle_open(store, &client, &o, logic::CRASHED_AFTER_SECS)
+            .await;
         self.record_settlement(store, &o.key, &o.method, &o.call_id, None, class, &s);
         match s {
             Settled::Done { raw, .. } => Ok(Some(super::CallOutcome::Done {
@@ -356,6 +394,7 @@ impl Gate {
         store: &GuardStore,
         client: &b24::Client,
         o: &Open,
+        crashed_after: f64,
     ) -> (SettleClass, Settled) {
         let unknown = |why: String| Settled::Unknown {
             evidence: json!({"how": "none", "why": why}),
@@ -375,7 +414,12 @@ impl Gate {
             Err(e) => return (o.class, unknown(e.to_string())),
         };
         if rec.state != "done" {
-            match store.claim_for_settling(&o.key, logic::STALE_SETTLE_SECS) {
+            let stale = if o.crashed {
+                crashed_after
+            } else {
+                logic::STALE_SETTLE_SECS
+            };
+            match store.claim_for_settling(&o.key, stale) {
                 Ok(true) => {}
                 Ok(false) => {
                     // Not ours: the key's state is left to whoever holds it.
@@ -383,7 +427,11 @@ impl Gate {
                         o.class,
                         Settled::Unknown {
                             evidence: json!({"how": "none", "busy": true,
-                                "why": "another b24 is settling this write (or sending it) right now"}),
+                            "why": if o.crashed {
+                                "no outcome is recorded, but its key was taken less than an hour ago: it may still be on its way"
+                            } else {
+                                "another b24 is settling this write (or sending it) right now"
+                            }}),
                         },
                     );
                 }
@@ -499,7 +547,13 @@ fn open_writes(
     };
     let mut closed = std::collections::HashSet::new();
     let mut intents = std::collections::HashMap::new();
+    let mut finished = std::collections::HashSet::new();
     for r in records {
+        if s(r, "outcome").as_deref() != Some("sending")
+            && let Some(c) = s(r, "call_id")
+        {
+            finished.insert(c);
+        }
         if s(r, "decision").as_deref() == Some("settle")
             && matches!(s(r, "outcome").as_deref(), Some("settled" | "failed"))
             && let Some(c) = s(r, "settles")
@@ -538,6 +592,11 @@ fn open_writes(
             }
         };
         let intent = intents.get(&call_id);
+        if s(r, "outcome").as_deref() == Some("sending") && !finished.contains(&call_id) {
+            // No outcome was ever recorded: the process ended while the write was out.
+            crashed(r, &call_id, &closed, &named, at(r), &mut out);
+            continue;
+        }
         match r.get("outcome") {
             // One call.
             Some(Value::String(o)) if o == "unknown" => {
@@ -558,6 +617,7 @@ fn open_writes(
                     key,
                     class,
                     stamp: s(r, "stamp"),
+                    crashed: false,
                 });
             }
             // A batch: each command whose status is unknown, with what its intent recorded.
@@ -599,6 +659,7 @@ fn open_writes(
                             .unwrap_or(SettleClass::Unknown),
                         stamp: p["stamp"].as_str().map(str::to_string),
                         at: at(intent),
+                        crashed: false,
                     });
                 }
             }
@@ -606,4 +667,71 @@ fn open_writes(
         }
     }
     out
+}
+
+/// The writes of an intent that has no outcome record: the call itself, or each writing
+/// command of a batch.
+fn crashed(
+    r: &serde_json::Map<String, Value>,
+    call_id: &str,
+    closed: &std::collections::HashSet<(String, Option<String>)>,
+    named: &dyn Fn(&[String]) -> bool,
+    at: f64,
+    out: &mut Vec<Open>,
+) {
+    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+    let class_of = |v: &Value| {
+        str_of(v, "settle")
+            .or_else(|| str_of(v, "class"))
+            .and_then(|c| SettleClass::parse(&c))
+            .unwrap_or(SettleClass::Unknown)
+    };
+    let rv = Value::Object(r.clone());
+    match r.get("settle") {
+        Some(Value::Array(plan)) => {
+            for p in plan {
+                let (Some(cmd), Some(key), Some(method)) = (
+                    str_of(p, "cmd"),
+                    str_of(p, "idempotency_key"),
+                    str_of(p, "method"),
+                ) else {
+                    continue;
+                };
+                if closed.contains(&(call_id.to_string(), Some(cmd.clone())))
+                    || !named(&[format!("{call_id}:{cmd}")])
+                {
+                    continue;
+                }
+                out.push(Open {
+                    call_id: call_id.to_string(),
+                    command: Some(cmd),
+                    method,
+                    key,
+                    class: class_of(p),
+                    stamp: str_of(p, "stamp"),
+                    at,
+                    crashed: true,
+                });
+            }
+        }
+        _ => {
+            let (Some(key), Some(method)) = (str_of(&rv, "idempotency_key"), str_of(&rv, "method"))
+            else {
+                return;
+            };
+            if closed.contains(&(call_id.to_string(), None)) || !named(&[]) {
+                return;
+            }
+            out.push(Open {
+                call_id: call_id.to_string(),
+                command: None,
+                method,
+                key,
+                class: class_of(&rv),
+                stamp: str_of(&rv, "stamp"),
+                at,
+                crashed: true,
+            });
+        }
+    }
 }

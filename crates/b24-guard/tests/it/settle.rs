@@ -643,3 +643,51 @@ fn a_batchs_keys_take_two_transactions() {
     // A key that exists already is not taken over.
     assert!(s.begin_many(&rows[..1]).is_err());
 }
+
+/// A process that ends while a write is out leaves its intent and no outcome. `settle` takes
+/// such writes once they are old enough (an hour by default: until then they may still be on
+/// their way), and settles them the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_whose_process_died_mid_call_is_settled_later() {
+    let f = Fixture::new().await;
+    f.sb.set_faults(FaultSpec {
+        hold_after_write: 1,
+        ..Default::default()
+    });
+    let gate = f.gate();
+    let task = tokio::spawn(async move {
+        gate.call(
+            write("crm.lead.add", json!({"fields": {"TITLE": "died"}})),
+            &NoPerson,
+        )
+        .await
+    });
+    // The portal ran the add and holds its answer; the process "dies" meanwhile.
+    for _ in 0..200 {
+        if f.requests("crm.lead.add") == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(f.requests("crm.lead.add"), 1);
+    task.abort();
+    let _ = task.await;
+    assert_eq!(f.leads_where(json!({"TITLE": "died"})).await.len(), 1);
+    let g = f.gate();
+    assert!(unknown_ids(&g).is_empty(), "no outcome was recorded");
+    // Too recent for the default: it may still be on its way. Nothing is sent.
+    assert!(g.settle(None).await.unwrap().is_empty());
+    let lists = f.requests("crm.lead.list");
+    let reports = g.settle_with(None, 0.0).await.unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].status, "settled", "{reports:?}");
+    assert_eq!(reports[0].evidence["no_outcome_recorded"], true);
+    assert_eq!(reports[0].evidence["adds_resent"], 0, "found by its stamp");
+    assert_eq!(f.requests("crm.lead.list"), lists + 1, "one look-up");
+    assert_eq!(f.requests("crm.lead.add"), 1, "not added again");
+    assert_eq!(f.leads_where(json!({"TITLE": "died"})).await.len(), 1);
+    assert!(
+        g.settle_with(None, 0.0).await.unwrap().is_empty(),
+        "settled once"
+    );
+}
