@@ -5,6 +5,109 @@ use std::path::PathBuf;
 
 use crate::exit::{self, Exit};
 
+mod legacy {
+    //! The original Python skill's settings (see docs/migrating-from-the-python-skill.md):
+    //! never silently. A variable b24 does not read is named in a warning with what to do
+    //! instead; one that has a safe meaning is translated (`B24_RATE_LIMITER=noop` → `off`);
+    //! the original's JSON rate-limiter file is ignored (b24 keeps its own SQLite state) rather
+    //! than failing every call with "file is not a database". None of this weakens the guard:
+    //! `B24_AUDIT_FILE`, `B24_PLAN_FILE` and `B24_IDEMPOTENCY_FILE` never move the records that
+    //! decide whether a write may happen.
+
+    use std::sync::Once;
+
+    /// Variables b24 does not read, and what to do instead.
+    const IGNORED: &[(&str, &str)] = &[
+        (
+            "B24_AUDIT_FILE",
+            "the audit log cannot be moved or turned off by a caller; it stays in the state dir (or the operator's guard_dir): `b24 audit path` shows where",
+        ),
+        (
+            "B24_PLAN_FILE",
+            "plans live in the guard store (state dir or the operator's guard_dir): `b24 plan list`",
+        ),
+        (
+            "B24_IDEMPOTENCY_FILE",
+            "idempotency records live in the guard store (state dir or guard_dir); ask for replay per call with --idempotency-key KEY or --idempotent",
+        ),
+        (
+            "B24_IDEMPOTENCY_TTL_SEC",
+            "idempotency records are kept by b24 itself; replay is asked for per call (--idempotency-key, --idempotent)",
+        ),
+        (
+            "B24_RATE_LIMITER_TTL_SEC",
+            "b24's limiter state needs no eviction",
+        ),
+        (
+            "B24_RUN_INTEGRATION",
+            "a test switch of the original; b24's tests run against `b24 sandbox`",
+        ),
+        (
+            "B24_SMOKE_WRITE",
+            "a test switch of the original; b24's tests run against `b24 sandbox`",
+        ),
+    ];
+
+    static WARNED: Once = Once::new();
+
+    /// Translations decided once per process.
+    pub struct Compat {
+        drop_limiter_file: bool,
+        limiter_noop: bool,
+    }
+
+    /// The original's limiter file: JSON (by name or content), not b24's SQLite database.
+    fn is_legacy_limiter_file(path: &str) -> bool {
+        if path.to_ascii_lowercase().ends_with(".json") {
+            return true;
+        }
+        use std::io::Read;
+        let mut head = [0u8; 16];
+        match std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => head[..n] != b"SQLite format 3\0"[..n],
+        }
+    }
+
+    impl Compat {
+        pub fn read(raw: &dyn Fn(&str) -> Option<String>) -> Compat {
+            let mut notes = Vec::new();
+            for (k, what) in IGNORED {
+                if raw(k).is_some() {
+                    notes.push(format!("{k} is a setting of the original Python skill and is not read: {what}. Remove it."));
+                }
+            }
+            let limiter_noop =
+                raw("B24_RATE_LIMITER").is_some_and(|v| v.eq_ignore_ascii_case("noop"));
+            if limiter_noop {
+                notes.push("B24_RATE_LIMITER=noop (the original's spelling) is read as `off`; write `off`.".into());
+            }
+            let drop_limiter_file =
+                raw("B24_RATE_LIMITER_FILE").is_some_and(|p| is_legacy_limiter_file(&p));
+            if drop_limiter_file {
+                notes.push("B24_RATE_LIMITER_FILE names the original's JSON rate-limiter file, which b24 does not read: it is ignored and b24 keeps its own state (limiter.db in the state dir). Remove the variable, or point it at a new .db path.".into());
+            }
+            WARNED.call_once(|| {
+                for n in &notes {
+                    eprintln!("b24: warning: {n} (see docs/migrating-from-the-python-skill.md)");
+                }
+            });
+            Compat {
+                drop_limiter_file,
+                limiter_noop,
+            }
+        }
+
+        pub fn get(&self, k: &str, v: Option<String>) -> Option<String> {
+            match k {
+                "B24_RATE_LIMITER_FILE" if self.drop_limiter_file => None,
+                "B24_RATE_LIMITER" if self.limiter_noop => Some("off".into()),
+                _ => v,
+            }
+        }
+    }
+}
+
 /// Global options (they may be given before or after the subcommand).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Globals {
@@ -156,15 +259,18 @@ impl Globals {
     }
 
     /// Look up a `B24_*` setting: env > `--env-file` > profile in `config.toml` (keys may be
-    /// written `B24_WEBHOOK_URL` or `webhook_url`).
+    /// written `B24_WEBHOOK_URL` or `webhook_url`). Settings of the original Python skill are
+    /// translated or ignored here, each with a warning (see [`legacy`]).
     pub fn lookup(&self) -> anyhow::Result<impl Fn(&str) -> Option<String> + use<>> {
         let layers = self.caller_vars()?;
-        Ok(move |k: &str| {
+        let raw = move |k: &str| {
             std::env::var(k)
                 .ok()
                 .filter(|v| !v.is_empty())
                 .or_else(|| layers.iter().find_map(|(_, m)| m.get(k).cloned()))
-        })
+        };
+        let compat = legacy::Compat::read(&raw);
+        Ok(move |k: &str| compat.get(k, raw(k)))
     }
 
     /// Resolve the configuration (flags > env > profile file > defaults).

@@ -565,3 +565,56 @@ async fn describe_shows_parameters_and_live_fields() {
     let o = Env::bare().run(&["describe", "event.test"]).await;
     assert_eq!(json(&o)["parameters"]["status"], "undocumented");
 }
+
+/// The original Python skill's settings are never silently ignored and never move the guard's
+/// records: each gets a warning saying what to do; the old JSON limiter file is ignored (was a
+/// hard error), `B24_RATE_LIMITER=noop` means off.
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_of_the_original_skill_warn_and_never_move_the_audit_log() {
+    let sb = sandbox_with_leads(1).await;
+    let mut env = Env::webhook(&sb);
+    let elsewhere = env.dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let audit = elsewhere.join("audit.jsonl");
+    let limiter = elsewhere.join("bitrix24_rate_limiter.json");
+    let limiter_text = r#"{"tokens": 3.5, "updated_at": 1700000000}"#;
+    std::fs::write(&limiter, limiter_text).unwrap();
+    env.set("B24_AUDIT_FILE", audit.to_str().unwrap());
+    env.set(
+        "B24_PLAN_FILE",
+        elsewhere.join("plans.json").to_str().unwrap(),
+    );
+    env.set(
+        "B24_IDEMPOTENCY_FILE",
+        elsewhere.join("idem.json").to_str().unwrap(),
+    );
+    env.set("B24_IDEMPOTENCY_TTL_SEC", "86400");
+    env.set("B24_RATE_LIMITER_FILE", limiter.to_str().unwrap());
+    let o = env
+        .run(&["call", "crm.lead.add", "-p", ADD, "--confirm-write"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let e = stderr(&o);
+    for var in [
+        "B24_AUDIT_FILE",
+        "B24_PLAN_FILE",
+        "B24_IDEMPOTENCY_FILE",
+        "B24_IDEMPOTENCY_TTL_SEC",
+        "B24_RATE_LIMITER_FILE",
+    ] {
+        assert!(e.contains(&format!("warning: {var}")), "{var}: {e}");
+    }
+    assert!(e.contains("b24 audit path"), "{e}");
+    // Nothing was written where the old variables point; the write is in the real audit log.
+    assert!(!audit.exists(), "the audit log was moved");
+    assert!(!elsewhere.join("plans.json").exists());
+    assert_eq!(std::fs::read_to_string(&limiter).unwrap(), limiter_text);
+    let tail = env.run(&["audit", "tail", "-n", "5"]).await;
+    assert!(stdout(&tail).contains("crm.lead.add"), "{}", stdout(&tail));
+    assert!(env.state_dir().join("limiter.db").exists());
+    // The original's `noop` limiter is read as off, with a warning, not refused.
+    env.set("B24_RATE_LIMITER", "noop");
+    let o = env.run(&["call", "user.current"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(stderr(&o).contains("noop"), "{}", stderr(&o));
+}
