@@ -615,10 +615,12 @@ impl Gate {
                     let _ = self.record(m, fields("unknown", None));
                     self.record_settlement(store, k, m, &request_id, None, class, &s);
                     return match s {
+                        // Sent (and maybe replayed by the portal), not answered from b24's
+                        // own idempotency record: `replayed` stays false.
                         super::settle::Settled::Done { raw, replayed, .. } => {
                             Ok(CallOutcome::Done {
                                 response: crate::settle::response(raw, replayed),
-                                replayed,
+                                replayed: false,
                             })
                         }
                         super::settle::Settled::Failed { error, .. } => {

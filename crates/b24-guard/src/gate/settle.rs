@@ -379,10 +379,18 @@ impl Gate {
             .await;
         self.record_settlement(store, &o.key, &o.method, &o.call_id, None, class, &s);
         match s {
-            Settled::Done { raw, .. } => Ok(Some(super::CallOutcome::Done {
-                response: logic::response(raw, true),
-                replayed: true,
-            })),
+            Settled::Done {
+                raw,
+                replayed,
+                evidence,
+            } => {
+                // Only a result taken from b24's own record counts as answered without sending.
+                let local = evidence["how"] == "store";
+                Ok(Some(super::CallOutcome::Done {
+                    response: logic::response(raw, replayed || local),
+                    replayed: local,
+                }))
+            }
             Settled::Failed { error, .. } => Err(GateError::Client(error)),
             Settled::Unknown { .. } => Ok(None),
         }

@@ -163,6 +163,11 @@ async fn v3_add_is_replayed_under_the_recorded_key_and_exists_once() {
             &NoPerson,
         )
         .await;
+    // Sent (the portal replayed it), not answered from b24's own record.
+    assert!(
+        matches!(&r, Ok(CallOutcome::Done { replayed: false, response }) if response.replayed),
+        "{r:?}"
+    );
     let got = result(r);
     let tasks = f.tasks().await;
     assert_eq!(tasks.len(), before + 1, "exactly one task: {tasks:?}");
