@@ -163,6 +163,8 @@ async fn authenticate(
     let client = match found {
         Ok(Ok(Some(c))) => Arc::new(c),
         Ok(Ok(None)) => {
+            // The operator sees refused tokens (never their text) on stderr.
+            tracing::warn!("mcp http: refused a request with an unknown or revoked token (401)");
             return unauthorized(true, "the token is unknown or revoked");
         }
         Ok(Err(e)) => {
@@ -280,18 +282,17 @@ pub async fn serve(
     };
     // The tokens live with the guard's records, where the operator's policy puts them.
     let guard_dir = crate::exec::resolve(g)?.guard_dir;
-    let tokens = {
-        let dir = guard_dir.clone();
-        tokio::task::spawn_blocking(move || TokenStore::open(&dir))
-            .await?
-            .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))?
-    };
-    let active = tokens
-        .list()
-        .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))?
-        .iter()
-        .filter(|t| t.revoked_at.is_none())
-        .count();
+    let (tokens, active) = tokio::task::spawn_blocking(move || {
+        let tokens = TokenStore::open(&guard_dir)?;
+        let active = tokens
+            .list()?
+            .iter()
+            .filter(|t| t.revoked_at.is_none())
+            .count();
+        Ok::<_, b24_guard::GuardError>((tokens, active))
+    })
+    .await?
+    .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))?;
     if active == 0 {
         eprintln!(
             "b24 mcp: no client tokens are issued yet, so every request gets 401; issue one with `b24 mcp token add NAME --policy FILE` (it applies without a restart)"
