@@ -81,7 +81,9 @@ impl Report {
 }
 
 /// The fix for a known API error code (protocol reference §8; the users' common mistakes).
-pub fn diagnose(code: &str, description: &str, webhook: bool) -> (String, String) {
+/// Codes without a doctor-specific sentence take the library's table (the same text the CLI
+/// prints under an error and MCP gives the model).
+pub fn diagnose(code: &str, description: &str, webhook: bool, method: &str) -> (String, String) {
     let d = description.to_ascii_lowercase();
     let (what, fix) = match code {
         "NO_AUTH_FOUND" => (
@@ -135,10 +137,10 @@ pub fn diagnose(code: &str, description: &str, webhook: bool) -> (String, String
              with the default sqlite limiter",
         ),
         "PORTAL_DELETED" => ("the portal was deleted", "check the portal address"),
-        _ => (
-            "the portal answered with an error",
-            "see `b24 describe METHOD` and the protocol reference §8",
-        ),
+        _ => {
+            let f = b24_guard::fixes::portal_error(code, description, method);
+            return (f.meaning, f.fix);
+        }
     };
     (what.to_string(), fix.to_string())
 }
@@ -460,7 +462,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
 fn api_finding(r: &mut Report, name: &str, e: &b24::Error, webhook: bool) {
     match e {
         b24::Error::Api(a) => {
-            let (what, fix) = diagnose(&a.code, &a.description, webhook);
+            let (what, fix) = diagnose(&a.code, &a.description, webhook, &a.method);
             r.add_coded(
                 name,
                 Status::Fail,
