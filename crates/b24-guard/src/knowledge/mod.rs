@@ -22,6 +22,7 @@ pub mod check;
 pub mod generate;
 pub mod live;
 mod markdown;
+mod yfm;
 
 pub use check::{Unaccepted, check_params};
 pub use live::{LiveField, LiveReport, MergedField, companion, fetch_live, merge_live};
