@@ -232,8 +232,19 @@ pub async fn run(
             let batches = room.div_ceil(cfg.batch.max(1) as usize).max(1);
             let (reg, store, batch) = (reg.clone(), store.clone(), cfg.batch.max(1));
             let member2 = member.clone();
+            let idle = idle_backoff(p.backoff, &cfg);
             rounds.spawn(async move {
-                let out = round(&reg, &store, &client, &member2, recover, batch, batches).await;
+                let out = round(
+                    &reg,
+                    &store,
+                    &client,
+                    &member2,
+                    recover,
+                    batch,
+                    batches,
+                    (idle, idle),
+                )
+                .await;
                 (member2, recover, out)
             });
         }
@@ -298,6 +309,19 @@ async fn rescan(
             p.next_at = now;
             p.backoff = Duration::ZERO;
             stats.bump(&member, |c| c.wakeups += 1);
+        } else if inst.pull_after > inst.wake_at {
+            // Another host (or this one) polled it and found nothing: wait as it decided.
+            let wait = inst.pull_after - crate::now();
+            if wait > 0.0 && !p.busy {
+                p.next_at = p
+                    .next_at
+                    .max(now + Duration::from_secs_f64(wait.min(86_400.0)));
+            }
+            if inst.idle_backoff.is_finite() && inst.idle_backoff > 0.0 {
+                p.backoff = p
+                    .backoff
+                    .max(Duration::from_secs_f64(inst.idle_backoff.min(86_400.0)));
+            }
         }
         if p.inst.domain != inst.domain {
             p.client = None;
@@ -308,6 +332,7 @@ async fn rescan(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn round(
     reg: &Installations,
     store: &Store,
@@ -316,6 +341,7 @@ async fn round(
     recover: bool,
     batch: u32,
     batches: usize,
+    idle_next: (Duration, Duration),
 ) -> Outcome {
     let lock = match reg.try_lock_pull(member).await {
         Ok(Some(l)) => l,
@@ -345,11 +371,31 @@ async fn round(
             }
         }
     }
+    if ok && n == 0 {
+        // Nothing there: every host waits the (doubled) back-off before polling it again,
+        // unless its ONOFFLINEEVENT wakes it first.
+        let (wait, backoff) = idle_next;
+        if let Err(e) = reg
+            .schedule_pull(member, wait.as_secs_f64(), backoff.as_secs_f64())
+            .await
+        {
+            tracing::warn!(member_id = %member, error = %e, "sharing the pull schedule");
+        }
+    }
     lock.release().await;
     if ok {
         Outcome::Pulled(n)
     } else {
         Outcome::Failed
+    }
+}
+
+/// The back-off after an empty poll: `poll_min`, then doubling up to `poll_max`.
+fn idle_backoff(current: Duration, cfg: &FleetConfig) -> Duration {
+    if current.is_zero() {
+        cfg.poll_min
+    } else {
+        (current * 2).min(cfg.poll_max)
     }
 }
 
@@ -381,10 +427,8 @@ fn settle(
             *depths.entry(member.to_string()).or_default() += n as i64;
             p.backoff = if n > 0 {
                 Duration::ZERO
-            } else if p.backoff.is_zero() {
-                cfg.poll_min
             } else {
-                (p.backoff * 2).min(cfg.poll_max)
+                idle_backoff(p.backoff, cfg)
             };
             p.next_at = now
                 + p.backoff

@@ -71,7 +71,7 @@ impl Inbox {
                     recycling_method: RecyclingMethod::Fast,
                 },
             );
-            let pool = Pool::builder(mgr).max_size(4).build().map_err(se)?;
+            let pool = Pool::builder(mgr).max_size(16).build().map_err(se)?;
             let mut c = pool.get().await.map_err(se)?;
             let tx = c.transaction().await.map_err(se)?;
             tx.batch_execute(PG_SCHEMA).await.map_err(se)?;
@@ -100,10 +100,12 @@ impl Inbox {
         conn.execute_batch(crate::installs::SQLITE_SCHEMA)
             .map_err(se)?;
         // A store created before installations had `wake_at` (it exists: the error is fine).
-        let _ = conn.execute(
-            "ALTER TABLE b24_installations ADD COLUMN wake_at REAL NOT NULL DEFAULT 0",
-            [],
-        );
+        for col in ["wake_at", "pull_after", "idle_backoff"] {
+            let _ = conn.execute(
+                &format!("ALTER TABLE b24_installations ADD COLUMN {col} REAL NOT NULL DEFAULT 0"),
+                [],
+            );
+        }
         let mut wal = path.into_os_string();
         wal.push("-wal");
         Ok(Inbox::Sqlite {

@@ -31,7 +31,8 @@ pub(crate) const SQLITE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS b24_installations (
   member_id TEXT PRIMARY KEY, domain TEXT NOT NULL, state TEXT NOT NULL,
   pair TEXT, installed_at REAL NOT NULL, updated_at REAL NOT NULL, uninstalled_at REAL,
-  wake_at REAL NOT NULL DEFAULT 0);
+  wake_at REAL NOT NULL DEFAULT 0, pull_after REAL NOT NULL DEFAULT 0,
+  idle_backoff REAL NOT NULL DEFAULT 0);
 ";
 
 pub(crate) const PG_SCHEMA: &str = "
@@ -40,6 +41,8 @@ CREATE TABLE IF NOT EXISTS b24_installations (
   pair TEXT, installed_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
   uninstalled_at DOUBLE PRECISION, wake_at DOUBLE PRECISION NOT NULL DEFAULT 0);
 ALTER TABLE b24_installations ADD COLUMN IF NOT EXISTS wake_at DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE b24_installations ADD COLUMN IF NOT EXISTS pull_after DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE b24_installations ADD COLUMN IF NOT EXISTS idle_backoff DOUBLE PRECISION NOT NULL DEFAULT 0;
 ";
 
 /// One portal our app is (or was) installed on. Never holds a secret in `Debug`.
@@ -56,6 +59,10 @@ pub struct Installation {
     pub uninstalled_at: Option<f64>,
     /// When the portal last said it has offline events (`ONOFFLINEEVENT`): wakes its puller.
     pub wake_at: f64,
+    /// Shared by every host: no idle poll of this portal before then (unix seconds)…
+    pub pull_after: f64,
+    /// …and the idle back-off that led to it (seconds), so hosts back off together.
+    pub idle_backoff: f64,
 }
 
 impl std::fmt::Debug for Installation {
@@ -96,7 +103,7 @@ fn parse_pair(s: Option<String>) -> Option<TokenPair> {
     s.and_then(|s| serde_json::from_str(&s).ok())
 }
 
-const COLS: &str = "member_id, domain, state, pair, installed_at, updated_at, uninstalled_at, wake_at FROM b24_installations";
+const COLS: &str = "member_id, domain, state, pair, installed_at, updated_at, uninstalled_at, wake_at, pull_after, idle_backoff FROM b24_installations";
 
 /// The installations registry over the receiver's side store.
 #[derive(Clone)]
@@ -147,7 +154,7 @@ impl Installations {
             Inbox::Sqlite { conn, .. } => {
                 Self::sqlite(conn, move |c| {
                     c.execute(
-                        "INSERT INTO b24_installations VALUES (?1, ?2, 'installed', ?3, ?4, ?4, NULL, ?4)
+                        "INSERT INTO b24_installations (member_id, domain, state, pair, installed_at, updated_at, uninstalled_at, wake_at) VALUES (?1, ?2, 'installed', ?3, ?4, ?4, NULL, ?4)
                          ON CONFLICT(member_id) DO UPDATE SET domain = excluded.domain,
                            state = 'installed', pair = COALESCE(excluded.pair, b24_installations.pair),
                            installed_at = CASE WHEN b24_installations.state = 'installed'
@@ -162,7 +169,7 @@ impl Installations {
             Inbox::Postgres(pool) => {
                 let c = pool.get().await.map_err(se)?;
                 c.execute(
-                    "INSERT INTO b24_installations VALUES ($1, $2, 'installed', $3, $4, $4, NULL, $4)
+                    "INSERT INTO b24_installations (member_id, domain, state, pair, installed_at, updated_at, uninstalled_at, wake_at) VALUES ($1, $2, 'installed', $3, $4, $4, NULL, $4)
                      ON CONFLICT (member_id) DO UPDATE SET domain = EXCLUDED.domain,
                        state = 'installed', pair = COALESCE(EXCLUDED.pair, b24_installations.pair),
                        installed_at = CASE WHEN b24_installations.state = 'installed'
@@ -243,6 +250,8 @@ impl Installations {
                             updated_at: r.get(5)?,
                             uninstalled_at: r.get(6)?,
                             wake_at: r.get(7)?,
+                            pull_after: r.get(8)?,
+                            idle_backoff: r.get(9)?,
                         })
                     };
                     match &arg {
@@ -271,6 +280,8 @@ impl Installations {
                         updated_at: r.get(5),
                         uninstalled_at: r.get(6),
                         wake_at: r.get(7),
+                        pull_after: r.get(8),
+                        idle_backoff: r.get(9),
                     })
                     .collect())
             }
@@ -365,6 +376,37 @@ impl Installations {
                 c.execute(
                     "UPDATE b24_installations SET wake_at = $2 WHERE member_id = $1",
                     &[&m, &t],
+                )
+                .await
+                .map_err(se)?;
+                Ok(())
+            }
+        }
+    }
+
+    /// After a pull round: when the portal is next due, shared by every host (one idle poll
+    /// per back-off period in all, not one per host).
+    pub async fn schedule_pull(
+        &self,
+        member_id: &str,
+        after_secs: f64,
+        backoff: f64,
+    ) -> Result<()> {
+        let (m, t) = (member_id.to_string(), now() + after_secs.max(0.0));
+        match &self.inbox {
+            Inbox::Sqlite { conn, .. } => Self::sqlite(conn, move |c| {
+                c.execute(
+                    "UPDATE b24_installations SET pull_after = ?2, idle_backoff = ?3 WHERE member_id = ?1",
+                    params![m, t, backoff],
+                )
+                .map(|_| ())
+            })
+            .await,
+            Inbox::Postgres(pool) => {
+                let c = pool.get().await.map_err(se)?;
+                c.execute(
+                    "UPDATE b24_installations SET pull_after = $2, idle_backoff = $3 WHERE member_id = $1",
+                    &[&m, &t, &backoff],
                 )
                 .await
                 .map_err(se)?;
