@@ -1155,10 +1155,20 @@ async fn attack_suite() {
                 "exit {code}, mcp error {err}, {sent} ok records of 2 sent writes in audit.jsonl"
             ),
         );
+        // The one expected line: the variable is named as not read (never silently ignored).
+        let other: String = all
+            .lines()
+            .filter(|l| {
+                !l.contains(
+                    "B24_AUDIT_FILE is a setting of the original Python skill and is not read",
+                )
+            })
+            .collect();
         t.check(
             name,
-            !all.to_ascii_lowercase().contains("audit"),
-            format!("a warning about the audit was printed: {cli_out}"),
+            !other.to_ascii_lowercase().contains("audit")
+                && all.contains("B24_AUDIT_FILE is a setting of the original Python skill"),
+            format!("a warning about the audit was printed, or B24_AUDIT_FILE was ignored silently: {cli_out}"),
         );
         t.push(Row {
             attempt: name.into(),
