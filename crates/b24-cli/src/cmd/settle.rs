@@ -21,7 +21,8 @@ class, evidence}. Exit code: 0 every write's outcome is now known, 7 some stay u
 3 the audit log fails verification (nothing is settled from a log that may be forged).")]
 pub struct Args {
     /// The write to settle: the `call_id`, `request_id` or `seq` of its `outcome: unknown`
-    /// record (`CALL_ID:KEY` for one command of a batch). Default: every unsettled one.
+    /// record (`CALL_ID:KEY` for one command of a batch). Default: every unsettled one that
+    /// b24 has a way to settle (other adds are only examined when named).
     pub record: Option<String>,
 }
 

@@ -169,13 +169,15 @@ impl Gate {
                 }
                 Err(e) => {
                     return Settled::Unknown {
-                        evidence: json!({"how": how, "resends": n, "resend_failed": e.to_string()}),
+                        evidence: json!({"how": how, "resends": n, "resend_failed": e.to_string(),
+                                          "why": format!("the resend failed: {e}")}),
                     };
                 }
             }
         }
         Settled::Unknown {
-            evidence: json!({"how": how, "resends": MAX_RESENDS, "every_resend_ambiguous": last}),
+            evidence: json!({"how": how, "resends": MAX_RESENDS, "every_resend_ambiguous": last,
+                              "why": format!("the answers to {MAX_RESENDS} resends were lost too")}),
         }
     }
 
@@ -197,7 +199,8 @@ impl Gate {
                 Ok(r) => r,
                 Err(e) => {
                     return Settled::Unknown {
-                        evidence: json!({"how": "stamp", "lookup": list, "stamp": stamp, "lookup_failed": e.to_string()}),
+                        evidence: json!({"how": "stamp", "lookup": list, "stamp": stamp, "lookup_failed": e.to_string(),
+                                          "why": format!("the look-up failed: {e}")}),
                     };
                 }
             };
@@ -240,13 +243,15 @@ impl Gate {
                 }
                 Err(e) => {
                     return Settled::Unknown {
-                        evidence: json!({"how": "stamp", "lookup": list, "stamp": stamp, "found": [], "resend_failed": e.to_string()}),
+                        evidence: json!({"how": "stamp", "lookup": list, "stamp": stamp, "found": [], "resend_failed": e.to_string(),
+                                          "why": format!("the add sent again failed: {e}")}),
                     };
                 }
             }
         }
         Settled::Unknown {
-            evidence: json!({"how": "stamp", "lookup": list, "stamp": stamp, "every_resend_ambiguous": last}),
+            evidence: json!({"how": "stamp", "lookup": list, "stamp": stamp, "every_resend_ambiguous": last,
+                              "why": format!("the answers to {MAX_RESENDS} adds sent again were lost too")}),
         }
     }
 
@@ -300,10 +305,13 @@ impl Gate {
         record: Option<&str>,
         crashed_after: f64,
     ) -> Result<Vec<SettleReport>, GateError> {
+        // Without a record named, writes b24 has no way to settle (their class is `unknown`)
+        // are left out: looking at them again changes nothing.
         let open: Vec<Open> = self
             .open_writes(record)?
             .into_iter()
             .filter(|o| !o.crashed || crate::store::now() - o.at >= crashed_after)
+            .filter(|o| record.is_some() || o.class != SettleClass::Unknown)
             .collect();
         if open.is_empty() {
             if let Some(r) = record {

@@ -275,7 +275,9 @@ async fn unstampable_add_stays_unknown_and_is_not_resent() {
     let g = f.gate();
     let ids = unknown_ids(&g);
     assert_eq!(ids.len(), 1);
-    let reports = g.settle(None).await.unwrap();
+    // Left out of a general run (nothing b24 can do about it); examined when named.
+    assert!(g.settle(None).await.unwrap().is_empty());
+    let reports = g.settle(Some(&ids[0])).await.unwrap();
     assert_eq!(reports.len(), 1);
     assert_eq!(reports[0].status, "unknown");
     assert_eq!(f.requests("crm.lead.add"), 1, "still not resent");
