@@ -1531,3 +1531,31 @@ async fn http_a_dropped_stream_resumes_with_last_event_id() {
     assert_eq!(calls_of(&sb, "crm.lead.list"), 1);
     sb.shutdown().await;
 }
+
+/// Idempotency keys belong to their client: the same key from another client is a new write
+/// (not a replay of the first client's answer, nor a collision with it).
+#[tokio::test(flavor = "multi_thread")]
+async fn http_idempotency_keys_are_per_client() {
+    let sb = sandbox_with_leads(0).await;
+    let env = Env::webhook(&sb);
+    let a = token_add(&env, "writer-a", "allow = [\"crm.lead.*\"]\n").await;
+    let b = token_add(&env, "writer-b", "allow = [\"crm.lead.*\"]\n").await;
+    let server = HttpServer::start(&env, &[]).await;
+    let ca = http_client(&server.url, &a).await.unwrap();
+    let cb = http_client(&server.url, &b).await.unwrap();
+    let args = json!({"method": "crm.lead.add", "params": {"fields": {"TITLE": "Once"}},
+                      "confirm": true, "idempotency_key": "retry-1"});
+    let first = call(&ca, "b24_write", args.clone()).await;
+    assert!(!is_error(&first), "{}", text(&first));
+    let again = call(&ca, "b24_write", args.clone()).await;
+    assert_eq!(structured(&again)["replayed"], true, "{}", text(&again));
+    assert_eq!(calls_of(&sb, "crm.lead.add"), 1);
+    let other = call(&cb, "b24_write", args).await;
+    assert!(!is_error(&other), "{}", text(&other));
+    assert_eq!(structured(&other)["replayed"], false, "{}", text(&other));
+    assert_ne!(structured(&other)["result"], structured(&first)["result"]);
+    assert_eq!(calls_of(&sb, "crm.lead.add"), 2);
+    ca.cancel().await.ok();
+    cb.cancel().await.ok();
+    sb.shutdown().await;
+}

@@ -248,6 +248,12 @@ impl Gate {
             )),
             _ => None,
         };
+        // An MCP client's keys are its own: another client choosing the same key neither
+        // replays this client's answer nor collides with it.
+        let key = match (&self.client, key) {
+            (Some(c), Some(k)) => Some(format!("mcp:{c}:{k}")),
+            (_, k) => k,
+        };
         let writes = self.write_count(&checked);
         self.send(
             &checked.method,
