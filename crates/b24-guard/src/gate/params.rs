@@ -31,6 +31,10 @@ impl Gate {
                         "remove `{}` (see `b24 describe {m}`); the operator policy ({}) checks parameters, no flag can turn it off",
                         e.parameter, l.source
                     ),
+                    None if self.origin == Origin::Mcp => format!(
+                        "remove `{}` (b24_describe {m} lists what it takes); if the documentation is behind the portal, the operator can start the server with --strict-params=false",
+                        e.parameter
+                    ),
                     None => format!(
                         "remove `{}` (see `b24 describe {m}` for what it takes); if the documentation is behind the portal, re-run with --strict-params=false",
                         e.parameter
