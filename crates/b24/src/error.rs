@@ -57,7 +57,7 @@ pub enum Error {
     Api(ApiError),
     /// A write whose outcome is unknown (timeout, reset, body-less 5xx). It was NOT resent.
     #[error(
-        "{method}: outcome unknown, the write may or may not have happened ({reason}); it was not resent"
+        "{method}: outcome unknown, the write may or may not have happened ({reason}); it was not resent blindly"
     )]
     OutcomeUnknown {
         /// The method called.
