@@ -143,10 +143,11 @@ impl Catalog {
             let start = at;
             at += raw.len();
             let line = raw.trim_end_matches(['\n', '\r']);
-            if n == 0 || line.split('\t').nth(9).is_none() {
+            // Counting tab bytes is a plain loop; `split` would search char by char.
+            if n == 0 || line.bytes().filter(|&b| b == b'\t').count() < 9 {
                 continue;
             }
-            let name = line.split('\t').next().unwrap_or_default();
+            let name = &line[..line.find('\t').unwrap_or(line.len())];
             index.insert(name.to_ascii_lowercase(), entries.len());
             entries.push((start..start + line.len(), OnceLock::new()));
         }
