@@ -527,6 +527,9 @@ fn a_reader_that_goes_away_never_makes_b24_panic() {
     let env = Env::bare();
     for args in [
         vec!["methods"],
+        vec!["methods", "-o", "csv"],
+        vec!["methods", "-o", "table"],
+        vec!["methods", "-o", "json", "--pretty"],
         vec!["describe", "crm.lead.list"],
         vec!["completions", "bash"],
         vec!["audit", "path"],
