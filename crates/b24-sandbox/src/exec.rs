@@ -112,6 +112,7 @@ pub fn run_one(
         methods::call(st, &who, m, params, dl)?
     };
     out.cost *= st.cfg.cost_scale;
+    *st.stats_.operating_billed.entry(m.to_string()).or_default() += out.cost;
     if !limits {
         return Ok((out, Some((0.0, None))));
     }

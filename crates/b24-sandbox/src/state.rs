@@ -42,6 +42,10 @@ pub struct Stats {
     /// summed into one figure per method name.
     #[serde(default)]
     pub max_operating: BTreeMap<String, f64>,
+    /// Operating seconds billed per method in total (a benchmark's floor is this total over
+    /// the budget's rate, limit ÷ window).
+    #[serde(default)]
+    pub operating_billed: BTreeMap<String, f64>,
     /// Successful refresh_token grants.
     pub refreshes: u64,
     /// authorization_code grants.
