@@ -644,5 +644,5 @@ fn global_flags_once_man_pages_for_every_command_method_completions() {
     }
     // Completion candidates do not restrict what is accepted.
     let o = env.cmd(&["describe", "not.in.catalog"]).output().unwrap();
-    assert_ne!(stderr(&o).contains("invalid value"), true, "{}", stderr(&o));
+    assert!(!stderr(&o).contains("invalid value"), "{}", stderr(&o));
 }

@@ -238,10 +238,10 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         let hint = ["key", "status", "result", "error", "reason"]
             .map(String::from)
             .to_vec();
-        if let Err(e) = crate::render::print(format, hint, &lines) {
-            if !crate::out::is_closed(&e) {
-                return Err(e);
-            }
+        if let Err(e) = crate::render::print(format, hint, &lines)
+            && !crate::out::is_closed(&e)
+        {
+            return Err(e);
         }
     } else {
         use std::io::Write;
