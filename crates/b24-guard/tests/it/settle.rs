@@ -698,3 +698,36 @@ async fn a_write_whose_process_died_mid_call_is_settled_later() {
         "settled once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crm_item_add_is_stamped_in_origin_id_and_found() {
+    let f = Fixture::new().await;
+    f.lose(1);
+    let r = f
+        .gate()
+        .call(
+            write(
+                "crm.item.add",
+                json!({"entityTypeId": 2, "fields": {"title": "item stamped"}}),
+            ),
+            &NoPerson,
+        )
+        .await;
+    let got = result(r);
+    let deals = f
+        .read(
+            "crm.deal.list",
+            json!({"filter": {"TITLE": "item stamped"}, "select": ["ID", "ORIGIN_ID"]}),
+            false,
+        )
+        .await;
+    let deals = deals.as_array().unwrap();
+    assert_eq!(deals.len(), 1, "exactly one deal: {deals:?}");
+    assert!(deals[0]["ORIGIN_ID"].as_str().unwrap().starts_with("b24-"));
+    assert_eq!(
+        got["item"]["id"].to_string(),
+        deals[0]["ID"].as_str().unwrap()
+    );
+    assert_eq!(f.requests("crm.item.add"), 1, "never resent");
+    assert_eq!(f.requests("crm.item.list"), 1, "found by its stamp");
+}
