@@ -194,6 +194,43 @@ async fn the_same_idempotency_key_writes_once() {
             .await;
     }
     assert_eq!(calls_of(&sb, "crm.lead.add"), 4);
+    // --idempotent with a natural key (the original skill's ORIGIN_ID / EXTERNAL_ID): the same
+    // external record is written once; the same key with other params is refused, not replayed.
+    let first = env
+        .run(&[
+            "call",
+            "crm.lead.add",
+            "-p",
+            r#"{"fields":{"TITLE":"E","ORIGIN_ID":"shop-77"}}"#,
+            "--confirm-write",
+            "--idempotent",
+        ])
+        .await;
+    assert_eq!(code(&first), 0, "{}", stderr(&first));
+    let again = env
+        .run(&[
+            "call",
+            "crm.lead.add",
+            "-p",
+            r#"{"fields":{"TITLE":"E","ORIGIN_ID":"shop-77"}}"#,
+            "--confirm-write",
+            "--idempotent",
+        ])
+        .await;
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert_eq!(json(&again), json(&first), "replayed");
+    let changed = env
+        .run(&[
+            "call",
+            "crm.lead.add",
+            "-p",
+            r#"{"fields":{"TITLE":"E2","ORIGIN_ID":"shop-77"}}"#,
+            "--confirm-write",
+            "--idempotent",
+        ])
+        .await;
+    assert_eq!(code(&changed), 4, "{}", stderr(&changed));
+    assert_eq!(calls_of(&sb, "crm.lead.add"), 5);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -45,7 +45,9 @@ pub struct Args {
     /// Record this write under a key: repeating it returns the recorded result, sends nothing.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
-    /// Derive the idempotency key from method + params.
+    /// Derive the idempotency key: from a natural key in the params (`ORIGIN_ID`, `EXTERNAL_ID`
+    /// or `idempotency_key`, at the top level or in `fields`, as the original Python skill did),
+    /// else from method + params.
     #[arg(long, conflicts_with = "idempotency_key")]
     pub idempotent: bool,
     #[command(flatten)]
@@ -81,6 +83,34 @@ pub fn read_params(arg: Option<&str>) -> anyhow::Result<serde_json::Value> {
     Ok(v)
 }
 
+/// A natural idempotency key in the params: `ORIGIN_ID`, `EXTERNAL_ID` or `idempotency_key`
+/// (any case) at the top level or inside `fields`, scoped to the method.
+pub fn natural_key(method: &str, params: &serde_json::Value) -> Option<String> {
+    const NAMES: [&str; 3] = ["ORIGIN_ID", "EXTERNAL_ID", "IDEMPOTENCY_KEY"];
+    let find = |o: &serde_json::Map<String, serde_json::Value>| {
+        o.iter().find_map(|(k, v)| {
+            let name = NAMES.iter().find(|n| k.eq_ignore_ascii_case(n))?;
+            let v = match v {
+                serde_json::Value::String(s) if !s.trim().is_empty() => s.trim().to_string(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            Some(format!("{name}={v}"))
+        })
+    };
+    let obj = params.as_object()?;
+    let found = find(obj).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("fields"))
+            .and_then(|(_, f)| f.as_object())
+            .and_then(find)
+    })?;
+    Some(format!(
+        "natural:{}:{found}",
+        method.trim().to_ascii_lowercase()
+    ))
+}
+
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let mut params = read_params(args.params.as_deref())?;
     if b24_guard::gate::strip_credentials(&mut params) && !g.quiet {
@@ -95,6 +125,12 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     } else {
         Api::V2
     };
+    // The original skill's natural keys: the same external record is written once, and the
+    // same key with other params is refused by the idempotency store (never replayed blindly).
+    let natural = args
+        .idempotent
+        .then(|| natural_key(&args.method, &params))
+        .flatten();
     let req = CallRequest {
         method: args.method,
         params,
@@ -102,8 +138,8 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         confirm_write: args.confirm_write,
         confirm_destructive: args.confirm_destructive,
         dry_run: args.dry_run,
-        idempotency_key: args.idempotency_key,
-        idempotent: args.idempotent,
+        idempotent: args.idempotent && natural.is_none(),
+        idempotency_key: args.idempotency_key.or(natural),
         reads_only: false,
     };
     let gate = exec::gate(g, Origin::Cli)?;
