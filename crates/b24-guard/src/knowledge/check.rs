@@ -16,7 +16,9 @@
 //! - keys inside an object parameter only when its nested list is complete and not open: the
 //!   `fields` of an entity with user fields (`UF_*`) are never refused here — the portal's live
 //!   field list is the only authority for those (`b24 describe` shows it);
-//! - `filter`, `order` and `select` contents are not names of the method and are not checked;
+//! - only the keys of `fields` and `params` are checked one level down (`filter`, `order`,
+//!   `select` and other objects may be keyed by data); user and relationship fields (`UF_*`,
+//!   `ufCrm*`, `PARENT_ID_*`) are never refused there, whatever the page lists;
 //! - a method served by both REST v2 and REST 3.0 (`tasks.task.*`) is not checked: the names
 //!   differ between the two and the page documents one.
 //!
@@ -38,12 +40,18 @@ pub struct Unaccepted {
     pub known: Vec<String>,
 }
 
-/// Object parameters whose keys are not parameter names (filters, sort orders, selections).
-fn is_free_form(p: &Param) -> bool {
-    matches!(
-        p.name.to_ascii_lowercase().as_str(),
-        "filter" | "order" | "select" | "sort" | "group" | "having" | "options"
-    )
+/// Object parameters whose keys are checked: `fields` and `params`, the two every write takes
+/// and agents misspell inside. Other objects (`filter`, `order`, `values` of a template,
+/// `extras`, …) may be keyed by data, not by names, and are left alone.
+fn nested_checked(p: &Param) -> bool {
+    p.name.eq_ignore_ascii_case("fields") || p.name.eq_ignore_ascii_case("params")
+}
+
+/// Keys the portal's own configuration defines: user fields (`UF_CRM_…`, `ufCrm…`) and
+/// relationship fields (`PARENT_ID_153`, `parentId153`). Never refused statically.
+fn portal_defined(key: &str) -> bool {
+    let l = key.to_ascii_lowercase();
+    super::live::is_custom(key) || l.starts_with("parent_id_") || l.starts_with("parentid")
 }
 
 /// `fields[TITLE][0]` → `["fields", "TITLE", "0"]`; a plain name is one segment.
@@ -113,7 +121,7 @@ pub fn check_against(doc: &MethodDoc, params: &Value) -> Result<(), Unaccepted> 
         let Some(p) = doc.param(top) else {
             return Err(unaccepted(key.clone(), names(&doc.params)));
         };
-        if p.fields.is_empty() || p.open || is_free_form(p) {
+        if p.fields.is_empty() || p.open || !nested_checked(p) {
             continue;
         }
         // One level down: the keys of an object parameter with a complete nested list.
@@ -126,8 +134,9 @@ pub fn check_against(doc: &MethodDoc, params: &Value) -> Result<(), Unaccepted> 
         };
         for k in nested {
             let base = segments(&k)[0].to_string();
-            if base.is_empty() || base.bytes().all(|b| b.is_ascii_digit()) {
-                continue; // appended or indexed list items, not names
+            if base.is_empty() || base.bytes().all(|b| b.is_ascii_digit()) || portal_defined(&base)
+            {
+                continue; // list items, or fields this portal defines
             }
             if !p.fields.iter().any(|f| f.name.eq_ignore_ascii_case(&base)) {
                 return Err(unaccepted(format!("{}.{base}", p.name), names(&p.fields)));

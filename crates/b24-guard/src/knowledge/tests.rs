@@ -99,6 +99,16 @@ fn strict_check_leaves_alone_what_it_cannot_know() {
     assert_eq!(cur.status, DocStatus::None);
     assert!(check_against(&cur, &json!({"x": 1})).is_err());
     assert_eq!(check_against(&cur, &json!({"start": 50})), Ok(()));
+    // user fields are never refused, even where the page lists no custom fields
+    let quote = doc("crm.quote.add");
+    assert_eq!(
+        check_against(
+            &quote,
+            &json!({"fields": {"TITLE": "q", "UF_CRM_7": 1, "PARENT_ID_1040": 3}})
+        ),
+        Ok(())
+    );
+    assert!(check_against(&quote, &json!({"fields": {"TITEL": "q"}})).is_err());
     // filters are not parameter names
     let list = doc("crm.deal.list");
     assert_eq!(
