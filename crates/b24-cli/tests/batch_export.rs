@@ -269,6 +269,27 @@ async fn limit_stops_after_n_items_and_fetches_no_more_pages() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(ids(&lines(&o.stdout)).len(), 500);
     assert_eq!(logged(&sb, "crm.lead.list") - before, 10);
+    // --limit into a file, as csv.
+    let f = env.dir.path().join("seven.csv");
+    let o = env
+        .run(&[
+            "export",
+            "crm.lead.list",
+            "--limit",
+            "7",
+            "--select",
+            "ID,TITLE",
+            "-o",
+            "csv",
+            "--out",
+            f.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(o.stdout.is_empty());
+    let text = std::fs::read_to_string(&f).unwrap();
+    assert_eq!(text.lines().count(), 8, "{text}");
+    assert!(text.starts_with("ID,TITLE\n"), "{text}");
     // --limit with a checkpoint would record a partial export as progress: refused.
     let o = env
         .run(&[
@@ -401,6 +422,53 @@ async fn out_file_and_checkpoint_agree_after_random_sigkills() {
     let o = env.run(&args).await;
     assert_eq!(code(&o), 0);
     assert_eq!(std::fs::metadata(&file).unwrap().len(), len);
+    // csv resumes too: the header once, every row once.
+    let csv_file = env.dir.path().join("leads.csv");
+    let csv_cp = env.dir.path().join("csv.cp");
+    let csv_args = [
+        "export",
+        "crm.lead.list",
+        "--out",
+        csv_file.to_str().unwrap(),
+        "--checkpoint",
+        csv_cp.to_str().unwrap(),
+        "--concurrency",
+        "1",
+        "--select",
+        "ID,TITLE",
+        "-o",
+        "csv",
+        "-q",
+    ];
+    let mut child = env.cmd(&csv_args).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !csv_cp.exists() {
+        assert!(Instant::now() < deadline, "no checkpoint written");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "finished before the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = env.run(&csv_args).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let mut r = csv::Reader::from_path(&csv_file).unwrap();
+    assert_eq!(
+        r.headers().unwrap().iter().collect::<Vec<_>>(),
+        ["ID", "TITLE"]
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for rec in r.records() {
+        let rec = rec.unwrap();
+        assert!(
+            seen.insert(rec[0].parse::<u64>().unwrap()),
+            "row {} twice",
+            &rec[0]
+        );
+    }
+    assert_eq!(seen.len(), 30_000);
     // The checkpoint names its file: resuming it to stdout is refused, not silently split.
     std::fs::remove_file(&file).unwrap();
     let o = env
