@@ -634,7 +634,7 @@ fn global_flags_once_man_pages_for_every_command_method_completions() {
         2
     );
 
-    for shell in ["bash", "zsh"] {
+    for shell in ["bash", "zsh", "fish"] {
         let o = env.cmd(&["completions", shell]).output().unwrap();
         let s = stdout(&o);
         assert!(

@@ -130,17 +130,25 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     // Completions keep the global flags on every subcommand (they are accepted there).
     let mut cmd = with_method_candidates(<crate::cmd::Cli as clap::CommandFactory>::command());
     clap_complete::generate(shell, &mut cmd, "b24", &mut buf);
+    if shell == clap_complete::Shell::Fish {
+        // clap_complete's fish script leaves positional values out: add the method names.
+        let names = method_names().join(" ");
+        for sub in METHOD_ARGS {
+            buf.extend_from_slice(
+                format!(
+                    "complete -c b24 -n \"__fish_b24_using_subcommand {sub}\" -f -a '{names}'\n"
+                )
+                .as_bytes(),
+            );
+        }
+    }
     emit(&buf)
 }
 
 /// The method-name arguments complete from the catalog (for the generated script only: the
 /// parser keeps accepting any name).
 fn with_method_candidates(mut cmd: clap::Command) -> clap::Command {
-    let names: Vec<String> = b24_guard::Catalog::builtin()
-        .search(None, None, None)
-        .into_iter()
-        .map(|m| m.name.clone())
-        .collect();
+    let names = method_names();
     for sub in METHOD_ARGS {
         if cmd.find_subcommand(sub).is_none() {
             continue;
@@ -157,6 +165,19 @@ fn with_method_candidates(mut cmd: clap::Command) -> clap::Command {
         });
     }
     cmd
+}
+
+/// Every method name in the built-in catalog (plain names: nothing to quote in a script).
+fn method_names() -> Vec<String> {
+    b24_guard::Catalog::builtin()
+        .search(None, None, None)
+        .into_iter()
+        .map(|m| m.name.clone())
+        .filter(|n| {
+            n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        })
+        .collect()
 }
 
 /// One man page: clap_mangen's sections with an ENVIRONMENT section and, for a subcommand,
