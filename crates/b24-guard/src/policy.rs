@@ -411,7 +411,7 @@ impl Policy {
                 "max_writes_per_hour": self.max_writes_per_hour(),
                 "require_person_confirmation": self.person_confirmation(),
                 "strict": self.layers.iter().any(|l| l.rules.strict || l.rules.forbid_allow_unlisted),
-                "allow_unlisted": self.allow_unlisted && !self.operator_layers().any(|l| l.rules.forbid_allow_unlisted),
+                "allow_unlisted": self.allow_unlisted && !self.layers.iter().any(|l| l.rules.forbid_allow_unlisted),
                 "audit_params": self.audit_params(),
                 "strict_params": {"cli": self.strict_params(false).0, "mcp": self.strict_params(true).0},
             },
@@ -472,19 +472,24 @@ impl Policy {
         let risk = match catalog.effective_risk(&m, params) {
             Some(r) => r,
             None => {
+                // In any layer: a caller's file (an MCP client's policy) that forbids unknown
+                // methods is not lifted by the server's --allow-unlisted either.
                 if let Some(l) = self
-                    .operator_layers()
+                    .layers
+                    .iter()
                     .find(|l| l.rules.forbid_allow_unlisted)
                 {
+                    let op = l.kind == LayerKind::Operator;
                     return Err(refuse(
                         None,
                         "the method is unknown: it is not in the catalog of documented methods"
                             .into(),
                         format!(
-                            "the operator policy ({}) forbids unknown methods; no flag can allow it (check the name with `b24 methods --search`)",
+                            "the {}policy ({}) forbids unknown methods; no flag can allow it (check the name with `b24 methods --search`)",
+                            if op { "operator " } else { "" },
                             l.source
                         ),
-                        true,
+                        op,
                     ));
                 }
                 if let Some(l) = self.layers.iter().find(|l| l.rules.strict)
@@ -573,7 +578,7 @@ impl Policy {
                 return Err(if op {
                     refuse(
                         Some(risk),
-                        format!("a {risk} call in read-only mode"),
+                        format!("{} {risk} call in read-only mode", article(risk)),
                         format!(
                             "the operator policy ({}) is read-only; no flag can allow it",
                             l.source
@@ -583,7 +588,11 @@ impl Policy {
                 } else {
                     refuse(
                         Some(risk),
-                        format!("a {risk} call in read-only mode ({})", l.source),
+                        format!(
+                            "{} {risk} call in read-only mode ({})",
+                            article(risk),
+                            l.source
+                        ),
                         format!(
                             "read-only comes from {} (--read-only / B24_READ_ONLY)",
                             l.source
@@ -625,7 +634,7 @@ impl Policy {
             };
             return Err(refuse(
                 Some(risk),
-                format!("a {risk} call outside a plan"),
+                format!("{} {risk} call outside a plan", article(risk)),
                 format!(
                     "{who}: run `b24 plan {m} --params '{params_text}'`, then `b24 apply <plan id> {confirm}`"
                 ),
@@ -649,12 +658,21 @@ impl Policy {
             };
             return Err(refuse(
                 Some(risk),
-                format!("{m} is a {risk} call and was not confirmed"),
+                format!("{m} is {} {risk} call and was not confirmed", article(risk)),
                 how,
                 false,
             ));
         }
         Ok(risk)
+    }
+}
+
+/// "a write call", "an admin call".
+fn article(risk: Risk) -> &'static str {
+    if risk.to_string().starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
     }
 }
 
@@ -745,6 +763,26 @@ mod tests {
                 .unwrap_err()
                 .operator_locked
         );
+    }
+
+    #[test]
+    fn a_callers_forbid_allow_unlisted_is_not_lifted_by_allow_unlisted() {
+        let client = Layer::new(
+            LayerKind::Caller,
+            "MCP client x (x.toml)",
+            PolicyFile {
+                forbid_allow_unlisted: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let p = Policy {
+            layers: vec![client],
+            allow_unlisted: true,
+        };
+        let r = check(&p, "made.up.method", true, true).unwrap_err();
+        assert!(r.fix.contains("x.toml") && !r.operator_locked, "{r}");
+        assert_eq!(check(&p, "crm.lead.list", false, false), Ok(Risk::Read));
     }
 
     #[test]
