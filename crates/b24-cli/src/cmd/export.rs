@@ -17,15 +17,24 @@
 //! skill and the docs use `--out`. SIGINT/SIGTERM are handled: the current page is finished and
 //! checkpointed, then the command exits with 130.
 
-use std::io::{IsTerminal, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use b24::export::{ExportOptions, Progress, Strategy};
+use b24::export::{ExportOptions, Strategy};
 use futures::StreamExt;
 use serde_json::{Map, Value};
 
 use crate::render::{Format, Records};
+
+mod checkpoint;
+mod limit;
+
+use checkpoint::{
+    Checkpoint, OutputState, load_checkpoint, open_out, prepare_stdout_checkpoint, save_checkpoint,
+    state_err,
+};
+pub use limit::{fetch_limited, write_all};
 
 use crate::cmd::call::read_params;
 use crate::exit::{self, Exit};
@@ -145,7 +154,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         hint,
     };
     if let Some(n) = args.limit {
-        return limited(&args.method, params, n, target, g).await;
+        return limit::limited(&args.method, params, n, target, g).await;
     }
     let mut opts = ExportOptions::new(&args.method, params);
     opts.strategy = match args.strategy {
@@ -164,97 +173,6 @@ pub struct Target {
     pub file: Option<PathBuf>,
     /// Columns for csv/table (from `--select`).
     pub hint: Vec<String>,
-}
-
-/// The checkpoint file: the library's [`Progress`] plus, for `--out`, where the output stands
-/// (the file's length when the progress was recorded, and the csv columns already written).
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-struct Checkpoint {
-    #[serde(flatten)]
-    progress: Progress,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    output: Option<OutputState>,
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct OutputState {
-    /// The `--out` file (`None`: stdout).
-    file: Option<PathBuf>,
-    /// The file's length that goes with this progress.
-    bytes: u64,
-    format: Format,
-    #[serde(default)]
-    columns: Option<Vec<String>>,
-}
-
-fn state_err(msg: String) -> anyhow::Error {
-    Exit::new(exit::INTERNAL, msg)
-}
-
-fn load_checkpoint(cp: &Path) -> anyhow::Result<Option<Checkpoint>> {
-    match std::fs::read(cp) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-            Exit::new(
-                exit::USAGE,
-                format!("checkpoint {} is not valid: {e}", cp.display()),
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(state_err(format!(
-            "cannot read checkpoint {}: {e}",
-            cp.display()
-        ))),
-    }
-}
-
-/// Write the checkpoint next to `cp`, fsync it, rename it over `cp`, fsync the directory.
-fn save_checkpoint(cp: &Path, c: &Checkpoint) -> anyhow::Result<()> {
-    let io =
-        |e: std::io::Error| state_err(format!("cannot write checkpoint {}: {e}", cp.display()));
-    let mut name = cp.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".tmp");
-    let tmp = cp.with_file_name(name);
-    let body = serde_json::to_vec(c)?;
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&body).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, cp).map_err(io)?;
-    let dir = match cp.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-/// The output file, opened for a fresh export (truncated) or a resumed one (cut back to the
-/// length the checkpoint recorded).
-fn open_out(path: &Path, resume_at: Option<u64>) -> anyhow::Result<std::fs::File> {
-    let io = |e: std::io::Error| Exit::new(exit::USAGE, format!("--out {}: {e}", path.display()));
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(resume_at.is_none())
-        .open(path)
-        .map_err(io)?;
-    if let Some(at) = resume_at {
-        let len = f.metadata().map_err(io)?.len();
-        if len < at {
-            return Err(Exit::new(
-                exit::USAGE,
-                format!(
-                    "--out {}: the file has {len} bytes but its checkpoint recorded {at}: it was changed since; remove the checkpoint to start over",
-                    path.display()
-                ),
-            ));
-        }
-        f.set_len(at).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        f.seek(std::io::SeekFrom::End(0)).map_err(io)?;
-    }
-    Ok(f)
 }
 
 /// Run an export (shared with `b24 list --all`).
@@ -485,121 +403,6 @@ pub async fn stream(
         return Ok(exit::INTERRUPTED);
     }
     summary(g, emitted, resumed_from, &client, started, "done");
-    Ok(exit::OK)
-}
-
-/// To stdout: the checkpoint written to `CP.tmp` and fsynced, not yet visible.
-fn prepare_stdout_checkpoint<'a>(
-    cp: &'a Path,
-    progress: &Progress,
-    format: Format,
-    records: &Records<Vec<u8>>,
-) -> anyhow::Result<(PathBuf, &'a Path)> {
-    let io =
-        |e: std::io::Error| state_err(format!("cannot write checkpoint {}: {e}", cp.display()));
-    let mut name = cp.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".tmp");
-    let tmp = cp.with_file_name(name);
-    let c = Checkpoint {
-        progress: progress.clone(),
-        output: records.columns().map(|c| OutputState {
-            file: None,
-            bytes: 0,
-            format,
-            columns: Some(c.to_vec()),
-        }),
-    };
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&serde_json::to_vec(&c)?).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    Ok((tmp, cp))
-}
-
-/// `--limit N`: page with `start` in the caller's order (so `order: {ID: DESC}` gives the
-/// newest) and stop as soon as N items are in: ⌈N/50⌉ requests at most.
-pub async fn fetch_limited(
-    method: &str,
-    mut params: Value,
-    start: i64,
-    limit: u64,
-    g: &Globals,
-) -> anyhow::Result<(Vec<Value>, Option<u64>, Option<i64>)> {
-    use b24_guard::gate::{CallOutcome, CallRequest, NoPerson, Origin};
-    let gate = crate::exec::gate(g, Origin::Cli)?;
-    let mut items: Vec<Value> = Vec::new();
-    let mut total = None;
-    let mut offset = start;
-    let mut more = false;
-    while (items.len() as u64) < limit {
-        if let Some(o) = params.as_object_mut() {
-            o.insert("start".into(), offset.into());
-        }
-        let req = CallRequest {
-            method: method.to_string(),
-            params: params.clone(),
-            ..Default::default()
-        };
-        let response = match gate
-            .call(req, &NoPerson)
-            .await
-            .map_err(crate::exec::gate_error)?
-        {
-            CallOutcome::Done { response, .. } => response,
-            CallOutcome::DryRun(_) => break,
-        };
-        if total.is_none() {
-            total = response.total;
-        }
-        let page = b24::export::extract_items(response.result);
-        let got = page.len() as i64;
-        let want = (limit - items.len() as u64) as usize;
-        more = page.len() > want || response.next.is_some();
-        items.extend(page.into_iter().take(want));
-        match response.next {
-            Some(n) if got > 0 && n as i64 > offset => offset = n as i64,
-            _ => break,
-        }
-    }
-    let next = more.then_some(start + items.len() as i64);
-    Ok((items, total, next))
-}
-
-async fn limited(
-    method: &str,
-    params: Value,
-    n: u64,
-    target: Target,
-    g: &Globals,
-) -> anyhow::Result<i32> {
-    if params.as_object().is_none() {
-        return Err(Exit::new(
-            exit::USAGE,
-            "--params must be a JSON object for --limit",
-        ));
-    }
-    let (items, _, _) = fetch_limited(method, params, 0, n, g).await?;
-    write_all(&items, target)
-}
-
-/// Write a finished set of records to `--out` or stdout.
-pub fn write_all(items: &[Value], target: Target) -> anyhow::Result<i32> {
-    match &target.file {
-        None => crate::render::print(target.format, target.hint, items)?,
-        Some(path) => {
-            let f = open_out(path, None)?;
-            let mut r = Records::new(
-                std::io::BufWriter::new(f),
-                target.format,
-                false,
-                target.hint.clone(),
-            );
-            for it in items {
-                r.push(it)?;
-            }
-            r.finish()
-                .map_err(|e| Exit::new(exit::INTERNAL, format!("--out {}: {e}", path.display())))?;
-        }
-    }
     Ok(exit::OK)
 }
 
