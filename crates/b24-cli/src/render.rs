@@ -363,7 +363,10 @@ pub fn print(format: Format, hint: Vec<String>, records: &[Value]) -> anyhow::Re
 pub fn value(format: Format, hint: Vec<String>, v: &Value) -> anyhow::Result<()> {
     match format {
         Format::Json => crate::out::pretty(v),
-        Format::Ndjson if v.is_array() => print(format, hint, &records_of(v)),
+        // A list's items one a line (v2 arrays and REST 3.0 `{"items": [...]}` alike).
+        Format::Ndjson if v.is_array() || v.get("items").is_some_and(Value::is_array) => {
+            print(format, hint, &records_of(v))
+        }
         Format::Ndjson => crate::out::line(v),
         Format::Csv | Format::Table => print(format, hint, &records_of(v)),
     }
