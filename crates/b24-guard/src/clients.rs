@@ -63,14 +63,20 @@ pub struct McpClient {
 impl McpClient {
     /// The client's policy as a caller layer. A file that is missing or does not parse is an
     /// error: every call of this client is refused until it is fixed (fail closed).
+    ///
+    /// A client's file only narrows: `strict_params = false` in it is dropped (it would turn
+    /// off MCP's default check for this client); the operator turns that off for the server.
     pub fn layer(&self) -> Result<Layer, GuardError> {
-        let file = PolicyFile::load(&self.policy)?.ok_or_else(|| GuardError::PolicyFile {
+        let mut file = PolicyFile::load(&self.policy)?.ok_or_else(|| GuardError::PolicyFile {
             path: self.policy.display().to_string(),
             reason: format!(
                 "the policy file of MCP client {:?} is missing; its calls are refused",
                 self.name
             ),
         })?;
+        if file.strict_params == Some(false) {
+            file.strict_params = None;
+        }
         Layer::new(
             LayerKind::Caller,
             format!("MCP client {} ({})", self.name, self.policy.display()),
@@ -339,6 +345,11 @@ mod tests {
         assert_eq!(l.kind, LayerKind::Caller);
         // A caller layer cannot move the guard's records.
         assert!(l.rules.guard_dir.is_none() && l.rules.read_only);
+        // Nor turn MCP's strict parameter check off for itself; it may turn it on.
+        std::fs::write(&pol, "strict_params = false\n").unwrap();
+        assert_eq!(c.layer().unwrap().rules.strict_params, None);
+        std::fs::write(&pol, "strict_params = true\n").unwrap();
+        assert_eq!(c.layer().unwrap().rules.strict_params, Some(true));
         std::fs::remove_file(&pol).unwrap();
         assert!(c.layer().is_err());
     }
