@@ -62,18 +62,13 @@ pub struct McpClient {
 
 impl McpClient {
     /// The client's policy as a caller layer. A file that is missing or does not parse is an
-    /// error: every call of this client is refused until it is fixed (fail closed).
+    /// error: every call of this client is refused until it is fixed (fail closed). So is a
+    /// file someone other than the operator could have written (see [`read_client_policy`]).
     ///
     /// A client's file only narrows: `strict_params = false` in it is dropped (it would turn
     /// off MCP's default check for this client); the operator turns that off for the server.
     pub fn layer(&self) -> Result<Layer, GuardError> {
-        let mut file = PolicyFile::load(&self.policy)?.ok_or_else(|| GuardError::PolicyFile {
-            path: self.policy.display().to_string(),
-            reason: format!(
-                "the policy file of MCP client {:?} is missing; its calls are refused",
-                self.name
-            ),
-        })?;
+        let mut file = read_client_policy(&self.policy, &self.name)?;
         if file.strict_params == Some(false) {
             file.strict_params = None;
         }
@@ -89,6 +84,78 @@ impl McpClient {
         resolved.policy.layers.push(self.layer()?);
         Ok(())
     }
+}
+
+/// The most a client's policy file may hold (a policy is a few lines).
+const MAX_POLICY_BYTES: u64 = 1 << 20;
+
+/// Read a client's policy file, refusing what the operator cannot have meant: something that
+/// is not a regular file (a FIFO would block the server on every call of the client, a device
+/// would never end), a file larger than [`MAX_POLICY_BYTES`], and — on Unix — a file that
+/// another account could have written (owned by neither the account serving MCP nor root, or
+/// writable by group or others), because whoever can write it decides what the client may do.
+/// The file is opened once (non-blocking) and checked on the open handle, so swapping the path
+/// between the check and the read changes nothing.
+pub fn read_client_policy(path: &Path, name: &str) -> Result<PolicyFile, GuardError> {
+    use std::io::Read;
+    let err = |reason: String| GuardError::PolicyFile {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = match opts.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(err(format!(
+                "the policy file of MCP client {name:?} is missing; its calls are refused"
+            )));
+        }
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let meta = file.metadata().map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err(format!(
+            "the policy file of MCP client {name:?} is not a regular file; its calls are refused"
+        )));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let me = nix::unistd::Uid::effective().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(err(format!(
+                "the policy file of MCP client {name:?} is owned by uid {}, not by this account or root; whoever owns it could widen the client, so its calls are refused",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(err(format!(
+                "the policy file of MCP client {name:?} is writable by group or others (mode {:o}); anyone who can write it could widen the client, so its calls are refused (chmod go-w)",
+                meta.mode() & 0o7777
+            )));
+        }
+    }
+    if meta.len() > MAX_POLICY_BYTES {
+        return Err(err(format!(
+            "the policy file of MCP client {name:?} is larger than {MAX_POLICY_BYTES} bytes"
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_POLICY_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| err(e.to_string()))?;
+    if text.len() as u64 > MAX_POLICY_BYTES {
+        return Err(err(format!(
+            "the policy file of MCP client {name:?} is larger than {MAX_POLICY_BYTES} bytes"
+        )));
+    }
+    PolicyFile::parse(&text, path)
 }
 
 /// One row of `b24 mcp token list` (never the token or its hash).
@@ -352,5 +419,55 @@ mod tests {
         assert_eq!(c.layer().unwrap().rules.strict_params, Some(true));
         std::fs::remove_file(&pol).unwrap();
         assert!(c.layer().is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_policy_file_others_could_write_or_that_never_ends_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let pol = t.path().join("p.toml");
+        let c = McpClient {
+            name: "r".into(),
+            policy: pol.clone(),
+        };
+        std::fs::write(&pol, "read_only = true\n").unwrap();
+        std::fs::set_permissions(&pol, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(c.layer().is_ok());
+        for mode in [0o666, 0o664, 0o646] {
+            std::fs::set_permissions(&pol, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = c.layer().unwrap_err().to_string();
+            assert!(e.contains("writable by group or others"), "{mode:o}: {e}");
+        }
+        // A directory, a FIFO (would block a worker thread forever) and /dev/zero (never ends).
+        let dir = t.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        let fifo = t.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        let mut paths = vec![dir, std::path::PathBuf::from("/dev/zero")];
+        if made.is_ok_and(|s| s.success()) {
+            paths.push(fifo);
+        }
+        for p in paths {
+            let c = McpClient {
+                name: "r".into(),
+                policy: p.clone(),
+            };
+            let e = c.layer().unwrap_err().to_string();
+            assert!(e.contains("not a regular file"), "{}: {e}", p.display());
+        }
+        // Larger than any policy.
+        let big = t.path().join("big.toml");
+        std::fs::write(
+            &big,
+            format!("read_only = true\n#{}\n", "x".repeat(2 << 20)),
+        )
+        .unwrap();
+        std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = McpClient {
+            name: "r".into(),
+            policy: big,
+        };
+        assert!(c.layer().unwrap_err().to_string().contains("larger than"));
     }
 }
