@@ -287,7 +287,12 @@ impl TokenStore {
 
     /// Revoke a client's token; `Ok(false)` when it already was. Takes effect at the next
     /// request (every request is authenticated again).
+    ///
+    /// Names are issued in lower case only, so the name is matched case-insensitively (and
+    /// trimmed): `revoke READER` revokes `reader` rather than leaving its token working.
     pub fn revoke(&self, name: &str) -> Result<bool, TokenError> {
+        let name = name.trim().to_ascii_lowercase();
+        let name = name.as_str();
         let conn = self.conn();
         let changed = conn
             .execute(
@@ -387,7 +392,8 @@ mod tests {
         let raw = std::fs::read(t.path().join("guard/guard.db")).unwrap();
         let hay = String::from_utf8_lossy(&raw);
         assert!(!hay.contains(&a.token[TOKEN_PREFIX.len()..]));
-        assert!(s.revoke("reader").unwrap());
+        // Another spelling of the name revokes the same client.
+        assert!(s.revoke(" READER ").unwrap());
         assert!(!s.revoke("reader").unwrap());
         assert!(matches!(s.revoke("nobody"), Err(TokenError::NotFound(_))));
         assert!(s.authenticate(&a.token).unwrap().is_none());
