@@ -125,17 +125,23 @@ fn unauthorized(invalid: bool, message: &str) -> Response {
 }
 
 /// The bearer token of a request: `None` when there is no Authorization header, `Some(Err)`
-/// when there is one that is not a bearer token.
-fn bearer(headers: &HeaderMap) -> Option<Result<String, ()>> {
-    let v = headers.get(header::AUTHORIZATION)?;
+/// when there is one that is not a bearer token — or more than one: `Authorization` is a
+/// singleton field, and a proxy in front that reads the last copy while this reads the first
+/// would let one client's request be taken for another's.
+fn bearer(headers: &HeaderMap) -> Option<Result<String, &'static str>> {
+    let mut all = headers.get_all(header::AUTHORIZATION).iter();
+    let v = all.next()?;
+    if all.next().is_some() {
+        return Some(Err("the request has more than one Authorization header"));
+    }
     let Ok(v) = v.to_str() else {
-        return Some(Err(()));
+        return Some(Err("the Authorization header is not a bearer token"));
     };
     let mut parts = v.trim().splitn(2, ' ');
     let scheme = parts.next().unwrap_or("");
     let token = parts.next().unwrap_or("").trim();
     if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-        return Some(Err(()));
+        return Some(Err("the Authorization header is not a bearer token"));
     }
     Some(Ok(token.to_string()))
 }
@@ -153,8 +159,8 @@ async fn authenticate(
                 "this MCP server needs a bearer token: Authorization: Bearer <token> (the operator issues one with `b24 mcp token add NAME --policy FILE`)",
             );
         }
-        Some(Err(())) => {
-            return unauthorized(true, "the Authorization header is not a bearer token");
+        Some(Err(why)) => {
+            return unauthorized(true, why);
         }
         Some(Ok(t)) => t,
     };
@@ -366,4 +372,41 @@ pub async fn serve(
     }
     eprintln!("b24 mcp: stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn one_bearer_header_or_nothing() {
+        assert_eq!(bearer(&headers(&[])), None);
+        assert_eq!(
+            bearer(&headers(&[("authorization", "bearer  b24mcp_x ")])),
+            Some(Ok("b24mcp_x".to_string()))
+        );
+        for bad in ["Basic b24mcp_x", "Bearer", "Bearer\tb24mcp_x", "b24mcp_x"] {
+            assert!(
+                matches!(bearer(&headers(&[("authorization", bad)])), Some(Err(_))),
+                "{bad}"
+            );
+        }
+        // Two copies, whichever is valid: refused.
+        let two = headers(&[
+            ("authorization", "Bearer b24mcp_a"),
+            ("authorization", "Bearer b24mcp_b"),
+        ]);
+        assert!(matches!(bearer(&two), Some(Err(m)) if m.contains("more than one")));
+    }
 }
