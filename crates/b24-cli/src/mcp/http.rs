@@ -146,12 +146,24 @@ fn bearer(headers: &HeaderMap) -> Option<Result<String, &'static str>> {
     Some(Ok(token.to_string()))
 }
 
+/// A `Host` that names user info (`evil.example@localhost`) is no host a client uses; the
+/// DNS-rebinding check would read only the part after `@`, a proxy might route on the rest.
+fn host_has_userinfo(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::HOST)
+        .iter()
+        .any(|h| h.as_bytes().contains(&b'@'))
+}
+
 /// Authenticate every request; attach the client; keep sessions bound to their client.
 async fn authenticate(
     State(auth): State<Arc<Auth>>,
     mut req: Request<Body>,
     next: Next,
 ) -> Response {
+    if host_has_userinfo(req.headers()) {
+        return (StatusCode::BAD_REQUEST, "Bad Request: Invalid Host header").into_response();
+    }
     let token = match bearer(req.headers()) {
         None => {
             return unauthorized(
@@ -408,5 +420,15 @@ mod tests {
             ("authorization", "Bearer b24mcp_b"),
         ]);
         assert!(matches!(bearer(&two), Some(Err(m)) if m.contains("more than one")));
+    }
+
+    #[test]
+    fn a_host_with_user_info_is_refused() {
+        assert!(host_has_userinfo(&headers(&[(
+            "host",
+            "evil.example:80@localhost"
+        )])));
+        assert!(!host_has_userinfo(&headers(&[("host", "localhost:8787")])));
+        assert!(!host_has_userinfo(&headers(&[])));
     }
 }
