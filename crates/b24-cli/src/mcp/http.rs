@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
@@ -102,8 +102,8 @@ impl HttpOptions {
 /// What the authentication layer needs.
 struct Auth {
     tokens: Arc<TokenStore>,
-    /// Session id → the client that created it.
-    sessions: Mutex<HashMap<String, String>>,
+    /// Session id → the client that created it, and when it was recorded.
+    sessions: Mutex<HashMap<String, (String, Instant)>>,
     manager: Arc<LocalSessionManager>,
 }
 
@@ -209,10 +209,13 @@ async fn authenticate(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(s)
-            .cloned();
-        if owner.is_some_and(|o| o != client.name) {
-            // Answered like an unknown session: another client's session id reveals nothing.
-            tracing::warn!(client = %client.name, "mcp http: a session of another client was presented");
+            .map(|(o, _)| o.clone());
+        // Only the client that opened a session may use it; a session without a recorded
+        // owner is nobody's (fail closed), and is answered like an unknown one.
+        if owner.as_deref() != Some(client.name.as_str()) {
+            if owner.is_some() {
+                tracing::warn!(client = %client.name, "mcp http: a session of another client was presented");
+            }
             return (StatusCode::NOT_FOUND, "Not Found: Session not found").into_response();
         }
     }
@@ -227,23 +230,29 @@ async fn authenticate(
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
     {
-        let live: Vec<String> = if auth.sessions.lock().map(|m| m.len()).unwrap_or(0) >= 1024 {
-            auth.manager
-                .sessions
-                .read()
-                .await
-                .keys()
-                .map(|k| k.to_string())
-                .collect()
+        let full = auth.sessions.lock().map(|m| m.len()).unwrap_or(0) >= 1024;
+        // Sessions recorded after this instant may be missing from the manager's list below
+        // (opened meanwhile by another request) and are kept whatever it says.
+        let listed_at = Instant::now();
+        let live: Option<std::collections::HashSet<String>> = if full {
+            Some(
+                auth.manager
+                    .sessions
+                    .read()
+                    .await
+                    .keys()
+                    .map(|k| k.to_string())
+                    .collect(),
+            )
         } else {
-            Vec::new()
+            None
         };
         let mut map = auth.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if !live.is_empty() {
+        if let Some(live) = live {
             // Forget sessions the manager has closed (idle timeout, DELETE, shutdown).
-            map.retain(|k, _| live.iter().any(|l| l == k));
+            map.retain(|k, (_, at)| *at >= listed_at || live.contains(k));
         }
-        map.insert(new.to_string(), name);
+        map.insert(new.to_string(), (name, Instant::now()));
     } else if is_delete
         && resp.status().is_success()
         && let Some(s) = &session
