@@ -51,7 +51,7 @@ impl Gate {
         }
         let checked = self.prepare(&req.method, &req.params)?;
         let risk = self.decide(&checked, Confirmed::default(), false, true, &req.params)?;
-        let store = self.store()?;
+        let store = self.plan_store()?;
         let plan = store
             .create_plan(
                 checked.method.as_str(),
@@ -79,12 +79,14 @@ impl Gate {
 
     /// Look at a plan without applying it.
     pub fn show_plan(&self, id: &str) -> Result<Option<Plan>, GateError> {
-        self.store()?.get_plan(id).map_err(GateError::Store)
+        self.plan_store()?.get_plan(id).map_err(GateError::Store)
     }
 
     /// The plans recorded for this portal, newest first (at most `limit`).
     pub fn list_plans(&self, limit: usize) -> Result<Vec<Plan>, GateError> {
-        self.store()?.list_plans(limit).map_err(GateError::Store)
+        self.plan_store()?
+            .list_plans(limit)
+            .map_err(GateError::Store)
     }
 
     fn refuse_plan(&self, id: &str, reason: &str) -> GateError {
@@ -108,10 +110,19 @@ impl Gate {
         if id.is_empty() {
             return Err(GateError::Invalid("the plan id is empty".into()));
         }
-        let store = self.store()?;
+        let store = self.plan_store()?;
         let Some(planned) = store.get_plan(id).map_err(GateError::Store)? else {
             return Err(self.refuse_plan(id, "no such plan"));
         };
+        // An MCP client's plans are its own: refused before anything else (no confirmation
+        // is asked for another client's plan), without naming that client.
+        let owner = self.plan_owner();
+        if planned.portal != owner && (self.client.is_some() || planned.portal.contains("#mcp:")) {
+            return Err(self.refuse_plan(
+                id,
+                "the plan was recorded by another client; record it again",
+            ));
+        }
         if let Some((method, params)) = &req.expect {
             let same_method = normalise(method)
                 .map(|m| m.as_str() == planned.method.to_ascii_lowercase())

@@ -12,6 +12,24 @@ use crate::store::GuardStore;
 impl Gate {
     /// Open the guard store in the guard dir (created 0700).
     pub(super) fn store(&self) -> Result<GuardStore, GateError> {
+        self.store_for(self.portal.portal())
+    }
+
+    /// Whose plans these are: the portal, and for an MCP client the client too — so one
+    /// client cannot apply (or be shown) a plan another client recorded.
+    pub(super) fn plan_owner(&self) -> String {
+        match &self.client {
+            Some(c) => format!("{}#mcp:{c}", self.portal.portal()),
+            None => self.portal.portal().to_string(),
+        }
+    }
+
+    /// The guard store as the plans of [`Gate::plan_owner`] see it.
+    pub(super) fn plan_store(&self) -> Result<GuardStore, GateError> {
+        self.store_for(&self.plan_owner())
+    }
+
+    fn store_for(&self, owner: &str) -> Result<GuardStore, GateError> {
         b24::auth::ensure_private_dir(&self.guard_dir).map_err(|e| {
             GateError::Store(crate::GuardError::Io {
                 path: self.guard_dir.display().to_string(),
@@ -19,7 +37,7 @@ impl Gate {
             })
         })?;
         // Bound to the portal: plans and idempotency records of another portal are refused.
-        GuardStore::open_for_portal(&self.guard_dir, self.portal.portal()).map_err(GateError::Store)
+        GuardStore::open_for_portal(&self.guard_dir, owner).map_err(GateError::Store)
     }
 
     /// Whether the audit log can take a record now (its directory and file open for
