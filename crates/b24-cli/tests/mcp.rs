@@ -1336,6 +1336,13 @@ async fn http_refuses_cleartext_off_loopback_serves_tls_and_stops_on_sigterm() {
         .expect("the server stops within the grace period")
         .unwrap();
     assert!(status.success(), "{status:?}: {}", server.stderr());
+    // The task draining stderr may not have read the last line yet when the process ends.
+    for _ in 0..50 {
+        if server.stderr().contains("stopped") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(server.stderr().contains("stopped"), "{}", server.stderr());
     drop(client);
     sb.shutdown().await;
@@ -1559,3 +1566,7 @@ async fn http_idempotency_keys_are_per_client() {
     cb.cancel().await.ok();
     sb.shutdown().await;
 }
+
+// Hostile clients of `b24 mcp --http` (forged tokens, foreign sessions, widening policy files).
+#[path = "mcp/http_attacks.rs"]
+mod http_attacks;

@@ -474,11 +474,7 @@ impl Policy {
             None => {
                 // In any layer: a caller's file (an MCP client's policy) that forbids unknown
                 // methods is not lifted by the server's --allow-unlisted either.
-                if let Some(l) = self
-                    .layers
-                    .iter()
-                    .find(|l| l.rules.forbid_allow_unlisted)
-                {
+                if let Some(l) = self.layers.iter().find(|l| l.rules.forbid_allow_unlisted) {
                     let op = l.kind == LayerKind::Operator;
                     return Err(refuse(
                         None,
