@@ -80,7 +80,7 @@ impl Transport for Client {
         halt: bool,
         is_write: bool,
     ) -> impl Future<Output = Result<Response, Error>> + Send {
-        self.send_batch_paced(cmd, halt, is_write, false)
+        self.send_batch_paced(cmd, halt, is_write, self.is_patient())
     }
 
     fn send_batch_patient(

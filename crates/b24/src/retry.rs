@@ -80,35 +80,6 @@ impl Backoff {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn delays_grow_are_jittered_and_capped() {
-        let p = RetryPolicy {
-            seed: Some(7),
-            ..Default::default()
-        };
-        let mut b = Backoff::new(&p);
-        let d: Vec<Duration> = (1..=12).map(|a| b.delay(a)).collect();
-        for (i, x) in d.iter().enumerate() {
-            let cap = p.base_delay.saturating_mul(1 << i.min(30)).min(p.max_delay);
-            assert!(
-                *x >= cap / 2 && *x <= cap,
-                "attempt {} delay {:?} cap {:?}",
-                i + 1,
-                x,
-                cap
-            );
-        }
-        assert!(d[11] <= p.max_delay);
-        // Same seed, same delays: tests are reproducible.
-        let mut b2 = Backoff::new(&p);
-        assert_eq!(d, (1..=12).map(|a| b2.delay(a)).collect::<Vec<_>>());
-    }
-}
-
 /// A connection failure that will not heal within a call's retry budget, and its likely cause:
 /// the host name does not resolve, TLS fails (a certificate for another name, an untrusted one,
 /// or https spoken to a plain-http port), or — on the client's first request — the connection
@@ -160,4 +131,33 @@ pub(crate) fn unhealable(
         return Some("the connection was refused: nothing listens at that address and port; check the portal address (https uses port 443)".into());
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_are_jittered_and_capped() {
+        let p = RetryPolicy {
+            seed: Some(7),
+            ..Default::default()
+        };
+        let mut b = Backoff::new(&p);
+        let d: Vec<Duration> = (1..=12).map(|a| b.delay(a)).collect();
+        for (i, x) in d.iter().enumerate() {
+            let cap = p.base_delay.saturating_mul(1 << i.min(30)).min(p.max_delay);
+            assert!(
+                *x >= cap / 2 && *x <= cap,
+                "attempt {} delay {:?} cap {:?}",
+                i + 1,
+                x,
+                cap
+            );
+        }
+        assert!(d[11] <= p.max_delay);
+        // Same seed, same delays: tests are reproducible.
+        let mut b2 = Backoff::new(&p);
+        assert_eq!(d, (1..=12).map(|a| b2.delay(a)).collect::<Vec<_>>());
+    }
 }

@@ -136,7 +136,9 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             ],
         )
         .map_err(crate::exec::gate_error)?;
-        Some(g.client().await?)
+        // A long-running process: a pull blocked by the method's operating-time limit waits
+        // for the budget instead of ending the worker.
+        Some(g.client().await?.patient())
     };
     let stats = Arc::new(WorkerStats::default());
     let fleet_stats = Arc::new(b24_events::fleet::FleetStats::default());

@@ -210,6 +210,11 @@ impl Client {
         }
     }
 
+    /// Whether this client waits out operating-time blocks (see [`Client::patient`]).
+    pub fn is_patient(&self) -> bool {
+        self.patient
+    }
+
     /// What the client is waiting for right now (operating-time pacing and blocks).
     pub fn waiting(&self) -> Vec<Waiting> {
         self.inner.waits.list()

@@ -498,11 +498,10 @@ mod tests {
             let n = s.room(6.0, 5);
             let r = s.reserve(now, n, 6.0);
             now += r.wait;
-            let mut costs = vec![];
+            let costs = vec![0.3; n];
             let mut obs = (0.0, 0.0);
             for _ in 0..n {
                 obs = p.run(now, 0.3).expect("the portal blocked the method");
-                costs.push(0.3);
                 total += 0.3;
             }
             max_used = max_used.max(obs.0);
