@@ -146,13 +146,15 @@ fn bearer(headers: &HeaderMap) -> Option<Result<String, &'static str>> {
     Some(Ok(token.to_string()))
 }
 
-/// A `Host` that names user info (`evil.example@localhost`) is no host a client uses; the
-/// DNS-rebinding check would read only the part after `@`, a proxy might route on the rest.
-fn host_has_userinfo(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::HOST)
-        .iter()
-        .any(|h| h.as_bytes().contains(&b'@'))
+/// A `Host` that is no host a client uses: one naming user info (`evil.example@localhost`) —
+/// the DNS-rebinding check reads only the part after `@`, a proxy might route on the rest —
+/// whether in the `Host` header or in HTTP/2's `:authority`, or more than one `Host` header
+/// (RFC 9112 asks for 400; the check reads the first, a proxy may read the last).
+fn bad_host(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
+    let hosts = headers.get_all(header::HOST);
+    hosts.iter().count() > 1
+        || hosts.iter().any(|h| h.as_bytes().contains(&b'@'))
+        || uri.authority().is_some_and(|a| a.as_str().contains('@'))
 }
 
 /// Authenticate every request; attach the client; keep sessions bound to their client.
@@ -161,7 +163,7 @@ async fn authenticate(
     mut req: Request<Body>,
     next: Next,
 ) -> Response {
-    if host_has_userinfo(req.headers()) {
+    if bad_host(req.headers(), req.uri()) {
         return (StatusCode::BAD_REQUEST, "Bad Request: Invalid Host header").into_response();
     }
     let token = match bearer(req.headers()) {
@@ -432,12 +434,17 @@ mod tests {
     }
 
     #[test]
-    fn a_host_with_user_info_is_refused() {
-        assert!(host_has_userinfo(&headers(&[(
-            "host",
-            "evil.example:80@localhost"
-        )])));
-        assert!(!host_has_userinfo(&headers(&[("host", "localhost:8787")])));
-        assert!(!host_has_userinfo(&headers(&[])));
+    fn a_host_with_user_info_or_two_hosts_is_refused() {
+        let plain: axum::http::Uri = "/mcp".parse().unwrap();
+        let bad = |h: &[(&str, &str)]| bad_host(&headers(h), &plain);
+        assert!(bad(&[("host", "evil.example:80@localhost")]));
+        assert!(bad(&[("host", "localhost"), ("host", "evil.example")]));
+        assert!(!bad(&[("host", "localhost:8787")]));
+        assert!(!bad(&[]));
+        // HTTP/2 carries it as :authority.
+        let h2: axum::http::Uri = "http://evil.example@localhost/mcp".parse().unwrap();
+        assert!(bad_host(&headers(&[]), &h2));
+        let h2: axum::http::Uri = "http://localhost:8787/mcp".parse().unwrap();
+        assert!(!bad_host(&headers(&[]), &h2));
     }
 }

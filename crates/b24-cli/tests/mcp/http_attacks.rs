@@ -306,6 +306,23 @@ async fn http_forged_and_malformed_requests_reach_nothing_and_the_server_keeps_s
         attempts += 1;
         assert_eq!(status, 403, "Origin {o:?}: {text}");
     }
+    // Two Host headers, the loopback one first (RFC 9112: 400), straight onto the socket.
+    for hosts in [
+        format!("Host: localhost:{port}\r\nHost: evil.example\r\n"),
+        format!("Host: evil.example\r\nHost: localhost:{port}\r\n"),
+    ] {
+        let body = String::from_utf8(init.clone()).unwrap();
+        let req = format!(
+            "POST /mcp HTTP/1.1\r\n{hosts}Authorization: {bearer}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = raw_tcp(&url, req.into_bytes()).await;
+        attempts += 1;
+        assert!(
+            answer.starts_with("HTTP/1.1 400") || answer.starts_with("HTTP/1.1 403"),
+            "{hosts:?}: {answer}"
+        );
+    }
     // Loopback names in any case, and IPv6 loopback, are this server.
     for h in ["LOCALHOST".to_string(), format!("[::1]:{port}")] {
         let (status, text) = send(
