@@ -630,3 +630,45 @@ async fn form_and_multipart_bodies() {
     .await;
     assert_eq!(v["result"][0]["EMAIL"][0]["VALUE"], "ann@x.io");
 }
+
+/// `--operating-window`: the window and its ten baskets shrink with it, `operating_reset_at`
+/// follows (a client learns the window from it), and commands inside a batch are counted as
+/// blocks in the stats.
+#[tokio::test]
+async fn operating_window_is_configurable_and_blocks_in_batches_are_counted() {
+    let sb = start(SandboxConfig {
+        seed_leads: 10,
+        operating_limit_secs: 0.1,
+        operating_window_secs: 20.0,
+        cost_scale: 10.0,
+        manual_clock: true,
+        ..Default::default()
+    })
+    .await;
+    let (s, b) = hook(&sb, "crm.lead.list", json!({})).await;
+    assert_eq!(s, 200);
+    let t = &b["time"];
+    let reset_in = t["operating_reset_at"].as_f64().unwrap() - t["finish"].as_f64().unwrap();
+    // (`operating_reset_at` is whole seconds, and `finish` is after the call's own cost.)
+    assert!((17.5..=20.0).contains(&reset_in), "reset in {reset_in}");
+    let (s, b) = hook(
+        &sb,
+        "batch",
+        json!({"cmd": {"a": "crm.lead.list", "t": "server.time"}}),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        b["result"]["result_error"]["a"]["error"],
+        "OPERATION_TIME_LIMIT"
+    );
+    let st = sb.stats();
+    assert_eq!(st.operation_time_limit, 1);
+    assert!(st.max_operating["crm.lead.list"] > 0.1);
+    assert!(st.operating_billed["crm.lead.list"] > 0.1);
+    // A basket is two seconds: after 19 s the first is still in, after 20 s it is out.
+    sb.advance_clock(Duration::from_secs(19));
+    assert_eq!(hook(&sb, "crm.lead.list", json!({})).await.0, 429);
+    sb.advance_clock(Duration::from_secs(2));
+    assert_eq!(hook(&sb, "crm.lead.list", json!({})).await.0, 200);
+}
