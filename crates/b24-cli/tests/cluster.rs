@@ -175,7 +175,11 @@ async fn portals_installed_through_the_receiver_are_addressed_with_portal() {
         assert_eq!(r["token_state"], "valid");
         assert_eq!(r["queue_depth"], 1, "its install event: {r}");
     }
-    assert_no_secrets("portals list", &o.stdout, &[i0.client_secret.clone()]);
+    assert_no_secrets(
+        "portals list",
+        &o.stdout,
+        std::slice::from_ref(&i0.client_secret),
+    );
 
     // --portal by domain and by member id: each call reaches its own portal only.
     let o = env

@@ -5,7 +5,8 @@
 //!
 //! Args: --portals 1000 --active 300 --flood 20000 --workers 4 --concurrency 16
 //!       --rate 50 (events/s spread over the active portals while the flood drains)
-//!       --idle-secs 60 (how long the idle portals' polling is measured)
+//!       --idle-warmup 120 --idle-secs 120 (the idle portals' polling, measured once the
+//!       back-off has reached its 60 s ceiling)
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -35,6 +36,7 @@ struct Args {
     concurrency: usize,
     rate: f64,
     idle_secs: f64,
+    idle_warmup: f64,
 }
 
 fn args() -> Args {
@@ -53,7 +55,8 @@ fn args() -> Args {
         workers: get("--workers", 4.0) as usize,
         concurrency: get("--concurrency", 16.0) as usize,
         rate: get("--rate", 50.0),
-        idle_secs: get("--idle-secs", 60.0),
+        idle_secs: get("--idle-secs", 120.0),
+        idle_warmup: get("--idle-warmup", 120.0),
     }
 }
 
@@ -327,8 +330,10 @@ async fn main() -> Res<()> {
     let busy_secs = start.elapsed().as_secs_f64();
     let handled = clock.handled.load(Relaxed);
 
-    // Idle portals: only the fleet's back-off polls reach them.
+    // Idle portals: only the fleet's back-off polls reach them. Measured once the back-off
+    // has grown to its ceiling (steady state), after `--idle-warmup` seconds.
     let idle: Vec<_> = ps.iter().skip(a.active).collect();
+    tokio::time::sleep(Duration::from_secs_f64(a.idle_warmup)).await;
     for p in &idle {
         p.reset_stats();
     }

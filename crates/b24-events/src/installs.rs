@@ -430,7 +430,7 @@ impl Installations {
                     .await
                     .map_err(se)?;
                 Ok(row.get::<_, bool>(0).then(|| PullLock {
-                    inner: Some(PullInner::Pg(obj)),
+                    inner: Some(PullInner::Pg(Box::new(obj))),
                     member_id: member_id.to_string(),
                 }))
             }
@@ -480,7 +480,7 @@ pub struct PullLock {
 }
 
 enum PullInner {
-    Pg(deadpool_postgres::Object),
+    Pg(Box<deadpool_postgres::Object>),
     File(#[allow(dead_code)] std::fs::File),
 }
 
@@ -495,7 +495,7 @@ impl PullLock {
                 .await
                 .is_ok_and(|r| r.get::<_, bool>(0));
             if !unlocked {
-                drop(deadpool_postgres::Object::take(obj));
+                drop(deadpool_postgres::Object::take(*obj));
             }
         }
     }
@@ -504,7 +504,7 @@ impl PullLock {
 impl Drop for PullLock {
     fn drop(&mut self) {
         if let Some(PullInner::Pg(obj)) = self.inner.take() {
-            drop(deadpool_postgres::Object::take(obj));
+            drop(deadpool_postgres::Object::take(*obj));
         }
     }
 }
