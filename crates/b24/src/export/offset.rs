@@ -1,5 +1,7 @@
 //! The offset strategy: `start=N` pages in order, for lists without a usable ID order.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 pub(super) async fn offset<T: Transport + Clone + 'static>(
@@ -70,35 +72,61 @@ pub(super) async fn offset<T: Transport + Clone + 'static>(
             return Ok(());
         }
     }
-    // Pages are emitted in order (one request at a time) so the checkpoint stays a single range.
-    let mut blocked = 0u32;
+    // Several requests are in flight (each a chunk of pages), but pages are emitted in order,
+    // so the checkpoint stays a single range `(emitted, end]`; a chunk that answers early waits
+    // in `ready` for the ones before it (memory: at most `concurrency` chunks).
+    let Some(&(first, mut end)) = progress.pending.first() else {
+        return Ok(());
+    };
+    let concurrency = opts.concurrency.max(1);
+    let mut emitted_to = first;
+    let mut next_lo = first;
+    // Remainders of chunks that were cut short (a block, commands the portal did not run):
+    // sent before any new chunk, so the front of the list is never starved.
+    let mut redo: std::collections::VecDeque<(u64, u64)> = Default::default();
+    let mut ready: BTreeMap<u64, (u64, Vec<Value>)> = BTreeMap::new();
+    let mut tasks: JoinSet<(u64, u64, Result<crate::Response, Error>)> = JoinSet::new();
+    let mut stalls = 0u32;
     loop {
-        let Some(&(lo, hi)) = progress.pending.first() else {
+        while tasks.len() < concurrency {
+            let (lo, last) = if let Some(r) = redo.pop_front() {
+                r
+            } else if next_lo < end {
+                // No more pages to a request than the method's operating-time budget
+                // comfortably allows: a counted page of a large table costs seconds (§6).
+                let room = transport.room(&method, MAX_COMMANDS).await as u64;
+                let last = end.min(next_lo + room.max(1));
+                let lo = next_lo;
+                next_lo = last;
+                (lo, last)
+            } else {
+                break;
+            };
+            if lo >= end {
+                continue;
+            }
+            let cmd: Map<String, Value> = (lo + 1..=last)
+                .map(|p| (format!("p{p}"), Value::String(page_cmd(p))))
+                .collect();
+            let t = transport.clone();
+            tasks.spawn(async move { (lo, last, send_read(&t, cmd).await) });
+        }
+        let Some(joined) = tasks.join_next().await else {
             return Ok(());
         };
-        // No more pages to a request than the method's operating-time budget comfortably
-        // allows: a counted page of a large table costs seconds (reference §6).
-        let room = transport.room(&method, MAX_COMMANDS).await as u64;
-        let last = hi.min(lo + room);
-        let cmd: Map<String, Value> = (lo + 1..=last)
-            .map(|p| (format!("p{p}"), Value::String(page_cmd(p))))
-            .collect();
-        let resp = send_read(&transport, cmd).await?;
+        let (lo, last, resp) = joined.map_err(|e| Error::state("export task failed", e))?;
+        let resp = resp?;
+        drop(resp.raw);
         let mut reply = Reply::from_result(resp.result);
         let mut items_out = Vec::new();
-        let mut end = hi;
         let mut done_to = lo;
-        let mut hit_block = false;
         for p in lo + 1..=last {
             let key = format!("p{p}");
             match reply.outcome_ref(&key) {
                 OutcomeKind::Ok => {}
-                // This page and the rest did not run: emit what did, send the rest again
-                // (the patient send waits until the method's budget has room).
-                OutcomeKind::Error(code, _) if is_block(&code) && blocked < BLOCKED_RESENDS => {
-                    hit_block = true;
-                    break;
-                }
+                // This page and the rest did not run: they go again (the patient send waits
+                // until the method's budget has room).
+                OutcomeKind::Error(code, _) if is_block(&code) => break,
                 OutcomeKind::Error(code, description) => {
                     return Err(api(&method, &code, description));
                 }
@@ -110,25 +138,52 @@ pub(super) async fn offset<T: Transport + Clone + 'static>(
             items_out.extend(items);
             done_to = p;
             if short {
-                end = p;
+                end = end.min(p);
                 break;
             }
         }
-        blocked = if hit_block { blocked + 1 } else { 0 };
-        progress.emitted += items_out.len() as u64;
-        progress.pending = if done_to >= end {
-            Vec::new()
+        if done_to < last.min(end) {
+            stalls = if done_to == lo { stalls + 1 } else { 0 };
+            if stalls > BLOCKED_RESENDS {
+                return Err(api(
+                    &method,
+                    "OPERATION_TIME_LIMIT",
+                    format!(
+                        "pages after {done_to} stayed blocked through {BLOCKED_RESENDS} waits for the budget"
+                    ),
+                ));
+            }
+            redo.push_back((done_to, last));
         } else {
-            vec![(done_to, end)]
-        };
-        if tx
-            .send(Ok(Page {
-                items: items_out,
-                progress: progress.clone(),
-            }))
-            .await
-            .is_err()
-        {
+            stalls = 0;
+        }
+        if done_to > lo {
+            ready.insert(lo, (done_to, items_out));
+        }
+        // Emit every chunk that continues the emitted range.
+        while let Some((to, items)) = ready.remove(&emitted_to) {
+            if emitted_to >= end {
+                break;
+            }
+            emitted_to = to.min(end);
+            progress.emitted += items.len() as u64;
+            progress.pending = if emitted_to >= end {
+                Vec::new()
+            } else {
+                vec![(emitted_to, end)]
+            };
+            if tx
+                .send(Ok(Page {
+                    items,
+                    progress: progress.clone(),
+                }))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        if emitted_to >= end {
             return Ok(());
         }
     }
