@@ -26,8 +26,15 @@
 //! # Offset (`offset`)
 //!
 //! For methods that cannot be keyed: `start = 0, 50, …`, also packed 50 pages to a request once
-//! the first page has told the total. Offsets shift if records are added or deleted meanwhile;
-//! that is the method's limitation, not ours.
+//! the first page has told the total (fewer when the method's operating-time budget is small
+//! next to a page's cost), `concurrency` requests in flight, pages emitted in order. Offsets
+//! shift if records are added or deleted meanwhile; that is the method's limitation, not ours.
+//!
+//! # Operating time
+//!
+//! Every request goes through [`Transport::send_batch_patient`]: the client paces each method
+//! to its operating-time budget and waits out a block instead of failing (a blocked command did
+//! not run; its range or page is sent again). See [`crate::limiter::operating`].
 //!
 //! # Resuming
 //!
