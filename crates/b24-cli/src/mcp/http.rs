@@ -49,6 +49,8 @@ use crate::globals::Globals;
 pub const ENDPOINT: &str = "/mcp";
 /// How long requests in flight get after SIGINT/SIGTERM.
 const GRACE: Duration = Duration::from_secs(10);
+/// How long a connection may take to send a request's headers (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The header rmcp keeps the session in.
 const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -358,27 +360,32 @@ pub async fn serve(
         "b24 mcp: serving Streamable HTTP at {scheme}://{bound}{ENDPOINT} ({active} client token(s) active)"
     );
 
+    // One server for both schemes, so both get the same connection limits: a client that
+    // never finishes its request headers (slowloris) is dropped after HEADER_READ_TIMEOUT
+    // instead of holding a connection (and a file descriptor) forever, before any token is
+    // seen. SSE streams are responses, which the timeout does not touch.
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let h = handle.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        h.graceful_shutdown(Some(GRACE));
+    });
     let server = match tls {
         Some(cfg) => {
-            let handle = axum_server::Handle::<SocketAddr>::new();
-            let h = handle.clone();
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                stop.cancelled().await;
-                h.graceful_shutdown(Some(GRACE));
-            });
             let rustls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(cfg));
-            let srv = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle);
+            let mut srv = axum_server::from_tcp_rustls(listener, rustls)?.handle(handle);
+            srv.http_builder()
+                .http1()
+                .header_read_timeout(Some(HEADER_READ_TIMEOUT));
             tokio::spawn(async move { srv.serve(app.into_make_service()).await })
         }
         None => {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            let stop = shutdown.clone();
-            tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
-            })
+            let mut srv = axum_server::from_tcp(listener)?.handle(handle);
+            srv.http_builder()
+                .http1()
+                .header_read_timeout(Some(HEADER_READ_TIMEOUT));
+            tokio::spawn(async move { srv.serve(app.into_make_service()).await })
         }
     };
     tokio::pin!(server);

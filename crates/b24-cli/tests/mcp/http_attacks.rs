@@ -921,3 +921,44 @@ async fn http_a_plan_belongs_to_the_client_that_recorded_it() {
     cb.cancel().await.ok();
     sb.shutdown().await;
 }
+
+/// Slowloris: connections that never finish their headers are dropped (they would otherwise
+/// hold a file descriptor each, forever, without ever showing a token), and the server serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_connections_that_never_finish_their_headers_are_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sb = sandbox_with_leads(1).await;
+    let env = Env::webhook(&sb);
+    let token = token_add(&env, "reader", "read_only = true\n").await;
+    let server = HttpServer::start(&env, &[]).await;
+    let addr = server
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let started = std::time::Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // Meanwhile a real client is served.
+    still_serves(&server, &sb, &token, "20 slow connections").await;
+    for mut s in slow {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(_)) | Ok(Err(_))),
+            "a connection without complete headers is still open after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(calls_of(&sb, "crm.lead.list"), 1);
+    sb.shutdown().await;
+}
