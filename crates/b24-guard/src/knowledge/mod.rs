@@ -209,6 +209,16 @@ impl Knowledge {
         serde_json::from_str(self.line(method)?).ok()
     }
 
+    /// Whether `method` takes the top-level parameter `name` (any case): `Some` only where the
+    /// documented list is complete, `None` when nobody can say. For front ends that add
+    /// parameters of their own (keyset paging adds `filter` and `order`).
+    pub fn takes(&self, method: &str, name: &str) -> Option<bool> {
+        let d = self.get(method)?;
+        d.status
+            .enforceable()
+            .then(|| name.eq_ignore_ascii_case("start") || d.param(name).is_some())
+    }
+
     /// The source line of the data (which documentation commit it was built from).
     pub fn source(&self) -> Option<serde_json::Value> {
         let first = self.text.lines().next()?;

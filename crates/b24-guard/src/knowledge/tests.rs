@@ -171,3 +171,13 @@ fn lookup_is_lazy_and_cheap() {
     assert_eq!(d.method, "crm.deal.add");
     assert!(first < std::time::Duration::from_millis(250), "{first:?}");
 }
+
+#[test]
+fn takes_says_what_the_documentation_knows() {
+    let k = Knowledge::builtin();
+    assert_eq!(k.takes("crm.deal.list", "FILTER"), Some(true));
+    assert_eq!(k.takes("crm.category.list", "filter"), Some(false));
+    assert_eq!(k.takes("user.current", "start"), Some(true));
+    assert_eq!(k.takes("user.get", "anything"), None, "open list");
+    assert_eq!(k.takes("no.such.method", "id"), None);
+}
