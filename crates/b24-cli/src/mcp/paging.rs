@@ -51,6 +51,13 @@ pub fn keyset_field(method: &str) -> Option<&'static str> {
     if m.contains(".fields") || m.contains(".userfield") || m.starts_with("crm.status.") {
         return None;
     }
+    // Keyset paging adds `filter` and `order`: a list documented without them (such as
+    // `crm.currency.list`) pages by offset, or the strict parameter check (on by default in
+    // MCP) would refuse the parameters b24 added itself.
+    let docs = b24_guard::knowledge::Knowledge::builtin();
+    if docs.takes(&m, "filter") == Some(false) || docs.takes(&m, "order") == Some(false) {
+        return None;
+    }
     Some(if m.starts_with("crm.item.") {
         "id"
     } else {
@@ -130,5 +137,8 @@ mod tests {
         assert_eq!(v, json!({"start": 50}));
         assert_eq!(keyset_field("crm.item.list"), Some("id"));
         assert_eq!(keyset_field("crm.lead.add"), None);
+        // Documented without `filter`: paged by offset.
+        assert_eq!(keyset_field("crm.currency.list"), None);
+        assert_eq!(keyset_field("crm.category.list"), None);
     }
 }
