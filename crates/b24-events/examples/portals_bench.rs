@@ -5,6 +5,7 @@
 //!
 //! Args: --portals 1000 --active 300 --flood 20000 --workers 4 --concurrency 16
 //!       --rate 50 (events/s spread over the active portals while the flood drains)
+//!       --cap 200 (per-portal admission cap, also the `event.offline.get` limit)
 //!       --idle-warmup 120 --idle-secs 120 (the idle portals' polling, measured once the
 //!       back-off has reached its 60 s ceiling)
 
@@ -37,6 +38,7 @@ struct Args {
     rate: f64,
     idle_secs: f64,
     idle_warmup: f64,
+    cap: i64,
 }
 
 fn args() -> Args {
@@ -57,6 +59,7 @@ fn args() -> Args {
         rate: get("--rate", 50.0),
         idle_secs: get("--idle-secs", 120.0),
         idle_warmup: get("--idle-warmup", 120.0),
+        cap: get("--cap", 200.0) as i64,
     }
 }
 
@@ -224,9 +227,10 @@ async fn main() -> Res<()> {
             })
         });
         let fcfg = FleetConfig {
-            concurrency: 8,
-            per_portal_cap: 1000,
-            batch: 1000,
+            // Pull rounds hold a pooled connection (the pull lock): stay under the pool of 8.
+            concurrency: 4,
+            per_portal_cap: a.cap,
+            batch: a.cap.clamp(1, 1000) as u32,
             poll_min: Duration::from_millis(200),
             poll_max: Duration::from_secs(60),
             rescan: Duration::from_millis(200),

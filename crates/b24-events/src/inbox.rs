@@ -71,7 +71,7 @@ impl Inbox {
                     recycling_method: RecyclingMethod::Fast,
                 },
             );
-            let pool = Pool::builder(mgr).max_size(16).build().map_err(se)?;
+            let pool = Pool::builder(mgr).max_size(8).build().map_err(se)?;
             let mut c = pool.get().await.map_err(se)?;
             let tx = c.transaction().await.map_err(se)?;
             tx.batch_execute(PG_SCHEMA).await.map_err(se)?;
