@@ -370,7 +370,10 @@ impl CommandSettle {
 impl Gate {
     /// A writing command's key and settle class. A command that refers to another's result
     /// (`$result[…]`) cannot be resent on its own, and a `method?query` command cannot be
-    /// stamped: both stay unknown if their request ends ambiguously.
+    /// stamped: both stay unknown if their request ends ambiguously. Nor can a `method?query`
+    /// command in PHP bracket form (`fields[TITLE]=…`): the portal read it as nested params,
+    /// but a resend goes as JSON, where `fields[TITLE]` is a literal key — another call (and
+    /// the flat keys hide a `fields[PHONE][0]` append from the settle class).
     fn command_settle(
         &self,
         cmd: &str,
@@ -380,7 +383,14 @@ impl Gate {
     ) -> CommandSettle {
         let key = format!("b24-{}", uuid::Uuid::now_v7().simple());
         let mut class = self.catalog.settle_class(method.as_str(), false, params);
-        if params.to_string().contains("$result[") || (text && class == SettleClass::Stamp) {
+        let bracketed = text
+            && params
+                .as_object()
+                .is_some_and(|o| o.keys().any(|k| k.contains('[') || k.contains(']')));
+        if params.to_string().contains("$result[")
+            || (text && class == SettleClass::Stamp)
+            || bracketed
+        {
             class = SettleClass::Unknown;
         }
         let stamp = (class == SettleClass::Stamp)

@@ -731,3 +731,57 @@ async fn crm_item_add_is_stamped_in_origin_id_and_found() {
     assert_eq!(f.requests("crm.item.add"), 1, "never resent");
     assert_eq!(f.requests("crm.item.list"), 1, "found by its stamp");
 }
+
+/// Hostile: a `method?query` batch command in PHP bracket form (`fields[TITLE]=…`) whose
+/// answer is lost. The portal read the query as nested `fields`; a resend must mean the same
+/// thing or not happen — b24 resends params as JSON, where `fields[TITLE]` is a literal key
+/// the portal ignores, so the resend would be another call (an update of nothing, reported as
+/// the command's outcome). And `fields[PHONE][0][VALUE]` appends a number on every run.
+#[tokio::test(flavor = "multi_thread")]
+async fn bracket_query_commands_are_not_resent_as_other_calls() {
+    let f = Fixture::new().await;
+    f.lose(1);
+    let text = |key: &str, t: &str| BatchCommandSpec::Text {
+        key: key.into(),
+        text: t.into(),
+    };
+    let req = BatchRequest {
+        commands: vec![
+            text("u", "crm.lead.update?id=2&fields[TITLE]=text%20upd"),
+            text("p", "crm.lead.update?id=3&fields[PHONE][0][VALUE]=%2B100"),
+        ],
+        confirm_write: true,
+        confirm_destructive: true,
+        ..Default::default()
+    };
+    let run = f.gate().batch(req, &NoPerson).await.unwrap();
+    let BatchRun::Done { results, .. } = run else {
+        panic!("not run")
+    };
+    // The portal's data: both commands ran once (the fault ran the batch, then lost it).
+    assert_eq!(
+        f.leads_where(json!({"ID": 2})).await[0]["TITLE"],
+        "text upd"
+    );
+    let phones = f
+        .read("crm.lead.get", json!({"id": 3}), false)
+        .await
+        .get("PHONE")
+        .and_then(Value::as_array)
+        .map(|a| a.len())
+        .unwrap_or(0);
+    assert_eq!(phones, 1, "one number added, not two");
+    // Nothing was sent again in a shape the portal reads differently.
+    assert_eq!(
+        f.requests("crm.lead.update"),
+        0,
+        "a bracket-form command was resent as JSON: {results:?}"
+    );
+    for (k, o) in &results {
+        assert_ne!(
+            o.status(),
+            "error",
+            "{k}: the update ran; b24 must not call it failed"
+        );
+    }
+}
