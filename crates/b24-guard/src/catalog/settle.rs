@@ -162,9 +162,7 @@ impl Catalog {
         }
         let verb = verb_of(&n);
         match (verb.as_str(), info.risk) {
-            ("delete", Risk::Destructive) if !has_param(params, "filter") => {
-                SettleClass::ResendDelete
-            }
+            ("delete", Risk::Destructive) if deletes_by_id(params) => SettleClass::ResendDelete,
             ("update" | "set", Risk::Write | Risk::Admin) if !appends_multi(params) => {
                 SettleClass::Resend
             }
@@ -200,6 +198,36 @@ fn stampable(spec: &StampSpec, params: &Value) -> bool {
     true
 }
 
+/// A delete names its record by one numeric ID (`id`, `taskId`, `ELEMENT_ID`…, plus at most
+/// `entityTypeId`): IDs are never given out again, so a resend can only find the same record
+/// or nothing. A delete by a code or a name (`bizproc.robot.delete CODE`, `entity.delete
+/// ENTITY`, `userfieldtype.delete USER_TYPE_ID`) or of a link (`crm.deal.contact.delete` with
+/// `fields`, `im.chat.user.delete` CHAT_ID + USER_ID) would remove whatever was created or
+/// linked under that name since — `b24 settle` may run days later — so it is not resent.
+fn deletes_by_id(params: &Value) -> bool {
+    let Some(o) = params.as_object() else {
+        return false;
+    };
+    let numeric = |v: &Value| match v {
+        Value::Number(n) => n.as_u64().is_some(),
+        Value::String(s) => !s.trim().is_empty() && s.trim().bytes().all(|b| b.is_ascii_digit()),
+        _ => false,
+    };
+    let mut ids = 0;
+    for (k, v) in o {
+        let k = k.trim().to_ascii_lowercase();
+        if k == "entitytypeid" && numeric(v) {
+            continue;
+        }
+        if (k == "id" || k.ends_with("id")) && numeric(v) {
+            ids += 1;
+            continue;
+        }
+        return false;
+    }
+    ids == 1
+}
+
 /// An update that gives a multi-field entry without `ID` appends a value each time it runs.
 fn appends_multi(params: &Value) -> bool {
     let Some(fields) = param(params, "fields").and_then(Value::as_object) else {
@@ -217,10 +245,6 @@ fn appends_multi(params: &Value) -> bool {
                 _ => true,
             }
     })
-}
-
-fn has_param(params: &Value, key: &str) -> bool {
-    param(params, key).is_some()
 }
 
 fn param<'a>(params: &'a Value, key: &str) -> Option<&'a Value> {
@@ -247,6 +271,11 @@ mod review {
         for name in c.names() {
             let info = c.get(name).unwrap();
             let p = json!({"id": 1, "fields": {"TITLE": "x"}, "entityTypeId": 1});
+            let p = if verb_of(name) == "delete" {
+                json!({"id": 1})
+            } else {
+                p
+            };
             let class = c.settle_class(name, false, &p);
             *counts.entry(class).or_insert(0) += 1;
             let verb = verb_of(name);
@@ -372,6 +401,37 @@ mod review {
                 false,
                 json!({"id": 1, "fields": {"PHONE": [{"ID": "7", "VALUE": "+1"}]}}),
                 SettleClass::Resend,
+            ),
+            // Deletes by a code, a name or a link: whatever took the name since would go.
+            (
+                "bizproc.robot.delete",
+                false,
+                json!({"CODE": "robot"}),
+                SettleClass::Unknown,
+            ),
+            (
+                "crm.deal.contact.delete",
+                false,
+                json!({"id": 1, "fields": {"CONTACT_ID": 2}}),
+                SettleClass::Unknown,
+            ),
+            (
+                "im.chat.user.delete",
+                false,
+                json!({"CHAT_ID": 1, "USER_ID": 2}),
+                SettleClass::Unknown,
+            ),
+            (
+                "crm.item.delete",
+                false,
+                json!({"entityTypeId": 2, "id": "9"}),
+                SettleClass::ResendDelete,
+            ),
+            (
+                "tasks.task.delete",
+                false,
+                json!({"taskId": 3}),
+                SettleClass::ResendDelete,
             ),
             ("crm.lead.list", false, json!({}), SettleClass::Unknown),
             ("batch", false, json!({}), SettleClass::Unknown),

@@ -785,3 +785,53 @@ async fn bracket_query_commands_are_not_resent_as_other_calls() {
         );
     }
 }
+
+/// Hostile: a delete by a code (`bizproc.robot.delete CODE`) whose process died mid-call,
+/// settled later. Codes are given out again (the app registers its robot anew), so resending
+/// it after the fact would delete whatever carries the code now; only deletes by a numeric ID
+/// are resent. Asserted from the request log: the settle sends nothing; the control delete by
+/// ID is resent and the lead is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delete_by_code_is_not_resent_later() {
+    let f = Fixture::new().await;
+    f.sb.set_faults(FaultSpec {
+        latency: Some((
+            std::time::Duration::from_secs(3),
+            std::time::Duration::from_secs(3),
+        )),
+        ..Default::default()
+    });
+    for (m, p) in [
+        ("bizproc.robot.delete", json!({"CODE": "robot"})),
+        ("crm.lead.delete", json!({"id": 5})),
+    ] {
+        let gate = f.gate();
+        let task = tokio::spawn(async move { gate.call(write(m, p), &NoPerson).await });
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        task.abort();
+        let _ = task.await;
+    }
+    f.sb.set_faults(FaultSpec::default());
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let robots = f.requests("bizproc.robot.delete");
+    let leads = f.requests("crm.lead.delete");
+    let reports = f.gate().settle_with(None, 0.0).await.unwrap();
+    assert_eq!(
+        f.requests("bizproc.robot.delete"),
+        robots,
+        "a delete by code was resent: {reports:?}"
+    );
+    assert_eq!(f.requests("crm.lead.delete"), leads + 1, "{reports:?}");
+    assert!(f.leads_where(json!({"ID": 5})).await.is_empty());
+    let robot = f
+        .gate()
+        .settle_with(None, 0.0)
+        .await
+        .unwrap()
+        .into_iter()
+        .chain(reports)
+        .find(|r| r.method == "bizproc.robot.delete");
+    if let Some(r) = robot {
+        assert_eq!(r.status, "unknown", "{r:?}");
+    }
+}
