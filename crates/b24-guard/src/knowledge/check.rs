@@ -71,6 +71,13 @@ fn segments(key: &str) -> Vec<&str> {
     out
 }
 
+/// A key PHP reads as an integer index: canonical decimal only. `02`, `+1` or `1 ` stay
+/// string keys there — names the method does not take, not positions.
+fn positional(key: &str) -> Option<usize> {
+    let i = key.parse::<usize>().ok()?;
+    (i.to_string() == key).then_some(i)
+}
+
 fn names(ps: &[Param]) -> Vec<String> {
     ps.iter().map(|p| p.name.clone()).collect()
 }
@@ -112,10 +119,7 @@ pub fn check_against(doc: &MethodDoc, params: &Value) -> Result<(), Unaccepted> 
         if top.eq_ignore_ascii_case("start") {
             continue;
         }
-        if !top.is_empty()
-            && top.bytes().all(|b| b.is_ascii_digit())
-            && top.parse::<usize>().is_ok_and(|i| i < doc.params.len())
-        {
+        if positional(top).is_some_and(|i| i < doc.params.len()) {
             continue; // positional form
         }
         let Some(p) = doc.param(top) else {
@@ -134,8 +138,7 @@ pub fn check_against(doc: &MethodDoc, params: &Value) -> Result<(), Unaccepted> 
         };
         for k in nested {
             let base = segments(&k)[0].to_string();
-            if base.is_empty() || base.bytes().all(|b| b.is_ascii_digit()) || portal_defined(&base)
-            {
+            if base.is_empty() || positional(&base).is_some() || portal_defined(&base) {
                 continue; // list items, or fields this portal defines
             }
             if !p.fields.iter().any(|f| f.name.eq_ignore_ascii_case(&base)) {

@@ -819,6 +819,30 @@ async fn reads_wait_for_an_audit_log_unless_the_operator_allows_unaudited_reads(
     assert_eq!(calls(&sb, "crm.lead.add"), 0);
 }
 
+/// Hostile: keys that look positional to a digit test but are names to PHP (`02`, `+1`):
+/// PHP turns only canonical decimal keys into indexes, so `{"02": …}` is an unknown parameter
+/// the portal ignores, and the strict check must refuse it like any other. Nothing is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_params_read_positions_as_php_does() {
+    let sb = sandbox().await;
+    let w = World::new();
+    let mcp = w.gate(&sb, &CallerInputs::default(), "a", Origin::Mcp);
+    for p in [
+        json!({"id": 1, "02": {"TITLE": "x"}}),
+        json!({"id": 1, "+1": {"TITLE": "x"}}),
+        json!({"id": 1, "fields": {"TITLE": "x"}, "params": {"00": "Y"}}),
+        json!({"id": 1, "params[01]": "Y"}),
+    ] {
+        let e = mcp
+            .call(confirmed("crm.deal.update", p.clone()), &NoPerson)
+            .await
+            .expect_err(&format!("{p}"));
+        let r = e.refusal().unwrap_or_else(|| panic!("{p}: {e}"));
+        assert!(r.reason.contains("does not take"), "{p}: {r}");
+    }
+    assert!(sb.request_log().is_empty(), "{:?}", sb.request_log());
+}
+
 /// Strict parameters: on by default for MCP, off for the CLI, forced by an operator file; a
 /// parameter the method does not take is refused on every front door (call, raw batch, batch
 /// commands, plan) and nothing reaches the portal.
