@@ -201,8 +201,9 @@ async fn main() -> Res<()> {
         fleets.push(fstats.clone());
         let infos = infos.clone();
         let reg2 = reg.clone();
+        let pg_url0 = url.clone();
         let factory: b24_events::fleet::ClientFactory = Arc::new(move |inst| {
-            let (reg, infos) = (reg2.clone(), infos.clone());
+            let (reg, infos, pg_url) = (reg2.clone(), infos.clone(), pg_url0.clone());
             Box::pin(async move {
                 let i = infos
                     .get(&inst.member_id)
@@ -213,17 +214,23 @@ async fn main() -> Res<()> {
                     .load()
                     .await?
                     .ok_or_else(|| b24_events::EventsError::Config("no tokens".into()))?;
-                Ok(b24::ClientBuilder::oauth(
-                    &i.base_url,
-                    &i.client_id,
-                    &i.client_secret,
-                    &pair.access_token,
-                    &pair.refresh_token,
-                )?
-                .token_url(&i.oauth_token_url)?
-                .token_store(store)
-                .build()
-                .await?)
+                // The app's settings, with the bucket in PostgreSQL: every worker shares
+                // each portal's bucket, as hosts on one B24_STORE_URL do.
+                let _ = pair;
+                let vars: HashMap<&str, String> = HashMap::from([
+                    ("B24_AUTH_MODE", "oauth".to_string()),
+                    ("B24_DOMAIN", i.base_url.clone()),
+                    ("B24_CLIENT_ID", i.client_id.clone()),
+                    ("B24_CLIENT_SECRET", i.client_secret.clone()),
+                    ("B24_OAUTH_TOKEN_URL", i.oauth_token_url.clone()),
+                    ("B24_STORE_URL", pg_url.clone()),
+                    ("B24_RATE_LIMITER", "postgres".to_string()),
+                ]);
+                let cfg = b24::Config::from_lookup(
+                    &|k| vars.get(k).cloned(),
+                    std::env::temp_dir().join("b24-portals-bench"),
+                )?;
+                Ok(b24::Client::with_token_store(cfg, Some(store)).await?)
             })
         });
         let fcfg = FleetConfig {

@@ -371,6 +371,12 @@ async fn round(
             }
         }
     }
+    if ok && n > 0 {
+        // It had events: the shared back-off starts over for every host.
+        if let Err(e) = reg.schedule_pull(member, 0.0, 0.0).await {
+            tracing::warn!(member_id = %member, error = %e, "sharing the pull schedule");
+        }
+    }
     if ok && n == 0 {
         // Nothing there: every host waits the (doubled) back-off before polling it again,
         // unless its ONOFFLINEEVENT wakes it first.
