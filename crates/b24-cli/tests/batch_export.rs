@@ -486,3 +486,90 @@ async fn out_file_and_checkpoint_agree_after_random_sigkills() {
     assert_eq!(code(&o), 2, "{}", stderr(&o));
     assert!(stderr(&o).contains("--out"), "{}", stderr(&o));
 }
+
+/// Hostile: `--out` naming the checkpoint itself, or b24's own audit log (directly, through
+/// a symlink, through a hard link). Before, the first ended "done: 5 items" with the items
+/// replaced by the checkpoint, the second truncated the audit log (68 records gone, `audit
+/// verify` failing, `b24 settle` refusing to act). Each is refused before anything is
+/// fetched: the sandbox's log shows no list request, and the audit log keeps every record.
+#[tokio::test(flavor = "multi_thread")]
+async fn out_never_overwrites_the_checkpoint_or_b24s_records() {
+    let sb = sandbox_with_leads(5).await;
+    let env = Env::webhook(&sb);
+    // Some records in the audit log first.
+    let o = env.run(&["call", "crm.lead.list"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let audit = files_under(&env.state_dir())
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "audit.jsonl"))
+        .expect("audit log");
+    let before = std::fs::read(&audit).unwrap();
+    assert!(!before.is_empty());
+    let d = env.dir.path();
+    let cp = d.join("same.cp");
+    let sym = d.join("sym.ndjson");
+    std::os::unix::fs::symlink(&audit, &sym).unwrap();
+    let hard = d.join("hard.ndjson");
+    std::fs::hard_link(&audit, &hard).unwrap();
+    let dangling = d.join("dangling.ndjson");
+    std::os::unix::fs::symlink(env.state_dir().join("new-file"), &dangling).unwrap();
+    let lists = logged(&sb, "crm.lead.list");
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "--out".into(),
+            cp.display().to_string(),
+            "--checkpoint".into(),
+            cp.display().to_string(),
+        ],
+        vec!["--out".into(), audit.display().to_string()],
+        vec!["--out".into(), sym.display().to_string()],
+        vec!["--out".into(), hard.display().to_string()],
+        vec!["--out".into(), dangling.display().to_string()],
+        vec![
+            "--out".into(),
+            sym.display().to_string(),
+            "--limit".into(),
+            "2".into(),
+        ],
+    ];
+    for extra in &cases {
+        let mut args = vec!["export", "crm.lead.list"];
+        args.extend(extra.iter().map(String::as_str));
+        let o = env.run(&args).await;
+        assert_eq!(code(&o), 2, "{extra:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("somewhere else"),
+            "{extra:?}: {}",
+            stderr(&o)
+        );
+        let o = env
+            .run(&[&["list", "crm.lead.list", "--all"][..], &args[2..]].concat())
+            .await;
+        assert_eq!(code(&o), 2, "list {extra:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("somewhere else"),
+            "list {extra:?}: {}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(logged(&sb, "crm.lead.list"), lists, "nothing fetched");
+    let after = std::fs::read(&audit).unwrap();
+    assert!(after.starts_with(&before), "the audit log lost records");
+    assert!(!env.state_dir().join("new-file").exists());
+    let o = env.run(&["audit", "verify"]).await;
+    assert_eq!(code(&o), 0, "{}", stdout(&o));
+    // An ordinary --out still works, and resumes with its checkpoint.
+    let out = d.join("leads.ndjson");
+    let o = env
+        .run(&[
+            "export",
+            "crm.lead.list",
+            "--out",
+            out.to_str().unwrap(),
+            "--checkpoint",
+            cp.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 5);
+}

@@ -18,7 +18,7 @@
 //! checkpointed, then the command exits with 130.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use b24::export::{ExportOptions, Strategy};
@@ -31,8 +31,8 @@ mod checkpoint;
 mod limit;
 
 use checkpoint::{
-    Checkpoint, OutputState, load_checkpoint, open_out, prepare_stdout_checkpoint, save_checkpoint,
-    state_err,
+    Checkpoint, OutputState, load_checkpoint, open_out, prepare_stdout_checkpoint,
+    refuse_clobbering, save_checkpoint, state_err,
 };
 pub use limit::{fetch_limited, write_all};
 
@@ -153,6 +153,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         file: args.out,
         hint,
     };
+    check_out(&target, args.checkpoint.as_deref(), g)?;
     if let Some(n) = args.limit {
         return limit::limited(&args.method, params, n, target, g).await;
     }
@@ -164,6 +165,20 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     };
     opts.concurrency = args.concurrency as usize;
     stream(opts, args.checkpoint, target, g).await
+}
+
+/// Refuse an `--out` that is the checkpoint itself or one of b24's own records (see
+/// [`refuse_clobbering`]), before anything is opened or fetched.
+pub fn check_out(target: &Target, checkpoint: Option<&Path>, g: &Globals) -> anyhow::Result<()> {
+    let Some(out) = &target.file else {
+        return Ok(());
+    };
+    let gate = crate::exec::gate(g, b24_guard::gate::Origin::Cli)?;
+    let mut protected = vec![g.state_dir()];
+    if let Some(d) = gate.audit_log().path().parent() {
+        protected.push(d.to_path_buf());
+    }
+    refuse_clobbering(out, checkpoint, &protected)
 }
 
 /// Where and how an export's items go.

@@ -75,6 +75,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             file: args.out,
             hint,
         };
+        export::check_out(&target, args.checkpoint.as_deref(), g)?;
         if let Some(n) = args.limit {
             let (items, _, _) = export::fetch_limited(&args.method, params, 0, n, g).await?;
             return export::write_all(&items, target);

@@ -126,3 +126,83 @@ pub(super) fn prepare_stdout_checkpoint<'a>(
     f.sync_all().map_err(io)?;
     Ok((tmp, cp))
 }
+
+/// Refuse an `--out` that would overwrite the export's own checkpoint or one of b24's records
+/// (the audit log, its head, the guard key and store, the limiter — anything in `protected`
+/// directories), however it is reached: the same path, a symlink, or a hard link. Truncating
+/// the checkpoint loses the export while reporting it done; truncating the audit log destroys
+/// the records `b24 audit verify` and `b24 settle` depend on.
+pub(super) fn refuse_clobbering(
+    out: &Path,
+    checkpoint: Option<&Path>,
+    protected: &[PathBuf],
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |what: String| {
+        Err(Exit::new(
+            exit::USAGE,
+            format!(
+                "--out {}: {what}; write the export somewhere else",
+                out.display()
+            ),
+        ))
+    };
+    // Where the file really is: the target of a symlink (also one whose target does not
+    // exist yet: open() would create it there).
+    let mut real = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
+    for _ in 0..40 {
+        match std::fs::read_link(&real) {
+            Ok(t) => {
+                real = match real.parent() {
+                    Some(p) => p.join(t),
+                    None => t,
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let canon = |p: &Path| -> PathBuf {
+        if let Ok(c) = std::fs::canonicalize(p) {
+            return c;
+        }
+        match (p.parent(), p.file_name()) {
+            (Some(d), Some(n)) => std::fs::canonicalize(d)
+                .map(|d| d.join(n))
+                .unwrap_or_else(|_| p.to_path_buf()),
+            _ => p.to_path_buf(),
+        }
+    };
+    let real = canon(&real);
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let out_id = id(&real);
+    if let Some(cp) = checkpoint {
+        let mut tmp = cp.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        tmp.push(".tmp");
+        for c in [cp.to_path_buf(), cp.with_file_name(tmp)] {
+            if canon(&c) == real || (out_id.is_some() && id(&c) == out_id) {
+                return refuse(format!(
+                    "it is the checkpoint file {} (the checkpoint would replace the items)",
+                    cp.display()
+                ));
+            }
+        }
+    }
+    for dir in protected {
+        let d = canon(dir);
+        if real.starts_with(&d) {
+            return refuse(format!("it is inside b24's own records ({})", d.display()));
+        }
+        let Some(oid) = out_id else { continue };
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten() {
+                if id(&e.path()) == Some(oid) {
+                    return refuse(format!(
+                        "it is b24's own {} (another name for the same file)",
+                        e.path().display()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
