@@ -189,6 +189,22 @@ impl Gate {
         };
         let sent = logic::stamped(spec, p.params, stamp);
         let (list, query) = logic::lookup(spec, p.params, stamp);
+        // The look-up is a read of its own: the policy must allow it too (a deny list or
+        // allow list that leaves out `crm.lead.list` is not bypassed by a settle).
+        let check = CallCheck {
+            method: &list,
+            params: Some(&query),
+            confirm_write: false,
+            confirm_destructive: false,
+            via_plan: false,
+            no_send: false,
+        };
+        if let Err(r) = self.policy.check(self.catalog, &check) {
+            return Settled::Unknown {
+                evidence: json!({"how": "stamp", "lookup": list, "stamp": stamp,
+                                  "why": format!("the policy refuses the look-up: {}", r.reason)}),
+            };
+        }
         let mut last = String::new();
         for round in 1..=MAX_RESENDS {
             let opts = b24::CallOptions {

@@ -36,6 +36,15 @@ impl Fixture {
 
     /// A fresh gate (as a new `b24` process would build it) over the same records.
     fn gate(&self) -> Gate {
+        self.gate_with(AgentPolicy {
+            allow: vec!["*".into()],
+            allow_unlisted: true,
+            ..Default::default()
+        })
+    }
+
+    /// The same, under the caller's policy flags `flags`.
+    fn gate_with(&self, flags: AgentPolicy) -> Gate {
         let d = self.dir.path();
         let paths = OperatorPaths {
             system: d.join("etc/b24/policy.toml"),
@@ -43,11 +52,7 @@ impl Fixture {
             user_state: Some(d.join("home/.local/state/b24")),
         };
         let caller = CallerInputs {
-            flags: AgentPolicy {
-                allow: vec!["*".into()],
-                allow_unlisted: true,
-                ..Default::default()
-            },
+            flags,
             ..Default::default()
         };
         let state = d.join("caller");
@@ -834,4 +839,76 @@ async fn a_delete_by_code_is_not_resent_later() {
     if let Some(r) = robot {
         assert_eq!(r.status, "unknown", "{r:?}");
     }
+}
+
+/// Hostile: settling under a policy that does not allow what settling sends. The stamp
+/// look-up is a read of its own (`crm.lead.list`): a deny list naming it must hold for the
+/// look-up as for any call; and a later `b24 settle` under a policy that now denies the write,
+/// or is read-only, must resend nothing. Asserted from the sandbox's request log and data.
+#[tokio::test(flavor = "multi_thread")]
+async fn settling_obeys_the_policy_for_every_request_it_sends() {
+    let f = Fixture::new().await;
+    let deny = |d: &[&str]| AgentPolicy {
+        allow: vec!["*".into()],
+        allow_unlisted: true,
+        deny: d.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    f.lose(1);
+    let r = f
+        .gate_with(deny(&["crm.lead.list"]))
+        .call(
+            write("crm.lead.add", json!({"fields": {"TITLE": "no lookup"}})),
+            &NoPerson,
+        )
+        .await;
+    assert!(unknown(&r), "{r:?}");
+    assert_eq!(
+        f.requests("crm.lead.list"),
+        0,
+        "the denied look-up was sent"
+    );
+    assert_eq!(f.requests("crm.lead.add"), 1, "not added again");
+    assert_eq!(f.leads_where(json!({"TITLE": "no lookup"})).await.len(), 1);
+
+    // An update whose every answer is lost, settled later under a deny list / read-only.
+    f.lose(3);
+    let r = f
+        .gate()
+        .call(
+            write(
+                "crm.lead.update",
+                json!({"id": 2, "fields": {"TITLE": "upd"}}),
+            ),
+            &NoPerson,
+        )
+        .await;
+    assert!(unknown(&r), "{r:?}");
+    f.lose(0);
+    let sent = f.requests("crm.lead.update");
+    assert_eq!(sent, 3);
+    let denied = f
+        .gate_with(deny(&["crm.lead.update"]))
+        .settle(None)
+        .await
+        .unwrap();
+    let ro = f
+        .gate_with(AgentPolicy {
+            read_only: true,
+            ..deny(&[])
+        })
+        .settle(None)
+        .await
+        .unwrap();
+    assert_eq!(f.requests("crm.lead.update"), sent, "{denied:?} {ro:?}");
+    let upd: Vec<_> = denied
+        .iter()
+        .chain(&ro)
+        .filter(|r| r.method == "crm.lead.update")
+        .collect();
+    assert_eq!(upd.len(), 2, "{denied:?} {ro:?}");
+    assert!(upd.iter().all(|r| r.status == "unknown"), "{upd:?}");
+    // The add, settled once its look-up is allowed: found by its stamp, not added again.
+    assert_eq!(f.requests("crm.lead.add"), 1);
+    assert_eq!(f.leads_where(json!({"TITLE": "no lookup"})).await.len(), 1);
 }
