@@ -123,6 +123,10 @@ pub fn found(spec: &StampSpec, result: &Value, stamp: &str) -> Found {
             .unwrap_or(Value::Null)
     };
     match mine.as_slice() {
+        // Rows came back, none of them with the stamp: the portal did not apply the filter,
+        // so this page says nothing about the other records (the stamped one may be on the
+        // next page). Absence is not proven; sending the add again could make a second one.
+        [] if !rows.is_empty() => Found::Unreadable,
         [] => Found::None,
         [one] => {
             let id = id_of(one);
@@ -199,10 +203,11 @@ mod tests {
                 answer: json!({"result": 7})
             }
         );
-        // A portal that ignored the filter: the stranger's record is not adopted.
+        // A portal that ignored the filter: the stranger's record is not adopted, and its
+        // page proves nothing about the stamp (it may be on the next page): not `None`.
         assert_eq!(
             found(spec, &json!([{"ID": "7", "ORIGIN_ID": "other"}]), s),
-            Found::None
+            Found::Unreadable
         );
         assert_eq!(
             found(

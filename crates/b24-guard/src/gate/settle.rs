@@ -236,7 +236,7 @@ impl Gate {
                 }
                 Found::Unreadable => {
                     return Settled::Unknown {
-                        evidence: json!({"how": "stamp", "lookup": list, "stamp": stamp, "why": "the look-up's answer is not a list"}),
+                        evidence: json!({"how": "stamp", "lookup": list, "stamp": stamp, "why": "the look-up's answer is not a list of records carrying the stamp (the portal may have ignored the filter)"}),
                     };
                 }
                 Found::None => {}
