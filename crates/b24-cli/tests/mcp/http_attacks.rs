@@ -7,6 +7,9 @@
 
 use super::*;
 
+/// What an attempt is called, and the headers it sends.
+type AuthCase<'a> = (&'a str, Vec<(&'a str, Vec<u8>)>);
+
 /// Every method the sandbox has seen, in order.
 fn portal_calls(sb: &Sandbox) -> Vec<String> {
     sb.request_log().into_iter().map(|r| r.method).collect()
@@ -120,7 +123,7 @@ async fn http_forged_and_malformed_requests_reach_nothing_and_the_server_keeps_s
     // 1. The token anywhere but one `Authorization: Bearer` header, or not quite the token.
     let upper = reader.to_uppercase();
     let bare = reader.trim_start_matches("b24mcp_").to_string();
-    let cases: Vec<(&str, Vec<(&str, Vec<u8>)>)> = vec![
+    let cases: Vec<AuthCase> = vec![
         (
             "cookie",
             vec![(
