@@ -1044,3 +1044,56 @@ async fn http_trace_logs_carry_no_token_and_no_portal_secret() {
     );
     sb.shutdown().await;
 }
+
+/// An HTTP client's idempotency keys are stored as `mcp:NAME:KEY`; a caller outside HTTP MCP
+/// cannot give such a key to take over (or pre-empt) that client's record.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_a_clients_idempotency_record_cannot_be_taken_from_outside() {
+    let sb = sandbox_with_leads(0).await;
+    let env = Env::webhook(&sb);
+    let w = token_add(&env, "writer", "allow = [\"crm.lead.*\"]\n").await;
+    let server = HttpServer::start(&env, &[]).await;
+    let c = http_client(&server.url, &w).await.unwrap();
+    let params = r#"{"fields":{"TITLE":"Keyed"}}"#;
+    // From the CLI (and stdio MCP): the key is refused before anything is sent.
+    for key in ["mcp:writer:k1", "mcp:writer:k2", "mcp:"] {
+        let o = env
+            .run(&[
+                "call",
+                "crm.lead.add",
+                "--params",
+                params,
+                "--confirm-write",
+                "--idempotency-key",
+                key,
+            ])
+            .await;
+        assert_eq!(code(&o), 2, "{key}: {}", stderr(&o));
+        assert!(stderr(&o).contains("reserved"), "{}", stderr(&o));
+    }
+    let stdio = connect(&env).await;
+    let r = call(
+        &stdio,
+        "b24_write",
+        json!({"method": "crm.lead.add", "params": {"fields": {"TITLE": "Keyed"}}, "confirm": true,
+               "idempotency_key": "mcp:writer:k2"}),
+    )
+    .await;
+    assert!(is_error(&r), "{}", text(&r));
+    stdio.cancel().await.ok();
+    assert_eq!(calls_of(&sb, "crm.lead.add"), 0);
+    // The client's own writes under those keys are its own, written once each.
+    for key in ["k1", "k2", "k1"] {
+        let r = call(
+            &c,
+            "b24_write",
+            json!({"method": "crm.lead.add", "params": {"fields": {"TITLE": "Keyed"}}, "confirm": true,
+                   "idempotency_key": key}),
+        )
+        .await;
+        assert!(!is_error(&r), "{}", text(&r));
+    }
+    assert_eq!(calls_of(&sb, "crm.lead.add"), 2);
+    c.cancel().await.ok();
+    sb.shutdown().await;
+}

@@ -252,6 +252,14 @@ impl Gate {
         // replays this client's answer nor collides with it.
         let key = match (&self.client, key) {
             (Some(c), Some(k)) => Some(format!("mcp:{c}:{k}")),
+            // Those are an MCP client's keys as stored: a caller outside HTTP MCP (the CLI,
+            // stdio MCP) giving `mcp:reader:retry-1` would take reader's record — its answer
+            // replayed as the caller's, or its write pre-empted and replayed to reader.
+            (None, Some(k)) if k.starts_with("mcp:") => {
+                return Err(GateError::Invalid(format!(
+                    "idempotency key {k:?}: keys starting with `mcp:` are reserved for MCP clients over HTTP; choose another key"
+                )));
+            }
             (_, k) => k,
         };
         let writes = self.write_count(&checked);
