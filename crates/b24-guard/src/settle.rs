@@ -32,6 +32,11 @@ pub const STALE_SETTLE_SECS: f64 = 900.0;
 /// (waiting for the rate limiter, or for its answer).
 pub const CRASHED_AFTER_SECS: f64 = 3600.0;
 
+/// While a batch is out (its chunks can take longer than [`CRASHED_AFTER_SECS`] when the
+/// portal's operating-time budget holds them), its process refreshes its keys this often, so a
+/// `b24 settle` elsewhere sees them taken by a live process, not left by a dead one.
+pub const HEARTBEAT_SECS: f64 = 1.0;
+
 /// The stamp of an add: the same (key, call) always gives the same stamp.
 pub fn stamp_for(key: &str, method: &str, params: &Value) -> String {
     let h = sha2::Sha256::digest(

@@ -275,7 +275,29 @@ impl Gate {
         )?;
         let before = client.stats();
         let started = Instant::now();
-        let mut results = b.run(&client).await;
+        let mut results = {
+            // The keys are refreshed while the chunks are out: a `b24 settle` elsewhere must
+            // not take a live batch's writes for a dead one's and send them a second time.
+            let keys: Vec<String> = settles.iter().map(|c| c.idempotency_key.clone()).collect();
+            let run = b.run(&client);
+            tokio::pin!(run);
+            let mut beat = tokio::time::interval(std::time::Duration::from_secs_f64(
+                crate::settle::HEARTBEAT_SECS,
+            ));
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    r = &mut run => break r,
+                    _ = beat.tick(), if store.is_some() => {
+                        if let Some(s) = &store
+                            && let Err(e) = s.touch_in_flight(&keys)
+                        {
+                            tracing::warn!("could not refresh the batch's keys: {e}");
+                        }
+                    }
+                }
+            }
+        };
         let mut settled = std::collections::HashSet::new();
         if let Some(store) = &store {
             // Known outcomes first, in one transaction; then each unknown one is settled.

@@ -224,6 +224,24 @@ impl GuardStore {
         tx.commit().map_err(db_err)
     }
 
+    /// The process sending these keys is alive: refresh the time of those still in flight, so
+    /// that no `b24 settle` takes them for a dead process's (see `claim_for_settling`).
+    pub fn touch_in_flight(&self, keys: &[String]) -> Result<(), GuardError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let at = now();
+        for key in keys {
+            tx.execute(
+                "UPDATE idempotency SET updated_at = ?2 WHERE key = ?1 AND portal = ?3 AND state = 'in_flight'",
+                params![key, at, self.portal],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)
+    }
+
     /// Finish many keys in one transaction: `Some(result)` done, `None` failed (freed).
     pub fn finish_many(&self, rows: &[(&str, Option<&Value>)]) -> Result<(), GuardError> {
         let mut conn = self.conn();

@@ -912,3 +912,58 @@ async fn settling_obeys_the_policy_for_every_request_it_sends() {
     assert_eq!(f.requests("crm.lead.add"), 1);
     assert_eq!(f.leads_where(json!({"TITLE": "no lookup"})).await.len(), 1);
 }
+
+/// Hostile: `b24 settle` while the process that sent a batch is alive and still waiting for
+/// it. A long batch (many chunks paced by operating-time blocks) can be out longer than the
+/// hour after which a write with an intent and no outcome counts as its process having died;
+/// here the hour is 3 s and the portal holds the batch for 6 s. The settle must not take the
+/// batch's keys from the live process — before, it looked the stamp up (nothing yet), added the
+/// lead itself, and then the batch added it too: two leads with one stamp.
+#[tokio::test(flavor = "multi_thread")]
+async fn settle_does_not_take_a_batch_its_live_process_is_still_sending() {
+    let f = Fixture::new().await;
+    f.sb.set_faults(FaultSpec {
+        latency: Some((
+            std::time::Duration::from_secs(6),
+            std::time::Duration::from_secs(6),
+        )),
+        ..Default::default()
+    });
+    let gate = f.gate();
+    let batch = tokio::spawn(async move {
+        // 50 reads fill the first chunk; the add goes in the second, sent when the first
+        // one's answer is in.
+        let mut commands: Vec<BatchCommandSpec> = (0..50)
+            .map(|i| BatchCommandSpec::Params {
+                key: format!("r{i}"),
+                method: "crm.lead.get".into(),
+                params: json!({"id": 1}),
+            })
+            .collect();
+        commands.push(BatchCommandSpec::Params {
+            key: "a".into(),
+            method: "crm.lead.add".into(),
+            params: json!({"fields": {"TITLE": "live batch"}}),
+        });
+        let req = BatchRequest {
+            commands,
+            confirm_write: true,
+            confirm_destructive: true,
+            ..Default::default()
+        };
+        gate.batch(req, &NoPerson).await
+    });
+    // The batch is at the portal (held); later requests are not delayed.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    f.sb.set_faults(FaultSpec::default());
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    let reports = f.gate().settle_with(None, 3.0).await.unwrap();
+    let run = batch.await.unwrap().unwrap();
+    assert!(matches!(run, BatchRun::Done { .. }));
+    assert_eq!(
+        f.leads_where(json!({"TITLE": "live batch"})).await.len(),
+        1,
+        "added twice: the settle took a live batch's key: {reports:?}"
+    );
+    assert_eq!(f.requests("crm.lead.add"), 0, "{reports:?}");
+}
