@@ -184,7 +184,10 @@ fn stampable(spec: &StampSpec, params: &Value) -> bool {
     let Some(fields) = param(params, "fields").and_then(Value::as_object) else {
         return false;
     };
-    if fields.keys().any(|k| k.eq_ignore_ascii_case(spec.field)) {
+    // In either naming (`ORIGIN_ID`, `originId`, `origin_id`): `crm.item.*` converts names
+    // between the two, so a caller's `ORIGIN_ID` beside b24's `originId` could be the one kept.
+    let bare = |k: &str| k.trim().replace('_', "").to_ascii_lowercase();
+    if fields.keys().any(|k| bare(k) == bare(spec.field)) {
         return false;
     }
     if spec.item {
@@ -378,6 +381,19 @@ mod review {
                 "crm.lead.add",
                 false,
                 json!({"fields": {"TITLE": "a", "origin_id": "x"}}),
+                SettleClass::Unknown,
+            ),
+            // …in the other naming too.
+            (
+                "crm.item.add",
+                false,
+                json!({"entityTypeId": 2, "fields": {"title": "a", "ORIGIN_ID": "x"}}),
+                SettleClass::Unknown,
+            ),
+            (
+                "crm.deal.add",
+                false,
+                json!({"fields": {"TITLE": "a", "originId": "x"}}),
                 SettleClass::Unknown,
             ),
             // An add without an external-id field.
