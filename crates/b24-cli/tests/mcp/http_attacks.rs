@@ -1097,3 +1097,54 @@ async fn http_a_clients_idempotency_record_cannot_be_taken_from_outside() {
     c.cancel().await.ok();
     sb.shutdown().await;
 }
+
+/// Keys a client's file sets to their loosest value change nothing the server's layers say.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_a_clients_file_saying_false_or_none_does_not_lift_the_servers_rules() {
+    let sb = sandbox_with_leads(1).await;
+    let env = Env::webhook(&sb);
+    let loose = "read_only = false\ndeny_destructive = false\nrequire_plan_for_writes = false\nrequire_person_confirmation = \"none\"\nstrict = false\npacks = [\"core\", \"comms\", \"automation\", \"collab\", \"content\", \"boards\", \"commerce\", \"other\"]\n";
+    let token = token_add(&env, "loose", loose).await;
+    let add = json!({"method": "crm.lead.add", "params": {"fields": {"TITLE": "x"}}, "confirm": true, "confirm_destructive": true});
+    let del = json!({"method": "crm.lead.delete", "params": {"id": 1}, "confirm": true, "confirm_destructive": true});
+    for (server_rules, call_args, says) in [
+        ("read_only = true\n", add.clone(), "read-only"),
+        ("require_plan_for_writes = true\n", add.clone(), "plan"),
+        ("deny_destructive = true\n", del.clone(), "destructive"),
+        (
+            "require_person_confirmation = \"destructive\"\n",
+            del.clone(),
+            "person",
+        ),
+        (
+            "require_person_confirmation = \"writes\"\n",
+            add.clone(),
+            "person",
+        ),
+        (
+            "packs = [\"comms\"]\n",
+            json!({"method": "crm.lead.list"}),
+            "pack",
+        ),
+    ] {
+        std::fs::write(env.config_dir().join("policy.toml"), server_rules).unwrap();
+        let server = HttpServer::start(&env, &[]).await;
+        let c = http_client(&server.url, &token).await.unwrap();
+        let tool = if call_args["method"] == "crm.lead.list" {
+            "b24_read"
+        } else {
+            "b24_write"
+        };
+        let r = call(&c, tool, call_args.clone()).await;
+        assert!(is_error(&r), "{server_rules}: served: {}", text(&r));
+        assert!(
+            text(&r).to_lowercase().contains(says),
+            "{server_rules}: {}",
+            text(&r)
+        );
+        c.cancel().await.ok();
+        drop(server);
+    }
+    assert!(sb.request_log().is_empty(), "{:?}", sb.request_log());
+    sb.shutdown().await;
+}
