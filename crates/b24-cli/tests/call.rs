@@ -825,3 +825,61 @@ async fn unreachable_portals_fail_fast_with_the_likely_cause() {
         assert!(took.as_secs_f64() < 3.0, "{url}: took {took:?}");
     }
 }
+
+/// Hostile: eight `b24 settle` processes at once over the same outcome-unknown writes (a v2
+/// update and a REST 3.0 add whose answers and both resends were lost). Each write is resent
+/// by exactly one of them: the sandbox sees one more request per write, one task in all.
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_settles_resend_each_write_once() {
+    let sb = sandbox_with_leads(3).await;
+    let env = Env::webhook(&sb);
+    let list = serde_json::json!({"select": ["id"], "pagination": {"limit": 1000}});
+    let count = |v: serde_json::Value| v["items"].as_array().map(Vec::len).unwrap_or(0);
+    let before = count(portal(&sb, "tasks.task.list", list.clone()).await);
+    lose_answers(&sb, 6);
+    for args in [
+        &[
+            "call",
+            "crm.lead.update",
+            "-p",
+            r#"{"id":2,"fields":{"TITLE":"raced"}}"#,
+            "--confirm-write",
+        ][..],
+        &[
+            "call",
+            "tasks.task.add",
+            "--v3",
+            "-p",
+            r#"{"fields":{"title":"raced"}}"#,
+            "--confirm-write",
+        ][..],
+    ] {
+        let o = env.run(args).await;
+        assert_eq!(code(&o), 7, "{}", stderr(&o));
+    }
+    assert_eq!(portal_requests(&sb, "crm.lead.update").len(), 3);
+    assert_eq!(portal_requests(&sb, "tasks.task.add").len(), 3);
+    let runs: Vec<_> = (0..8).map(|_| env.run(&["settle"])).collect();
+    let outs = futures::future::join_all(runs).await;
+    for o in &outs {
+        assert!(matches!(code(o), 0 | 7), "{}", stderr(o));
+    }
+    assert_eq!(
+        portal_requests(&sb, "crm.lead.update").len(),
+        4,
+        "update resent once"
+    );
+    assert_eq!(
+        portal_requests(&sb, "tasks.task.add").len(),
+        4,
+        "add resent once"
+    );
+    assert_eq!(
+        count(portal(&sb, "tasks.task.list", list).await),
+        before + 1
+    );
+    // And nothing is left for a ninth.
+    let o = env.run(&["settle"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(portal_requests(&sb, "crm.lead.update").len(), 4);
+}
