@@ -95,8 +95,36 @@ fn redact_secret(text: &str, secret: &str) -> String {
 }
 
 /// The shape-based part of [`redact_text`]: the code after `/rest/<digits>/` (plain or
-/// percent-encoded, any case) and the values of credential fields.
+/// percent-encoded, any case), the values of credential fields and MCP client tokens.
 fn redact_shapes(s: &str) -> String {
+    redact_mcp_tokens(&redact_rest_and_fields(s))
+}
+
+/// An MCP client's bearer token (`b24mcp_` + hex, see [`crate::clients`]) wherever it appears:
+/// the server keeps only their hashes, so their shape is all it can recognise — and a token
+/// pasted into portal data must not reach another client (who could then act as its owner)
+/// or the audit log.
+fn redact_mcp_tokens(s: &str) -> String {
+    const PREFIX: &str = "b24mcp_";
+    let lower = s.to_ascii_lowercase();
+    let mut out = String::with_capacity(s.len());
+    let mut j = 0;
+    while let Some(k) = lower[j..].find(PREFIX) {
+        let start = j + k + PREFIX.len();
+        out.push_str(&s[j..start]);
+        let n = s[start..].bytes().take_while(u8::is_ascii_hexdigit).count();
+        if n >= 8 {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(&s[start..start + n]);
+        }
+        j = start + n;
+    }
+    out.push_str(&s[j..]);
+    out
+}
+
+fn redact_rest_and_fields(s: &str) -> String {
     let lower = s.to_ascii_lowercase();
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
@@ -208,6 +236,20 @@ mod tests {
             r,
             json!({"fields": {"TITLE": "hello [redacted]"}, "auth": "[redacted]", "nested": [{"access_token": "[redacted]", "refresh_token": "[redacted]"}], "CODE": "ok"})
         );
+    }
+
+    #[test]
+    fn mcp_client_tokens_are_redacted_by_their_shape() {
+        let t = format!("b24mcp_{}", "ab12".repeat(16));
+        let r = redact_text(&format!("note: {t}, again {}", t.to_uppercase()), &[]);
+        assert!(!r.to_ascii_lowercase().contains(&t[7..]), "{r}");
+        assert!(r.contains("b24mcp_[redacted]"), "{r}");
+        assert_eq!(
+            redact_text("b24mcp_ and b24mcp_12", &[]),
+            "b24mcp_ and b24mcp_12"
+        );
+        let v = redact(&json!({"fields": {"COMMENTS": t}}), &[]);
+        assert_eq!(v, json!({"fields": {"COMMENTS": "b24mcp_[redacted]"}}));
     }
 
     #[test]

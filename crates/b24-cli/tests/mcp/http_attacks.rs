@@ -1148,3 +1148,49 @@ async fn http_a_clients_file_saying_false_or_none_does_not_lift_the_servers_rule
     assert!(sb.request_log().is_empty(), "{:?}", sb.request_log());
     sb.shutdown().await;
 }
+
+/// A token pasted into portal data does not reach another client through a tool's answer (it
+/// could act as the token's owner then), nor the audit log.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_a_token_in_portal_data_reaches_no_other_client() {
+    let sb = sandbox_with_leads(0).await;
+    let env = Env::webhook(&sb);
+    let writer = token_add(&env, "writer", "allow = [\"crm.lead.*\"]\n").await;
+    let reader = token_add(&env, "reader", "read_only = true\n").await;
+    let server = HttpServer::start(&env, &[]).await;
+    let w = http_client(&server.url, &writer).await.unwrap();
+    let r = http_client(&server.url, &reader).await.unwrap();
+    let title = format!("call me with {writer}");
+    let added = call(
+        &w,
+        "b24_write",
+        json!({"method": "crm.lead.add", "params": {"fields": {"TITLE": title}}, "confirm": true}),
+    )
+    .await;
+    assert!(!is_error(&added), "{}", text(&added));
+    assert_eq!(calls_of(&sb, "crm.lead.add"), 1);
+    for (tool, args) in [
+        (
+            "b24_read",
+            json!({"method": "crm.lead.list", "params": {"select": ["ID", "TITLE"]}}),
+        ),
+        (
+            "b24_export",
+            json!({"method": "crm.lead.list", "params": {"select": ["ID", "TITLE"]}}),
+        ),
+    ] {
+        let got = call(&r, tool, args).await;
+        assert!(!is_error(&got), "{}", text(&got));
+        let all = format!("{} {}", text(&got), structured(&got));
+        assert!(
+            all.contains("call me with b24mcp_[redacted]"),
+            "{tool}: {all}"
+        );
+        assert_no_secrets(tool, all.as_bytes(), std::slice::from_ref(&writer));
+    }
+    let raw = std::fs::read(env.state_dir().join("audit.jsonl")).unwrap();
+    assert_no_secrets("the audit log", &raw, &[writer, reader]);
+    w.cancel().await.ok();
+    r.cancel().await.ok();
+    sb.shutdown().await;
+}
