@@ -89,8 +89,15 @@ pub(super) async fn offset<T: Transport + Clone + 'static>(
     let mut stalls = 0u32;
     loop {
         while tasks.len() < concurrency {
-            let (lo, last) = if let Some(r) = redo.pop_front() {
-                r
+            let (lo, last) = if let Some((lo, last)) = redo.pop_front() {
+                // Cut to the room the budget allows now: a block may have taught a lower
+                // limit than the one the chunk was sized for.
+                let room = transport.room(&method, MAX_COMMANDS).await as u64;
+                let cut = last.min(lo + room.max(1));
+                if cut < last {
+                    redo.push_front((cut, last));
+                }
+                (lo, cut)
             } else if next_lo < end {
                 // No more pages to a request than the method's operating-time budget
                 // comfortably allows: a counted page of a large table costs seconds (§6).
