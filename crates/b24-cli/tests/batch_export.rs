@@ -573,3 +573,81 @@ async fn out_never_overwrites_the_checkpoint_or_b24s_records() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 5);
 }
+
+/// Hostile: the `--out` file edited or replaced between a killed export and its resume. The
+/// checkpoint vouched for its first N bytes by length only, so a file of at least N bytes —
+/// a line changed in place, or another file put there — was cut to N and continued, the
+/// result mixing the two. Now the resume is refused (exit 2) and the file left as it is; an
+/// untouched file still resumes to every item once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resume_refuses_an_out_file_edited_since() {
+    let sb = sandbox(SandboxConfig {
+        seed_leads: 3_000,
+        faults: "latency=100ms".parse().unwrap(),
+        ..Default::default()
+    })
+    .await;
+    let env = Env::webhook(&sb);
+    let cp = env.dir.path().join("leads.cp");
+    let file = env.dir.path().join("leads.ndjson");
+    let args = [
+        "export",
+        "crm.lead.list",
+        "--out",
+        file.to_str().unwrap(),
+        "--checkpoint",
+        cp.to_str().unwrap(),
+        "--concurrency",
+        "1",
+        "--select",
+        "ID,TITLE",
+        "-q",
+    ];
+    // Stop it part way (SIGKILL once a few pages are in).
+    let mut child = env
+        .cmd(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(&cp).map(|m| m.len()).unwrap_or(0) == 0
+        || std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            < 150
+    {
+        assert!(Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let good = std::fs::read(&file).unwrap();
+    // One ID changed in place: same length, other content.
+    let text = String::from_utf8(good.clone()).unwrap();
+    let edited = text.replacen("\"ID\":\"1\"", "\"ID\":\"9\"", 1);
+    assert_ne!(edited, text);
+    std::fs::write(&file, &edited).unwrap();
+    let o = env.run(&args).await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        edited,
+        "left as it is"
+    );
+    // Another, longer file in its place.
+    let other = "x".repeat(good.len() + 100);
+    std::fs::write(&file, &other).unwrap();
+    let o = env.run(&args).await;
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), other);
+    // The real file back: the resume finishes, every lead once.
+    std::fs::write(&file, &good).unwrap();
+    let o = env.run(&args).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let items = lines(&std::fs::read(&file).unwrap());
+    let seen = ids(&items);
+    assert_eq!(seen.len(), 3_000);
+    assert!(seen.values().all(|n| *n == 1));
+}

@@ -31,8 +31,8 @@ mod checkpoint;
 mod limit;
 
 use checkpoint::{
-    Checkpoint, OutputState, load_checkpoint, open_out, prepare_stdout_checkpoint,
-    refuse_clobbering, save_checkpoint, state_err,
+    Checkpoint, OutDigest, OutputState, digest_hex, load_checkpoint, open_out,
+    prepare_stdout_checkpoint, refuse_clobbering, save_checkpoint, state_err, verify_prefix,
 };
 pub use limit::{fetch_limited, write_all};
 
@@ -286,6 +286,10 @@ pub async fn stream(
     // The same gate as any other call: read-only list methods only, allow/deny lists, packs,
     // read-only mode, audit.
     let gate = crate::exec::gate(g, b24_guard::gate::Origin::Cli)?;
+    let mut digest = match (&target.file, &resume_output) {
+        (Some(path), Some(o)) => verify_prefix(path, o)?,
+        _ => OutDigest::default(),
+    };
     let mut file = match &target.file {
         Some(path) => Some(open_out(path, resume_output.as_ref().map(|o| o.bytes))?),
         None => None,
@@ -351,6 +355,7 @@ pub async fn stream(
                     .and_then(|_| if cp.is_some() { f.sync_data() } else { Ok(()) })
                     .map_err(|e| write_err(e, &target.file))?;
                 file_len += buf.len() as u64;
+                sha2::Digest::update(&mut digest, &buf);
                 if let Some(cp) = cp {
                     save_checkpoint(
                         cp,
@@ -361,6 +366,7 @@ pub async fn stream(
                                 bytes: file_len,
                                 format: target.format,
                                 columns: records.columns().map(<[String]>::to_vec),
+                                sha256: Some(digest_hex(&digest)),
                             }),
                         },
                     )?;

@@ -28,6 +28,58 @@ pub(super) struct OutputState {
     pub format: Format,
     #[serde(default)]
     pub columns: Option<Vec<String>>,
+    /// SHA-256 of the file's first `bytes` bytes: a resume refuses a file edited or replaced
+    /// since (its length alone would let another file of at least that size be cut and
+    /// continued, mixing the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// The digest of what has been written to `--out`, kept as the export goes.
+pub(super) type OutDigest = sha2::Sha256;
+
+pub(super) fn digest_hex(d: &OutDigest) -> String {
+    use sha2::Digest;
+    hex::encode(d.clone().finalize())
+}
+
+/// Before a resume: the digest of the file's first `o.bytes` bytes, refused when the
+/// checkpoint recorded another (the file was edited or replaced since). A missing or shorter
+/// file is left to [`open_out`], which says so.
+pub(super) fn verify_prefix(path: &Path, o: &OutputState) -> anyhow::Result<OutDigest> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut d = OutDigest::new();
+    let Ok(f) = std::fs::File::open(path) else {
+        return Ok(d);
+    };
+    let mut r = std::io::BufReader::new(f).take(o.bytes);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        let k = r
+            .read(&mut buf)
+            .map_err(|e| Exit::new(exit::USAGE, format!("--out {}: {e}", path.display())))?;
+        if k == 0 {
+            break;
+        }
+        d.update(&buf[..k]);
+        n += k as u64;
+    }
+    if n == o.bytes
+        && let Some(want) = &o.sha256
+        && *want != digest_hex(&d)
+    {
+        return Err(Exit::new(
+            exit::USAGE,
+            format!(
+                "--out {}: its first {} bytes are not what this export wrote (edited or replaced since); remove the checkpoint to start over",
+                path.display(),
+                o.bytes
+            ),
+        ));
+    }
+    Ok(d)
 }
 
 pub(super) fn state_err(msg: String) -> anyhow::Error {
@@ -119,6 +171,7 @@ pub(super) fn prepare_stdout_checkpoint<'a>(
             bytes: 0,
             format,
             columns: Some(c.to_vec()),
+            sha256: None,
         }),
     };
     let mut f = std::fs::File::create(&tmp).map_err(io)?;
