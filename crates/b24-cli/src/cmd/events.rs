@@ -172,7 +172,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                 p["auth_connector"] = json!(c);
             }
             if let Some(t) = b.min_timeout {
-                if b.event.to_ascii_uppercase() != "ONOFFLINEEVENT" {
+                if !b.event.eq_ignore_ascii_case("ONOFFLINEEVENT") {
                     return Err(Exit::new(
                         exit::USAGE,
                         format!(
