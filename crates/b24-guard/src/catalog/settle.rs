@@ -131,6 +131,14 @@ pub const NOT_RESENDABLE: &[(&str, &str)] = &[
         "im.message.update",
         "a chat message: each edit is delivered to the chat members again",
     ),
+    (
+        "imbot.message.update",
+        "a bot's chat message: each edit is delivered to the chat members again",
+    ),
+    (
+        "imbot.v2.chat.message.update",
+        "a bot's chat message: each edit is delivered to the chat members again",
+    ),
 ];
 
 /// CRM multi-fields: an entry without `ID` is appended by an update, not set.
