@@ -108,6 +108,8 @@ struct Open {
     at: f64,
     /// Its intent is recorded but no outcome: the process that sent it ended mid-call.
     crashed: bool,
+    /// Sent by applying a plan (the record names it): a resend is that reviewed call again.
+    planned: bool,
 }
 
 impl Gate {
@@ -529,7 +531,7 @@ impl Gate {
                 params: Some(&rec.params),
                 confirm_write: true,
                 confirm_destructive: true,
-                via_plan: false,
+                via_plan: o.planned,
                 no_send: false,
             };
             if let Err(r) = self.policy.check(self.catalog, &check) {
@@ -650,6 +652,7 @@ fn open_writes(
                     class,
                     stamp: s(r, "stamp"),
                     crashed: false,
+                    planned: s(r, "plan_id").is_some(),
                 });
             }
             // A batch: each command whose status is unknown, with what its intent recorded.
@@ -692,6 +695,7 @@ fn open_writes(
                         stamp: p["stamp"].as_str().map(str::to_string),
                         at: at(intent),
                         crashed: false,
+                        planned: false,
                     });
                 }
             }
@@ -743,6 +747,7 @@ fn crashed(
                     stamp: str_of(p, "stamp"),
                     at,
                     crashed: true,
+                    planned: false,
                 });
             }
         }
@@ -763,6 +768,7 @@ fn crashed(
                 stamp: str_of(&rv, "stamp"),
                 at,
                 crashed: true,
+                planned: str_of(&rv, "plan_id").is_some(),
             });
         }
     }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use b24_guard::audit::Filter;
 use b24_guard::gate::{
-    BatchCommandSpec, BatchRequest, BatchRun, CallOutcome, CallRequest, Gate, GateError, NoPerson,
-    Origin, PortalSlot,
+    ApplyRequest, BatchCommandSpec, BatchRequest, BatchRun, CallOutcome, CallRequest, Gate,
+    GateError, NoPerson, Origin, PlanRequest, PortalSlot,
 };
 use b24_guard::policy::AgentPolicy;
 use b24_guard::sources::{CallerInputs, OperatorPaths, resolve};
@@ -966,4 +966,87 @@ async fn settle_does_not_take_a_batch_its_live_process_is_still_sending() {
         "added twice: the settle took a live batch's key: {reports:?}"
     );
     assert_eq!(f.requests("crm.lead.add"), 0, "{reports:?}");
+}
+
+/// Under `require_plan_for_writes` a write goes out only through plan → apply. When an applied
+/// plan's answer and both resends are lost, `b24 settle` must be able to settle it: the resend
+/// is the reviewed plan's own call (the audit record names the plan). Before, the settle
+/// checked it as a write sent without a plan, the policy refused, and nothing could settle it.
+/// Asserted from the request log: one more update, the title set once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_applied_plan_left_unknown_settles_under_require_plan() {
+    let f = Fixture::new().await;
+    let policy = || AgentPolicy {
+        allow: vec!["*".into()],
+        allow_unlisted: true,
+        require_plan: true,
+        ..Default::default()
+    };
+    // A write without a plan is refused outright.
+    let e = f
+        .gate_with(policy())
+        .call(
+            write(
+                "crm.lead.update",
+                json!({"id": 3, "fields": {"TITLE": "no plan"}}),
+            ),
+            &NoPerson,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.refusal().is_some(), "{e}");
+    let g = f.gate_with(policy());
+    let planned = g
+        .plan(PlanRequest {
+            method: "crm.lead.update".into(),
+            params: json!({"id": 3, "fields": {"TITLE": "planned"}}),
+            ttl_secs: 600,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    f.lose(3);
+    let r = g
+        .apply(
+            ApplyRequest {
+                plan_id: planned.plan.id.clone(),
+                confirm_write: true,
+                ..Default::default()
+            },
+            &NoPerson,
+        )
+        .await;
+    assert!(
+        matches!(
+            &r,
+            Err(GateError::Client(b24::Error::OutcomeUnknown { .. }))
+        ),
+        "{r:?}"
+    );
+    f.lose(0);
+    assert_eq!(f.requests("crm.lead.update"), 3);
+    let reports = f.gate_with(policy()).settle(None).await.unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].status, "settled", "{reports:?}");
+    assert_eq!(f.requests("crm.lead.update"), 4);
+    assert_eq!(f.leads_where(json!({"ID": 3})).await[0]["TITLE"], "planned");
+    // A write left unknown without a plan is another matter: not resent under this policy.
+    f.lose(3);
+    let r = f
+        .gate()
+        .call(
+            write(
+                "crm.lead.update",
+                json!({"id": 4, "fields": {"TITLE": "unplanned"}}),
+            ),
+            &NoPerson,
+        )
+        .await;
+    assert!(unknown(&r), "{r:?}");
+    f.lose(0);
+    let sent = f.requests("crm.lead.update");
+    let reports = f.gate_with(policy()).settle(None).await.unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].status, "unknown", "{reports:?}");
+    assert_eq!(f.requests("crm.lead.update"), sent, "not resent");
 }
