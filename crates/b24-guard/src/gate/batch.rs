@@ -275,29 +275,17 @@ impl Gate {
         )?;
         let before = client.stats();
         let started = Instant::now();
-        let mut results = {
-            // The keys are refreshed while the chunks are out: a `b24 settle` elsewhere must
-            // not take a live batch's writes for a dead one's and send them a second time.
-            let keys: Vec<String> = settles.iter().map(|c| c.idempotency_key.clone()).collect();
-            let run = b.run(&client);
-            tokio::pin!(run);
-            let mut beat = tokio::time::interval(std::time::Duration::from_secs_f64(
-                crate::settle::HEARTBEAT_SECS,
-            ));
-            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    r = &mut run => break r,
-                    _ = beat.tick(), if store.is_some() => {
-                        if let Some(s) = &store
-                            && let Err(e) = s.touch_in_flight(&keys)
-                        {
-                            tracing::warn!("could not refresh the batch's keys: {e}");
-                        }
-                    }
-                }
-            }
+        // The keys are refreshed while the batch is out and while its unknown commands are
+        // settled: a `b24 settle` elsewhere must not take a live batch's writes for a dead
+        // one's and send them a second time.
+        let _beat = match &store {
+            Some(_) => Some(Heartbeat::start(
+                self.store()?,
+                settles.iter().map(|c| c.idempotency_key.clone()).collect(),
+            )),
+            None => None,
         };
+        let mut results = b.run(&client).await;
         let mut settled = std::collections::HashSet::new();
         if let Some(store) = &store {
             // Known outcomes first, in one transaction; then each unknown one is settled.
@@ -361,6 +349,33 @@ impl Gate {
             requests: after.requests.saturating_sub(before.requests),
             retries: after.retries.saturating_sub(before.retries),
         })
+    }
+}
+
+/// Refreshes a running batch's in-flight keys every [`crate::settle::HEARTBEAT_SECS`] until
+/// dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(store: GuardStore, keys: Vec<String>) -> Heartbeat {
+        Heartbeat(tokio::spawn(async move {
+            let mut beat = tokio::time::interval(std::time::Duration::from_secs_f64(
+                crate::settle::HEARTBEAT_SECS,
+            ));
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                beat.tick().await;
+                if let Err(e) = store.touch_in_flight(&keys) {
+                    tracing::warn!("could not refresh the batch's keys: {e}");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
