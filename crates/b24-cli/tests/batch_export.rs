@@ -552,6 +552,19 @@ async fn out_never_overwrites_the_checkpoint_or_b24s_records() {
             stderr(&o)
         );
     }
+    // A checkpoint among b24's records (renamed over its path): refused too.
+    for cpath in [audit.clone(), env.state_dir().join("guard.db")] {
+        let o = env
+            .run(&[
+                "export",
+                "crm.lead.list",
+                "--checkpoint",
+                cpath.to_str().unwrap(),
+            ])
+            .await;
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        assert!(stderr(&o).contains("somewhere else"), "{}", stderr(&o));
+    }
     assert_eq!(logged(&sb, "crm.lead.list"), lists, "nothing fetched");
     let after = std::fs::read(&audit).unwrap();
     assert!(after.starts_with(&before), "the audit log lost records");

@@ -170,15 +170,22 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
 /// Refuse an `--out` that is the checkpoint itself or one of b24's own records (see
 /// [`refuse_clobbering`]), before anything is opened or fetched.
 pub fn check_out(target: &Target, checkpoint: Option<&Path>, g: &Globals) -> anyhow::Result<()> {
-    let Some(out) = &target.file else {
+    if target.file.is_none() && checkpoint.is_none() {
         return Ok(());
-    };
+    }
     let gate = crate::exec::gate(g, b24_guard::gate::Origin::Cli)?;
     let mut protected = vec![g.state_dir()];
     if let Some(d) = gate.audit_log().path().parent() {
         protected.push(d.to_path_buf());
     }
-    refuse_clobbering(out, checkpoint, &protected)
+    if let Some(out) = &target.file {
+        refuse_clobbering("--out", out, checkpoint, &protected)?;
+    }
+    // The checkpoint is renamed over its path: never over one of b24's records either.
+    if let Some(cp) = checkpoint {
+        refuse_clobbering("--checkpoint", cp, None, &protected)?;
+    }
+    Ok(())
 }
 
 /// Where and how an export's items go.

@@ -186,6 +186,7 @@ pub(super) fn prepare_stdout_checkpoint<'a>(
 /// the checkpoint loses the export while reporting it done; truncating the audit log destroys
 /// the records `b24 audit verify` and `b24 settle` depend on.
 pub(super) fn refuse_clobbering(
+    flag: &str,
     out: &Path,
     checkpoint: Option<&Path>,
     protected: &[PathBuf],
@@ -195,7 +196,7 @@ pub(super) fn refuse_clobbering(
         Err(Exit::new(
             exit::USAGE,
             format!(
-                "--out {}: {what}; write the export somewhere else",
+                "{flag} {}: {what}; write the export somewhere else",
                 out.display()
             ),
         ))
