@@ -75,6 +75,10 @@ pub struct OpState {
     /// When (store time) the oldest basket drops out, from the last report.
     #[serde(default)]
     pub reset_at: f64,
+    /// The most the method had used before a command that the portal still ran (`operating`
+    /// minus that command's cost): the limit is at least this. A block then teaches it.
+    #[serde(default)]
+    pub ran_at: f64,
 }
 
 /// One answer's report for a method: what it used and what the portal said.
@@ -264,6 +268,8 @@ impl OpState {
         }
         self.used = used;
         self.reset_at = now + reset_in;
+        let last = o.costs.last().copied().unwrap_or(self.cost);
+        self.ran_at = self.ran_at.max(used - last);
         self.prune(now);
         // The portal is the truth: usage the ledger does not explain is added, counted as if
         // it dropped out with the oldest basket (the next answer corrects it again).
@@ -279,10 +285,12 @@ impl OpState {
     /// `portal_window` is the largest window any method of this portal has shown (the
     /// window is the portal's, so it stands in when this method has not reported one).
     pub fn blocked(&mut self, now: f64, limit: f64, portal_window: f64) -> f64 {
-        // The call that passed the limit still ran; the one before it had not passed it.
-        if self.used > 0.0 && self.used <= limit {
-            let learned = (self.used - self.cost).max(self.used * 0.5);
-            self.learned_limit = Some(self.learned_limit.map_or(learned, |l| l.min(learned)));
+        // Every command that ran had found the usage at or under the limit, so the limit is at
+        // least the highest such usage; a block below the configured limit says the portal
+        // applies a lower one. (The latest report is no guide: a block can arrive from a
+        // request sent before baskets dropped out, when usage was lower.)
+        if self.ran_at > 0.0 && self.ran_at < limit {
+            self.learned_limit = Some(self.ran_at);
         }
         if self.window <= 0.0 && portal_window > 0.0 {
             self.window = portal_window;
@@ -374,6 +382,10 @@ impl SqliteOpStore {
         let conn = rusqlite::Connection::open(path).map_err(st)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(st)?;
         conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(st)?;
+        // A small WAL: every new process reads all of it when it opens the store (see the
+        // rate store's note in `limiter.rs`).
+        conn.pragma_update(None, "wal_autocheckpoint", 8)
             .map_err(st)?;
         conn.execute(
             "CREATE TABLE IF NOT EXISTS b24_operating (key TEXT PRIMARY KEY, state TEXT NOT NULL)",
@@ -532,6 +544,7 @@ mod tests {
             window: 600.0,
             cost: 2.0,
             used: 21.0,
+            ran_at: 19.0,
             reset_at: 1300.0,
             ..Default::default()
         };
@@ -541,6 +554,10 @@ mod tests {
         let r = s.reserve(1100.0, 1, 480.0);
         assert!(r.blocked && (r.wait - 200.0).abs() < 1e-9);
         assert!(s.usable(480.0) < 19.0);
+        // A later block reported after usage fell does not lower what was learned.
+        s.used = 3.0;
+        s.blocked(1400.0, 480.0, 0.0);
+        assert_eq!(s.learned_limit, Some(19.0));
         // Other methods know nothing of it.
         let mut other = OpState::default();
         assert_eq!(other.reserve(1100.0, 1, 480.0).wait, 0.0);
