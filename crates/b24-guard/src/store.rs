@@ -113,6 +113,10 @@ impl GuardStore {
             .map_err(db_err)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db_err)?;
+        // Each short-lived `b24` process that opens the store first rebuilds the WAL's index by
+        // reading the whole WAL (it is rarely checkpointed on exit): keep it to a few pages.
+        conn.pragma_update(None, "wal_autocheckpoint", 16)
+            .map_err(db_err)?;
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err)?;
