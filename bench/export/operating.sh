@@ -71,6 +71,7 @@ run_b24() {
   rm -rf "$state"
   figures b24 "$limit" "$window" "$(echo "$t1 - $t0" | bc)" "$items" "$uniq" \
     "$(grep -o 'OPERATION_TIME_LIMIT.*' "$OUT/operating-b24.err" | head -n1 || true)"
+  cleanup  # this runs in a pipeline's subshell: the EXIT trap of the script cannot see it
 }
 
 run_fast() {
@@ -83,6 +84,7 @@ run_fast() {
   line=$("$HERE/.venv/bin/python" "$HERE/fast_bitrix24_export.py" "$HOOK")
   figures fast_bitrix24 "$limit" "$window" "$(jq .seconds <<<"$line")" "$(jq .items <<<"$line")" \
     "$(jq .unique <<<"$line")" "$(jq -r '.error // ""' <<<"$line")"
+  cleanup
 }
 
 : >"$OUT/operating.json"
