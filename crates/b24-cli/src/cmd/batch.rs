@@ -296,7 +296,10 @@ fn with_fix(mut line: Value, methods: &std::collections::HashMap<String, String>
             .get("description")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if matches!(code, "REFERENCE_FAILED" | "INVALID_BATCH" | "TRANSIENT" | "REFUSED") {
+        if matches!(
+            code,
+            "REFERENCE_FAILED" | "INVALID_BATCH" | "TRANSIENT" | "REFUSED"
+        ) {
             return line;
         }
         let f = b24_guard::fixes::portal_error(code, desc, method);
