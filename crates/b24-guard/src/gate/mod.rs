@@ -20,6 +20,7 @@ mod export;
 mod params;
 mod plan;
 mod records;
+mod send;
 mod settle;
 
 use std::path::PathBuf;
