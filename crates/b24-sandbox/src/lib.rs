@@ -22,6 +22,7 @@ mod oauth;
 mod params;
 mod portals;
 mod refdata;
+mod request;
 mod server;
 mod state;
 mod v3;
