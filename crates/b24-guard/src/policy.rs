@@ -343,6 +343,14 @@ impl Policy {
             .min()
     }
 
+    /// The operator's own write budget (the smallest an operator layer sets): a total for
+    /// every writer on the portal, whatever budgets the callers or MCP clients narrow it to.
+    pub fn operator_max_writes_per_hour(&self) -> Option<u32> {
+        self.operator_layers()
+            .filter_map(|l| l.rules.max_writes_per_hour)
+            .min()
+    }
+
     /// Whether the write budget comes from an operator layer.
     pub fn max_writes_locked(&self) -> bool {
         self.operator_layers()

@@ -187,6 +187,12 @@ impl GuardStore {
         n: u32,
         max_per_hour: u32,
     ) -> Result<bool, GuardError> {
+        self.try_take_writes_in(&[(budget, max_per_hour)], n)
+    }
+
+    /// Take `n` writes from every named budget at once (each `(name, max per hour)`), or from
+    /// none: one transaction, so a write that one budget refuses takes nothing from the others.
+    pub fn try_take_writes_in(&self, budgets: &[(&str, u32)], n: u32) -> Result<bool, GuardError> {
         let mut conn = self.conn();
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -194,23 +200,27 @@ impl GuardStore {
         let t = now();
         tx.execute("DELETE FROM writes WHERE ts < ?1", [t - 3600.0])
             .map_err(db_err)?;
-        let used: i64 = tx
-            .query_row(
-                "SELECT COUNT(*) FROM writes WHERE budget = ?1",
-                [budget],
-                |r| r.get(0),
-            )
-            .map_err(db_err)?;
-        if used.saturating_add(i64::from(n)) > i64::from(max_per_hour) {
-            tx.commit().map_err(db_err)?;
-            return Ok(false);
+        for (budget, max_per_hour) in budgets {
+            let used: i64 = tx
+                .query_row(
+                    "SELECT COUNT(*) FROM writes WHERE budget = ?1",
+                    [budget],
+                    |r| r.get(0),
+                )
+                .map_err(db_err)?;
+            if used.saturating_add(i64::from(n)) > i64::from(*max_per_hour) {
+                tx.commit().map_err(db_err)?;
+                return Ok(false);
+            }
         }
-        for _ in 0..n {
-            tx.execute(
-                "INSERT INTO writes (ts, budget) VALUES (?1, ?2)",
-                params![t, budget],
-            )
-            .map_err(db_err)?;
+        for (budget, _) in budgets {
+            for _ in 0..n {
+                tx.execute(
+                    "INSERT INTO writes (ts, budget) VALUES (?1, ?2)",
+                    params![t, budget],
+                )
+                .map_err(db_err)?;
+            }
         }
         tx.commit().map_err(db_err)?;
         Ok(true)

@@ -135,26 +135,45 @@ impl Gate {
             return Ok(());
         };
         // A cluster (B24_STORE_URL=postgres://…) shares one budget per portal in the database;
-        // one host counts in its guard store. An MCP client's writes have a budget of their own.
+        // one host counts in its guard store. An MCP client's writes have a budget of their own;
+        // every write also counts in a total that the operator's budget caps, so that the CLI
+        // and N clients together cannot write more than the operator allows.
         let budget = self
             .client
             .as_deref()
             .map(|c| format!("mcp:{c}"))
             .unwrap_or_default();
+        let total = self.policy.operator_max_writes_per_hour();
         let taken = match self.portal.pg().await? {
             Some(pg) => {
+                let portal = self.portal.portal().to_string();
                 let key = if budget.is_empty() {
-                    self.portal.portal().to_string()
+                    portal.clone()
                 } else {
-                    format!("{}#{budget}", self.portal.portal())
+                    format!("{portal}#{budget}")
                 };
+                // Two keys are two statements: a write the total refuses has still been
+                // counted in the client's own budget (it errs towards fewer writes).
                 pg.try_take_writes(&key, n, max)
                     .await
                     .map_err(GateError::Client)?
+                    && match total {
+                        Some(t) => pg
+                            .try_take_writes(&format!("{portal}#total"), n, t)
+                            .await
+                            .map_err(GateError::Client)?,
+                        None => true,
+                    }
             }
-            None => store
-                .try_take_writes_for(&budget, n, max)
-                .map_err(GateError::Store)?,
+            None => {
+                let mut budgets = vec![(budget.as_str(), max)];
+                if let Some(t) = total {
+                    budgets.push(("total", t));
+                }
+                store
+                    .try_take_writes_in(&budgets, n)
+                    .map_err(GateError::Store)?
+            }
         };
         if taken {
             return Ok(());

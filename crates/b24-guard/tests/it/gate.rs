@@ -438,6 +438,38 @@ async fn gate_batch_under_a_budget_sends_nothing_it_cannot_afford() {
     sb.shutdown().await;
 }
 
+/// The operator's budget is a total for the portal: MCP clients have budgets of their own,
+/// but two clients and the CLI together still write no more than the operator allows.
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_clients_and_the_cli_share_the_operators_total_budget() {
+    let sb = sandbox().await;
+    let w = World::new();
+    w.system("max_writes_per_hour = 3\n");
+    let add = |t: &str| confirmed("crm.lead.add", json!({"fields": {"TITLE": t}}));
+    let a = w
+        .gate(&sb, &CallerInputs::default(), "a", Origin::Mcp)
+        .with_client("alpha");
+    let b = w
+        .gate(&sb, &CallerInputs::default(), "b", Origin::Mcp)
+        .with_client("beta");
+    let cli = w.gate(&sb, &CallerInputs::default(), "c", Origin::Cli);
+    a.call(add("a1"), &NoPerson).await.expect("alpha 1");
+    a.call(add("a2"), &NoPerson).await.expect("alpha 2");
+    b.call(add("b1"), &NoPerson).await.expect("beta 1");
+    let e = b
+        .call(add("b2"), &NoPerson)
+        .await
+        .expect_err("a fourth write over the operator's 3");
+    assert!(e.refusal().is_some(), "{e}");
+    let e = cli
+        .call(add("c1"), &NoPerson)
+        .await
+        .expect_err("the CLI counts in the same total");
+    assert!(e.refusal().is_some(), "{e}");
+    assert_eq!(calls(&sb, "crm.lead.add"), 3);
+    sb.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn persons_confirm_when_they_can_be_asked_and_the_operator_can_demand_them() {
     let sb = sandbox().await;
