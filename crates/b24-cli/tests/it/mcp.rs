@@ -3,10 +3,9 @@
 //! sandbox portal. Every gate is checked against what actually reached
 //! the sandbox and what the audit log recorded.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ElicitRequestParams,
     ElicitResult, ElicitationAction, ElicitationCapability, FormElicitationCapability,
@@ -16,7 +15,6 @@ use rmcp::service::{RequestContext, RunningService};
 use rmcp::transport::TokioChildProcess;
 use rmcp::{ClientHandler, ErrorData, RoleClient, ServiceExt};
 use serde_json::{Value, json};
-use support::*;
 
 type Client = RunningService<RoleClient, ()>;
 

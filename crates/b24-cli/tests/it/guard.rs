@@ -1,8 +1,6 @@
 //! Guardrails end to end: every gate is checked against what actually reached the sandbox.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 const ADD: &str = r#"{"fields":{"TITLE":"Guarded"}}"#;
 

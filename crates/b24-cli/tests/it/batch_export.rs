@@ -1,14 +1,12 @@
 //! `b24 batch`, `b24 export` and `b24 list` end to end against the sandbox: outcomes and exit
 //! codes, exactly-once export under seeded faults, and a SIGKILL/resume with a checkpoint.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 fn lines(o: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(o)

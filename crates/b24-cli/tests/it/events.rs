@@ -1,14 +1,12 @@
 //! The event pipeline end to end: offline events survive SIGKILLs, poison events reach the
 //! DLQ and replay, the receiver holds up under load, and workers share a PostgreSQL queue.
 
-mod support;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::json;
-use support::*;
 
 /// An idempotent handler: one marker file per event key (the effect), plus a log of every run.
 fn handler(dir: &Path) -> String {

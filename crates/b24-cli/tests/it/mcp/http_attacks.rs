@@ -3,7 +3,7 @@
 //! attempt is checked against the sandbox's request log (nothing reached the portal that should
 //! not have), and the server must still serve a valid client afterwards.
 //!
-//! Part of the `mcp` test binary (a module of `tests/mcp.rs`), so it uses its helpers.
+//! A module of `tests/it/mcp.rs`, so it uses its helpers.
 
 use super::*;
 

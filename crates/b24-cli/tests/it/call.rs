@@ -1,8 +1,6 @@
 //! `b24 call` end to end against the sandbox: output, exit codes, the shared limiter, secrets.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn call_prints_result_and_raw_envelope() {

@@ -1,8 +1,6 @@
 //! The agent skill folder (skills/bitrix24-agent) is part of the product: these tests check that
 //! it is valid for every client that loads it, and that every `b24` command it shows works.
 
-mod support;
-
 #[path = "skill/doc_commands.rs"]
 mod doc_commands;
 #[path = "skill/yaml.rs"]
@@ -11,9 +9,9 @@ mod yaml;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::support::{Env, SandboxConfig};
 use doc_commands::{bash_blocks, documented_commands, reference_files, run_doc_line};
 use serde_json::Value;
-use support::{Env, SandboxConfig};
 use yaml::{frontmatter, yaml};
 
 fn skill_dir() -> PathBuf {
@@ -214,7 +212,7 @@ fn openai_yaml_has_the_interface_and_policy_codex_reads() {
 fn wrapper_script_finds_b24_or_explains_how_to_install() {
     let script = skill_dir().join("scripts/b24");
     // With the built binary on PATH, the wrapper runs it with the same arguments.
-    let bin_dir = support::b24_bin().parent().unwrap().to_path_buf();
+    let bin_dir = crate::support::b24_bin().parent().unwrap().to_path_buf();
     let out = std::process::Command::new("sh")
         .arg(&script)
         .arg("--version")
@@ -253,7 +251,7 @@ fn wrapper_script_finds_b24_or_explains_how_to_install() {
         std::fs::copy(&script, scripts.join("b24")).unwrap();
         std::fs::create_dir_all(r.join("target").join(profile)).unwrap();
         std::os::unix::fs::symlink(
-            support::b24_bin(),
+            crate::support::b24_bin(),
             r.join("target").join(profile).join("b24"),
         )
         .unwrap();
@@ -359,7 +357,7 @@ async fn every_documented_command_runs_against_the_sandbox() {
     let (mut ran, mut portal) = (0, 0);
     for block in documented_commands() {
         // Each block is its own little script: a fresh portal, fresh dirs, fresh variables.
-        let sb = support::sandbox(SandboxConfig {
+        let sb = crate::support::sandbox(SandboxConfig {
             seed_leads: 20,
             ..Default::default()
         })

@@ -1,9 +1,7 @@
 //! Several `b24` processes that share nothing but a PostgreSQL store (separate state dirs, as
 //! separate hosts would have) share one portal budget and one OAuth pair.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 /// One "host": its own temp dirs, the shared store, and `limiter`.
 fn host(sb: &Sandbox, oauth: bool, store: Option<&str>, limiter: &str) -> Env {

@@ -2,14 +2,12 @@
 //! mistakes, and the OAuth `b24 auth login → status → call → logout` cycle against the sandbox's
 //! OAuth server (the browser is simulated by GETting the printed authorize URL with reqwest).
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 fn code(o: &std::process::Output) -> i32 {
     o.status.code().unwrap_or(-1)

@@ -1,13 +1,11 @@
 //! The attack suite (issue 12): a hostile agent tries to get past the gate through the CLI and
 //! through `b24 mcp`. Every attempt is one row of a table; each row runs through both front ends
 //! where that makes sense and asserts, from the sandbox's own request counters, what reached the
-//! portal. The table is printed at the end (`cargo test --test attacks -- --nocapture`); a row
+//! portal. The table is printed at the end (`cargo test -p b24-cli --test it attacks -- --nocapture`); a row
 //! that gets through is listed as a failure with its reproduction, and the test fails once at
 //! the end so the whole table is always printed.
 //!
 //! One sandbox and one MCP session per policy setup are reused, so the suite stays fast.
-
-mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -15,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::support::*;
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, ElicitRequestParams,
     ElicitResult, ElicitationAction, ElicitationCapability, FormElicitationCapability,
@@ -24,7 +23,6 @@ use rmcp::service::{RequestContext, RunningService};
 use rmcp::transport::TokioChildProcess;
 use rmcp::{ClientHandler, ErrorData, RoleClient, ServiceExt};
 use serde_json::{Value, json};
-use support::*;
 
 type Plain = RunningService<RoleClient, ()>;
 

@@ -1,0 +1,14 @@
+//! The b24 binary end to end, one test binary: each module drives `b24` (and `b24 mcp`)
+//! against an embedded sandbox portal, in temp dirs.
+
+mod support;
+
+mod attacks;
+mod batch_export;
+mod call;
+mod cluster;
+mod events;
+mod guard;
+mod mcp;
+mod newcomer;
+mod skill;
