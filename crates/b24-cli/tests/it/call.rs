@@ -36,6 +36,19 @@ async fn call_prints_result_and_raw_envelope() {
     assert_eq!(json(&o)["ID"], "8");
 }
 
+/// Logs on stderr are plain text when stderr is not a terminal (an agent host or a log file
+/// reads them): no colour codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_in_a_pipe_carry_no_colour_codes() {
+    let sb = sandbox_with_leads(3).await;
+    let env = Env::webhook(&sb);
+    let o = env.run(&["-vvv", "call", "crm.lead.list"]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(!err.trim().is_empty(), "-vvv logs something");
+    assert!(!err.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn errors_map_to_exit_codes() {
     let sb = sandbox_with_leads(1).await;
