@@ -804,6 +804,8 @@ struct HttpServer {
     child: tokio::process::Child,
     url: String,
     stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The task draining stderr; it ends when the server's stderr closes.
+    drain: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl HttpServer {
@@ -831,12 +833,25 @@ impl HttpServer {
         .expect("the server says where it listens");
         // Keep draining stderr so the server never blocks on a full pipe.
         let keep = stderr.clone();
-        tokio::spawn(async move {
+        let drain = tokio::spawn(async move {
             while let Ok(Some(l)) = lines.next_line().await {
                 keep.lock().unwrap().push_str(&format!("{l}\n"));
             }
         });
-        HttpServer { child, url, stderr }
+        HttpServer {
+            child,
+            url,
+            stderr,
+            drain: Some(drain),
+        }
+    }
+
+    /// Everything the server wrote to stderr, once it has exited (the drain reaches EOF).
+    async fn stderr_at_exit(&mut self) -> String {
+        if let Some(d) = self.drain.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), d).await;
+        }
+        self.stderr()
     }
 
     fn stderr(&self) -> String {
@@ -1334,14 +1349,10 @@ async fn http_refuses_cleartext_off_loopback_serves_tls_and_stops_on_sigterm() {
         .expect("the server stops within the grace period")
         .unwrap();
     assert!(status.success(), "{status:?}: {}", server.stderr());
-    // The task draining stderr may not have read the last line yet when the process ends.
-    for _ in 0..50 {
-        if server.stderr().contains("stopped") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(server.stderr().contains("stopped"), "{}", server.stderr());
+    // The task draining stderr may not have read the last line yet when the process ends:
+    // wait for it to reach the end of the pipe.
+    let err = server.stderr_at_exit().await;
+    assert!(err.contains("stopped"), "{err}");
     drop(client);
     sb.shutdown().await;
 }
