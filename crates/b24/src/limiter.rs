@@ -206,6 +206,46 @@ impl RateStore for MemoryStore {
     }
 }
 
+/// Open the limiter's SQLite file in WAL mode with a short WAL, waiting out other processes.
+///
+/// Two processes that start at once on a new state dir both open the file; switching it to WAL
+/// needs a moment's exclusive lock, and SQLite answers "database is locked" at once there
+/// instead of calling the busy handler. So the whole set-up is retried until `timeout`.
+///
+/// Short-lived processes rarely close the store cleanly, so its WAL outlives them, and the
+/// first connection of every new process rebuilds its index by reading all of it (up to 1,000
+/// pages at SQLite's default checkpoint interval: ~450 reads per `b24 call` measured). The
+/// tables are a row per key: checkpoint after a few pages instead.
+pub(crate) fn open_sqlite(
+    path: &Path,
+    timeout: Duration,
+    setup: &str,
+) -> rusqlite::Result<rusqlite::Connection> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let attempt = (|| {
+            let conn = rusqlite::Connection::open(path)?;
+            conn.busy_timeout(timeout)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "wal_autocheckpoint", 8)?;
+            conn.execute_batch(setup)?;
+            Ok(conn)
+        })();
+        match attempt {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A SQLite file shared by every process on the host: one row per portal, updated inside
 /// `BEGIN IMMEDIATE` so that two processes never read the same `tat`.
 pub struct SqliteStore {
@@ -221,21 +261,10 @@ impl SqliteStore {
         }
         let st =
             |e: rusqlite::Error| Error::state(format!("limiter store {}: {e}", path.display()), e);
-        let conn = rusqlite::Connection::open(path).map_err(st)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(st)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(st)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(st)?;
-        // Short-lived processes rarely close the store cleanly, so its WAL outlives them, and
-        // the first connection of every new process rebuilds its index by reading all of it
-        // (up to 1,000 pages at SQLite's default checkpoint interval: ~450 reads per `b24 call`
-        // measured). The table is one row per portal: checkpoint after a few pages instead.
-        conn.pragma_update(None, "wal_autocheckpoint", 8)
-            .map_err(st)?;
-        conn.execute(
+        let conn = open_sqlite(
+            path,
+            Duration::from_secs(10),
             "CREATE TABLE IF NOT EXISTS b24_rate (portal TEXT PRIMARY KEY, tat REAL NOT NULL)",
-            [],
         )
         .map_err(st)?;
         Ok(SqliteStore {

@@ -379,17 +379,11 @@ impl SqliteOpStore {
         let st = |e: rusqlite::Error| {
             Error::state(format!("operating store {}: {e}", path.display()), e)
         };
-        let conn = rusqlite::Connection::open(path).map_err(st)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(st)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(st)?;
-        // A small WAL: every new process reads all of it when it opens the store (see the
-        // rate store's note in `limiter.rs`).
-        conn.pragma_update(None, "wal_autocheckpoint", 8)
-            .map_err(st)?;
-        conn.execute(
+        // The same file as the rate store, opened the same way (see `open_sqlite`).
+        let conn = super::open_sqlite(
+            path,
+            Duration::from_secs(10),
             "CREATE TABLE IF NOT EXISTS b24_operating (key TEXT PRIMARY KEY, state TEXT NOT NULL)",
-            [],
         )
         .map_err(st)?;
         Ok(SqliteOpStore {
