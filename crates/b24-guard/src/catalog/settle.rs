@@ -20,7 +20,7 @@
 use serde_json::Value;
 
 use super::rules::verb_of;
-use super::{Catalog, Risk};
+use super::{Catalog, Risk, param};
 
 /// How a write whose outcome is unknown can be settled.
 #[derive(
@@ -256,14 +256,6 @@ fn appends_multi(params: &Value) -> bool {
                 _ => true,
             }
     })
-}
-
-fn param<'a>(params: &'a Value, key: &str) -> Option<&'a Value> {
-    params
-        .as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(key))
-        .map(|(_, v)| v)
 }
 
 #[cfg(test)]
