@@ -121,6 +121,8 @@ impl GuardStore {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err)?;
         tx.execute_batch(SCHEMA).map_err(db_err)?;
+        tx.execute_batch(idempotency::PARAMS_TABLE)
+            .map_err(db_err)?;
         for (table, col) in ADDED {
             let has: bool = tx
                 .query_row(

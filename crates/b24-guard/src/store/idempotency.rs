@@ -67,7 +67,9 @@ pub struct KeyRecord {
 /// How long a done row of a key b24 made is kept.
 const KEEP_DONE_SECS: f64 = 7.0 * 86_400.0;
 
-const PARAMS_TABLE: &str = "CREATE TABLE IF NOT EXISTS idempotency_params (key TEXT NOT NULL,
+/// Created with the store's schema when it is opened.
+pub(super) const PARAMS_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS idempotency_params (key TEXT NOT NULL,
     portal TEXT NOT NULL, params TEXT NOT NULL, meta TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (key, portal))";
 
@@ -135,7 +137,6 @@ impl GuardStore {
                 [cutoff],
             )
             .map_err(db_err)?;
-        tx.execute_batch(PARAMS_TABLE).map_err(db_err)?;
         if pruned > 0 {
             tx.execute(
                 "DELETE FROM idempotency_params WHERE key LIKE 'b24-%'
@@ -205,7 +206,6 @@ impl GuardStore {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        tx.execute_batch(PARAMS_TABLE).map_err(db_err)?;
         for (key, method, params, meta) in rows {
             let hash = call_hash(method, params);
             let tag = self.key_tag(key, method, &hash, "in_flight", "");
@@ -248,7 +248,6 @@ impl GuardStore {
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(db_err)?;
-        tx.execute_batch(PARAMS_TABLE).map_err(db_err)?;
         for (key, result) in rows {
             match result {
                 Some(r) => {
@@ -342,7 +341,6 @@ impl GuardStore {
             params![key, self.portal],
         )
         .map_err(db_err)?;
-        conn.execute_batch(PARAMS_TABLE).map_err(db_err)?;
         conn.execute(
             "DELETE FROM idempotency_params WHERE key = ?1 AND portal = ?2",
             params![key, self.portal],
@@ -391,7 +389,6 @@ impl GuardStore {
     /// an older b24 that kept no params) — nothing may be resent from it.
     pub fn key_record(&self, key: &str) -> Result<Option<Result<KeyRecord, String>>, GuardError> {
         let conn = self.conn();
-        conn.execute_batch(PARAMS_TABLE).map_err(db_err)?;
         type Row = (String, String, String, Option<String>, f64, String);
         let row: Option<Row> = conn
             .query_row(
