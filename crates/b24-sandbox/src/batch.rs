@@ -1,4 +1,4 @@
-//! `batch` (reference §5) as the portal's rest module runs it:
+//! `batch` (docs/protocol.md §5) as the portal's rest module runs it:
 //!
 //! - each command is `method?query`; the query is URL-decoded into parameters **first**, and
 //!   references are substituted into the decoded values afterwards, so a reference the SDKs send

@@ -1,5 +1,5 @@
 //! CRM records: the legacy v2 entities (`crm.lead.*`, …: UPPER keys, values as strings) and
-//! the universal `crm.item.*` view of the same records (camelCase, typed) — reference §10.
+//! the universal `crm.item.*` view of the same records (camelCase, typed) — docs/protocol.md §10.
 
 use std::collections::BTreeMap;
 

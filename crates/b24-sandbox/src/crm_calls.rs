@@ -198,7 +198,7 @@ fn select_param(params: &Value) -> Vec<String> {
     }
 }
 
-// The list cost model, calibrated to the one published measurement (reference §6,
+// The list cost model, calibrated to the one published measurement (docs/protocol.md §6,
 // huge-data.md): on 2,387,743 leads a counted page took 49.9 s and a `start=-1` page 0.097 s.
 // See FIDELITY.md for what is assumed beyond those two figures.
 

@@ -1,4 +1,4 @@
-//! Event bindings, online delivery and the offline queue (reference §9).
+//! Event bindings, online delivery and the offline queue (docs/protocol.md §9).
 
 use serde_json::{Value, json};
 
@@ -135,7 +135,7 @@ impl State {
         });
     }
 
-    /// The form payload of an online event (reference §9.2), with fresh tokens for the user.
+    /// The form payload of an online event (docs/protocol.md §9.2), with fresh tokens for the user.
     fn online_payload(
         &mut self,
         event: &str,
@@ -171,7 +171,7 @@ impl State {
     }
 
     /// After a request: if it queued offline rows, notify the `ONOFFLINEEVENT` handlers
-    /// (reference §9.7): `data` empty, full `auth` with a refresh token, at most one per
+    /// (docs/protocol.md §9.7): `data` empty, full `auth` with a refresh token, at most one per
     /// handler per `minTimeout` seconds (0 = one per request).
     pub fn notify_offline(&mut self, deliveries: &mut Vec<Delivery>) {
         if !std::mem::take(&mut self.offline_touched) {

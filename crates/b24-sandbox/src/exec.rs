@@ -9,7 +9,7 @@ use crate::methods::{self, Caller, Out, PErr, perr};
 use crate::params::{get_ci, text};
 use crate::state::{State, iso};
 
-/// The `time` object of a response (reference §2.2). `op` is the caller's operating time for
+/// The `time` object of a response (docs/protocol.md §2.2). `op` is the caller's operating time for
 /// the method (used seconds, reset-at) when the limiter is on.
 pub fn time_block(start: f64, cost: f64, op: Option<(f64, Option<f64>)>) -> Value {
     let mut t = json!({

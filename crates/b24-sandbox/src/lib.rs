@@ -36,7 +36,7 @@ pub use faults::FaultSpec;
 pub use portals::{LifecycleOutcome, Portals, start_many};
 pub use state::{LoggedRequest, Stats};
 
-/// The portal's plan: it sets the leaky bucket (reference §7.2).
+/// The portal's plan: it sets the leaky bucket (docs/protocol.md §7.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Plan {

@@ -1,5 +1,5 @@
 //! Request parameters: PHP bracket notation (`fields[PHONE][0][VALUE]=1`) into nested JSON,
-//! as the portal parses query strings, form bodies and multipart fields (reference §1.3).
+//! as the portal parses query strings, form bodies and multipart fields (docs/protocol.md §1.3).
 
 use serde_json::{Map, Value};
 

@@ -378,7 +378,7 @@ impl State {
             .push((at, secs));
     }
 
-    /// The operating-time window (reference §7.3: ten minutes on a portal; shorter with
+    /// The operating-time window (docs/protocol.md §7.3: ten minutes on a portal; shorter with
     /// `--operating-window` so tests and benchmarks see whole windows in seconds).
     pub fn window(&self) -> f64 {
         let w = self.cfg.operating_window_secs;

@@ -1,4 +1,4 @@
-//! Many commands per request: the v2 `batch` method (reference §5), without its traps.
+//! Many commands per request: the v2 `batch` method (docs/protocol.md §5), without its traps.
 //!
 //! [`Batch`] takes any number of commands and runs them in requests of at most 50. What the
 //! portal does badly, this module does on the client side:

@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::Error;
 use crate::retry::RetryPolicy;
 
-/// The default OAuth authorization server (protocol reference §3.1).
+/// The default OAuth authorization server (docs/protocol.md §3.1).
 pub const DEFAULT_TOKEN_URL: &str = "https://oauth.bitrix.info/oauth/token/";
 
 /// How calls are authenticated.
@@ -83,7 +83,7 @@ impl Auth {
 /// Share of the bucket kept in reserve when `B24_RATE_MARGIN` is not set.
 pub const DEFAULT_MARGIN_SHARE: f64 = 0.04;
 
-/// The portal's leaky bucket (protocol reference §7.2): capacity X, drain Y per second.
+/// The portal's leaky bucket (docs/protocol.md §7.2): capacity X, drain Y per second.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimits {
     /// Capacity of the bucket, in requests.
@@ -154,7 +154,7 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// Per-request timeout (the portal cuts requests off at 60 s).
     pub timeout: Duration,
-    /// Seconds of execution per method per ten minutes the portal allows (§7.3).
+    /// Seconds of execution per method per ten minutes the portal allows (docs/protocol.md §7.3).
     pub operating_limit_secs: f64,
     /// Directory for tokens, limiter state, plans, idempotency records and the audit log.
     pub state_dir: PathBuf,

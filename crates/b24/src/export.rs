@@ -1,4 +1,4 @@
-//! Whole lists as a stream of items, at the portal's ceiling (reference §6, §7).
+//! Whole lists as a stream of items, at the portal's ceiling (docs/protocol.md §6, §7).
 //!
 //! # Keyset over ID ranges (strategy `keyset`, the default for `auto`)
 //!
@@ -12,8 +12,8 @@
 //! Why ranges rather than chaining `$result[prev][49][ID]` inside one request: a chain needs no
 //! density estimate, but when a page comes back short (a gap, the end of the data) every later
 //! command in the chain gets an unresolved reference, which the portal sends on as literal text
-//! (reference §5.2) — wasted commands at best, a wrong filter at worst — and a chain cannot be
-//! split across parallel requests. Ranges are independent, so they parallelise, and each is
+//! (docs/protocol.md §5.2) — wasted commands at best, a wrong filter at worst — and a chain
+//! cannot be split across parallel requests. Ranges are independent, so they parallelise, and each is
 //! sized from the density observed so far (`width = 50 / items-per-ID`). With the usual dense
 //! auto-increment IDs a range of 50 IDs holds exactly 50 items: N items cost ⌈N/2,500⌉ requests
 //! plus the probe. A range that comes back full (50 items) but ends before its upper bound keeps

@@ -5,7 +5,7 @@
 //! - [`config`]: where the portal and the credentials come from (flags > env > profile > defaults);
 //! - [`auth`]: incoming webhooks and OAuth 2.0 (refresh single-flight across tasks and processes);
 //! - [`envelope`]: the v2/v3 response envelope and its quirks (numbers as strings, `[]` maps);
-//! - [`error`]: one structured error type, classified as in the protocol reference §8.3;
+//! - [`error`]: one structured error type, classified as in docs/protocol.md §8.3;
 //! - [`limiter`]: a GCRA model of the portal's leaky bucket, shareable across processes;
 //! - [`retry`]: backoff with jitter, and the rule that an ambiguous write is never resent;
 //! - [`client`]: [`Client`], which ties the above together for a single call;

@@ -2,7 +2,7 @@
 //!
 //! The portal keeps a counter per portal and source address: every request adds one, the counter
 //! drains at `per_sec`, and a request that would take it above `burst` is refused with 503
-//! `QUERY_LIMIT_EXCEEDED` (protocol reference §7.2). GCRA tracks the same bucket with one number,
+//! `QUERY_LIMIT_EXCEEDED` (docs/protocol.md §7.2). GCRA tracks the same bucket with one number,
 //! the theoretical arrival time `tat` (when the bucket would be empty): the level at time `now`
 //! is `(tat - now) * per_sec`. A request is admitted when the level after adding it is at most
 //! the capacity. We *reserve* slots: a caller that must wait still advances `tat` and sleeps

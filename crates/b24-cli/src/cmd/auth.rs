@@ -1,6 +1,6 @@
 //! `b24 auth`: OAuth login, status and logout.
 //!
-//! `login` runs the authorization-code flow (protocol reference §3): it prints the portal's
+//! `login` runs the authorization-code flow (docs/protocol.md §3): it prints the portal's
 //! authorize URL on stderr, catches the `code` on a loopback callback (checking `state`, so a
 //! stray request cannot inject a code), or takes a code pasted with `--code`; exchanges it at the
 //! token endpoint; and stores the pair (mode 0600) in the state dir, in the same file the client
@@ -267,7 +267,7 @@ fn open_browser(url: &str, with: Option<&str>) -> bool {
     }
 }
 
-/// Exchange an authorization code at the token endpoint (§3.4).
+/// Exchange an authorization code at the token endpoint (docs/protocol.md §3.4).
 async fn exchange(
     token_url: &str,
     client_id: &str,

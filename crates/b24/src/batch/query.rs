@@ -1,4 +1,5 @@
-//! PHP bracket encoding of JSON parameters into a `method?query` batch command (reference §1.3).
+//! PHP bracket encoding of JSON parameters into a `method?query` batch command
+//! (docs/protocol.md §1.3).
 //!
 //! `{"fields":{"TITLE":"a&b","PHONE":[{"VALUE":"1"}]}}` becomes
 //! `fields[TITLE]=a%26b&fields[PHONE][0][VALUE]=1`. Values are percent-encoded (so `&`, `=`,

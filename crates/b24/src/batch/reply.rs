@@ -1,4 +1,4 @@
-//! Reading a batch answer (reference §5.3) and the `$result[...]` references of commands.
+//! Reading a batch answer (docs/protocol.md §5.3) and the `$result[...]` references of commands.
 
 use serde_json::{Map, Value};
 
@@ -64,7 +64,7 @@ pub(super) fn resolve(result: &Value, path: &[String]) -> Option<String> {
     }
 }
 
-/// The `result` of a batch response (reference §5.3). Maps may arrive as `[]` when empty, or
+/// The `result` of a batch response (docs/protocol.md §5.3). Maps may arrive as `[]` when empty, or
 /// as JSON arrays when the keys were `0..n-1`.
 #[derive(Debug, Default)]
 pub struct Reply {

@@ -100,7 +100,8 @@ pub(super) async fn offset<T: Transport + Clone + 'static>(
                 (lo, cut)
             } else if next_lo < end {
                 // No more pages to a request than the method's operating-time budget
-                // comfortably allows: a counted page of a large table costs seconds (§6).
+                // comfortably allows: a counted page of a large table costs seconds
+                // (docs/protocol.md §6).
                 let room = transport.room(&method, MAX_COMMANDS).await as u64;
                 let last = end.min(next_lo + room.max(1));
                 let lo = next_lo;

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use super::operating;
 use crate::Error;
 
-/// Per-method operating-time budget (§7.3) of one client: the shared [`operating`] states of
-/// its portal and credential, and the configured limit.
+/// Per-method operating-time budget (docs/protocol.md §7.3) of one client: the shared
+/// [`operating`] states of its portal and credential, and the configured limit.
 pub struct OperatingBudget {
     store: Box<dyn operating::OperatingStore>,
     prefix: String,

@@ -1,4 +1,4 @@
-//! Operating-time pacing (protocol reference §7.3): the portal adds up the execution time of
+//! Operating-time pacing (docs/protocol.md §7.3): the portal adds up the execution time of
 //! each method per credential over a sliding window (ten one-minute baskets in ten minutes) and
 //! blocks the method once it passes the limit (480 s on a cloud portal). Almost all heavy work
 //! goes through `batch`, where every command reports its own `time.operating` in

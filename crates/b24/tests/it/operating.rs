@@ -1,4 +1,4 @@
-//! Operating-time pacing (reference §7.3) against the sandbox with a short window: a long
+//! Operating-time pacing (docs/protocol.md §7.3) against the sandbox with a short window: a long
 //! export is paced under the method's budget and never blocked; a block caused by someone
 //! else is waited out by long jobs and reported with its end by one-shot calls; errors inside
 //! a batch say so; processes sharing a store share the pace.
