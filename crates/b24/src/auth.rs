@@ -1,6 +1,6 @@
 //! OAuth 2.0 tokens: storage, and a refresh that happens once however many callers need it.
 //!
-//! Bitrix24 rotates the refresh token on every refresh (protocol reference §3.3), so two
+//! Bitrix24 rotates the refresh token on every refresh (docs/protocol.md §3.3), so two
 //! refreshes of the same token race: the loser holds a consumed token and gets `invalid_grant`.
 //! We prevent that at two levels. In one process, callers wait on an async mutex and compare a
 //! generation counter: whoever saw an older token than the current one just uses the new one.
@@ -58,7 +58,7 @@ impl std::fmt::Debug for TokenPair {
 }
 
 impl TokenPair {
-    /// Parse the authorization server's token response (§3.4) or its error (§3.5).
+    /// Parse the authorization server's token response (docs/protocol.md §3.4) or its error (§3.5).
     pub fn from_token_response(status: u16, body: &[u8]) -> Result<TokenPair, Error> {
         let v: serde_json::Value = match serde_json::from_slice(body) {
             Ok(v) => v,

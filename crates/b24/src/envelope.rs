@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-/// The `time` block that follows every successful response (protocol reference §2.2).
+/// The `time` block that follows every successful response (docs/protocol.md §2.2).
 /// Every field is optional: its composition varies by method and environment.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Time {

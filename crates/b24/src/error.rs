@@ -21,7 +21,7 @@ pub struct ApiError {
     pub method: String,
 }
 
-/// What a caller should do about an error (protocol reference §8.3).
+/// What a caller should do about an error (docs/protocol.md §8.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub enum ErrorClass {
@@ -138,7 +138,7 @@ impl Error {
 }
 
 impl Error {
-    /// How to react to this error (protocol reference §8.3).
+    /// How to react to this error (docs/protocol.md §8.3).
     pub fn class(&self) -> ErrorClass {
         match self {
             Error::Api(api) => api.class(),

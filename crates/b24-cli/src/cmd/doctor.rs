@@ -80,7 +80,7 @@ impl Report {
     }
 }
 
-/// The fix for a known API error code (protocol reference §8; the users' common mistakes).
+/// The fix for a known API error code (docs/protocol.md §8; the users' common mistakes).
 /// Codes without a doctor-specific sentence take the library's table (the same text the CLI
 /// prints under an error and MCP gives the model).
 pub fn diagnose(code: &str, description: &str, webhook: bool, method: &str) -> (String, String) {

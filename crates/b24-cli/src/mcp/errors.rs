@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::exit::{self, Exit};
 
-/// How to fix a Bitrix24 error code (protocol reference §8.3), in MCP terms.
+/// How to fix a Bitrix24 error code (docs/protocol.md §8.3), in MCP terms.
 pub fn fix_for_code(code: &str, method: &str) -> String {
     match code.to_ascii_uppercase().as_str() {
         "QUERY_LIMIT_EXCEEDED" => "the portal's rate limit was hit even after b24's retries: wait a few seconds and call again; fetch more per call with b24_batch or b24_export".into(),
