@@ -1,4 +1,4 @@
-//! What a portal error means and how to fix it, for every code the protocol reference knows
+//! What a portal error means and how to fix it, for every code docs/protocol.md knows
 //! (system errors, token and OAuth-server errors, REST 3.0 exceptions, and the legacy CRM
 //! answers with an empty code). One table for every front end: the CLI prints it under the
 //! error, MCP puts it in the tool error the model reads, `b24 doctor` and `b24 describe` quote
