@@ -1,4 +1,4 @@
-//! Conformance of the sandbox with the protocol notes (docs/protocol.md), checked with a plain HTTP client
+//! Conformance of the sandbox with docs/protocol.md, checked with a plain HTTP client
 //! (never the b24 client, so a shared misunderstanding cannot hide).
 
 mod conformance;
