@@ -84,6 +84,8 @@ const ADDED: &[(&str, &str)] = &[
     ("idempotency", "tag"),
     // Which budget a write counts in: "" for the process's own, `mcp:NAME` per MCP client.
     ("writes", "budget"),
+    // How `b24 settle` resolved an applied plan whose outcome was unknown (JSON; "" for none).
+    ("plans", "settlement"),
 ];
 
 impl GuardStore {

@@ -40,7 +40,8 @@ pub struct Args {
 /// Looking at recorded plans.
 #[derive(Debug, clap::Subcommand)]
 pub enum Sub {
-    /// Show one recorded plan (its params redacted) and whether it can still be applied.
+    /// Show one recorded plan (its params redacted), whether it can still be applied, and how
+    /// `b24 settle` resolved it when its apply's outcome was unknown.
     #[command(after_help = "Example:\n  b24 plan show pl_0190c3c1a2b3c4d5e6f7")]
     Show {
         /// The plan id printed by `b24 plan`.
@@ -90,7 +91,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             ));
         };
         let now = b24_guard::store::now();
-        let out = json!({
+        let mut out = json!({
             "id": plan.id,
             "method": plan.method,
             "params": gate.redact(&plan.params),
@@ -102,6 +103,11 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             "expires_at": plan.expires_at as i64,
             "expired": plan.expires_at < now,
         });
+        // An apply whose outcome was unknown, looked at again by `b24 settle`: what it found
+        // (the state above is `applied`/`failed` once that is known).
+        if let Some(s) = &plan.settlement {
+            out["settlement"] = gate.redact(s);
+        }
         crate::out::pretty(&out)?;
         return Ok(exit::OK);
     }

@@ -345,6 +345,7 @@ impl Gate {
                 class,
                 &s,
             );
+            settle_plan(&store, &o, class, &s);
             out.push(SettleReport {
                 call_id: o.call_id,
                 command: o.command,
@@ -391,6 +392,7 @@ impl Gate {
             .settle_open(store, &client, &o, logic::CRASHED_AFTER_SECS)
             .await;
         self.record_settlement(store, &o.key, &o.method, &o.call_id, None, class, &s);
+        settle_plan(store, &o, class, &s);
         match s {
             Settled::Done {
                 raw,
@@ -518,7 +520,7 @@ impl Gate {
                 params: Some(&rec.params),
                 confirm_write: true,
                 confirm_destructive: true,
-                via_plan: o.planned,
+                via_plan: o.plan_id.is_some(),
                 no_send: false,
             };
             if let Err(r) = self.policy.check(self.catalog, &check) {
@@ -530,6 +532,34 @@ impl Gate {
         }
         let p = pending(o, &rec, api, class, stamp.as_deref());
         (class, self.settle_one(client, &p).await)
+    }
+}
+
+/// When the write applied a plan, the plan's state follows what settling found (`applied`
+/// when the write is known to have happened, `failed` when the portal refused it), and the
+/// settlement is kept with the plan for `b24 plan show`. A plan is only moved from
+/// `unknown`/`applying`; a failure to record it is logged (the audit record is what counts).
+fn settle_plan(store: &GuardStore, o: &Open, class: SettleClass, s: &Settled) {
+    let Some(id) = &o.plan_id else { return };
+    let state = match s {
+        Settled::Done { .. } => Some("applied"),
+        Settled::Failed { .. } => Some("failed"),
+        Settled::Unknown { .. } => None,
+    };
+    let settlement = json!({
+        "outcome": s.outcome(),
+        "at": jiff::Timestamp::now().to_string(),
+        "call_id": o.call_id,
+        "settle": class,
+        "evidence": s.evidence(),
+    });
+    match store.settle_plan(id, state, &settlement) {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "plan {id} (settled as {}) is not in the guard store",
+            s.outcome()
+        ),
+        Err(e) => tracing::error!("the settlement of plan {id} could not be recorded: {e}"),
     }
 }
 

@@ -29,6 +29,10 @@ pub struct Plan {
     pub state: String,
     /// The portal identity the plan was recorded for.
     pub portal: String,
+    /// When the apply's outcome was unknown: what `b24 settle` found later (outcome, when,
+    /// how, the call it settled). Not covered by the tag: it is shown, never acted on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settlement: Option<Value>,
     #[serde(skip)]
     tag: String,
     #[serde(skip)]
@@ -134,6 +138,7 @@ impl GuardStore {
             expires_at: t + ttl_secs,
             state: "open".into(),
             portal: self.portal.clone(),
+            settlement: None,
             tag: String::new(),
             params_text: canonical(params),
         };
@@ -161,10 +166,11 @@ impl GuardStore {
 
     fn read_plan(conn: &rusqlite::Connection, id: &str) -> Result<Option<Plan>, GuardError> {
         conn.query_row(
-            "SELECT id, method, params, api, risk, hash, created_at, expires_at, state, portal, tag FROM plans WHERE id = ?1",
+            "SELECT id, method, params, api, risk, hash, created_at, expires_at, state, portal, tag, settlement FROM plans WHERE id = ?1",
             [id],
             |r| {
                 let params_text: String = r.get(2)?;
+                let settlement: String = r.get(11)?;
                 Ok(Plan {
                     id: r.get(0)?,
                     method: r.get(1)?,
@@ -177,6 +183,7 @@ impl GuardStore {
                     state: r.get(8)?,
                     portal: r.get(9)?,
                     tag: r.get(10)?,
+                    settlement: serde_json::from_str(&settlement).ok(),
                     params_text,
                 })
             },
@@ -348,5 +355,56 @@ impl GuardStore {
         )
         .map_err(db_err)?;
         tx.commit().map_err(db_err)
+    }
+
+    /// Record what `b24 settle` found about an applied plan whose outcome was unknown: `state`
+    /// becomes `applied` or `failed` when the settlement knows (`None` leaves it), and the
+    /// settlement is kept for `b24 plan show`. Only a plan still `unknown` (or `applying`: its
+    /// process ended mid-call) moves; one already settled keeps its state. The plan may be
+    /// this store's portal's or one of its MCP clients' (`PORTAL#mcp:NAME`): the settle runs
+    /// for the portal and the audit record that names the plan was checked under the guard key.
+    /// `Ok(false)`: no such plan of this portal.
+    pub fn settle_plan(
+        &self,
+        id: &str,
+        state: Option<&str>,
+        settlement: &Value,
+    ) -> Result<bool, GuardError> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let portal: Option<String> = tx
+            .query_row("SELECT portal FROM plans WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .map_err(db_err)?;
+        let ours = portal.is_some_and(|p| {
+            p == self.portal
+                || p.strip_prefix(self.portal.as_str())
+                    .is_some_and(|rest| rest.starts_with("#mcp:"))
+        });
+        if !ours {
+            return Ok(false);
+        }
+        let n = tx
+            .execute(
+                "UPDATE plans SET settlement = ?2 WHERE id = ?1 AND state IN ('unknown', 'applying')",
+                params![id, settlement.to_string()],
+            )
+            .map_err(db_err)?;
+        if let (Some(state), 1) = (state, n) {
+            tx.execute(
+                "UPDATE plans SET state = ?2 WHERE id = ?1",
+                params![id, state],
+            )
+            .map_err(db_err)?;
+            tx.execute(
+                "UPDATE plan_ledger SET outcome = ?2 WHERE plan_id = ?1",
+                params![id, state],
+            )
+            .map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(true)
     }
 }

@@ -7,6 +7,7 @@ mod bench;
 mod gate;
 mod knowledge;
 mod pg_budget;
+mod plan_settle;
 mod settle;
 mod store_attacks;
 

@@ -15,13 +15,13 @@ use b24_guard::sources::{CallerInputs, OperatorPaths, resolve};
 use b24_sandbox::{FaultSpec, Sandbox, SandboxConfig};
 use serde_json::{Value, json};
 
-struct Fixture {
+pub(crate) struct Fixture {
     sb: Sandbox,
     dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    async fn new() -> Fixture {
+    pub(crate) async fn new() -> Fixture {
         let sb = b24_sandbox::start(SandboxConfig {
             seed_leads: 5,
             ..Default::default()
@@ -35,7 +35,7 @@ impl Fixture {
     }
 
     /// A fresh gate (as a new `b24` process would build it) over the same records.
-    fn gate(&self) -> Gate {
+    pub(crate) fn gate(&self) -> Gate {
         self.gate_with(AgentPolicy {
             allow: vec!["*".into()],
             allow_unlisted: true,
@@ -44,7 +44,7 @@ impl Fixture {
     }
 
     /// The same, under the caller's policy flags `flags`.
-    fn gate_with(&self, flags: AgentPolicy) -> Gate {
+    pub(crate) fn gate_with(&self, flags: AgentPolicy) -> Gate {
         let d = self.dir.path();
         let paths = OperatorPaths {
             system: d.join("etc/b24/policy.toml"),
@@ -67,7 +67,7 @@ impl Fixture {
         Gate::new(resolved, slot, Origin::Cli)
     }
 
-    fn lose(&self, n: u32) {
+    pub(crate) fn lose(&self, n: u32) {
         self.sb.set_faults(FaultSpec {
             lose_after_write: n,
             ..Default::default()
@@ -75,7 +75,7 @@ impl Fixture {
     }
 
     /// How many requests for `method` the portal received.
-    fn requests(&self, method: &str) -> usize {
+    pub(crate) fn requests(&self, method: &str) -> usize {
         self.sb
             .request_log()
             .iter()
@@ -84,7 +84,7 @@ impl Fixture {
     }
 
     /// Read the portal's data (reads are never hit by the counted faults).
-    async fn read(&self, method: &str, params: Value, v3: bool) -> Value {
+    pub(crate) async fn read(&self, method: &str, params: Value, v3: bool) -> Value {
         let c = self.gate().client().await.unwrap();
         let r = if v3 {
             c.call_v3(method, params, Default::default()).await
@@ -94,7 +94,7 @@ impl Fixture {
         r.expect("read").result
     }
 
-    async fn leads_where(&self, filter: Value) -> Vec<Value> {
+    pub(crate) async fn leads_where(&self, filter: Value) -> Vec<Value> {
         let v = self
             .read(
                 "crm.lead.list",
@@ -117,7 +117,7 @@ impl Fixture {
     }
 }
 
-fn write(method: &str, params: Value) -> CallRequest {
+pub(crate) fn write(method: &str, params: Value) -> CallRequest {
     CallRequest {
         method: method.into(),
         params,

@@ -17,8 +17,9 @@ pub(super) struct Open {
     pub(super) at: f64,
     /// Its intent is recorded but no outcome: the process that sent it ended mid-call.
     pub(super) crashed: bool,
-    /// Sent by applying a plan (the record names it): a resend is that reviewed call again.
-    pub(super) planned: bool,
+    /// The plan it applied, when the record names one: a resend is that reviewed call again,
+    /// and the plan's state follows the settlement.
+    pub(super) plan_id: Option<String>,
 }
 
 /// The outcome-unknown writes of this portal that no settlement record closes, oldest first.
@@ -103,7 +104,7 @@ pub(super) fn open_writes(
                     class,
                     stamp: s(r, "stamp"),
                     crashed: false,
-                    planned: s(r, "plan_id").is_some(),
+                    plan_id: s(r, "plan_id"),
                 });
             }
             // A batch: each command whose status is unknown, with what its intent recorded.
@@ -146,7 +147,7 @@ pub(super) fn open_writes(
                         stamp: p["stamp"].as_str().map(str::to_string),
                         at: at(intent),
                         crashed: false,
-                        planned: false,
+                        plan_id: None,
                     });
                 }
             }
@@ -198,7 +199,7 @@ fn crashed(
                     stamp: str_of(p, "stamp"),
                     at,
                     crashed: true,
-                    planned: false,
+                    plan_id: None,
                 });
             }
         }
@@ -219,7 +220,7 @@ fn crashed(
                 stamp: str_of(&rv, "stamp"),
                 at,
                 crashed: true,
-                planned: str_of(&rv, "plan_id").is_some(),
+                plan_id: str_of(&rv, "plan_id"),
             });
         }
     }
