@@ -1,6 +1,7 @@
 //! Unit tests of policy layers: narrowing, globs, refusals and their messages.
 
 use super::*;
+use crate::catalog::Catalog;
 
 fn check(p: &Policy, m: &str, cw: bool, cd: bool) -> Result<Risk, Refusal> {
     p.check(
