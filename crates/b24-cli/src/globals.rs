@@ -134,7 +134,8 @@ pub struct Globals {
     pub verbose: u8,
     /// Act on one portal the app is installed on (domain or member id, see `b24 portals
     /// list`): its address and OAuth pair come from the installation the receiver recorded.
-    /// Given before the command (`b24 --portal X call …`): `auth --portal` is another flag.
+    /// Before or after the command (`b24 --portal X call …`, `b24 call --portal X …`), except
+    /// under `b24 auth`, whose `--portal HOST` names the portal to log in to.
     #[arg(
         long = "portal",
         id = "installed_portal",
@@ -306,13 +307,73 @@ impl Globals {
     }
 }
 
+/// The flag `--portal DOMAIN|MEMBER_ID` may follow any subcommand but cannot be a clap
+/// global: `auth login|status|logout` have their own `--portal HOST` (another meaning), and a
+/// global would collide with it, or hand a login host to [`Globals::portal`]. So the parse
+/// tree carries a hidden, local copy of it in every subcommand outside such a subtree, and
+/// [`lift_portal`] moves the value where [`Globals`] reads it.
+const PORTAL_ID: &str = "installed_portal";
+
+/// The command tree `b24` parses with: the derived one plus the local `--portal` copies.
+pub fn tree() -> clap::Command {
+    use clap::CommandFactory;
+    let cmd = crate::cmd::Cli::command();
+    let Some(flag) = cmd
+        .get_arguments()
+        .find(|a| a.get_id() == PORTAL_ID)
+        .map(|a| a.clone().hide(true))
+    else {
+        return cmd;
+    };
+    with_portal_flag(cmd, &flag)
+}
+
+/// Whether `cmd` or a command under it has a `--portal` flag of its own.
+fn has_own_portal(cmd: &clap::Command) -> bool {
+    cmd.get_arguments()
+        .any(|a| a.get_long() == Some("portal") && a.get_id() != PORTAL_ID)
+        || cmd.get_subcommands().any(has_own_portal)
+}
+
+fn with_portal_flag(mut cmd: clap::Command, flag: &clap::Arg) -> clap::Command {
+    let names: Vec<String> = cmd
+        .get_subcommands()
+        .filter(|sc| !has_own_portal(sc))
+        .map(|sc| sc.get_name().to_string())
+        .collect();
+    for name in names {
+        cmd = cmd.mut_subcommand(&name, |sc| with_portal_flag(sc.arg(flag.clone()), flag));
+    }
+    cmd
+}
+
+/// The `--portal` given after a subcommand, moved to the top level (see [`tree`]). Given
+/// twice with different values is a usage error: which portal would be meant is a guess.
+pub fn lift_portal(matches: &clap::ArgMatches, g: &mut Globals) -> Result<(), clap::Error> {
+    let mut level = matches.subcommand();
+    while let Some((_, m)) = level {
+        if let Ok(Some(v)) = m.try_get_one::<String>(PORTAL_ID) {
+            match &g.portal {
+                Some(prev) if prev != v => {
+                    return Err(command().error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!("--portal is given twice, as `{prev}` and as `{v}`"),
+                    ));
+                }
+                _ => g.portal = Some(v.clone()),
+            }
+        }
+        level = m.subcommand();
+    }
+    Ok(())
+}
+
 /// The command tree as `b24` parses it: the global flags (connection, state, policy, `-q`,
 /// `-v`) are described once, in `b24 --help`. They still work before or after any subcommand,
 /// but each subcommand's help lists only its own flags and points to `b24 --help` for the rest
 /// (twenty guard flags repeated under `b24 completions --help` hid what that command takes).
 pub fn command() -> clap::Command {
-    use clap::CommandFactory;
-    let cmd = crate::cmd::Cli::command();
+    let cmd = tree();
     // clap copies a global arg into a subcommand only where the subcommand has no arg of that
     // id: putting hidden copies there first keeps the flags working (the values still land in
     // the top level's matches) and out of the subcommands' help.

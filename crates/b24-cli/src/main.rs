@@ -17,11 +17,13 @@ use clap::FromArgMatches;
 fn main() -> std::process::ExitCode {
     // Parse with the plain command tree; only help, version and usage errors need the one
     // that hides the global flags in subcommands (building it costs a fifth of a call).
-    let matches = match <cmd::Cli as clap::CommandFactory>::command().try_get_matches() {
+    let matches = match globals::tree().try_get_matches() {
         Ok(m) => m,
         Err(_) => globals::command().get_matches(),
     };
-    let cli = cmd::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut cli = cmd::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // `--portal` after the subcommand (see `globals::tree`).
+    globals::lift_portal(&matches, &mut cli.globals).unwrap_or_else(|e| e.exit());
     globals::init_tracing(&cli.globals);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

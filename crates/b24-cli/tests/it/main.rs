@@ -11,4 +11,5 @@ mod events;
 mod guard;
 mod mcp;
 mod newcomer;
+mod portals;
 mod skill;

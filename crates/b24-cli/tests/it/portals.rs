@@ -1,0 +1,237 @@
+//! `--portal DOMAIN|MEMBER_ID` and `b24 portals list` against several sandbox portals in one
+//! process, with installs recorded by the real receiver (`b24 events serve`). Which portal a
+//! command reached is read from each portal's own request log.
+
+use crate::support::*;
+
+/// `b24 events serve` on a free port, killed on drop.
+struct Receiver {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An app's settings (one client id, secret and OAuth server for every portal) and its
+/// receiver, with the app installed on the first `installed` portals.
+async fn app_on(ps: &b24_sandbox::Portals, installed: usize) -> (Env, Receiver) {
+    let i0 = ps.get(0).unwrap().info().clone();
+    let mut env = Env::bare();
+    env.set("B24_CLIENT_ID", &i0.client_id);
+    env.set("B24_CLIENT_SECRET", &i0.client_secret);
+    env.set("B24_OAUTH_TOKEN_URL", &i0.oauth_token_url);
+    let mut child = env
+        .cmd(&[
+            "events",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-portal",
+            "127.0.0.1:*",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let out = child.stdout.as_mut().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    }
+    let url = serde_json::from_str::<serde_json::Value>(&line).unwrap()["listening"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rx = Receiver { child, url };
+    for p in ps.iter().take(installed) {
+        assert_eq!(p.install_app(&rx.url).await.status, 200);
+    }
+    (env, rx)
+}
+
+/// The REST methods each portal answered (its request log, in order).
+fn methods_by_portal(ps: &b24_sandbox::Portals) -> Vec<Vec<String>> {
+    ps.iter()
+        .map(|p| p.request_log().into_iter().map(|r| r.method).collect())
+        .collect()
+}
+
+/// `--portal` works after the subcommand as it does before it; an unknown or ambiguous portal
+/// is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn portal_flag_after_the_subcommand_reaches_that_portal_only() {
+    let ps = b24_sandbox::start_many(SandboxConfig::default(), 3)
+        .await
+        .unwrap();
+    let (env, _rx) = app_on(&ps, 2).await;
+    let (i0, i1, i2) = (
+        ps.get(0).unwrap().info().clone(),
+        ps.get(1).unwrap().info().clone(),
+        ps.get(2).unwrap().info().clone(),
+    );
+    for p in ps.iter() {
+        p.reset_stats();
+    }
+    let before = methods_by_portal(&ps);
+
+    // After the subcommand, by domain: portal 1 alone gets the call.
+    let o = env
+        .run(&["call", "--portal", &i1.domain, "crm.lead.list"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let after = methods_by_portal(&ps);
+    let new = |k: usize, a: &Vec<Vec<String>>, b: &Vec<Vec<String>>| a[k][b[k].len()..].to_vec();
+    assert_eq!(new(1, &after, &before), ["crm.lead.list"], "{after:?}");
+    assert!(new(0, &after, &before).is_empty(), "{after:?}");
+    assert!(new(2, &after, &before).is_empty(), "{after:?}");
+    assert!(
+        ps.get(1)
+            .unwrap()
+            .request_log()
+            .iter()
+            .all(|r| r.auth == "oauth"),
+        "with the installation's OAuth pair"
+    );
+
+    // After the method and its params, by member id: portal 0 alone.
+    let before = after;
+    let o = env
+        .run(&["call", "server.time", "--portal", &i0.member_id])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let after = methods_by_portal(&ps);
+    assert_eq!(new(0, &after, &before), ["server.time"], "{after:?}");
+    assert!(new(1, &after, &before).is_empty(), "{after:?}");
+
+    // The same portal before and after the subcommand is one portal.
+    let before = after;
+    let o = env
+        .run(&[
+            "--portal",
+            &i0.domain,
+            "call",
+            "--portal",
+            &i0.domain,
+            "server.time",
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let after = methods_by_portal(&ps);
+    assert_eq!(new(0, &after, &before), ["server.time"], "{after:?}");
+
+    // Refused, nothing sent anywhere: an unknown portal, a portal without the app, two
+    // different portals, an empty value.
+    let before = after;
+    for (args, want) in [
+        (
+            vec!["call", "--portal", "nowhere.example", "server.time"],
+            2,
+        ),
+        (
+            vec!["call", "--portal", i2.domain.as_str(), "server.time"],
+            2,
+        ),
+        (
+            vec![
+                "--portal",
+                i0.domain.as_str(),
+                "call",
+                "--portal",
+                i1.domain.as_str(),
+                "server.time",
+            ],
+            2,
+        ),
+        (
+            vec!["list", "crm.lead.list", "--portal", "nowhere.example"],
+            2,
+        ),
+    ] {
+        let o = env.run(&args).await;
+        assert_eq!(code(&o), want, "{args:?}: {}", stderr(&o));
+        assert!(o.stdout.is_empty(), "{args:?}: {}", stdout(&o));
+    }
+    assert_eq!(methods_by_portal(&ps), before, "nothing was sent");
+
+    // Under `auth`, `--portal` keeps its own meaning (the host to log in to), not an
+    // installation: no "no installation" refusal.
+    let o = env.run(&["auth", "status", "--portal", &i2.domain]).await;
+    assert!(
+        !stderr(&o).contains("no installation"),
+        "auth --portal is the login host: {}",
+        stderr(&o)
+    );
+    ps.shutdown().await;
+}
+
+/// `b24 portals list` shows each installation's bucket level: calls on one portal raise its
+/// level and leave the other's where it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn portals_list_bucket_level_follows_the_portal_called() {
+    let ps = b24_sandbox::start_many(SandboxConfig::default(), 2)
+        .await
+        .unwrap();
+    let (mut env, _rx) = app_on(&ps, 2).await;
+    // A bucket that barely drains (0.001 requests/s): the levels read by `portals list` are
+    // the calls made, whatever the time between the processes.
+    env.set("B24_RATE_PER_SEC", "0.001");
+    let (i0, i1) = (
+        ps.get(0).unwrap().info().clone(),
+        ps.get(1).unwrap().info().clone(),
+    );
+    let levels = |o: &std::process::Output| -> (f64, f64) {
+        assert_eq!(code(o), 0, "{}", stderr(o));
+        let rows: Vec<serde_json::Value> = stdout(o)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let of = |m: &str| {
+            let r = rows.iter().find(|r| r["member_id"] == m).unwrap();
+            // No call yet: no bucket recorded (null) reads as empty.
+            r["bucket_level"].as_f64().unwrap_or(0.0)
+        };
+        (of(&i0.member_id), of(&i1.member_id))
+    };
+    // One call on portal 1 first, so that its level is recorded and must stay put.
+    let o = env
+        .run(&["--portal", &i1.domain, "call", "server.time"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let (a0, a1) = levels(&env.run(&["portals", "list"]).await);
+    assert!(a1 >= 0.9, "portal 1 made one call: level {a1}");
+    let before = ps.get(0).unwrap().stats().requests;
+    for k in 0..4 {
+        let o = if k % 2 == 0 {
+            env.run(&["--portal", &i0.member_id, "call", "server.time"])
+                .await
+        } else {
+            env.run(&["call", "server.time", "--portal", &i0.domain])
+                .await
+        };
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    let sent = ps.get(0).unwrap().stats().requests - before;
+    assert!(sent >= 4, "{sent} requests reached portal 0");
+    let (b0, b1) = levels(&env.run(&["portals", "list"]).await);
+    assert!(
+        b0 - a0 >= 3.9 && b0 - a0 <= sent as f64 + 0.1,
+        "portal 0's level follows its {sent} requests: {a0} -> {b0}"
+    );
+    assert!(
+        (b1 - a1).abs() < 0.05,
+        "portal 1 was not called: {a1} -> {b1}"
+    );
+    // `portals show` reads the same level.
+    let o = env.run(&["portals", "show", &i0.domain]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let shown = json(&o)["bucket_level"].as_f64().unwrap();
+    assert!((shown - b0).abs() < 0.05, "show {shown}, list {b0}");
+    ps.shutdown().await;
+}
