@@ -130,14 +130,7 @@ mod tests {
 
     #[test]
     fn portal_answers_keep_their_codes() {
-        let api = |code: &str| {
-            Error::Api(b24::ApiError {
-                code: code.into(),
-                description: String::new(),
-                http_status: 400,
-                method: "m".into(),
-            })
-        };
+        let api = |code: &str| Error::Api(b24::ApiError::new("m", code, "", 400));
         assert_eq!(code_for_b24(&api("ACCESS_DENIED")), API);
         assert_eq!(code_for_b24(&api("invalid_grant")), AUTH);
         assert_eq!(code_for_b24(&api("QUERY_LIMIT_EXCEEDED")), TRANSIENT);

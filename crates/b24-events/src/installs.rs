@@ -430,14 +430,12 @@ pub fn pair_from_event(payload: &serde_json::Value) -> Option<TokenPair> {
                 .and_then(|e| e.parse::<i64>().ok())
                 .map(|x| now + x)
         });
-    Some(TokenPair {
-        access_token: access,
-        refresh_token: refresh,
-        expires,
-        member_id: s("member_id"),
-        scope: s("scope"),
-        client_endpoint: s("client_endpoint"),
-        user_id: s("user_id").and_then(|u| u.parse().ok()),
-        obtained_at: now,
-    })
+    let mut pair = TokenPair::new(access, refresh);
+    pair.expires = expires;
+    pair.member_id = s("member_id");
+    pair.scope = s("scope");
+    pair.client_endpoint = s("client_endpoint");
+    pair.user_id = s("user_id").and_then(|u| u.parse().ok());
+    pair.obtained_at = now;
+    Some(pair)
 }

@@ -160,10 +160,7 @@ pub async fn pull_portal(
             .call_with(
                 "event.offline.get",
                 json!({"clear": 0, "limit": limit}),
-                b24::CallOptions {
-                    is_write: Some(false),
-                    ..Default::default()
-                },
+                b24::CallOptions::write(false),
             )
             .await?;
         let events: Vec<Value> = r

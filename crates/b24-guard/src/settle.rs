@@ -164,14 +164,9 @@ pub fn is_not_found(e: &b24::ApiError) -> bool {
 
 /// A response built from an envelope b24 settled rather than received.
 pub fn response(raw: Value, replayed: bool) -> b24::Response {
-    b24::Response {
-        result: raw.get("result").cloned().unwrap_or(Value::Null),
-        next: raw.get("next").and_then(Value::as_u64),
-        total: raw.get("total").and_then(Value::as_u64),
-        time: None,
-        raw,
-        replayed,
-    }
+    let mut r = b24::Response::from_envelope(raw);
+    r.replayed = replayed;
+    r
 }
 
 #[cfg(test)]
@@ -230,12 +225,7 @@ mod tests {
 
     #[test]
     fn not_found_is_read_from_the_code_or_the_v2_description() {
-        let e = |code: &str, d: &str| b24::ApiError {
-            code: code.into(),
-            description: d.into(),
-            http_status: 400,
-            method: "m".into(),
-        };
+        let e = |code: &str, d: &str| b24::ApiError::new("m", code, d, 400);
         assert!(is_not_found(&e("", "Not found")));
         assert!(is_not_found(&e("NOT_FOUND", "Item not found")));
         assert!(is_not_found(&e(

@@ -19,8 +19,10 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::envelope::{Parsed, lenient_u64, parse};
 
-/// An access/refresh pair as stored on disk.
+/// An access/refresh pair as stored on disk. Outside this crate, start from
+/// [`TokenPair::new`] and set the optional fields.
 #[derive(Clone, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TokenPair {
     /// The token sent as `auth` with every call.
     pub access_token: String,
@@ -58,16 +60,31 @@ impl std::fmt::Debug for TokenPair {
 }
 
 impl TokenPair {
+    /// A pair with nothing else known (no expiry, portal or scope), obtained now.
+    pub fn new(access_token: impl Into<String>, refresh_token: impl Into<String>) -> TokenPair {
+        TokenPair {
+            access_token: access_token.into(),
+            refresh_token: refresh_token.into(),
+            expires: None,
+            member_id: None,
+            scope: None,
+            client_endpoint: None,
+            user_id: None,
+            obtained_at: now_unix(),
+        }
+    }
+
     /// Parse the authorization server's token response (docs/protocol.md §3.4) or its error (§3.5).
     pub fn from_token_response(status: u16, body: &[u8]) -> Result<TokenPair, Error> {
         let v: serde_json::Value = match serde_json::from_slice(body) {
             Ok(v) => v,
-            Err(_) => {
+            Err(e) => {
                 return Err(match parse(body) {
-                    Parsed::Garbage(m) => {
-                        Error::Auth(format!("token endpoint answered HTTP {status} with {m}"))
-                    }
-                    _ => Error::Auth(format!("token endpoint answered HTTP {status}")),
+                    Parsed::Garbage(m, _) => Error::auth_with(
+                        format!("token endpoint answered HTTP {status} with {m}"),
+                        e,
+                    ),
+                    _ => Error::auth_with(format!("token endpoint answered HTTP {status}"), e),
                 });
             }
         };
@@ -84,10 +101,10 @@ impl TokenPair {
             }));
         }
         let s = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
-        let access_token = s("access_token")
-            .ok_or_else(|| Error::Auth("token response has no access_token".into()))?;
-        let refresh_token = s("refresh_token")
-            .ok_or_else(|| Error::Auth("token response has no refresh_token".into()))?;
+        let access_token =
+            s("access_token").ok_or_else(|| Error::auth("token response has no access_token"))?;
+        let refresh_token =
+            s("refresh_token").ok_or_else(|| Error::auth("token response has no refresh_token"))?;
         let now = now_unix();
         let expires = v
             .get("expires")
@@ -109,6 +126,14 @@ impl TokenPair {
             obtained_at: now,
         })
     }
+}
+
+/// An authentication error for a request to the token endpoint that got no answer. The URL is
+/// stripped from the reqwest error before it is kept: its query holds the client secret and
+/// the refresh token or the authorization code.
+pub(crate) fn transport(what: &str, e: reqwest::Error) -> Error {
+    let e = e.without_url();
+    Error::auth_with(format!("{what}: {e}"), e)
 }
 
 pub(crate) fn now_unix() -> i64 {
@@ -342,8 +367,8 @@ impl OAuthSession {
         match &g.1 {
             Some(p) if !p.access_token.is_empty() => Ok((g.0, p.access_token.clone())),
             Some(_) | None if has_refresh => Ok((g.0, String::new())),
-            _ => Err(Error::Auth(
-                "no OAuth access token: run `b24 auth login`, or set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN".into(),
+            _ => Err(Error::auth(
+                "no OAuth access token: run `b24 auth login`, or set B24_ACCESS_TOKEN and B24_REFRESH_TOKEN",
             )),
         }
     }
@@ -397,9 +422,8 @@ impl OAuthSession {
             .map(|p| p.refresh_token.clone())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
-                Error::Auth(
-                    "the access token expired and there is no refresh token: run `b24 auth login`"
-                        .into(),
+                Error::auth(
+                    "the access token expired and there is no refresh token: run `b24 auth login`",
                 )
             })?;
         let resp = self
@@ -413,15 +437,16 @@ impl OAuthSession {
             ])
             .send()
             .await
-            .map_err(|e| Error::Auth(format!("token refresh failed: {}", e.without_url())))?;
+            .map_err(|e| transport("token refresh failed", e))?;
         let status = resp.status().as_u16();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| Error::Auth(format!("token refresh failed: {}", e.without_url())))?;
+            .map_err(|e| transport("token refresh failed", e))?;
         let mut pair = TokenPair::from_token_response(status, &body).map_err(|e| match e {
-            Error::Api(a) if a.code.eq_ignore_ascii_case("invalid_grant") => Error::Auth(
-                "the refresh token was refused (invalid_grant): it expired or was already used; run `b24 auth login`".into(),
+            Error::Api(a) if a.code.eq_ignore_ascii_case("invalid_grant") => Error::auth_with(
+                "the refresh token was refused (invalid_grant): it expired or was already used; run `b24 auth login`",
+                Error::Api(a),
             ),
             other => other,
         })?;

@@ -137,6 +137,9 @@ pub enum BatchError {
 }
 
 /// The outcome of one command.
+///
+/// Exhaustive on purpose: a caller that records outcomes (the gate's ledger) must account
+/// for every kind, so a new kind must be a compile error there rather than fall into a `_`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum Outcome {

@@ -19,19 +19,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use crate::auth::{FileTokenStore, OAuthSession, TokenPair, TokenStore, now_unix};
-use crate::config::{Auth, LimiterBackend, TokenBackend};
-use crate::limiter::operating::{MemoryOpStore, OperatingStore, Reservation, SqliteOpStore};
-use crate::limiter::{Limiter, MemoryStore, OperatingBudget, SqliteStore, SystemClock};
-use crate::pg::PgStore;
+use crate::auth::{OAuthSession, TokenPair, now_unix};
+use crate::config::Auth;
+use crate::error::BoxError;
+use crate::limiter::operating::Reservation;
+use crate::limiter::{Limiter, OperatingBudget, SystemClock};
 use crate::retry::Backoff;
 use crate::{Config, Error, Response};
 
 mod attempt;
+mod build;
 mod pacing;
+
+pub use build::token_store;
 
 pub use pacing::Waiting;
 
@@ -49,8 +52,32 @@ pub struct CallOptions {
     pub timeout: Option<Duration>,
 }
 
+impl CallOptions {
+    /// Options with the caller's verdict on whether the call is a write (never resent after
+    /// an ambiguous failure) or a read.
+    pub fn write(is_write: bool) -> CallOptions {
+        CallOptions {
+            is_write: Some(is_write),
+            ..CallOptions::default()
+        }
+    }
+
+    /// With an idempotency key (sent on REST 3.0 writes, reported in errors).
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> CallOptions {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// With a per-request timeout instead of the configured one.
+    pub fn with_timeout(mut self, timeout: Duration) -> CallOptions {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
 /// Counters since the client was built.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct ClientStats {
     /// HTTP requests sent (each retry and each redirect hop counts).
     pub requests: u64,
@@ -147,6 +174,8 @@ enum Attempt {
     Retry {
         reason: String,
         delay: Option<Duration>,
+        /// The transport or decoding error behind it, kept for the final error's `source`.
+        source: Option<BoxError>,
     },
     Refresh(u64),
     /// The portal blocked the method (`OPERATION_TIME_LIMIT`); the budget knows until when.
@@ -154,189 +183,7 @@ enum Attempt {
     Fail(Error),
 }
 
-/// The token store the configuration names: the 0600 file, or the PostgreSQL row of a cluster.
-pub async fn token_store(config: &Config) -> Result<Arc<dyn TokenStore>, Error> {
-    match config.token_backend {
-        TokenBackend::File => Ok(Arc::new(FileTokenStore::new(config.token_file()))),
-        TokenBackend::Postgres => Ok(Arc::new(
-            pg_store(config).await?.token_store(&config.portal),
-        )),
-    }
-}
-
-/// Connect to `B24_STORE_URL` (and apply its migration) — once per URL and process: a
-/// worker serving a thousand portals builds a client per portal, and a pool each would be a
-/// thousand pools against one database. Keyed by runtime too: a pool's connections live on
-/// the runtime that opened them.
-async fn pg_store(config: &Config) -> Result<PgStore, Error> {
-    static POOLS: std::sync::LazyLock<
-        tokio::sync::Mutex<std::collections::HashMap<String, PgStore>>,
-    > = std::sync::LazyLock::new(Default::default);
-    let url = config
-        .store_url
-        .as_ref()
-        .ok_or_else(|| Error::Config("the PostgreSQL store needs B24_STORE_URL".into()))?
-        .expose_secret();
-    let key = format!("{}\0{url}", tokio::runtime::Handle::current().id());
-    let mut pools = POOLS.lock().await;
-    if let Some(p) = pools.get(&key) {
-        return Ok(p.clone());
-    }
-    let p = PgStore::connect(url).await?;
-    pools.insert(key, p.clone());
-    Ok(p)
-}
-
 impl Client {
-    /// Build a client for `config` with the token store it names (file or PostgreSQL).
-    pub async fn new(config: Config) -> Result<Client, Error> {
-        Self::with_token_store(config, None).await
-    }
-
-    /// Build with a specific token store (default: a 0600 file in the state dir).
-    pub async fn with_token_store(
-        config: Config,
-        store: Option<Arc<dyn TokenStore>>,
-    ) -> Result<Client, Error> {
-        let mut b = reqwest::Client::builder()
-            .user_agent(concat!("b24/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(config.timeout);
-        // Trust anchors only when some address is https; see `crate::tls` for why.
-        let oauth_https = matches!(&config.auth, Auth::OAuth { token_url, .. } if token_url.starts_with("https:"));
-        let roots = if config.base_url.starts_with("https:") || oauth_https {
-            crate::tls::Roots::WebPki
-        } else {
-            crate::tls::Roots::None
-        };
-        b = b.tls_backend_preconfigured(crate::tls::client_config(
-            roots,
-            config.ca_file.as_deref(),
-        )?);
-        let http = b
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
-        // One pool for whatever lives in PostgreSQL: start-up connects (and migrates) once.
-        let uses_pg = config.limiter == LimiterBackend::Postgres
-            || (store.is_none()
-                && matches!(config.auth, Auth::OAuth { .. })
-                && config.token_backend == TokenBackend::Postgres);
-        let pg = if uses_pg {
-            Some(pg_store(&config).await?)
-        } else {
-            None
-        };
-        // Operating-time states live where the rate bucket lives (in memory when limiting is
-        // off: a single process still paces itself).
-        let op_store: Box<dyn OperatingStore> = match &config.limiter {
-            LimiterBackend::Sqlite(path) => {
-                let path = path.clone();
-                Box::new(
-                    tokio::task::spawn_blocking(move || {
-                        SqliteOpStore::open(&path, Arc::new(SystemClock))
-                    })
-                    .await
-                    .map_err(|e| Error::state("operating store task", e))??,
-                )
-            }
-            LimiterBackend::Postgres => {
-                Box::new(pg.as_ref().expect("connected above").operating_store())
-            }
-            LimiterBackend::Off | LimiterBackend::Memory => {
-                Box::new(MemoryOpStore::new(Box::new(SystemClock)))
-            }
-        };
-        let operating = OperatingBudget::new(
-            op_store,
-            &config.portal,
-            &pacing::credential_id(&config.auth),
-            config.operating_limit_secs,
-        );
-        let limiter = match &config.limiter {
-            LimiterBackend::Off => None,
-            LimiterBackend::Memory => Some(Limiter::new(
-                Box::new(MemoryStore::default()),
-                config.limits,
-                Box::new(SystemClock),
-            )),
-            LimiterBackend::Sqlite(path) => {
-                let path = path.clone();
-                let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
-                    .await
-                    .map_err(|e| Error::state("limiter store task", e))??;
-                Some(Limiter::new(
-                    Box::new(store),
-                    config.limits,
-                    Box::new(SystemClock),
-                ))
-            }
-            LimiterBackend::Postgres => Some(Limiter::new(
-                Box::new(pg.as_ref().expect("connected above").rate_store()),
-                config.limits,
-                Box::new(SystemClock),
-            )),
-        };
-        let oauth = match &config.auth {
-            Auth::Webhook { .. } => None,
-            Auth::OAuth {
-                access_token,
-                refresh_token,
-                client_id,
-                client_secret,
-                token_url,
-            } => {
-                let store: Arc<dyn TokenStore> = match (store, &pg) {
-                    (Some(s), _) => s,
-                    (None, Some(pg)) if config.token_backend == TokenBackend::Postgres => {
-                        Arc::new(pg.token_store(&config.portal))
-                    }
-                    (None, _) => token_store(&config).await?,
-                };
-                let initial =
-                    (access_token.is_some() || refresh_token.is_some()).then(|| TokenPair {
-                        access_token: access_token
-                            .as_ref()
-                            .map(|s| s.expose_secret().to_string())
-                            .unwrap_or_default(),
-                        refresh_token: refresh_token
-                            .as_ref()
-                            .map(|s| s.expose_secret().to_string())
-                            .unwrap_or_default(),
-                        expires: None,
-                        member_id: None,
-                        scope: None,
-                        client_endpoint: None,
-                        user_id: None,
-                        obtained_at: 0,
-                    });
-                Some(
-                    OAuthSession::new(
-                        client_id.clone(),
-                        SecretString::from(client_secret.expose_secret().to_string()),
-                        token_url.clone(),
-                        store,
-                        initial,
-                        http.clone(),
-                    )
-                    .await?,
-                )
-            }
-        };
-        Ok(Client {
-            inner: Arc::new(Inner {
-                config,
-                http,
-                limiter,
-                operating,
-                waits: pacing::Waits::default(),
-                oauth,
-                counters: Counters::default(),
-            }),
-            patient: false,
-        })
-    }
-
     /// The same client (same limiter, budget, tokens and counters) for a long-running job: its
     /// calls wait out operating-time pacing and `OPERATION_TIME_LIMIT` blocks however long they
     /// last — the block lifts when the method's oldest basket drops out — instead of giving up
@@ -480,6 +327,7 @@ impl Client {
                             waited.as_secs_f64()
                         ),
                         attempts: attempt - 1,
+                        source: None,
                     });
                 }
                 if !waited.is_zero() {
@@ -494,7 +342,7 @@ impl Client {
             let outcome = self
                 .attempt(&base, method, &params, &opts, v3, is_write, reservation)
                 .await;
-            let (reason, delay) = match outcome {
+            let (reason, delay, source) = match outcome {
                 Attempt::Done(r) => return Ok(r),
                 Attempt::Blocked => {
                     // Waited out by `pace` on the next turn (or refused there, saying when
@@ -507,6 +355,7 @@ impl Client {
                                 "OPERATION_TIME_LIMIT: still blocked after {MAX_BLOCKS_PER_CALL} waits for the budget to reset"
                             ),
                             attempts: attempt,
+                            source: None,
                         });
                     }
                     attempt -= 1;
@@ -518,12 +367,12 @@ impl Client {
                     let oauth = inner
                         .oauth
                         .as_ref()
-                        .ok_or_else(|| Error::Auth("expired token".into()))?;
+                        .ok_or_else(|| Error::auth("expired token"))?;
                     // A portal that refuses every fresh token would otherwise be refreshed
                     // for ever (and burn refresh tokens): give up after a couple of tries.
                     refreshes += 1;
                     if refreshes > MAX_REFRESHES_PER_CALL {
-                        return Err(Error::Auth(format!(
+                        return Err(Error::auth(format!(
                             "{method}: the portal still refuses the access token after \
                              {MAX_REFRESHES_PER_CALL} successful refreshes; check the application's \
                              installation and scopes, or run `b24 auth login`"
@@ -533,7 +382,11 @@ impl Client {
                     attempt -= 1; // a refresh is not a failed attempt
                     continue;
                 }
-                Attempt::Retry { reason, delay } => (reason, delay),
+                Attempt::Retry {
+                    reason,
+                    delay,
+                    source,
+                } => (reason, delay, source),
             };
             let delay = delay.unwrap_or_else(|| backoff.delay(attempt));
             if attempt >= policy.max_attempts || started.elapsed() + delay > policy.max_total {
@@ -541,6 +394,7 @@ impl Client {
                     method: method.into(),
                     reason: format!("{reason}; gave up within the retry budget"),
                     attempts: attempt,
+                    source,
                 });
             }
             inner.counters.retries.fetch_add(1, Relaxed);
@@ -575,12 +429,12 @@ impl Client {
             ])
             .send()
             .await
-            .map_err(|e| Error::Auth(format!("code exchange failed: {}", e.without_url())))?;
+            .map_err(|e| crate::auth::transport("code exchange failed", e))?;
         let status = resp.status().as_u16();
         let body = resp
             .bytes()
             .await
-            .map_err(|e| Error::Auth(format!("code exchange failed: {}", e.without_url())))?;
+            .map_err(|e| crate::auth::transport("code exchange failed", e))?;
         let mut pair = TokenPair::from_token_response(status, &body)?;
         pair.obtained_at = now_unix();
         if let Some(o) = &self.inner.oauth {

@@ -5,6 +5,7 @@ use serde_json::Value;
 /// The `time` block that follows every successful response (docs/protocol.md §2.2).
 /// Every field is optional: its composition varies by method and environment.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct Time {
     /// Unix time the portal started the request.
     pub start: Option<f64>,
@@ -24,8 +25,10 @@ pub struct Time {
     pub operating_reset_at: Option<i64>,
 }
 
-/// A successful response.
+/// A successful response. Built by the client from the portal's answer; elsewhere (a test
+/// double of [`crate::batch::Transport`], a stored result) with [`Response::from_result`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Response {
     /// The `result` member, whatever its shape.
     pub result: Value,
@@ -42,6 +45,26 @@ pub struct Response {
 }
 
 impl Response {
+    /// A response carrying `result` alone, as a v2 envelope without paging or timing would:
+    /// `raw` is `{"result": …}`, nothing else is set.
+    pub fn from_result(result: Value) -> Response {
+        Response::from_envelope(serde_json::json!({ "result": result }))
+    }
+
+    /// A response from an envelope kept earlier (an idempotency store's answer, a settled
+    /// write): `result`, `next` and `total` are read from it as the client reads an answer.
+    /// `time` stays `None`: an old envelope's timing says nothing about this call.
+    pub fn from_envelope(raw: Value) -> Response {
+        Response {
+            result: raw.get("result").cloned().unwrap_or(Value::Null),
+            next: raw.get("next").and_then(lenient_u64),
+            total: raw.get("total").and_then(lenient_u64),
+            time: None,
+            raw,
+            replayed: false,
+        }
+    }
+
     /// Decode `result` into a type of the caller's, e.g. a struct with the fields of a
     /// `crm.lead.get` answer. On a mismatch the error names the JSON path that failed
     /// (`[3].ID: invalid type …`), which a bare `serde_json` error does not.
@@ -57,9 +80,11 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
 ) -> Result<T, crate::Error> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
+        let inner = e.into_inner();
         crate::Error::Decode {
             method: what.to_string(),
-            reason: format!("at `{path}`: {}", e.into_inner()),
+            reason: format!("at `{path}`: {inner}"),
+            source: Some(Box::new(inner)),
         }
     })
 }
@@ -74,18 +99,19 @@ pub(crate) enum Parsed {
         code: String,
         description: String,
     },
-    /// Not a Bitrix24 envelope at all (HTML error page, truncated JSON, empty body).
-    Garbage(String),
+    /// Not a Bitrix24 envelope at all (HTML error page, truncated JSON, empty body): what it
+    /// was, and the JSON error when the body did not parse.
+    Garbage(String, Option<serde_json::Error>),
 }
 
 /// Parse a body whatever it holds; never panics.
 pub(crate) fn parse(body: &[u8]) -> Parsed {
     let v: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
-        Err(e) => return Parsed::Garbage(describe_garbage(body, &e.to_string())),
+        Err(e) => return Parsed::Garbage(describe_garbage(body, &e.to_string()), Some(e)),
     };
     let Some(obj) = v.as_object() else {
-        return Parsed::Garbage(format!("expected a JSON object, got {}", kind(&v)));
+        return Parsed::Garbage(format!("expected a JSON object, got {}", kind(&v)), None);
     };
     if let Some(err) = obj.get("error").filter(|e| !e.is_null()) {
         return match err {
@@ -119,7 +145,10 @@ pub(crate) fn parse(body: &[u8]) -> Parsed {
         };
     }
     if !obj.contains_key("result") {
-        return Parsed::Garbage("the JSON object has neither `result` nor `error`".into());
+        return Parsed::Garbage(
+            "the JSON object has neither `result` nor `error`".into(),
+            None,
+        );
     }
     let time = obj.get("time").and_then(parse_time);
     Parsed::Ok(Response {
@@ -244,13 +273,13 @@ mod tests {
             code.ends_with("REQUESTVALIDATIONEXCEPTION") && description.contains("id: Required")
         );
         assert!(
-            matches!(parse(b"<html><title>502 Bad Gateway</title></html>"), Parsed::Garbage(m) if m.contains("502 Bad Gateway"))
+            matches!(parse(b"<html><title>502 Bad Gateway</title></html>"), Parsed::Garbage(m, _) if m.contains("502 Bad Gateway"))
         );
         assert!(matches!(
             parse(br#"{"result":[{"ID":"1"#),
-            Parsed::Garbage(_)
+            Parsed::Garbage(..)
         ));
-        assert!(matches!(parse(b""), Parsed::Garbage(_)));
-        assert!(matches!(parse(b"[1,2]"), Parsed::Garbage(_)));
+        assert!(matches!(parse(b""), Parsed::Garbage(..)));
+        assert!(matches!(parse(b"[1,2]"), Parsed::Garbage(..)));
     }
 }

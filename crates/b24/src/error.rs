@@ -7,8 +7,10 @@
 /// A lower-level error kept as the cause of an [`Error`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// An error the portal (or the OAuth server) answered with.
+/// An error the portal (or the OAuth server) answered with. Outside this crate, build one
+/// with [`ApiError::new`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct ApiError {
     /// The `error` code as sent (may be empty, lower-case or numeric).
     pub code: String,
@@ -49,6 +51,10 @@ pub enum ErrorClass {
 }
 
 /// Every way a call can fail.
+///
+/// New variants may come (`#[non_exhaustive]`); the fields of each variant are its public
+/// contract, so a caller can rebuild one (the gate adds what settling found to an
+/// `OutcomeUnknown`'s reason and keeps its `source`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -66,6 +72,10 @@ pub enum Error {
         reason: String,
         /// The idempotency key sent, so that a REST 3.0 call can be resent safely.
         idempotency_key: Option<String>,
+        /// The transport error behind it (URL stripped), when there is one; `None` for a
+        /// body-less 5xx, which is an answer rather than an error.
+        #[source]
+        source: Option<BoxError>,
     },
     /// Transport failure that persisted after every allowed retry.
     #[error("{method}: {reason} (after {attempts} attempts)")]
@@ -76,13 +86,24 @@ pub enum Error {
         reason: String,
         /// Attempts made, the first included.
         attempts: u32,
+        /// The last transport error (URL stripped), when the last failure was one; `None`
+        /// when it was an answer (a 5xx, `QUERY_LIMIT_EXCEEDED`) or the limiter's queue.
+        #[source]
+        source: Option<BoxError>,
     },
     #[error("configuration: {0}")]
     /// Bad configuration or usage: the caller's input must change.
     Config(String),
-    #[error("authentication: {0}")]
     /// Credentials are missing, expired for good or refused.
-    Auth(String),
+    #[error("authentication: {reason}")]
+    Auth {
+        /// What is wrong and what to do about it.
+        reason: String,
+        /// The underlying failure (the token endpoint's transport error with its URL
+        /// stripped, an undecodable body, the portal's refusal), when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The answer (or an item of it) did not have the expected shape.
     #[error("{method}: could not decode the response: {reason}")]
     Decode {
@@ -90,6 +111,9 @@ pub enum Error {
         method: String,
         /// What did not fit, with the JSON path where it could be told.
         reason: String,
+        /// The JSON error behind it, when there is one.
+        #[source]
+        source: Option<BoxError>,
     },
     /// Local state could not be read or written (limiter, token store, checkpoint), or an
     /// internal task failed. `source` is the underlying I/O, SQLite or PostgreSQL error.
@@ -128,6 +152,24 @@ impl Error {
         }
     }
 
+    /// An authentication error without an underlying cause (nothing stored, a refusal
+    /// decided here).
+    pub fn auth(reason: impl Into<String>) -> Error {
+        Error::Auth {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// An authentication error with its cause (a transport or decoding error); the cause
+    /// must not carry a secret (strip a reqwest error's URL with `without_url` first).
+    pub fn auth_with(reason: impl Into<String>, source: impl Into<BoxError>) -> Error {
+        Error::Auth {
+            reason: reason.into(),
+            source: Some(source.into()),
+        }
+    }
+
     /// A state error without an underlying cause (an invariant of stored state broke).
     pub fn state_msg(context: impl Into<String>) -> Error {
         Error::State {
@@ -145,7 +187,7 @@ impl Error {
             Error::OutcomeUnknown { .. } => ErrorClass::OutcomeUnknown,
             Error::Transient { .. } => ErrorClass::Transient,
             Error::Config(_) => ErrorClass::Usage,
-            Error::Auth(_) => ErrorClass::Reauthorize,
+            Error::Auth { .. } => ErrorClass::Reauthorize,
             Error::Decode { .. } => ErrorClass::Transient,
             Error::State { .. } => ErrorClass::Internal,
             Error::Redirect { .. } => ErrorClass::Permanent,
@@ -154,6 +196,22 @@ impl Error {
 }
 
 impl ApiError {
+    /// The error `code` (with its `description`) that `method` was answered with, under HTTP
+    /// `http_status` (0 for a command inside a batch).
+    pub fn new(
+        method: impl Into<String>,
+        code: impl Into<String>,
+        description: impl Into<String>,
+        http_status: u16,
+    ) -> ApiError {
+        ApiError {
+            code: code.into(),
+            description: description.into(),
+            http_status,
+            method: method.into(),
+        }
+    }
+
     /// Where the error came from, for messages: `HTTP 404`, or `a command inside a batch`.
     pub fn place(&self) -> String {
         if self.http_status == 0 {

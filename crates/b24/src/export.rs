@@ -71,6 +71,7 @@ const EXPORT_RETRIES: u32 = 3;
 /// How to page through a list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Strategy {
     /// Keyset when the method can be keyed by ID, offset otherwise.
     #[default]
@@ -83,6 +84,7 @@ pub enum Strategy {
 
 /// What to export.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ExportOptions {
     /// The list method, e.g. `crm.lead.list`.
     pub method: String,
@@ -112,6 +114,7 @@ impl ExportOptions {
 
 /// Where an export stands; serialised as the checkpoint file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Progress {
     /// Version of the checkpoint format.
     pub version: u32,
@@ -242,6 +245,7 @@ fn digest(method: &str, params: &Value) -> String {
 
 /// The items of one request, in ID order per range, and the progress after them.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Page {
     /// The items of this page, in ID order per range.
     pub items: Vec<Value>,

@@ -29,6 +29,11 @@ mod redirect;
 pub mod retry;
 mod tls;
 
+/// The README's example, compiled as a doctest so that it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use builder::ClientBuilder;
 pub use client::{CallOptions, Client, ClientStats};
 pub use config::Config;

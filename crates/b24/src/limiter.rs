@@ -77,6 +77,7 @@ impl Clock for TokioClock {
 
 /// The GCRA arithmetic, shared by every store.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Gcra {
     /// Seconds per request (1 / per_sec).
     pub t: f64,

@@ -20,6 +20,7 @@ pub fn clamp_secs(secs: f64) -> Duration {
 
 /// Bounds for one call's retries.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Attempts in total, the first included.
     pub max_attempts: u32,

@@ -181,6 +181,7 @@ fn b24_error_value(e: &b24::Error) -> Value {
             method,
             reason,
             idempotency_key,
+            ..
         } => {
             let fix = match idempotency_key {
                 Some(k) => format!(
@@ -200,6 +201,7 @@ fn b24_error_value(e: &b24::Error) -> Value {
             method,
             reason,
             attempts,
+            ..
         } => json!({
             "error": "transient",
             "method": method,
@@ -250,12 +252,12 @@ mod tests {
 
     #[test]
     fn api_errors_carry_code_description_and_fix() {
-        let e = anyhow::Error::new(b24::Error::Api(b24::ApiError {
-            code: "insufficient_scope".into(),
-            description: "The request requires higher privileges".into(),
-            http_status: 403,
-            method: "crm.deal.list".into(),
-        }));
+        let e = anyhow::Error::new(b24::Error::Api(b24::ApiError::new(
+            "crm.deal.list",
+            "insufficient_scope",
+            "The request requires higher privileges",
+            403,
+        )));
         let v = error_value(&e);
         assert_eq!(v["error"], "api");
         assert_eq!(v["code"], "insufficient_scope");
@@ -283,6 +285,7 @@ mod tests {
             method: "crm.lead.add".into(),
             reason: "timeout".into(),
             idempotency_key: None,
+            source: None,
         });
         assert_eq!(error_value(&u)["error"], "outcome_unknown");
         assert!(

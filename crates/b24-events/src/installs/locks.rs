@@ -200,7 +200,7 @@ impl TokenStore for InstallTokenStore {
             {
                 Ok(())
             } else {
-                Err(b24::Error::Auth(format!(
+                Err(b24::Error::auth(format!(
                     "portal {} is no longer installed: its tokens are gone",
                     self.member_id
                 )))

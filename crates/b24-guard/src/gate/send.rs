@@ -69,14 +69,8 @@ impl Gate {
                             ("outcome", json!("ok")),
                         ],
                     )?;
-                    let response = b24::Response {
-                        result: raw.get("result").cloned().unwrap_or(Value::Null),
-                        next: raw.get("next").and_then(|v| v.as_u64()),
-                        total: raw.get("total").and_then(|v| v.as_u64()),
-                        time: None,
-                        raw,
-                        replayed: true,
-                    };
+                    let mut response = b24::Response::from_envelope(raw);
+                    response.replayed = true;
                     return Ok(CallOutcome::Done {
                         response,
                         replayed: true,
@@ -194,11 +188,8 @@ impl Gate {
             }
         }
         let before = client.stats();
-        let opts = b24::CallOptions {
-            is_write: Some(is_write),
-            idempotency_key: key.clone(),
-            timeout: None,
-        };
+        let mut opts = b24::CallOptions::write(is_write);
+        opts.idempotency_key = key.clone();
         let started = Instant::now();
         let res = match api {
             Api::V2 => client.call_with(m, sent_params.clone(), opts).await,
@@ -310,6 +301,7 @@ fn still_unknown(e: b24::Error, call_id: &str, evidence: &Value) -> b24::Error {
             method,
             reason,
             idempotency_key,
+            source,
         } => {
             let why = evidence
                 .get("why")
@@ -325,6 +317,7 @@ fn still_unknown(e: b24::Error, call_id: &str, evidence: &Value) -> b24::Error {
                 method,
                 reason: format!("{reason}; not settled: {why}; call id {call_id}{later}"),
                 idempotency_key,
+                source,
             }
         }
         other => other,

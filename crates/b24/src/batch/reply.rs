@@ -7,6 +7,7 @@ use crate::envelope::lenient_u64;
 
 /// A `$result[key][a][b]` occurrence in a command's text.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Reference {
     /// The text as it appears (`$result[key][0][ID]`).
     pub raw: String,
@@ -67,6 +68,7 @@ pub(super) fn resolve(result: &Value, path: &[String]) -> Option<String> {
 /// The `result` of a batch response (docs/protocol.md §5.3). Maps may arrive as `[]` when empty, or
 /// as JSON arrays when the keys were `0..n-1`.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct Reply {
     /// `result` per command key.
     pub result: Map<String, Value>,

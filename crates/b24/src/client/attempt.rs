@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{Attempt, CallOptions, Client, SystemClock, pacing};
 use crate::config::Auth;
 use crate::envelope::{Parsed, parse};
-use crate::error::ApiError;
+use crate::error::{ApiError, BoxError};
 use crate::limiter::operating::Reservation;
 use crate::redirect::{MAX_REDIRECTS, is_redirect, redact_url, redirect_target};
 use crate::{Error, ErrorClass};
@@ -145,16 +145,18 @@ impl Client {
         let bytes = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
+                let e = e.without_url();
                 let what = format!(
                     "the connection broke while reading the answer ({})",
-                    root_cause(&e.without_url())
+                    root_cause(&e)
                 );
                 if is_write {
-                    return Attempt::Fail(self.unknown(method, &what, opts));
+                    return Attempt::Fail(self.unknown(method, &what, opts, Some(Box::new(e))));
                 }
                 return Attempt::Retry {
                     reason: what,
                     delay: None,
+                    source: Some(Box::new(e)),
                 };
             }
         };
@@ -173,6 +175,7 @@ impl Client {
                 method,
                 status,
                 "a success envelope with an error status",
+                None,
                 is_write,
                 opts,
             ),
@@ -196,6 +199,7 @@ impl Client {
                         Attempt::Retry {
                             reason: format!("{} (HTTP {status})", err.code),
                             delay: None,
+                            source: None,
                         }
                     }
                     ErrorClass::WaitForReset => {
@@ -218,18 +222,27 @@ impl Client {
                                 method,
                                 &format!("{} (HTTP {status})", err.code),
                                 opts,
+                                None,
                             ))
                         } else {
                             Attempt::Retry {
                                 reason: format!("{} (HTTP {status})", err.code),
                                 delay: None,
+                                source: None,
                             }
                         }
                     }
                     _ => Attempt::Fail(Error::Api(err)),
                 }
             }
-            Parsed::Garbage(what) => self.garbage(method, status, &what, is_write, opts),
+            Parsed::Garbage(what, json) => self.garbage(
+                method,
+                status,
+                &what,
+                json.map(|e| Box::new(e) as BoxError),
+                is_write,
+                opts,
+            ),
         }
     }
 
@@ -255,11 +268,13 @@ impl Client {
                         root_cause(&e)
                     ),
                     attempts: 1,
+                    source: Some(Box::new(e)),
                 });
             }
             return Attempt::Retry {
                 reason: format!("cannot connect to the portal ({})", root_cause(&e)),
                 delay: None,
+                source: Some(Box::new(e)),
             };
         }
         let what = if e.is_timeout() {
@@ -268,43 +283,57 @@ impl Client {
             format!("connection failed ({})", root_cause(&e))
         };
         if is_write {
-            return Attempt::Fail(self.unknown(method, &what, opts));
+            return Attempt::Fail(self.unknown(method, &what, opts, Some(Box::new(e))));
         }
         Attempt::Retry {
             reason: what,
             delay: None,
+            source: Some(Box::new(e)),
         }
     }
 
+    /// An answer that is not a Bitrix24 envelope; `json` is the parse error, when the body
+    /// was not JSON at all.
+    #[allow(clippy::too_many_arguments)] // the attempt's context, passed through
     fn garbage(
         &self,
         method: &str,
         status: u16,
         what: &str,
+        json: Option<BoxError>,
         is_write: bool,
         opts: &CallOptions,
     ) -> Attempt {
         if status >= 500 {
             let reason = format!("HTTP {status} with {what}");
             if is_write {
-                return Attempt::Fail(self.unknown(method, &reason, opts));
+                return Attempt::Fail(self.unknown(method, &reason, opts, json));
             }
             return Attempt::Retry {
                 reason,
                 delay: None,
+                source: json,
             };
         }
         Attempt::Fail(Error::Decode {
             method: method.into(),
             reason: format!("HTTP {status} with {what}"),
+            source: json,
         })
     }
 
-    fn unknown(&self, method: &str, reason: &str, opts: &CallOptions) -> Error {
+    fn unknown(
+        &self,
+        method: &str,
+        reason: &str,
+        opts: &CallOptions,
+        source: Option<BoxError>,
+    ) -> Error {
         Error::OutcomeUnknown {
             method: method.into(),
             reason: reason.into(),
             idempotency_key: opts.idempotency_key.clone(),
+            source,
         }
     }
 }

@@ -20,6 +20,7 @@ use crate::{CallOptions, Client, Error, Response};
 
 /// Something the client is waiting for right now (shown on progress bars).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Waiting {
     /// The method held back.
     pub method: String,

@@ -50,6 +50,7 @@ const MAX_ENTRIES: usize = 400;
 
 /// What is known about one method's operating time for one credential.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct OpState {
     /// Window length learned from `operating_reset_at` (seconds; 0 = not seen yet).
     #[serde(default)]
@@ -83,6 +84,7 @@ pub struct OpState {
 
 /// One answer's report for a method: what it used and what the portal said.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Observation {
     /// `operating` after the method's last command in the answer.
     pub used: Option<f64>,
@@ -94,6 +96,7 @@ pub struct Observation {
 
 /// A reservation made before sending, to be settled with the answer.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct Reservation {
     /// Store time the reservation counts from.
     pub at: f64,

@@ -85,12 +85,14 @@ impl Transport for Script {
                         method: "batch".into(),
                         reason: "timed out".into(),
                         idempotency_key: None,
+                        source: None,
                     }
                 } else {
                     Error::Transient {
                         method: "batch".into(),
                         reason: "timed out".into(),
                         attempts: 5,
+                        source: None,
                     }
                 });
             }
@@ -112,14 +114,7 @@ impl Transport for Script {
                 }
             }
             let result = json!({"result": result, "result_error": if errors.is_empty() { json!([]) } else { Value::Object(errors) }, "result_total": [], "result_next": []});
-            Ok(Response {
-                result,
-                next: None,
-                total: None,
-                time: None,
-                raw: Value::Null,
-                replayed: false,
-            })
+            Ok(Response::from_result(result))
         }
     }
 }

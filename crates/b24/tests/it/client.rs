@@ -160,10 +160,7 @@ async fn query_limit_exceeded_is_retried_even_for_writes() {
             .call_with(
                 "crm.lead.add",
                 json!({"fields": {"TITLE": format!("t{i}")}}),
-                CallOptions {
-                    is_write: Some(true),
-                    ..Default::default()
-                },
+                CallOptions::write(true),
             )
             .await
             .unwrap();
@@ -193,10 +190,7 @@ async fn a_write_that_times_out_is_not_resent() {
         .call_with(
             "crm.lead.add",
             json!({"fields": {"TITLE": "x"}}),
-            CallOptions {
-                idempotency_key: Some("k-1".into()),
-                ..Default::default()
-            },
+            CallOptions::default().with_idempotency_key("k-1"),
         )
         .await
         .unwrap_err();

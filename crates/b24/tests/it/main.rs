@@ -4,6 +4,7 @@
 mod batch;
 mod builder;
 mod client;
+mod errors;
 mod export;
 mod operating;
 mod redirect;

@@ -107,7 +107,7 @@ proptest! {
         burst in 1.0f64..1e4,
         per_sec in 0.001f64..1e4,
     ) {
-        let g = Gcra::new(RateLimits { burst, per_sec, margin: 0.0 });
+        let g = Gcra::new(RateLimits::new(burst, per_sec, 0.0));
         let (new_tat, wait) = g.reserve(tat, now);
         prop_assert!(new_tat.is_finite() && wait.is_finite());
         prop_assert!(wait >= 0.0 && wait <= g.capacity * g.t + MAX_QUEUE_SECS + g.t);
@@ -218,14 +218,7 @@ impl Transport for IdZero {
         }
         let result =
             json!({"result": result, "result_error": {}, "result_total": total, "result_next": {}});
-        Ok(Response {
-            raw: json!({ "result": result.clone() }),
-            result,
-            next: None,
-            total: None,
-            time: None,
-            replayed: false,
-        })
+        Ok(Response::from_result(result))
     }
 }
 
@@ -339,7 +332,7 @@ async fn a_portal_that_keeps_refusing_fresh_tokens_is_an_auth_error() {
         .await
         .expect("the call ends instead of refreshing for ever")
         .unwrap_err();
-    assert!(matches!(e, Error::Auth(_)), "{e}");
+    assert!(matches!(e, Error::Auth { .. }), "{e}");
     assert_eq!(e.class(), ErrorClass::Reauthorize);
     assert_eq!(counts.refreshes.load(Ordering::SeqCst), 2);
     assert_eq!(counts.calls.load(Ordering::SeqCst), 3);
