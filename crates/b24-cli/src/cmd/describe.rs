@@ -1,5 +1,5 @@
-//! `b24 describe`: one method from the catalog — scope, risk, version, paging, idempotency,
-//! documentation link and the errors to expect — and what it takes and returns (parameters,
+//! `b24 describe`: one method from the catalog — scope, risk, how a write whose answer was
+//! lost is settled, version, paging, idempotency, documentation link and the errors to expect — and what it takes and returns (parameters,
 //! nested fields, allowed values, result shape, examples) from the method knowledge. With a
 //! portal configured, a method with a `*.fields` companion also shows the portal's live field
 //! list (custom `UF_*` fields included), merged and marked by the library.
@@ -94,12 +94,15 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     } else {
         json!(null)
     };
+    // What b24 does when a write's answer is lost (`b24 settle`), beside its risk class.
+    let settle = cat.settle_outline(&m.name);
     let doc = Knowledge::builtin().get(&m.name);
     let mut out = json!({
         "name": m.name,
         "scope": m.scope,
         "risk": m.risk,
         "needs": confirm,
+        "settle": settle,
         "pack": m.pack,
         "api": m.api,
         "lists": m.lists,

@@ -347,6 +347,8 @@ fn describe(method: &str) -> Result<Value, Value> {
         "risk": m.risk,
         "tool": tool,
         "needs": needs,
+        // How a write whose answer was lost is settled (resend, stamp look-up, or not at all).
+        "settle": cat.settle_outline(&m.name),
         "pack": m.pack,
         "api": m.api,
         "lists": m.lists,

@@ -6,6 +6,7 @@ mod support;
 mod attacks;
 mod batch_export;
 mod call;
+mod describe;
 mod cluster;
 mod events;
 mod guard;

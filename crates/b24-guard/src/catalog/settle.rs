@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use super::rules::verb_of;
 use super::{Catalog, Risk, param};
+use crate::settle::UPDATE_WINDOW_SECS;
 
 /// How a write whose outcome is unknown can be settled.
 #[derive(
@@ -256,6 +257,66 @@ fn appends_multi(params: &Value) -> bool {
                 _ => true,
             }
     })
+}
+
+/// How an ambiguous write of one method is settled when it is called the ordinary way (for
+/// `b24 describe`): the class depends on the params too, so `how` says when it does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SettleOutline {
+    /// The class of a REST v2 call with ordinary params.
+    pub class: SettleClass,
+    /// The class of a REST 3.0 call, when the method has one.
+    pub v3: Option<SettleClass>,
+    /// What b24 does about a lost answer, and what changes it.
+    pub how: String,
+}
+
+impl Catalog {
+    /// The settle class of `name` with ordinary params (an add with `fields`, an update of one
+    /// record by `id`, a delete by `id`), and when it differs; `None` for an unknown method.
+    pub fn settle_outline(&self, name: &str) -> Option<SettleOutline> {
+        let info = self.get(name)?;
+        let n = info.name.to_ascii_lowercase();
+        let spec = stamp_spec(&n);
+        let params = match (spec, verb_of(&n).as_str()) {
+            (Some(s), _) if s.item => serde_json::json!({"entityTypeId": 2, "fields": {}}),
+            (Some(_), _) => serde_json::json!({"fields": {}}),
+            (None, "delete") => serde_json::json!({"id": 1}),
+            _ => serde_json::json!({"id": 1, "fields": {}}),
+        };
+        let v2 = info.api.split(',').any(|a| a.trim() == "v2");
+        let class = self.settle_class(&n, !v2, &params);
+        let write = class != SettleClass::Unknown
+            || (n != "batch" && self.effective_risk(&n, &params) != Some(Risk::Read));
+        let v3 = (write && info.api.split(',').any(|a| a.trim() == "v3"))
+            .then(|| self.settle_class(&n, true, &params));
+        let how = match class {
+            SettleClass::Replay => "REST 3.0: resent under the same Idempotency-Key, which the portal answers with the first answer for 24 h".to_string(),
+            SettleClass::Resend => format!(
+                "resent (it sets values: twice is once); not when it appends a CRM multi-field entry (PHONE, EMAIL… without ID), nor once {} min have passed",
+                (UPDATE_WINDOW_SECS / 60.0) as u64
+            ),
+            SettleClass::ResendDelete => "resent when it deletes one record by numeric id; `not found` on the resend means it is gone".into(),
+            SettleClass::Stamp => {
+                let field = spec.map(|s| s.field).unwrap_or("ORIGIN_ID");
+                let types = if spec.is_some_and(|s| s.item) { " (crm.item.add: entityTypeId 1–4 only)" } else { "" };
+                format!("stamped with {field} from the idempotency key; the stamp is looked up, and the add sent once more only when no record carries it; not when the call sets {field} itself{types}")
+            }
+            SettleClass::Unknown => match NOT_RESENDABLE.iter().find(|(m, _)| *m == n) {
+                Some((_, why)) => format!("stays outcome-unknown: {why}; read it back before any retry"),
+                None if n == "batch" => "each writing command of a batch is settled by its own method's class".into(),
+                None if !write => "a read: nothing to settle (it is simply asked again)".into(),
+                None => "no safe way to settle it: a lost answer stays outcome-unknown; read it back before any retry".into(),
+            },
+        };
+        let how = match v3 {
+            Some(SettleClass::Replay) if v2 => format!(
+                "{how}; over REST 3.0 (--v3) resent under the same Idempotency-Key, which the portal answers with the first answer for 24 h"
+            ),
+            _ => how,
+        };
+        Some(SettleOutline { class, v3, how })
+    }
 }
 
 #[cfg(test)]
