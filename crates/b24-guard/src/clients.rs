@@ -10,13 +10,17 @@
 //! so one agent spending its budget does not starve another.
 //!
 //! Tokens are 256 random bits shown once at creation; only their SHA-256 is stored (in the
-//! guard's `guard.db`, mode 0600, in the operator's guard dir). A token is checked by hashing
+//! guard's `guard.db`, mode 0600, in the operator's guard dir — or, when the state store is
+//! PostgreSQL, in its `b24_mcp_tokens` table, shared by every host of the cluster). A token is checked by hashing
 //! what was presented and comparing it with every stored hash in constant time (no early exit,
 //! no lookup keyed by the secret). Revoked tokens stay in the table (the name is not reusable,
 //! so old audit records keep meaning one client) and never authenticate.
 
+mod dirs;
+mod pg;
+mod sqlite;
+
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use sha2::Digest;
 use subtle::ConstantTimeEq;
@@ -27,11 +31,6 @@ use crate::sources::Resolved;
 
 /// What a token looks like before the secret part (so a leaked one is recognisable).
 pub const TOKEN_PREFIX: &str = "b24mcp_";
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS mcp_tokens (name TEXT PRIMARY KEY, hash TEXT NOT NULL, policy TEXT NOT NULL,
-    created_at REAL NOT NULL, revoked_at REAL);
-";
 
 /// Why a token operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +92,9 @@ const MAX_POLICY_BYTES: u64 = 1 << 20;
 /// is not a regular file (a FIFO would block the server on every call of the client, a device
 /// would never end), a file larger than [`MAX_POLICY_BYTES`], and — on Unix — a file that
 /// another account could have written (owned by neither the account serving MCP nor root, or
-/// writable by group or others), because whoever can write it decides what the client may do.
+/// writable by group or others) or that sits below a directory another account could write
+/// (the directories above it are checked too), because whoever can write it decides what the
+/// client may do.
 /// The file is opened once (non-blocking) and checked on the open handle, so swapping the path
 /// between the check and the read changes nothing.
 pub fn read_client_policy(path: &Path, name: &str) -> Result<PolicyFile, GuardError> {
@@ -146,6 +147,7 @@ pub fn read_client_policy(path: &Path, name: &str) -> Result<PolicyFile, GuardEr
             "the policy file of MCP client {name:?} is larger than {MAX_POLICY_BYTES} bytes"
         )));
     }
+    dirs::check(path, name)?;
     let mut text = String::new();
     file.take(MAX_POLICY_BYTES + 1)
         .read_to_string(&mut text)
@@ -189,46 +191,80 @@ fn hash_hex(token: &str) -> String {
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
-fn db_err(e: rusqlite::Error) -> GuardError {
-    GuardError::Store(e.to_string())
+/// A stored client, as both backends read it.
+struct Row {
+    name: String,
+    hash: String,
+    policy: String,
+    created_at: f64,
+    revoked_at: Option<f64>,
 }
 
-/// The token table in the guard's `guard.db`.
+enum Backend {
+    Sqlite(sqlite::SqliteTokens),
+    Postgres(pg::PgTokens),
+}
+
+/// The token table: in the guard's `guard.db`, or — when the state store is PostgreSQL
+/// (`B24_STORE_URL=postgres://…`) — in that database, so every host of a cluster shares the
+/// tokens and their revocation.
 pub struct TokenStore {
-    conn: Mutex<rusqlite::Connection>,
+    backend: Backend,
 }
 
 impl TokenStore {
     /// Open (creating) the table in `guard_dir/guard.db` (the directory and file private).
     pub fn open(guard_dir: &Path) -> Result<TokenStore, GuardError> {
-        b24::auth::ensure_private_dir(guard_dir).map_err(|e| GuardError::Io {
-            path: guard_dir.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let path = guard_dir.join("guard.db");
-        let conn = rusqlite::Connection::open(&path).map_err(db_err)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-        }
-        conn.busy_timeout(std::time::Duration::from_secs(30))
-            .map_err(db_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err)?;
-        conn.execute_batch(SCHEMA).map_err(db_err)?;
         Ok(TokenStore {
-            conn: Mutex::new(conn),
+            backend: Backend::Sqlite(sqlite::SqliteTokens::open(guard_dir)?),
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Open (creating) the table in the PostgreSQL database at `url`.
+    pub async fn open_postgres(url: &str) -> Result<TokenStore, GuardError> {
+        Ok(TokenStore {
+            backend: Backend::Postgres(pg::PgTokens::connect(url).await?),
+        })
+    }
+
+    /// The store the state store's URL picks: PostgreSQL for `postgres://…` (shared by the
+    /// cluster), otherwise `guard_dir/guard.db` (a SQLite `B24_STORE_URL` names the event
+    /// queue's file; the tokens stay with the guard's records). A URL with an unknown scheme is
+    /// an error, never a quiet fall-back to local tokens another host cannot revoke.
+    pub async fn open_for(
+        guard_dir: &Path,
+        store_url: Option<&str>,
+    ) -> Result<TokenStore, GuardError> {
+        match store_url.map(str::trim).filter(|u| !u.is_empty()) {
+            Some(u) => {
+                match b24::config::store_kind(u).map_err(|e| GuardError::Store(e.to_string()))? {
+                    b24::config::StoreKind::Postgres => Self::open_postgres(u).await,
+                    b24::config::StoreKind::Sqlite => Self::open(guard_dir),
+                    // A kind this b24 does not know how to share tokens in: not local tokens.
+                    other => Err(GuardError::Store(format!(
+                        "the client tokens cannot be kept in a {other:?} store"
+                    ))),
+                }
+            }
+            None => Self::open(guard_dir),
+        }
+    }
+
+    /// Whether the tokens live in the shared PostgreSQL database.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    async fn rows(&self) -> Result<Vec<Row>, GuardError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.rows().await,
+            Backend::Postgres(p) => p.rows().await,
+        }
     }
 
     /// Issue a token for a new client. The policy file must exist and parse now (it is read
     /// again at every call); its absolute path is stored.
-    pub fn add(&self, name: &str, policy: &Path) -> Result<Issued, TokenError> {
+    pub async fn add(&self, name: &str, policy: &Path) -> Result<Issued, TokenError> {
         if !valid_name(name) {
             return Err(TokenError::InvalidName(name.to_string()));
         }
@@ -245,19 +281,16 @@ impl TokenStore {
         client.layer().map_err(TokenError::Policy)?;
         let secret: [u8; 32] = rand::random();
         let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
-        let conn = self.conn();
-        let inserted = conn
-            .execute(
-                "INSERT OR IGNORE INTO mcp_tokens (name, hash, policy, created_at) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![
-                    name,
-                    hash_hex(&token),
-                    policy.display().to_string(),
-                    crate::store::now()
-                ],
-            )
-            .map_err(db_err)?;
-        if inserted == 0 {
+        let (hash, policy, at) = (
+            hash_hex(&token),
+            policy.display().to_string(),
+            crate::store::now(),
+        );
+        let inserted = match &self.backend {
+            Backend::Sqlite(s) => s.insert(name, &hash, &policy, at).await?,
+            Backend::Postgres(p) => p.insert(name, &hash, &policy, at).await?,
+        };
+        if !inserted {
             return Err(TokenError::Exists(name.to_string()));
         }
         Ok(Issued {
@@ -267,82 +300,48 @@ impl TokenStore {
     }
 
     /// Every client, revoked ones included, by name.
-    pub fn list(&self) -> Result<Vec<TokenInfo>, GuardError> {
-        let conn = self.conn();
-        let mut st = conn
-            .prepare("SELECT name, policy, created_at, revoked_at FROM mcp_tokens ORDER BY name")
-            .map_err(db_err)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok(TokenInfo {
-                    name: r.get(0)?,
-                    policy: PathBuf::from(r.get::<_, String>(1)?),
-                    created_at: r.get(2)?,
-                    revoked_at: r.get(3)?,
-                })
+    pub async fn list(&self) -> Result<Vec<TokenInfo>, GuardError> {
+        Ok(self
+            .rows()
+            .await?
+            .into_iter()
+            .map(|r| TokenInfo {
+                name: r.name,
+                policy: PathBuf::from(r.policy),
+                created_at: r.created_at,
+                revoked_at: r.revoked_at,
             })
-            .map_err(db_err)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+            .collect())
     }
 
     /// Revoke a client's token; `Ok(false)` when it already was. Takes effect at the next
-    /// request (every request is authenticated again).
+    /// request (every request is authenticated again), on every host sharing the store.
     ///
     /// Names are issued in lower case only, so the name is matched case-insensitively (and
     /// trimmed): `revoke READER` revokes `reader` rather than leaving its token working.
-    pub fn revoke(&self, name: &str) -> Result<bool, TokenError> {
+    pub async fn revoke(&self, name: &str) -> Result<bool, TokenError> {
         let name = name.trim().to_ascii_lowercase();
-        let name = name.as_str();
-        let conn = self.conn();
-        let changed = conn
-            .execute(
-                "UPDATE mcp_tokens SET revoked_at = ?2 WHERE name = ?1 AND revoked_at IS NULL",
-                rusqlite::params![name, crate::store::now()],
-            )
-            .map_err(db_err)?;
-        if changed == 1 {
-            return Ok(true);
-        }
-        let exists: i64 = conn
-            .query_row(
-                "SELECT COUNT(*) FROM mcp_tokens WHERE name = ?1",
-                [name],
-                |r| r.get(0),
-            )
-            .map_err(db_err)?;
-        if exists == 0 {
-            return Err(TokenError::NotFound(name.to_string()));
-        }
-        Ok(false)
+        let at = crate::store::now();
+        let done = match &self.backend {
+            Backend::Sqlite(s) => s.revoke(&name, at).await?,
+            Backend::Postgres(p) => p.revoke(&name, at).await?,
+        };
+        done.ok_or(TokenError::NotFound(name))
     }
 
     /// The client a presented token belongs to, if it is valid and not revoked. Every stored
-    /// hash is compared (constant time each), whatever matched earlier.
-    pub fn authenticate(&self, presented: &str) -> Result<Option<McpClient>, GuardError> {
+    /// hash is compared (constant time each), whatever matched earlier. A store that cannot be
+    /// read is an error (the request is refused), never "no such token" cached from before.
+    pub async fn authenticate(&self, presented: &str) -> Result<Option<McpClient>, GuardError> {
         let want = sha2::Sha256::digest(presented.as_bytes());
-        let conn = self.conn();
-        let mut st = conn
-            .prepare("SELECT name, hash, policy, revoked_at IS NOT NULL FROM mcp_tokens")
-            .map_err(db_err)?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, bool>(3)?,
-                ))
-            })
-            .map_err(db_err)?;
         let mut found = None;
-        for row in rows {
-            let (name, hash, policy, revoked) = row.map_err(db_err)?;
-            let stored = hex::decode(&hash).unwrap_or_default();
+        for row in self.rows().await? {
+            let stored = hex::decode(&row.hash).unwrap_or_default();
             let equal: bool = stored.as_slice().ct_eq(want.as_slice()).into();
-            if equal && !revoked && found.is_none() {
+            if equal && row.revoked_at.is_none() && found.is_none() {
                 found = Some(McpClient {
-                    name,
-                    policy: PathBuf::from(policy),
+                    name: row.name,
+                    policy: PathBuf::from(row.policy),
                 });
             }
         }
@@ -364,45 +363,62 @@ mod tests {
         }
     }
 
-    #[test]
-    fn issue_authenticate_revoke() {
+    #[tokio::test]
+    async fn issue_authenticate_revoke() {
         let t = tempfile::tempdir().unwrap();
         let pol = t.path().join("ro.toml");
         std::fs::write(&pol, "read_only = true\n").unwrap();
         let s = TokenStore::open(&t.path().join("guard")).unwrap();
-        let a = s.add("reader", &pol).unwrap();
+        let a = s.add("reader", &pol).await.unwrap();
         assert!(a.token.starts_with(TOKEN_PREFIX) && a.token.len() == TOKEN_PREFIX.len() + 64);
-        let b = s.add("writer", &pol).unwrap();
+        let b = s.add("writer", &pol).await.unwrap();
         assert_ne!(a.token, b.token);
-        assert!(matches!(s.add("reader", &pol), Err(TokenError::Exists(_))));
         assert!(matches!(
-            s.add("Bad Name", &pol),
+            s.add("reader", &pol).await,
+            Err(TokenError::Exists(_))
+        ));
+        assert!(matches!(
+            s.add("Bad Name", &pol).await,
             Err(TokenError::InvalidName(_))
         ));
         assert!(matches!(
-            s.add("nopolicy", &t.path().join("missing.toml")),
+            s.add("nopolicy", &t.path().join("missing.toml")).await,
             Err(TokenError::Policy(_))
         ));
-        let c = s.authenticate(&a.token).unwrap().unwrap();
+        let c = s.authenticate(&a.token).await.unwrap().unwrap();
         assert_eq!(c.name, "reader");
-        assert_eq!(s.authenticate(&b.token).unwrap().unwrap().name, "writer");
-        assert!(s.authenticate("").unwrap().is_none());
-        assert!(s.authenticate(&format!("{}x", a.token)).unwrap().is_none());
+        assert_eq!(
+            s.authenticate(&b.token).await.unwrap().unwrap().name,
+            "writer"
+        );
+        assert!(s.authenticate("").await.unwrap().is_none());
+        assert!(
+            s.authenticate(&format!("{}x", a.token))
+                .await
+                .unwrap()
+                .is_none()
+        );
         // The secret is not stored.
         let raw = std::fs::read(t.path().join("guard/guard.db")).unwrap();
         let hay = String::from_utf8_lossy(&raw);
         assert!(!hay.contains(&a.token[TOKEN_PREFIX.len()..]));
         // Another spelling of the name revokes the same client.
-        assert!(s.revoke(" READER ").unwrap());
-        assert!(!s.revoke("reader").unwrap());
-        assert!(matches!(s.revoke("nobody"), Err(TokenError::NotFound(_))));
-        assert!(s.authenticate(&a.token).unwrap().is_none());
-        assert!(s.authenticate(&b.token).unwrap().is_some());
-        let l = s.list().unwrap();
+        assert!(s.revoke(" READER ").await.unwrap());
+        assert!(!s.revoke("reader").await.unwrap());
+        assert!(matches!(
+            s.revoke("nobody").await,
+            Err(TokenError::NotFound(_))
+        ));
+        assert!(s.authenticate(&a.token).await.unwrap().is_none());
+        assert!(s.authenticate(&b.token).await.unwrap().is_some());
+        let l = s.list().await.unwrap();
         assert_eq!(l.len(), 2);
         assert!(l[0].revoked_at.is_some() && l[1].revoked_at.is_none());
         // A revoked name is not reissued.
-        assert!(matches!(s.add("reader", &pol), Err(TokenError::Exists(_))));
+        assert!(matches!(
+            s.add("reader", &pol).await,
+            Err(TokenError::Exists(_))
+        ));
     }
 
     #[test]

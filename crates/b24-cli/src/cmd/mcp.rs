@@ -74,8 +74,9 @@ pub enum McpCommand {
   b24 mcp token list
   b24 mcp token revoke reader
 
-The tokens live in the guard store of the operator's guard dir (only their SHA-256), the same
-place `b24 mcp --http` reads on every request: adding or revoking needs no restart.")]
+The tokens live in the guard store of the operator's guard dir (only their SHA-256), or in the
+PostgreSQL database when B24_STORE_URL=postgres://… (shared by every host), the same place
+`b24 mcp --http` reads on every request: adding or revoking needs no restart.")]
 pub struct TokenArgs {
     #[command(subcommand)]
     pub command: TokenCommand,
@@ -138,50 +139,64 @@ fn token_error(e: TokenError) -> anyhow::Error {
     Exit::new(code, e.to_string())
 }
 
-async fn token(cmd: TokenCommand, g: &Globals) -> anyhow::Result<i32> {
-    // The same place `b24 mcp --http` reads them: the guard dir of the operator's policy.
+/// The client-token store: the cluster's PostgreSQL database when `B24_STORE_URL` names one
+/// (every `b24 mcp --http` host sharing it sees the same tokens and revocations), otherwise the
+/// guard dir of the operator's policy. `b24 mcp --http` opens it the same way.
+pub async fn token_store(g: &Globals) -> anyhow::Result<TokenStore> {
     let guard_dir = crate::exec::resolve(g)?.guard_dir;
-    let out = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
-        let store =
-            TokenStore::open(&guard_dir).map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))?;
-        Ok(match cmd {
-            TokenCommand::Add { name, policy } => {
-                let issued = store.add(&name, &policy).map_err(token_error)?;
+    let url = g.lookup()?("B24_STORE_URL");
+    TokenStore::open_for(&guard_dir, url.as_deref())
+        .await
+        .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()).into())
+}
+
+async fn token(cmd: TokenCommand, g: &Globals) -> anyhow::Result<i32> {
+    let store = token_store(g).await?;
+    let out = match cmd {
+        TokenCommand::Add { name, policy } => {
+            let issued = store.add(&name, &policy).await.map_err(token_error)?;
+            eprintln!(
+                "b24: the token for {name:?} is shown once; store it in the client's secret store (only its hash is kept)"
+            );
+            if store.is_shared() {
                 eprintln!(
-                    "b24: the token for {name:?} is shown once; store it in the client's secret store (only its hash is kept)"
+                    "b24: the token is in the shared PostgreSQL store: every b24 mcp --http host using it accepts the token, and reads the policy file at {} on its own disk",
+                    std::path::absolute(&policy)
+                        .unwrap_or_else(|_| policy.clone())
+                        .display()
                 );
-                json!({"name": issued.name, "token": issued.token, "policy": std::path::absolute(&policy).unwrap_or(policy)})
             }
-            TokenCommand::List => {
-                let list = store
-                    .list()
-                    .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))?;
-                let ts = |t: f64| {
-                    jiff::Timestamp::from_second(t as i64)
-                        .map(|x| x.to_string())
-                        .unwrap_or_default()
-                };
-                let rows: Vec<_> = list
-                    .iter()
-                    .map(|t| {
-                        json!({
-                            "name": t.name,
-                            "policy": t.policy,
-                            "created_at": ts(t.created_at),
-                            "revoked_at": t.revoked_at.map(ts),
-                            "active": t.revoked_at.is_none(),
-                        })
+            json!({"name": issued.name, "token": issued.token, "policy": std::path::absolute(&policy).unwrap_or(policy)})
+        }
+        TokenCommand::List => {
+            let list = store
+                .list()
+                .await
+                .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))?;
+            let ts = |t: f64| {
+                jiff::Timestamp::from_second(t as i64)
+                    .map(|x| x.to_string())
+                    .unwrap_or_default()
+            };
+            let rows: Vec<_> = list
+                .iter()
+                .map(|t| {
+                    json!({
+                        "name": t.name,
+                        "policy": t.policy,
+                        "created_at": ts(t.created_at),
+                        "revoked_at": t.revoked_at.map(ts),
+                        "active": t.revoked_at.is_none(),
                     })
-                    .collect();
-                json!(rows)
-            }
-            TokenCommand::Revoke { name } => {
-                let now = store.revoke(&name).map_err(token_error)?;
-                json!({"name": name, "revoked": true, "already_revoked": !now})
-            }
-        })
-    })
-    .await??;
+                })
+                .collect();
+            json!(rows)
+        }
+        TokenCommand::Revoke { name } => {
+            let now = store.revoke(&name).await.map_err(token_error)?;
+            json!({"name": name, "revoked": true, "already_revoked": !now})
+        }
+    };
     crate::outln!("{}", serde_json::to_string_pretty(&out)?)?;
     Ok(exit::OK)
 }

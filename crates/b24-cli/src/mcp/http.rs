@@ -180,26 +180,20 @@ async fn authenticate(
         }
         Some(Ok(t)) => t,
     };
-    let tokens = auth.tokens.clone();
-    let found = tokio::task::spawn_blocking(move || tokens.authenticate(&token)).await;
-    let client = match found {
-        Ok(Ok(Some(c))) => Arc::new(c),
-        Ok(Ok(None)) => {
+    let client = match auth.tokens.authenticate(&token).await {
+        Ok(Some(c)) => Arc::new(c),
+        Ok(None) => {
             // The operator sees refused tokens (never their text) on stderr.
             tracing::warn!("mcp http: refused a request with an unknown or revoked token (401)");
             return unauthorized(true, "the token is unknown or revoked");
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::error!("mcp http: the token store failed: {e}");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the token store cannot be read; try again",
             )
                 .into_response();
-        }
-        Err(e) => {
-            tracing::error!("mcp http: token check failed: {e}");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     };
     let session = req
@@ -311,19 +305,15 @@ pub async fn serve(
         Some((c, k)) => Some(tls_config(c, k)?),
         None => None,
     };
-    // The tokens live with the guard's records, where the operator's policy puts them.
-    let guard_dir = crate::exec::resolve(g)?.guard_dir;
-    let (tokens, active) = tokio::task::spawn_blocking(move || {
-        let tokens = TokenStore::open(&guard_dir)?;
-        let active = tokens
-            .list()?
-            .iter()
-            .filter(|t| t.revoked_at.is_none())
-            .count();
-        Ok::<_, b24_guard::GuardError>((tokens, active))
-    })
-    .await?
-    .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))?;
+    // The tokens live with the guard's records, or in the cluster's PostgreSQL store.
+    let tokens = crate::cmd::mcp::token_store(g).await?;
+    let active = tokens
+        .list()
+        .await
+        .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))?
+        .iter()
+        .filter(|t| t.revoked_at.is_none())
+        .count();
     if active == 0 {
         eprintln!(
             "b24 mcp: no client tokens are issued yet, so every request gets 401; issue one with `b24 mcp token add NAME --policy FILE` (it applies without a restart)"

@@ -6,6 +6,7 @@ mod audit_repair;
 mod bench;
 mod gate;
 mod knowledge;
+mod mcp_tokens;
 mod pg_budget;
 mod plan_settle;
 mod settle;
