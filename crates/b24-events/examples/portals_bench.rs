@@ -1,75 +1,157 @@
-//! Many portals: one app installed on N sandbox portals (one process), the real receiver
-//! (install verification, ONOFFLINEEVENT wake-ups) and W worker instances on PostgreSQL, each
-//! with its own stores, fleet puller and worker loop, as W processes would have. See
-//! bench/portals/README.md.
+//! Many portals, many processes: one app installed on N sandbox portals hosted by this
+//! process, the real receiver (`b24 events serve`) verifying every install, and W separate
+//! `b24 worker --all-portals` processes on one PostgreSQL store forwarding every event to a
+//! handler endpoint in this process, which records each event's effect once and the time
+//! from the event's creation on its portal to the handler. See bench/portals/README.md.
 //!
-//! Args: --portals 1000 --active 300 --flood 20000 --workers 4 --concurrency 16
+//! Args: --b24 PATH (the `b24` binary; or B24_BIN)
+//!       --portals 1000 --active 300 --flood 20000 --workers 4 --concurrency 16
 //!       --rate 50 (events/s spread over the active portals while the flood drains)
-//!       --cap 200 (per-portal admission cap, also the `event.offline.get` limit)
+//!       --cap 200 (per-portal admission cap) --pull-concurrency 8
 //!       --idle-warmup 120 --idle-secs 120 (the idle portals' polling, measured once the
-//!       back-off has reached its 60 s ceiling)
+//!       back-off has reached its --poll-max 60 s ceiling)
+//!       --out DIR (the children's state dirs and logs go to DIR/run-PID; default
+//!       bench/portals/out)
 
 use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use b24_events::fleet::{FleetConfig, FleetStats};
-use b24_events::handler::Handler;
-use b24_events::installs::Installations;
-use b24_events::listen::ServeLimits;
-use b24_events::receiver::{ReceiverConfig, ReceiverOptions};
-use b24_events::trust::TrustConfig;
-use b24_events::worker::{WorkerConfig, WorkerStats};
-use b24_events::{Job, Store};
+use b24_events::Store;
 use b24_sandbox::SandboxConfig;
 use futures::StreamExt;
-use serde_json::json;
-use tokio_util::sync::CancellationToken;
+use serde_json::{Value, json};
 
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 struct Args {
+    b24: PathBuf,
+    out: PathBuf,
     portals: usize,
     active: usize,
     flood: usize,
     workers: usize,
     concurrency: usize,
+    pull_concurrency: usize,
     rate: f64,
     idle_secs: f64,
     idle_warmup: f64,
+    poll_max: f64,
     cap: i64,
 }
 
-fn args() -> Args {
+fn args() -> Res<Args> {
     let v: Vec<String> = std::env::args().collect();
-    let get = |k: &str, d: f64| {
+    let raw = |k: &str| {
         v.iter()
             .position(|a| a == k)
             .and_then(|i| v.get(i + 1))
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(d)
+            .cloned()
     };
-    Args {
+    let get = |k: &str, d: f64| raw(k).and_then(|x| x.parse().ok()).unwrap_or(d);
+    let b24 = raw("--b24")
+        .or_else(|| std::env::var("B24_BIN").ok())
+        .ok_or("--b24 PATH (or B24_BIN): the b24 binary the workers run")?;
+    Ok(Args {
+        b24: PathBuf::from(b24),
+        out: PathBuf::from(raw("--out").unwrap_or_else(|| "bench/portals/out".into())),
         portals: get("--portals", 1000.0) as usize,
         active: get("--active", 300.0) as usize,
         flood: get("--flood", 20000.0) as usize,
         workers: get("--workers", 4.0) as usize,
         concurrency: get("--concurrency", 16.0) as usize,
+        pull_concurrency: get("--pull-concurrency", 8.0) as usize,
         rate: get("--rate", 50.0),
         idle_secs: get("--idle-secs", 120.0),
         idle_warmup: get("--idle-warmup", 120.0),
+        poll_max: get("--poll-max", 60.0),
         cap: get("--cap", 200.0) as i64,
+    })
+}
+
+/// What the handler endpoint saw: every delivery, each event's effect once.
+#[derive(Default)]
+struct Sink {
+    /// Creation time of each (member id, lead id) the load emitted on a non-flooded portal.
+    emitted: Mutex<HashMap<(String, u64), Instant>>,
+    /// Deliveries per event key: the effect is applied on the first only.
+    effects: Mutex<HashMap<String, u32>>,
+    quiet_latency_ms: Mutex<Vec<f64>>,
+    flooded: Mutex<String>,
+    handled: AtomicU64,
+    flood_handled: AtomicU64,
+    duplicates: AtomicU64,
+    per_worker: Mutex<HashMap<String, u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sink {
+    /// One forwarded event (`{"key","event","attempt","payload"}`) from worker `w`.
+    fn deliver(&self, w: &str, body: &Value) {
+        if body["event"] != "ONCRMLEADADD" {
+            return;
+        }
+        let Some(key) = body["key"].as_str() else {
+            return;
+        };
+        *lock(&self.per_worker).entry(w.to_string()).or_default() += 1;
+        {
+            let mut eff = lock(&self.effects);
+            let n = eff.entry(key.to_string()).or_default();
+            *n += 1;
+            if *n > 1 {
+                self.duplicates.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+        self.handled.fetch_add(1, Relaxed);
+        let p = &body["payload"];
+        let member = p["auth"]["member_id"].as_str().unwrap_or("").to_string();
+        let id: u64 = p["EVENT_DATA"]["FIELDS"]["ID"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .or_else(|| p["EVENT_DATA"]["FIELDS"]["ID"].as_u64())
+            .unwrap_or(0);
+        if member == *lock(&self.flooded) {
+            self.flood_handled.fetch_add(1, Relaxed);
+        } else if let Some(t) = lock(&self.emitted).get(&(member, id)) {
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            lock(&self.quiet_latency_ms).push(ms);
+        }
     }
 }
 
-/// When each (member, lead id) was created, and what the handlers saw.
-#[derive(Default)]
-struct Clock {
-    emitted: Mutex<HashMap<(String, u64), Instant>>,
-    quiet_latency_ms: Mutex<Vec<f64>>,
-    handled: AtomicU64,
-    flood_handled: AtomicU64,
+/// The handler endpoint: `POST /w/K` with the event JSON; 200 = done.
+async fn serve_sink(sink: Arc<Sink>) -> Res<String> {
+    use axum::extract::{Path as UrlPath, State};
+    let app = axum::Router::new()
+        .route(
+            "/w/{k}",
+            axum::routing::post(
+                |State(s): State<Arc<Sink>>, UrlPath(k): UrlPath<String>, body: String| async move {
+                    match serde_json::from_str::<Value>(&body) {
+                        Ok(v) => {
+                            s.deliver(&k, &v);
+                            axum::http::StatusCode::OK
+                        }
+                        Err(_) => axum::http::StatusCode::BAD_REQUEST,
+                    }
+                },
+            ),
+        )
+        .with_state(sink);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", l.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    Ok(url)
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -80,15 +162,79 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+fn r1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Peak resident set (VmHWM) of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(r1(kb / 1024.0))
+}
+
+/// A `b24` child with the app's settings, the shared store and its own state dir; no `B24_*`
+/// variable of the caller's leaks in.
+fn b24(a: &Args, app: &[(&str, String)], name: &str, argv: &[&str]) -> Res<Child> {
+    let dir = a.out.join(name);
+    std::fs::create_dir_all(dir.join("state"))?;
+    std::fs::create_dir_all(dir.join("config"))?;
+    let mut c = Command::new(&a.b24);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("B24_") {
+            c.env_remove(k);
+        }
+    }
+    c.envs(app.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("B24_STATE_DIR", dir.join("state"))
+        .env("B24_CONFIG_DIR", dir.join("config"))
+        .env("HOME", &dir)
+        .args(argv)
+        .stdin(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log"))?);
+    if name == "receiver" {
+        c.stdout(Stdio::piped());
+    } else {
+        c.stdout(std::fs::File::create(dir.join("stdout.log"))?);
+    }
+    Ok(c.spawn()?)
+}
+
+fn stop(children: &mut [Child]) {
+    for c in children.iter() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let t = Instant::now();
+    for c in children.iter_mut() {
+        while matches!(c.try_wait(), Ok(None)) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 #[tokio::main]
 async fn main() -> Res<()> {
-    let a = args();
+    let mut a = args()?;
+    // The children's state dirs and logs: fresh for each run.
+    a.out = a.out.join(format!("run-{}", std::process::id()));
     let base = std::env::var("B24_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let schema = format!("portals_bench_{}", std::process::id());
     let url = b24_events::postgres::isolated_url(&base, &schema).await?;
+    std::fs::create_dir_all(&a.out)?;
     println!(
-        "# portals {}, active {}, flood {}, workers {} x concurrency {}, rate {}/s; nproc {}",
+        "# portals {}, active {}, flood {}, {} worker processes x concurrency {}, rate {}/s; nproc {}",
         a.portals,
         a.active,
         a.flood,
@@ -100,38 +246,45 @@ async fn main() -> Res<()> {
     let t0 = Instant::now();
     let ps = Arc::new(b24_sandbox::start_many(SandboxConfig::default(), a.portals).await?);
     println!(
-        "sandbox: {} portals up in {:.1}s",
+        "sandbox: {} portals up in {:.1}s (pid {})",
         ps.len(),
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        std::process::id()
     );
+    let i0 = ps.get(0).ok_or("no portals")?.info().clone();
+    let app: Vec<(&str, String)> = vec![
+        ("B24_CLIENT_ID", i0.client_id.clone()),
+        ("B24_CLIENT_SECRET", i0.client_secret.clone()),
+        ("B24_OAUTH_TOKEN_URL", i0.oauth_token_url.clone()),
+        ("B24_STORE_URL", url.clone()),
+        ("B24_RATE_LIMITER", "postgres".into()),
+        ("PATH", std::env::var("PATH").unwrap_or_default()),
+    ];
 
-    // The receiver (in this process, on PostgreSQL).
-    let app = b24_events::receiver::open(
-        &url,
-        ReceiverConfig {
-            max_body: 256 * 1024,
-            pinned_token: None,
-        },
-        ReceiverOptions {
-            trust: TrustConfig {
-                portals: vec!["127.0.0.1:*".parse()?],
-                loopback_http: true,
-                max_concurrent_verifications: 32,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await?;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let rx = format!("http://{}/", l.local_addr()?);
-    let stop_rx = CancellationToken::new();
-    tokio::spawn(b24_events::listen::serve(
-        l,
-        app,
-        ServeLimits::default(),
-        stop_rx.clone(),
-    ));
+    // The receiver, a process of its own on the shared store.
+    let mut rx_child = b24(
+        &a,
+        &app,
+        "receiver",
+        &[
+            "events",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-portal",
+            "127.0.0.1:*",
+        ],
+    )?;
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let out = rx_child.stdout.take().ok_or("receiver stdout")?;
+        std::io::BufReader::new(out).read_line(&mut line)?;
+    }
+    let rx = serde_json::from_str::<Value>(&line)?["listening"]
+        .as_str()
+        .ok_or("the receiver did not say where it listens (see out/receiver/stderr.log)")?
+        .to_string();
 
     // Install the app everywhere; bind offline events (+ ONOFFLINEEVENT) on the active ones.
     let t1 = Instant::now();
@@ -165,12 +318,12 @@ async fn main() -> Res<()> {
         .await;
     let installed = results.iter().filter(|s| **s == 200).count();
     println!(
-        "installs: {installed} of {} verified and recorded in {:.1}s",
+        "installs: {installed} of {} verified by the receiver and recorded in {:.1}s",
         a.portals,
         t1.elapsed().as_secs_f64()
     );
-    let setup = Store::open(&url).await?;
     // The install events are not part of the measurement.
+    let setup = Store::open(&url).await?;
     loop {
         let jobs = setup.claim("setup", 500, 60.0).await?;
         if jobs.is_empty() {
@@ -178,126 +331,51 @@ async fn main() -> Res<()> {
         }
         setup.complete_many(&jobs, "setup").await?;
     }
+    drop(setup);
     for p in ps.iter() {
         p.reset_stats();
     }
 
-    // W workers: each its own stores, fleet and worker loop.
-    let clock = Arc::new(Clock::default());
-    let stop = CancellationToken::new();
-    let infos: Arc<HashMap<String, b24_sandbox::StartInfo>> = Arc::new(
-        ps.infos()
-            .into_iter()
-            .map(|i| (i.member_id.clone(), i))
-            .collect(),
+    // The handler endpoint, and W worker processes forwarding to it.
+    let sink = Arc::new(Sink::default());
+    let flooded = i0.member_id.clone();
+    *lock(&sink.flooded) = flooded.clone();
+    let sink_url = serve_sink(sink.clone()).await?;
+    let (conc, cap, pc, pmax) = (
+        a.concurrency.to_string(),
+        a.cap.to_string(),
+        a.pull_concurrency.to_string(),
+        a.poll_max.to_string(),
     );
-    let flooded = ps.get(0).ok_or("no portals")?.info().member_id.clone();
-    let mut fleets = Vec::new();
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut workers = Vec::new();
     for w in 0..a.workers {
-        let store = Arc::new(Store::open(&url).await?);
-        let reg = Installations::open(&url).await?;
-        let fstats = Arc::new(FleetStats::default());
-        fleets.push(fstats.clone());
-        let infos = infos.clone();
-        let reg2 = reg.clone();
-        let pg_url0 = url.clone();
-        let factory: b24_events::fleet::ClientFactory = Arc::new(move |inst| {
-            let (reg, infos, pg_url) = (reg2.clone(), infos.clone(), pg_url0.clone());
-            Box::pin(async move {
-                let i = infos
-                    .get(&inst.member_id)
-                    .ok_or_else(|| b24_events::EventsError::Config("unknown".into()))?;
-                let store = Arc::new(reg.token_store(&inst.member_id));
-                use b24::auth::TokenStore;
-                let pair = store
-                    .load()
-                    .await?
-                    .ok_or_else(|| b24_events::EventsError::Config("no tokens".into()))?;
-                // The app's settings, with the bucket in PostgreSQL: every worker shares
-                // each portal's bucket, as hosts on one B24_STORE_URL do.
-                let _ = pair;
-                let vars: HashMap<&str, String> = HashMap::from([
-                    ("B24_AUTH_MODE", "oauth".to_string()),
-                    ("B24_DOMAIN", i.base_url.clone()),
-                    ("B24_CLIENT_ID", i.client_id.clone()),
-                    ("B24_CLIENT_SECRET", i.client_secret.clone()),
-                    ("B24_OAUTH_TOKEN_URL", i.oauth_token_url.clone()),
-                    ("B24_STORE_URL", pg_url.clone()),
-                    ("B24_RATE_LIMITER", "postgres".to_string()),
-                ]);
-                let cfg = b24::Config::from_lookup(
-                    &|k| vars.get(k).cloned(),
-                    std::env::temp_dir().join("b24-portals-bench"),
-                )?;
-                Ok(b24::Client::with_token_store(cfg, Some(store)).await?)
-            })
-        });
-        let fcfg = FleetConfig {
-            // Pull rounds hold a pooled connection (the pull lock): stay under the pool of 8.
-            concurrency: 4,
-            per_portal_cap: a.cap,
-            batch: a.cap.clamp(1, 1000) as u32,
-            poll_min: Duration::from_millis(200),
-            poll_max: Duration::from_secs(60),
-            rescan: Duration::from_millis(200),
-        };
-        tasks.spawn(b24_events::fleet::run(
-            reg,
-            store.clone(),
-            fcfg,
-            factory,
-            fstats,
-            stop.clone(),
-        ));
-        let (clock2, flooded2) = (clock.clone(), flooded.clone());
-        let handler = Handler::in_process(move |job: &Job| {
-            let (clock, flooded) = (clock2.clone(), flooded2.clone());
-            let member = job.payload["auth"]["member_id"]
-                .as_str()
-                .unwrap_or("")
-                .to_string();
-            let id: u64 = job.payload["EVENT_DATA"]["FIELDS"]["ID"]
-                .as_str()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            let name = job.name.clone();
-            async move {
-                if name != "ONCRMLEADADD" {
-                    return Ok(());
-                }
-                clock.handled.fetch_add(1, Relaxed);
-                if member == flooded {
-                    clock.flood_handled.fetch_add(1, Relaxed);
-                } else if let Some(t) = clock
-                    .emitted
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&(member, id))
-                {
-                    let ms = t.elapsed().as_secs_f64() * 1000.0;
-                    clock
-                        .quiet_latency_ms
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(ms);
-                }
-                Ok(())
-            }
-        });
-        let wcfg = WorkerConfig {
-            id: format!("bench-{w}"),
-            concurrency: a.concurrency,
-            ..WorkerConfig::default()
-        };
-        tasks.spawn(b24_events::worker::run(
-            store,
-            handler,
-            wcfg,
-            Arc::new(WorkerStats::default()),
-            stop.clone(),
-        ));
+        let fwd = format!("{sink_url}/w/{w}");
+        workers.push(b24(
+            &a,
+            &app,
+            &format!("worker-{w}"),
+            &[
+                "worker",
+                "--all-portals",
+                "--forward",
+                &fwd,
+                "--concurrency",
+                &conc,
+                "--per-portal-cap",
+                &cap,
+                "--pull-concurrency",
+                &pc,
+                "--poll-interval",
+                "0.2",
+                "--poll-max",
+                &pmax,
+                "--handler-timeout",
+                "30",
+            ],
+        )?);
     }
+    let pids: Vec<u32> = workers.iter().map(|c| c.id()).collect();
+    println!("workers: {} processes, pids {pids:?}", workers.len());
 
     // The flood, then steady events on the other active portals until it has drained.
     let mut next_id: HashMap<String, u64> = HashMap::new();
@@ -309,8 +387,8 @@ async fn main() -> Res<()> {
     let mut rng: u64 = 0x5eed;
     let tick = Duration::from_millis(100);
     let per_tick = (a.rate * tick.as_secs_f64()).max(1.0) as usize;
-    let limit = Duration::from_secs(600);
-    while (clock.flood_handled.load(Relaxed) as usize) < a.flood && start.elapsed() < limit {
+    let limit = Duration::from_secs(900);
+    while (sink.flood_handled.load(Relaxed) as usize) < a.flood && start.elapsed() < limit {
         for _ in 0..per_tick {
             rng = rng
                 .wrapping_mul(6364136223846793005)
@@ -320,28 +398,28 @@ async fn main() -> Res<()> {
             let m = p.info().member_id.clone();
             let id = next_id.entry(m.clone()).or_default();
             *id += 1;
-            clock
-                .emitted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((m, *id), Instant::now());
+            lock(&sink.emitted).insert((m, *id), Instant::now());
             p.emit_lead_adds(1);
             quiet_sent += 1;
         }
         tokio::time::sleep(tick).await;
     }
     let flood_secs = start.elapsed().as_secs_f64();
+    let expected = a.flood as u64 + quiet_sent;
     // Let the last quiet events arrive.
     let wait = Instant::now();
-    while clock.handled.load(Relaxed) < a.flood as u64 + quiet_sent
-        && wait.elapsed() < Duration::from_secs(30)
-    {
+    while sink.handled.load(Relaxed) < expected && wait.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let busy_secs = start.elapsed().as_secs_f64();
-    let handled = clock.handled.load(Relaxed);
+    let handled = sink.handled.load(Relaxed);
+    let count_503_busy: u64 = ps.iter().map(|p| p.stats().count_503).sum();
+    println!(
+        "load: {expected} events ({} flood + {quiet_sent} quiet); flood drained in {flood_secs:.1}s, all handled after {busy_secs:.1}s",
+        a.flood
+    );
 
-    // Idle portals: only the fleet's back-off polls reach them. Measured once the back-off
+    // Idle portals: only the workers' back-off polls reach them. Measured once the back-off
     // has grown to its ceiling (steady state), after `--idle-warmup` seconds.
     let idle: Vec<_> = ps.iter().skip(a.active).collect();
     tokio::time::sleep(Duration::from_secs_f64(a.idle_warmup)).await;
@@ -350,50 +428,57 @@ async fn main() -> Res<()> {
     }
     tokio::time::sleep(Duration::from_secs_f64(a.idle_secs)).await;
     let idle_requests: u64 = idle.iter().map(|p| p.stats().requests).sum();
-    stop.cancel();
-    stop_rx.cancel();
-    while tasks.join_next().await.is_some() {}
+    let rss: Vec<Option<f64>> = pids.iter().map(|p| peak_rss_mib(*p)).collect();
+    let rx_rss = peak_rss_mib(rx_child.id());
+    stop(&mut workers);
+    stop(std::slice::from_mut(&mut rx_child));
 
-    let count_503: u64 = ps.iter().map(|p| p.stats().count_503).sum();
-    let mut lat = clock
-        .quiet_latency_ms
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let locked: u64 = fleets
+    let stats: Vec<_> = ps.iter().map(|p| p.stats()).collect();
+    let with_503: Vec<Value> = ps
         .iter()
-        .flat_map(|f| ps.iter().filter_map(|p| f.portal(&p.info().member_id)))
-        .map(|c| c.locked_elsewhere)
-        .sum();
+        .zip(&stats)
+        .filter(|(_, s)| s.count_503 > 0)
+        .map(|(p, s)| json!({"domain": p.info().domain, "count_503": s.count_503}))
+        .collect();
+    let count_503: u64 = stats.iter().map(|s| s.count_503).sum();
+    let left_on_portals: u64 = stats.iter().map(|s| s.offline_queue_depth).sum();
+    let mut lat = lock(&sink.quiet_latency_ms).clone();
+    let effects = lock(&sink.effects).len();
     let summary = json!({
-        "portals": a.portals, "active": a.active, "flood": a.flood, "workers": a.workers,
-        "handled": handled, "expected": a.flood as u64 + quiet_sent,
-        "flood_drained_secs": (flood_secs * 10.0).round() / 10.0,
-        "events_per_sec": ((handled as f64 / busy_secs) * 10.0).round() / 10.0,
+        "portals": a.portals, "active": a.active, "flood": a.flood,
+        "worker_processes": a.workers,
+        "expected": expected, "handled": handled, "effects": effects,
+        "duplicate_deliveries": sink.duplicates.load(Relaxed),
+        "events_left_on_portals": left_on_portals,
+        "flood_drained_secs": r1(flood_secs),
+        "events_per_sec": r1(handled as f64 / busy_secs),
         "quiet_events": lat.len(),
-        "quiet_p50_ms": (pct(&mut lat, 0.50) * 10.0).round() / 10.0,
-        "quiet_p99_ms": (pct(&mut lat, 0.99) * 10.0).round() / 10.0,
-        "quiet_max_ms": (pct(&mut lat, 1.0) * 10.0).round() / 10.0,
-        "count_503": count_503,
+        "quiet_p50_ms": r1(pct(&mut lat, 0.50)),
+        "quiet_p99_ms": r1(pct(&mut lat, 0.99)),
+        "quiet_max_ms": r1(pct(&mut lat, 1.0)),
+        "count_503_total": count_503,
+        "count_503_during_load": count_503_busy,
+        "portals_with_503": with_503,
         "idle_portals": idle.len(),
         "idle_requests_per_portal_per_min": if idle.is_empty() { 0.0 } else {
             ((idle_requests as f64 / idle.len() as f64 / (a.idle_secs / 60.0)) * 1000.0).round() / 1000.0
         },
-        "pull_rounds_locked_by_another_worker": locked,
+        "events_per_worker": *lock(&sink.per_worker),
+        "worker_peak_rss_mib": rss,
+        "receiver_peak_rss_mib": rx_rss,
     });
     println!("{summary}");
-    if let Ok(drop) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await {
-        let (c, conn) = drop;
+    drop_schema(&base, &schema).await;
+    Ok(())
+}
+
+async fn drop_schema(base: &str, schema: &str) {
+    if let Ok((c, conn)) = tokio_postgres::connect(base, tokio_postgres::NoTls).await {
         let h = tokio::spawn(conn);
         let _ = c
             .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
             .await;
-        drop_client(c);
+        drop(c);
         let _ = h.await;
     }
-    Ok(())
-}
-
-fn drop_client(c: tokio_postgres::Client) {
-    drop(c);
 }
