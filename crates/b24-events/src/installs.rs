@@ -11,10 +11,11 @@
 //! The table lives beside the receiver's other records ([`Inbox`]: the same SQLite file or
 //! PostgreSQL database as the queue), so one `B24_STORE_URL` names everything a host needs.
 //!
-//! [`InstallTokenStore`] makes a row usable as the client's [`TokenStore`]: refreshes
-//! single-flight *per portal* — a PostgreSQL advisory lock (or, on SQLite, a lock file) keyed
-//! by the member id — so a slow refresh on one portal never holds up another, and a refresh
-//! racing an uninstall can never write tokens back into an uninstalled row.
+//! [`InstallTokenStore`] makes a row usable as the client's
+//! [`TokenStore`](b24::auth::TokenStore): refreshes single-flight *per portal* — a PostgreSQL
+//! advisory lock (or, on SQLite, a lock file) keyed by the member id — so a slow refresh on one
+//! portal never holds up another, and a refresh racing an uninstall can never write tokens back
+//! into an uninstalled row.
 
 use std::sync::{Arc, Mutex};
 

@@ -95,7 +95,7 @@ pub struct BatchCommand {
     pub key: Option<String>,
     /// REST method, e.g. `crm.lead.get`.
     pub method: String,
-    /// Method parameters; may refer to earlier results, e.g. {"id": "$result[first][ID]"}.
+    /// Method parameters; may refer to earlier results, e.g. `{"id": "$result[first][ID]"}`.
     #[serde(default)]
     #[schemars(with = "Params")]
     pub params: Option<Params>,
