@@ -3,8 +3,12 @@
 //! reason), and — for SQLite — the flush that makes an enqueue survive power loss.
 //!
 //! It opens its own connection to the same database as the queue ([`crate::Store`]) and uses
-//! its own tables (`b24_receiver_portals`, `b24_receiver_rejects`), so the queue's schema is not
-//! touched.
+//! its own tables (`b24_receiver_portals`, `b24_receiver_rejects`, and `b24_receiver_refused`
+//! for deliveries refused at the door, see [`Refused`]), so the queue's schema is not touched.
+
+mod refused;
+
+pub use refused::{RefusalBudget, Refused};
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -75,6 +79,7 @@ impl Inbox {
             let mut c = pool.get().await.map_err(se)?;
             let tx = c.transaction().await.map_err(se)?;
             tx.batch_execute(PG_SCHEMA).await.map_err(se)?;
+            tx.batch_execute(refused::PG_SCHEMA).await.map_err(se)?;
             tx.batch_execute(crate::installs::PG_SCHEMA)
                 .await
                 .map_err(se)?;
@@ -97,6 +102,7 @@ impl Inbox {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(se)?;
         conn.execute_batch(SQLITE_SCHEMA).map_err(se)?;
+        conn.execute_batch(refused::SQLITE_SCHEMA).map_err(se)?;
         conn.execute_batch(crate::installs::SQLITE_SCHEMA)
             .map_err(se)?;
         // A store created before installations had `wake_at` (it exists: the error is fine).

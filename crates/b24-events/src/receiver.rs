@@ -11,7 +11,10 @@
 //!    [`Inbox::reject`] — never queued as `null`.
 //! 4. Enqueue, flush (see [`Inbox::sync_queue`]), 200.
 //!
-//! Anything refused stores nothing.
+//! Anything refused is not queued. The receiver notes the refusal — reason, the event name and
+//! member id the body claimed, its size; never the body or a token — in a bounded log beside
+//! the queue ([`crate::inbox::Refused`]), so `b24 dlq list --rejected` shows what was turned
+//! away at the door.
 
 use std::sync::Arc;
 
@@ -57,6 +60,8 @@ struct Shared {
     trust: TrustConfig,
     http: reqwest::Client,
     verifying: Semaphore,
+    /// How many refusals a second are noted (anyone can send a refused request).
+    refusals: crate::inbox::RefusalBudget,
 }
 
 /// Open the queue and the receiver's side store at `url` and build the router. This is the
@@ -93,6 +98,7 @@ pub fn router_with(
         http: trust::http_client(&opts.trust),
         verifying: Semaphore::new(opts.trust.max_concurrent_verifications.max(1)),
         trust: opts.trust,
+        refusals: Default::default(),
     });
     Router::new()
         .route("/", post(receive))
@@ -240,23 +246,89 @@ fn redact(payload: &mut Value) {
     }
 }
 
-async fn receive(State(sh): State<Arc<Shared>>, uri: Uri, body: Bytes) -> Response {
+/// Refuse a delivery at the door, noting it (within the per-second budget) when there is a
+/// side store. What is noted is the reason and the body's claims, never the body.
+async fn refuse(
+    sh: &Shared,
+    status: StatusCode,
+    reason: &str,
+    error: &str,
+    claimed: Option<&Envelope>,
+    bytes: usize,
+) -> Response {
+    if let (Some(inbox), Some(more)) = (&sh.inbox, sh.refusals.take()) {
+        let (event, member) = claimed
+            .map(|e| (e.event.as_str(), e.member_id.as_str()))
+            .unwrap_or(("", ""));
+        if let Err(e) = inbox.refused(reason, event, member, bytes, more).await {
+            tracing::warn!("a refused delivery could not be noted: {e}");
+        }
+    }
+    reply(status, error)
+}
+
+async fn receive(
+    State(sh): State<Arc<Shared>>,
+    uri: Uri,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        // Over the body limit (413), or a body that could not be read.
+        Err(e) => {
+            let status = e.status();
+            let why = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                "too_large"
+            } else {
+                "unreadable_body"
+            };
+            return refuse(&sh, status, why, why, None, 0).await;
+        }
+    };
+    let n = body.len();
     let env = match form::scan(&body, &sh.limits) {
         Ok(env) => env,
-        Err(FormError::TooLarge(_)) => return reply(StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-        Err(_) => return reply(StatusCode::BAD_REQUEST, "malformed_body"),
+        Err(FormError::TooLarge(_)) => {
+            return refuse(
+                &sh,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "too_large",
+                None,
+                n,
+            )
+            .await;
+        }
+        Err(_) => {
+            return refuse(
+                &sh,
+                StatusCode::BAD_REQUEST,
+                "malformed_body",
+                "malformed_body",
+                None,
+                n,
+            )
+            .await;
+        }
     };
     if !well_formed(&env) {
-        return reply(
+        return refuse(
+            &sh,
             StatusCode::BAD_REQUEST,
+            "missing_fields",
             "missing event, auth[member_id] or auth[application_token]",
-        );
+            Some(&env),
+            n,
+        )
+        .await;
     }
     let event = env.event.to_ascii_uppercase();
     let admit = match sh.authenticate(&event, &env).await {
         Ok(Auth::Known) => None,
         Ok(Auth::Admit { domain }) => Some(domain),
-        Ok(Auth::Refuse(why)) => return reply(StatusCode::UNAUTHORIZED, why),
+        Ok(Auth::Refuse(why)) => {
+            return refuse(&sh, StatusCode::UNAUTHORIZED, why, why, Some(&env), n).await;
+        }
         Err(_) => return unavailable(),
     };
 

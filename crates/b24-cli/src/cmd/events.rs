@@ -107,7 +107,7 @@ fn secs(v: f64) -> std::time::Duration {
 }
 
 /// The queue store URL from `--store` / `B24_STORE_URL`, defaulting to the state dir.
-fn store_url(g: &Globals, url: Option<&str>) -> anyhow::Result<String> {
+pub(crate) fn store_url(g: &Globals, url: Option<&str>) -> anyhow::Result<String> {
     Ok(match url {
         Some(u) => u.to_string(),
         None => {

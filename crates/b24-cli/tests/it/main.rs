@@ -7,6 +7,7 @@ mod attacks;
 mod batch_export;
 mod call;
 mod describe;
+mod dlq_rejected;
 mod cluster;
 mod events;
 mod guard;

@@ -7,5 +7,6 @@ mod hostile;
 mod polling;
 mod portals;
 mod receiver;
+mod refused;
 mod skew;
 mod worker;
