@@ -7,6 +7,8 @@
 //! - [`http`]: Streamable HTTP with bearer tokens per client (`b24 mcp --http ADDR`).
 //! - [`errors`]: refusals and Bitrix24 errors as tool errors (`isError: true`) with the fix.
 //! - [`paging`]: bounded page sets for `b24_export` with a resume cursor.
+//! - [`schema`]: portable input schemas, and [`outputs`] the output schemas.
+//! - [`resources`]: the skill's references as resources; [`prompts`]: prompts for common tasks.
 //! - this module: the stdio plumbing.
 //!
 //! Why our own stdio plumbing around rmcp's transport: rmcp silently drops lines that are not
@@ -20,8 +22,12 @@
 pub mod args;
 pub mod errors;
 pub mod http;
+mod outputs;
 pub mod paging;
 pub mod person;
+mod prompts;
+mod resources;
+mod schema;
 pub mod server;
 mod tools;
 

@@ -47,7 +47,9 @@ Find methods with b24_search_methods and check their scope, risk and paging with
 Writes are gated. The reviewed path: b24_plan records the exact call (nothing is sent) and returns a plan_id; show it to the person; then b24_apply {plan_id} runs it exactly once (destructive plans also need confirm_destructive: true).
 A direct b24_write needs confirm: true, and destructive methods (delete, ...) need confirm_destructive: true. Give writes an idempotency_key so a retry can never duplicate them.
 A refused call returns isError with the reason and the fix, and nothing reaches the portal. The operator's policy can forbid methods outright; no argument overrides it.
-b24_queue_status reports the local event queue and dead-letter queue.";
+b24_queue_status reports the local event queue and dead-letter queue.
+Resources: the skill's playbook (b24://skill/playbook), recipes, scenarios, setup notes and one reference per capability pack (b24://skill/packs/core, .../packs/comms, ...); read the playbook first and the pack you need, not everything.
+Prompts: update_crm_record (find, plan, apply), export_list, setup_event_handling and diagnose_error lay out the safe path for those tasks.";
 
 /// The MCP server: the tools over one process's configuration.
 #[derive(Clone)]
@@ -77,8 +79,15 @@ impl B24Mcp {
             g: Arc::new(g),
             elicit,
             needs_client: false,
-            tool_router: Self::portal_router() + Self::catalog_router(),
+            tool_router: Self::router(),
         }
+    }
+
+    /// Every tool, with portable input schemas and output schemas.
+    fn router() -> ToolRouter<Self> {
+        let mut r = Self::portal_router() + Self::catalog_router();
+        super::schema::finish(&mut r);
+        r
     }
 
     /// The server for HTTP: every tool call acts for the client that authenticated the request.
@@ -87,7 +96,7 @@ impl B24Mcp {
             g,
             elicit,
             needs_client: true,
-            tool_router: Self::portal_router() + Self::catalog_router(),
+            tool_router: Self::router(),
         }
     }
 
@@ -126,8 +135,15 @@ impl B24Mcp {
         self.fail(&exec::gate_error(e))
     }
 
+    /// A tool's answer. Top-level nulls are dropped: the output schemas declare one type per
+    /// field and "absent" for "does not apply" (only `result`, the portal's own value, may be
+    /// null).
     pub(super) fn ok(&self, v: Value) -> CallToolResult {
-        CallToolResult::structured(b24_guard::redact::value(&v))
+        let mut v = b24_guard::redact::value(&v);
+        if let Value::Object(o) = &mut v {
+            o.retain(|k, x| !x.is_null() || k == "result");
+        }
+        CallToolResult::structured(v)
     }
 }
 
@@ -292,8 +308,53 @@ impl ServerHandler for B24Mcp {
         }
     }
 
+    async fn list_resources(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourcesResult, ErrorData> {
+        Ok(super::resources::list())
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListResourceTemplatesResult, ErrorData> {
+        Ok(super::resources::templates())
+    }
+
+    async fn read_resource(
+        &self,
+        request: rmcp::model::ReadResourceRequestParams,
+        _context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ReadResourceResponse, ErrorData> {
+        super::resources::read(&request.uri).map(Into::into)
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<rmcp::model::PaginatedRequestParams>,
+        _context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, ErrorData> {
+        Ok(super::prompts::list())
+    }
+
+    async fn get_prompt(
+        &self,
+        request: rmcp::model::GetPromptRequestParams,
+        _context: rmcp::service::RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetPromptResponse, ErrorData> {
+        super::prompts::get(&request.name, request.arguments.as_ref()).map(Into::into)
+    }
+
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+        let caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .enable_prompts()
+            .build();
+        ServerConfig::new(caps)
             .with_server_info(Implementation::new("b24", env!("CARGO_PKG_VERSION")))
             .with_instructions(INSTRUCTIONS)
     }

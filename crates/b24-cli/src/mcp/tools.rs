@@ -420,7 +420,9 @@ impl B24Mcp {
                     let mut v =
                         b24_guard::redact::value(&errors::error_value(&exec::gate_error(e)));
                     v["items_before_error"] = json!(items.len());
-                    v["cursor"] = json!(cursor.map(Cursor::render));
+                    if let Some(c) = cursor {
+                        v["cursor"] = json!(c.render());
+                    }
                     return Ok(tool_error_value(v));
                 }
             };

@@ -1579,3 +1579,7 @@ async fn http_idempotency_keys_are_per_client() {
 // Hostile clients of `b24 mcp --http` (forged tokens, foreign sessions, widening policy files).
 #[path = "mcp/http_attacks.rs"]
 mod http_attacks;
+#[path = "mcp/resources.rs"]
+mod resources;
+#[path = "mcp/schemas.rs"]
+mod schemas;
