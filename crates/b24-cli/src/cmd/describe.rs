@@ -1,8 +1,9 @@
 //! `b24 describe`: one method from the catalog — scope, risk, how a write whose answer was
-//! lost is settled, version, paging, idempotency, documentation link and the errors to expect — and what it takes and returns (parameters,
-//! nested fields, allowed values, result shape, examples) from the method knowledge. With a
-//! portal configured, a method with a `*.fields` companion also shows the portal's live field
-//! list (custom `UF_*` fields included), merged and marked by the library.
+//! lost is settled, version, paging, idempotency, documentation link and the errors to
+//! expect — and what it takes and returns (parameters, nested fields, allowed values, result
+//! shape, examples) from the method knowledge. With a portal configured, a method with a
+//! `*.fields` companion also shows the portal's live field list (custom `UF_*` fields
+//! included), merged and marked by the library.
 
 use b24_guard::gate::Origin;
 use b24_guard::knowledge::{self, Knowledge};
