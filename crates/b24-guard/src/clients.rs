@@ -90,7 +90,7 @@ const MAX_POLICY_BYTES: u64 = 1 << 20;
 
 /// Read a client's policy file, refusing what the operator cannot have meant: something that
 /// is not a regular file (a FIFO would block the server on every call of the client, a device
-/// would never end), a file larger than [`MAX_POLICY_BYTES`], and — on Unix — a file that
+/// would never end), a file larger than `MAX_POLICY_BYTES` (1 MiB), and — on Unix — a file that
 /// another account could have written (owned by neither the account serving MCP nor root, or
 /// writable by group or others) or that sits below a directory another account could write
 /// (the directories above it are checked too), because whoever can write it decides what the
