@@ -8,7 +8,7 @@
 //! False refusals are worse than none, so only what the documentation lists completely is
 //! enforced:
 //! - top-level names only when the page's parameter table has no open rows (or the page says
-//!   the method takes none) — see [`DocStatus::enforceable`];
+//!   the method takes none) — see [`DocStatus::enforceable`](super::DocStatus::enforceable);
 //! - names compare case-insensitively: the portal reads many v2 names in any case (`ID` for
 //!   `id`, `FIELDS` for `fields`);
 //! - `start` (paging) is always accepted; positional keys (`0`, `1`, …) are accepted up to the
