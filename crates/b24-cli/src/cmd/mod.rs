@@ -89,6 +89,17 @@ pub enum Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let g = cli.globals;
+    // Under `auth`, `--portal HOST` is the host to log in to; an installation named before
+    // `auth` would be ignored, and `auth logout` would then delete the tokens of whichever
+    // portal `B24_DOMAIN` names. Refused, so that the portal acted on is the one named.
+    if let (Command::Auth(_), Some(p)) = (&cli.command, &g.portal) {
+        return Err(crate::exit::Exit::new(
+            crate::exit::USAGE,
+            format!(
+                "`b24 --portal {p} auth …`: under auth, --portal names the host to log in to; write `b24 auth SUBCOMMAND --portal HOST`"
+            ),
+        ));
+    }
     portals::prime(&g).await?;
     match cli.command {
         Command::Call(a) => call::run(a, &g).await,

@@ -235,3 +235,32 @@ async fn portals_list_bucket_level_follows_the_portal_called() {
     assert!((shown - b0).abs() < 0.05, "show {shown}, list {b0}");
     ps.shutdown().await;
 }
+
+/// `b24 --portal INSTALLATION auth …`: under `auth`, `--portal` names the host to log in to,
+/// so an installation given before the subcommand cannot be honoured. It must be refused,
+/// not ignored: ignored, `auth logout` deleted the tokens of `B24_DOMAIN`'s portal and
+/// `auth status` reported on it, while the operator named another portal.
+#[tokio::test(flavor = "multi_thread")]
+async fn installation_portal_before_auth_is_refused_not_ignored() {
+    let ps = b24_sandbox::start_many(SandboxConfig::default(), 2)
+        .await
+        .unwrap();
+    let (mut env, _rx) = app_on(&ps, 2).await;
+    let (i0, i1) = (
+        ps.get(0).unwrap().info().clone(),
+        ps.get(1).unwrap().info().clone(),
+    );
+    // The operator's usual portal is portal 1, with a stored pair.
+    env.set("B24_DOMAIN", &i1.base_url);
+    for sub in ["status", "logout"] {
+        let o = env.run(&["--portal", &i0.domain, "auth", sub]).await;
+        assert_eq!(code(&o), 2, "auth {sub}: {}{}", stdout(&o), stderr(&o));
+        assert!(o.stdout.is_empty(), "auth {sub}: {}", stdout(&o));
+        assert!(
+            stderr(&o).contains("auth"),
+            "auth {sub} says why: {}",
+            stderr(&o)
+        );
+    }
+    ps.shutdown().await;
+}
