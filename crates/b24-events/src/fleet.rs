@@ -96,7 +96,9 @@ pub struct FleetStats {
 pub const MAX_PORTAL_LABELS: usize = 2000;
 
 impl FleetStats {
-    fn bump(&self, member: &str, f: impl FnOnce(&mut PortalCounters)) {
+    /// Count something for one portal (under `other` once [`MAX_PORTAL_LABELS`] portals have
+    /// their own counters).
+    pub fn bump(&self, member: &str, f: impl FnOnce(&mut PortalCounters)) {
         let mut m = self.per_portal.lock().unwrap_or_else(|p| p.into_inner());
         let key = if m.contains_key(member) || m.len() < MAX_PORTAL_LABELS {
             member.to_string()
@@ -115,40 +117,20 @@ impl FleetStats {
             .cloned()
     }
 
-    /// Prometheus text: totals and `b24_portal_*{member_id="…"}` series.
+    /// Every portal's counters (those past the label bound summed under `other`).
+    pub fn portal_counters(&self) -> Vec<(String, PortalCounters)> {
+        self.per_portal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(m, c)| (m.clone(), c.clone()))
+            .collect()
+    }
+
+    /// Prometheus text: totals and `b24_portal_*{member_id="…"}` series (see
+    /// [`crate::worker::metrics`] for the bound on their number).
     pub fn prometheus(&self) -> String {
-        let mut out = String::new();
-        out.push_str(&format!(
-            "# TYPE b24_fleet_portals gauge\nb24_fleet_portals {}\n",
-            self.portals.load(Relaxed)
-        ));
-        let m = self.per_portal.lock().unwrap_or_else(|p| p.into_inner());
-        let mut keys: Vec<&String> = m.keys().collect();
-        keys.sort();
-        type Get = fn(&PortalCounters) -> u64;
-        let series: [(&str, Get); 5] = [
-            ("b24_portal_polls_total", |c| c.polls),
-            ("b24_portal_pulled_total", |c| c.pulled),
-            ("b24_portal_errors_total", |c| c.errors),
-            ("b24_portal_locked_elsewhere_total", |c| c.locked_elsewhere),
-            ("b24_portal_at_cap_total", |c| c.at_cap),
-        ];
-        for (name, get) in series {
-            out.push_str(&format!("# TYPE {name} counter\n"));
-            for k in &keys {
-                // Member ids are portal-supplied: keep only what a label may hold.
-                let label: String = k
-                    .chars()
-                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                    .take(64)
-                    .collect();
-                out.push_str(&format!(
-                    "{name}{{member_id=\"{label}\"}} {}\n",
-                    get(&m[*k])
-                ));
-            }
-        }
-        out
+        crate::worker::metrics::fleet_metrics(self)
     }
 }
 

@@ -35,10 +35,32 @@ mod migrate;
 pub use migrate::MIGRATIONS;
 use migrate::migrate;
 
+/// The advisory lock (two-key form, apart from the one-key locks of migrations, pulls and
+/// refreshes) that orders claims: each claim reads every portal's running count and takes
+/// its jobs before the next one looks, so a per-portal limit holds across hosts. A claim
+/// holds it for a few short statements.
+const CLAIM_LOCK: (i32, i32) = (724244, 1);
+
+/// How often a queue without the installations registry looks again for it.
+const INSTALLS_RECHECK: Duration = Duration::from_secs(5);
+
+/// The portals with ready jobs, each with its running count: a skip scan of
+/// `b24_jobs_portal` (one index probe per portal, whatever the number of jobs).
+const PORTALS: &str = "
+WITH RECURSIVE m(member_id) AS (
+  (SELECT member_id FROM b24_jobs WHERE state = 'ready' ORDER BY member_id LIMIT 1)
+  UNION ALL
+  SELECT (SELECT j.member_id FROM b24_jobs j WHERE j.state = 'ready' AND j.member_id > m.member_id
+          ORDER BY j.member_id LIMIT 1) FROM m WHERE m.member_id IS NOT NULL)
+SELECT m.member_id, (SELECT count(*) FROM b24_jobs r WHERE r.state = 'running' AND r.member_id = m.member_id)";
+
 pub struct PgQueue {
     pool: Pool,
     notify: Arc<Notify>,
     listener: tokio::task::JoinHandle<()>,
+    /// Whether the database has the installations registry (`b24_installations`), and when
+    /// that was last looked at while it had not.
+    installs: std::sync::Mutex<(bool, Option<std::time::Instant>)>,
 }
 
 impl Drop for PgQueue {
@@ -67,6 +89,7 @@ impl PgQueue {
             pool,
             notify,
             listener,
+            installs: std::sync::Mutex::new((false, None)),
         })
     }
 
@@ -92,12 +115,12 @@ impl PgQueue {
     async fn insert(tx: &deadpool_postgres::Transaction<'_>, events: &[NewEvent]) -> Result<usize> {
         let st = tx
             .prepare_cached(concat!(
-                "INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at)
+                "INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at, member_id)
                  SELECT $1, $2, $3, $4, ",
                 db_now!(),
                 ", ",
                 db_now!(),
-                " WHERE NOT EXISTS (SELECT 1 FROM b24_processed WHERE key = $1)
+                ", $5 WHERE NOT EXISTS (SELECT 1 FROM b24_processed WHERE key = $1)
                  ON CONFLICT (key) DO NOTHING"
             ))
             .await
@@ -107,7 +130,13 @@ impl PgQueue {
             n += tx
                 .execute(
                     &st,
-                    &[&ev.key, &ev.source, &ev.name, &ev.payload.to_string()],
+                    &[
+                        &ev.key,
+                        &ev.source,
+                        &ev.name,
+                        &ev.payload.to_string(),
+                        &crate::queue::portal_of(&ev.payload),
+                    ],
                 )
                 .await
                 .map_err(e)? as usize;
@@ -169,27 +198,147 @@ impl PgQueue {
         Ok(())
     }
 
-    pub async fn claim(&self, worker: &str, n: i64, lease_secs: f64) -> Result<Vec<Job>> {
-        let rows = self
-            .client()
-            .await?
-            .query(
+    /// Whether the installations registry is in this database (looked up again every
+    /// [`INSTALLS_RECHECK`] until it is: a receiver may create it after the worker started).
+    async fn has_installs(&self, c: &tokio_postgres::Client) -> Result<bool> {
+        {
+            let g = self.installs.lock().unwrap_or_else(|p| p.into_inner());
+            if g.0 || g.1.is_some_and(|t| t.elapsed() < INSTALLS_RECHECK) {
+                return Ok(g.0);
+            }
+        }
+        let found: bool = c
+            .query_one("SELECT to_regclass('b24_installations') IS NOT NULL", &[])
+            .await
+            .map_err(e)?
+            .get(0);
+        *self.installs.lock().unwrap_or_else(|p| p.into_inner()) =
+            (found, Some(std::time::Instant::now()));
+        Ok(found)
+    }
+
+    /// Claim up to `n` ready jobs, fairly across portals and within `per_portal` running
+    /// jobs each (see [`crate::Store::claim_with`]), under [`CLAIM_LOCK`].
+    pub async fn claim(
+        &self,
+        worker: &str,
+        n: i64,
+        lease_secs: f64,
+        per_portal: Option<i64>,
+    ) -> Result<Vec<Job>> {
+        // The order is pick_fair's (rank, run_at, id), computed in SQL.
+        use crate::queue::{PortalLoad, allowance, per_portal_reads};
+        let mut c = self.client().await?;
+        let installs = self.has_installs(&c).await?;
+        let tx = c.transaction().await.map_err(e)?;
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&CLAIM_LOCK.0, &CLAIM_LOCK.1],
+        )
+        .await
+        .map_err(e)?;
+        let sql = if installs {
+            format!(
+                "{PORTALS}, (SELECT state FROM b24_installations i WHERE i.member_id = m.member_id) FROM m WHERE m.member_id IS NOT NULL"
+            )
+        } else {
+            format!("{PORTALS}, NULL::text FROM m WHERE m.member_id IS NOT NULL")
+        };
+        let portals: Vec<PortalLoad> = tx
+            .query(&sql, &[])
+            .await
+            .map_err(e)?
+            .iter()
+            .map(|r| PortalLoad {
+                member_id: r.get(0),
+                running: r.get(1),
+                install_state: r.get(2),
+            })
+            .collect();
+        let ended: Vec<&str> = portals
+            .iter()
+            .filter(|p| p.ended())
+            .map(|p| p.member_id.as_str())
+            .collect();
+        if !ended.is_empty() {
+            let n = tx
+                .execute(
+                    concat!(
+                        "WITH gone AS (
+                           DELETE FROM b24_jobs WHERE state = 'ready' AND member_id = ANY($1) AND upper(name) <> $2
+                           RETURNING key, source, name, payload, attempts, member_id)
+                         INSERT INTO b24_dlq (key, source, name, payload, attempts, last_error, failed_at, member_id)
+                         SELECT key, source, name, payload, attempts, $3, ",
+                        db_now!(),
+                        ", member_id FROM gone"
+                    ),
+                    &[
+                        &ended,
+                        &crate::queue::HANDLED_AFTER_UNINSTALL,
+                        &crate::queue::UNINSTALLED,
+                    ],
+                )
+                .await
+                .map_err(e)?;
+            if n > 0 {
+                tracing::info!(portals = ?ended, dropped = n, "events of uninstalled portals moved to the dead letters");
+            }
+        }
+        let (members, allow): (Vec<&str>, Vec<i64>) = portals
+            .iter()
+            .map(|p| (p.member_id.as_str(), allowance(p.running, per_portal, n)))
+            .filter(|(_, a)| *a > 0)
+            .unzip();
+        let read = concat!(
+            "WITH c AS (
+               SELECT c.id, c.run_at, row_number() OVER (PARTITION BY p.member_id ORDER BY c.run_at, c.id) AS rn
+               FROM unnest($1::text[], $2::int8[]) AS p(member_id, k)
+               CROSS JOIN LATERAL (
+                 SELECT id, run_at FROM b24_jobs j
+                 WHERE j.state = 'ready' AND j.member_id = p.member_id AND j.run_at <= ",
+            db_now!(),
+            "
+                 ORDER BY j.run_at, j.id LIMIT p.k) c)
+             SELECT id FROM c ORDER BY rn, run_at, id LIMIT $3"
+        );
+        let k = per_portal_reads(members.len(), n);
+        let reads = |k: i64| -> Vec<i64> { allow.iter().map(|a| k.min(*a)).collect() };
+        let mut ids: Vec<i64> = tx
+            .query(read, &[&members, &reads(k), &n])
+            .await
+            .map_err(e)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if (ids.len() as i64) < n && k < n && !members.is_empty() {
+            // Some portals had no due job (retries waiting): read deeper into the others.
+            ids = tx
+                .query(read, &[&members, &reads(n), &n])
+                .await
+                .map_err(e)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+        }
+        let rows = if ids.is_empty() {
+            vec![]
+        } else {
+            tx.query(
                 concat!(
-                    "WITH next AS (
-                   SELECT id FROM b24_jobs WHERE state = 'ready' AND run_at <= ",
+                    "UPDATE b24_jobs SET state = 'running', attempts = attempts + 1, locked_by = $1, lease_until = ",
                     db_now!(),
-                    " ORDER BY run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
-                 UPDATE b24_jobs j SET state = 'running', attempts = attempts + 1, locked_by = $1, lease_until = ",
-                    db_now!(),
-                    " + $2
-                 FROM next WHERE j.id = next.id
-                 RETURNING j.id, j.key, j.name, j.payload, j.attempts"
+                    " + $2 WHERE id = ANY($3) AND state = 'ready'
+                     RETURNING id, key, name, payload, attempts"
                 ),
-                &[&worker, &lease_secs, &n],
+                &[&worker, &lease_secs, &ids],
             )
             .await
-            .map_err(e)?;
-        Ok(rows
+            .map_err(e)?
+        };
+        tx.commit().await.map_err(e)?;
+        let order: std::collections::HashMap<i64, usize> =
+            ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let mut jobs: Vec<Job> = rows
             .iter()
             .map(|r| Job {
                 id: r.get(0),
@@ -198,7 +347,9 @@ impl PgQueue {
                 payload: serde_json::from_str(r.get::<_, &str>(3)).unwrap_or(Value::Null),
                 attempts: r.get(4),
             })
-            .collect())
+            .collect();
+        jobs.sort_by_key(|j| order.get(&j.id).copied().unwrap_or(usize::MAX));
+        Ok(jobs)
     }
 
     pub async fn complete(&self, job: &Job, worker: &str) -> Result<bool> {
@@ -266,10 +417,11 @@ impl PgQueue {
         worker: &str,
         n: i64,
         lease_secs: f64,
+        per_portal: Option<i64>,
     ) -> Result<Vec<Job>> {
         self.complete_many(done, worker).await?;
         if n > 0 {
-            self.claim(worker, n, lease_secs).await
+            self.claim(worker, n, lease_secs, per_portal).await
         } else {
             Ok(vec![])
         }
@@ -289,10 +441,10 @@ impl PgQueue {
             let n = tx
                 .execute(
                     concat!(
-                        "INSERT INTO b24_dlq (key, source, name, payload, attempts, last_error, failed_at)
+                        "INSERT INTO b24_dlq (key, source, name, payload, attempts, last_error, failed_at, member_id)
                      SELECT key, source, name, payload, attempts, $3, ",
                         db_now!(),
-                        " FROM b24_jobs WHERE id = $1 AND locked_by = $2"
+                        ", member_id FROM b24_jobs WHERE id = $1 AND locked_by = $2"
                     ),
                     &[&job.id, &worker, &error],
                 )
@@ -466,12 +618,12 @@ impl PgQueue {
         let n = tx
             .execute(
                 concat!(
-                    "INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at)
+                    "INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at, member_id)
                  SELECT key, source, name, payload, ",
                     db_now!(),
                     ", ",
                     db_now!(),
-                    " FROM b24_dlq WHERE ($1::BIGINT IS NULL OR id = $1) ON CONFLICT (key) DO NOTHING"
+                    ", member_id FROM b24_dlq WHERE ($1::BIGINT IS NULL OR id = $1) ON CONFLICT (key) DO NOTHING"
                 ),
                 &[&id],
             )

@@ -27,6 +27,94 @@ pub struct Job {
     pub attempts: i32,
 }
 
+/// The portal an event belongs to: its payload's `auth[member_id]` (online events carry it; the
+/// many-portal puller adds it to offline ones), or `""` for a single-portal deployment's
+/// untagged events. The queue schedules fairly between these values and limits the handlers
+/// running for each. Portal-supplied: at most [`MAX_MEMBER_ID`] bytes are kept (the receiver
+/// refuses longer ones), cut on a character boundary.
+pub fn portal_of(payload: &Value) -> String {
+    let m = match payload.get("auth").and_then(|a| a.get("member_id")) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return String::new(),
+    };
+    if m.len() <= MAX_MEMBER_ID {
+        return m;
+    }
+    let mut end = MAX_MEMBER_ID;
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    m[..end].to_string()
+}
+
+/// The longest member id the queue keeps (the receiver's own bound).
+pub const MAX_MEMBER_ID: usize = 128;
+
+/// The reason a dead letter carries when its portal removed the app before it was handled.
+pub const UNINSTALLED: &str = "uninstalled";
+
+/// Lifecycle events that are handled even after their portal removed the app: the uninstall
+/// notification itself (the app's chance to clean up its own data; it cannot call the portal
+/// any more, whose tokens are gone).
+pub(crate) const HANDLED_AFTER_UNINSTALL: &str = "ONAPPUNINSTALL";
+
+/// A portal with ready jobs, as a claim sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct PortalLoad {
+    pub member_id: String,
+    /// Jobs of this portal running now (on every worker sharing the store).
+    pub running: i64,
+    /// The installation's state when the registry knows the portal.
+    pub install_state: Option<String>,
+}
+
+impl PortalLoad {
+    /// Whether the app was removed from this portal: its queued events are dropped.
+    pub fn ended(&self) -> bool {
+        !self.member_id.is_empty()
+            && self
+                .install_state
+                .as_deref()
+                .is_some_and(|s| s != "installed")
+    }
+}
+
+/// How many jobs of each portal one claim reads (`k`): a claim takes at most `n` jobs and at
+/// most one per portal per round, so with at least `n` portals waiting the heads are enough.
+pub(crate) fn per_portal_reads(portals: usize, n: i64) -> i64 {
+    if portals as i64 >= n { 1 } else { n }
+}
+
+/// How many more jobs of a portal may start now (`limit` = handlers per portal, `None` = no
+/// limit), at most `n`.
+pub(crate) fn allowance(running: i64, limit: Option<i64>, n: i64) -> i64 {
+    match limit {
+        Some(l) => (l - running).clamp(0, n),
+        None => n,
+    }
+}
+
+/// Due jobs read by a claim: `(portal index, id, run_at)`.
+pub(crate) type Candidates = Vec<(usize, i64, f64)>;
+
+/// Round-robin across portals: every portal's first due job before any portal's second, and
+/// within a round the longest-waiting first. `cands` holds each portal's due jobs in its own
+/// order (`run_at`, `id`), as `(portal, id, run_at)`; returns at most `n` ids in claim order.
+pub(crate) fn pick_fair(cands: &[(usize, i64, f64)], n: usize) -> Vec<i64> {
+    let mut seen: std::collections::HashMap<usize, u32> = std::collections::HashMap::new();
+    let mut ranked: Vec<(u32, f64, i64)> = cands
+        .iter()
+        .map(|&(p, id, run_at)| {
+            let r = seen.entry(p).or_default();
+            *r += 1;
+            (*r, run_at, id)
+        })
+        .collect();
+    ranked.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+    ranked.into_iter().take(n).map(|(_, _, id)| id).collect()
+}
+
 /// A dead-lettered event.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct DeadLetter {
@@ -130,9 +218,29 @@ impl Store {
         both!(self, q => q.forget_process(process_id).await)
     }
 
-    /// Claim up to `n` ready jobs under a lease.
+    /// Claim up to `n` ready jobs under a lease, fairly across portals (see
+    /// [`Store::claim_with`]), with no limit per portal.
     pub async fn claim(&self, worker: &str, n: i64, lease_secs: f64) -> Result<Vec<Job>> {
-        both!(self, q => q.claim(worker, n, lease_secs).await)
+        self.claim_with(worker, n, lease_secs, None).await
+    }
+
+    /// Claim up to `n` ready jobs under a lease. Portals (the events' `auth[member_id]`, see
+    /// [`portal_of`]) take turns: every portal's oldest due job comes before any portal's
+    /// second, so a portal with 20,000 queued events delays another portal's event by at most
+    /// one job per claim. `per_portal` caps the jobs of one portal running at once, counted
+    /// over every worker sharing the store (the claim reads the running count in the same
+    /// transaction: SQLite's write lock, a PostgreSQL advisory lock that orders claims).
+    /// Ready events of a portal whose app was uninstalled are moved to the dead letters with
+    /// the reason [`UNINSTALLED`] instead (except `ONAPPUNINSTALL` itself).
+    pub async fn claim_with(
+        &self,
+        worker: &str,
+        n: i64,
+        lease_secs: f64,
+        per_portal: Option<i64>,
+    ) -> Result<Vec<Job>> {
+        self.complete_and_claim_with(&[], worker, n, lease_secs, per_portal)
+            .await
     }
 
     /// Done: delete the job and record its key, in one transaction.
@@ -156,7 +264,21 @@ impl Store {
         n: i64,
         lease_secs: f64,
     ) -> Result<Vec<Job>> {
-        both!(self, q => q.complete_and_claim(done, worker, n, lease_secs).await)
+        self.complete_and_claim_with(done, worker, n, lease_secs, None)
+            .await
+    }
+
+    /// [`Store::complete_and_claim`] with the claim's per-portal limit (see
+    /// [`Store::claim_with`]).
+    pub async fn complete_and_claim_with(
+        &self,
+        done: &[Job],
+        worker: &str,
+        n: i64,
+        lease_secs: f64,
+        per_portal: Option<i64>,
+    ) -> Result<Vec<Job>> {
+        both!(self, q => q.complete_and_claim(done, worker, n, lease_secs, per_portal).await)
     }
 
     /// Failed: retry later with backoff, or move to the dead letters after the last attempt.

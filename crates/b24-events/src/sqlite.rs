@@ -50,7 +50,28 @@ CREATE TABLE IF NOT EXISTS b24_app_tokens (member_id TEXT PRIMARY KEY, token TEX
 ",
     // 2: pruning processed keys by age scans `done_at`.
     "CREATE INDEX IF NOT EXISTS b24_processed_done_at ON b24_processed (done_at);",
+    // 3: each job names its portal (fair claims, per-portal limits, uninstalled portals).
+    "
+ALTER TABLE b24_jobs ADD COLUMN member_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE b24_dlq ADD COLUMN member_id TEXT NOT NULL DEFAULT '';
+UPDATE b24_jobs SET member_id = COALESCE(substr(CAST(json_extract(payload, '$.auth.member_id') AS TEXT), 1, 128), '')
+  WHERE json_valid(payload) AND json_type(payload, '$.auth.member_id') IN ('text', 'integer');
+UPDATE b24_dlq SET member_id = COALESCE(substr(CAST(json_extract(payload, '$.auth.member_id') AS TEXT), 1, 128), '')
+  WHERE json_valid(payload) AND json_type(payload, '$.auth.member_id') IN ('text', 'integer');
+CREATE INDEX IF NOT EXISTS b24_jobs_portal ON b24_jobs (state, member_id, run_at, id);
+",
 ];
+
+/// The portals with ready jobs, each with its running count: a skip scan of
+/// `b24_jobs_portal` (one index seek per portal, whatever the number of jobs).
+const PORTALS: &str = "
+WITH RECURSIVE m(member_id) AS (
+  SELECT (SELECT member_id FROM b24_jobs WHERE state = 'ready' ORDER BY member_id LIMIT 1)
+  UNION ALL
+  SELECT (SELECT j.member_id FROM b24_jobs j WHERE j.state = 'ready' AND j.member_id > m.member_id
+          ORDER BY j.member_id LIMIT 1) FROM m WHERE m.member_id IS NOT NULL)
+SELECT member_id, (SELECT count(*) FROM b24_jobs r WHERE r.state = 'running' AND r.member_id = m.member_id)
+FROM m WHERE member_id IS NOT NULL";
 
 /// Bring the schema to the newest version, one transaction for all the steps it lacks.
 fn migrate(conn: &mut rusqlite::Connection) -> Result<()> {
@@ -158,7 +179,7 @@ impl SqliteQueue {
             .prepare_cached("SELECT 1 FROM b24_processed WHERE key = ?1")
             .map_err(e)?;
         let mut ins = tx
-            .prepare_cached("INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT(key) DO NOTHING")
+            .prepare_cached("INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at, member_id) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6) ON CONFLICT(key) DO NOTHING")
             .map_err(e)?;
         for ev in events {
             if done.exists([&ev.key]).map_err(e)? {
@@ -170,7 +191,8 @@ impl SqliteQueue {
                     ev.source,
                     ev.name,
                     ev.payload.to_string(),
-                    t
+                    t,
+                    crate::queue::portal_of(&ev.payload)
                 ])
                 .map_err(e)?;
         }
@@ -225,38 +247,142 @@ impl SqliteQueue {
         Ok(())
     }
 
-    pub async fn claim(&self, worker: &str, n: i64, lease_secs: f64) -> Result<Vec<Job>> {
-        self.complete_and_claim(&[], worker, n, lease_secs).await
-    }
-
-    /// Claim up to `n` ready jobs (inside the caller's transaction).
+    /// Claim up to `n` ready jobs (inside the caller's write transaction, which makes the
+    /// per-portal running counts exact for every process on this store): portals take turns
+    /// ([`crate::queue::pick_fair`]), each within `per_portal` running jobs; the ready jobs of
+    /// an uninstalled portal go to the dead letters first.
     fn claim_in(
         tx: &rusqlite::Transaction,
         worker: &str,
         n: i64,
         lease_secs: f64,
         t: f64,
+        per_portal: Option<i64>,
     ) -> Result<Vec<Job>> {
+        use crate::queue::{allowance, per_portal_reads, pick_fair};
+        let portals = Self::portals(tx)?;
+        for p in portals.iter().filter(|p| p.ended()) {
+            Self::drop_uninstalled(tx, &p.member_id, t)?;
+        }
+        let open: Vec<(&str, i64)> = portals
+            .iter()
+            .map(|p| (p.member_id.as_str(), allowance(p.running, per_portal, n)))
+            .filter(|(_, a)| *a > 0)
+            .collect();
+        let mut due = tx
+            .prepare_cached(
+                "SELECT id, run_at FROM b24_jobs WHERE state = 'ready' AND member_id = ?1 AND run_at <= ?2
+                 ORDER BY run_at, id LIMIT ?3",
+            )
+            .map_err(e)?;
+        let mut read = |k: i64| -> Result<(crate::queue::Candidates, bool)> {
+            let mut cands = Vec::new();
+            let mut more = false;
+            for (i, (m, a)) in open.iter().enumerate() {
+                let lim = k.min(*a);
+                let rows = due
+                    .query_map(params![m, t, lim], |r| Ok((i, r.get(0)?, r.get(1)?)))
+                    .map_err(e)?
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(e)?;
+                more |= rows.len() as i64 == lim && lim < *a;
+                cands.extend(rows);
+            }
+            Ok((cands, more))
+        };
+        let k = per_portal_reads(open.len(), n);
+        let (mut cands, more) = read(k)?;
+        if (cands.len() as i64) < n && more {
+            // Some portals had no due job (retries waiting): read deeper into the others.
+            cands = read(n)?.0;
+        }
+        let ids = pick_fair(&cands, n.max(0) as usize);
         let mut st = tx
             .prepare_cached(
                 "UPDATE b24_jobs SET state = 'running', attempts = attempts + 1, locked_by = ?1, lease_until = ?2
-                 WHERE id IN (SELECT id FROM b24_jobs WHERE state = 'ready' AND run_at <= ?3 ORDER BY run_at, id LIMIT ?4)
+                 WHERE id = ?3 AND state = 'ready'
                  RETURNING id, key, name, payload, attempts",
             )
             .map_err(e)?;
-        let rows = st
-            .query_map(params![worker, t + lease_secs, t, n], |r| {
-                Ok(Job {
-                    id: r.get(0)?,
-                    key: r.get(1)?,
-                    name: r.get(2)?,
-                    payload: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or(Value::Null),
-                    attempts: r.get(4)?,
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids {
+            let job = st
+                .query_row(params![worker, t + lease_secs, id], |r| {
+                    Ok(Job {
+                        id: r.get(0)?,
+                        key: r.get(1)?,
+                        name: r.get(2)?,
+                        payload: serde_json::from_str(&r.get::<_, String>(3)?)
+                            .unwrap_or(Value::Null),
+                        attempts: r.get(4)?,
+                    })
+                })
+                .optional()
+                .map_err(e)?;
+            jobs.extend(job);
+        }
+        Ok(jobs)
+    }
+
+    /// The portals with ready jobs, their running counts and (when this store also holds the
+    /// installations registry) their installation state.
+    fn portals(tx: &rusqlite::Transaction) -> Result<Vec<crate::queue::PortalLoad>> {
+        let installs = tx
+            .prepare_cached(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'b24_installations'",
+            )
+            .map_err(e)?
+            .exists([])
+            .map_err(e)?;
+        let mut st = tx.prepare_cached(PORTALS).map_err(e)?;
+        let mut out = st
+            .query_map([], |r| {
+                Ok(crate::queue::PortalLoad {
+                    member_id: r.get(0)?,
+                    running: r.get(1)?,
+                    install_state: None,
                 })
             })
+            .map_err(e)?
+            .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(e)?;
-        rows.collect::<std::result::Result<Vec<Job>, _>>()
-            .map_err(e)
+        if installs {
+            let mut state = tx
+                .prepare_cached("SELECT state FROM b24_installations WHERE member_id = ?1")
+                .map_err(e)?;
+            for p in out.iter_mut().filter(|p| !p.member_id.is_empty()) {
+                p.install_state = state
+                    .query_row([&p.member_id], |r| r.get(0))
+                    .optional()
+                    .map_err(e)?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Move a removed portal's ready events to the dead letters (reason
+    /// [`crate::queue::UNINSTALLED`]); its `ONAPPUNINSTALL` stays to be handled.
+    fn drop_uninstalled(tx: &rusqlite::Transaction, member: &str, t: f64) -> Result<usize> {
+        let keep = crate::queue::HANDLED_AFTER_UNINSTALL;
+        tx.prepare_cached(
+            "INSERT INTO b24_dlq (key, source, name, payload, attempts, last_error, failed_at, member_id)
+             SELECT key, source, name, payload, attempts, ?2, ?3, member_id FROM b24_jobs
+             WHERE state = 'ready' AND member_id = ?1 AND upper(name) <> ?4",
+        )
+        .map_err(e)?
+        .execute(params![member, crate::queue::UNINSTALLED, t, keep])
+        .map_err(e)?;
+        let n = tx
+            .prepare_cached(
+                "DELETE FROM b24_jobs WHERE state = 'ready' AND member_id = ?1 AND upper(name) <> ?2",
+            )
+            .map_err(e)?
+            .execute(params![member, keep])
+            .map_err(e)?;
+        if n > 0 {
+            tracing::info!(member_id = %member, dropped = n, "events of an uninstalled portal moved to the dead letters");
+        }
+        Ok(n)
     }
 
     /// Complete jobs (inside the caller's transaction): delete each one this worker still holds
@@ -311,6 +437,7 @@ impl SqliteQueue {
         worker: &str,
         n: i64,
         lease_secs: f64,
+        per_portal: Option<i64>,
     ) -> Result<Vec<Job>> {
         let mut c = self.conn();
         let tx = c
@@ -318,7 +445,7 @@ impl SqliteQueue {
             .map_err(e)?;
         Self::complete_in(&tx, done, worker, self.now())?;
         let jobs = if n > 0 {
-            Self::claim_in(&tx, worker, n, lease_secs, self.now())?
+            Self::claim_in(&tx, worker, n, lease_secs, self.now(), per_portal)?
         } else {
             vec![]
         };
@@ -341,8 +468,8 @@ impl SqliteQueue {
         if dead {
             let n = tx
                 .execute(
-                    "INSERT INTO b24_dlq (key, source, name, payload, attempts, last_error, failed_at)
-                     SELECT key, source, name, payload, attempts, ?3, ?4 FROM b24_jobs WHERE id = ?1 AND locked_by = ?2",
+                    "INSERT INTO b24_dlq (key, source, name, payload, attempts, last_error, failed_at, member_id)
+                     SELECT key, source, name, payload, attempts, ?3, ?4, member_id FROM b24_jobs WHERE id = ?1 AND locked_by = ?2",
                     params![job.id, worker, error, self.now()],
                 )
                 .map_err(e)?;
@@ -484,7 +611,7 @@ impl SqliteQueue {
         };
         let n = tx
             .execute(
-                &format!("INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at) SELECT key, source, name, payload, ?2, ?2 FROM b24_dlq {filter} ON CONFLICT(key) DO NOTHING"),
+                &format!("INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at, member_id) SELECT key, source, name, payload, ?2, ?2, member_id FROM b24_dlq {filter} ON CONFLICT(key) DO NOTHING"),
                 params![id, self.now()],
             )
             .map_err(e)?;

@@ -17,7 +17,7 @@ use crate::handler::Handler;
 use crate::queue::{Job, RetryRule, Store};
 use crate::{Result, pull};
 
-mod metrics;
+pub mod metrics;
 mod poll;
 
 pub use metrics::metrics;
@@ -61,7 +61,15 @@ pub struct WorkerConfig {
     /// Forget processed idempotency keys older than this (None = keep for ever). A delivery
     /// that comes back after its key was forgotten is handled again.
     pub processed_retention: Option<Duration>,
+    /// Most handlers running at once for one portal (`auth[member_id]`), counted over every
+    /// worker on the store (None = no limit). A portal's own bucket (2 requests/s on the
+    /// standard plan) is what its handlers share, so more handlers than a few only queue at
+    /// its limiter while other portals' events wait for a slot.
+    pub per_portal_concurrency: Option<usize>,
 }
+
+/// The per-portal limit `b24 worker --all-portals` uses unless told otherwise.
+pub const DEFAULT_PER_PORTAL_CONCURRENCY: usize = 4;
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -75,6 +83,7 @@ impl Default for WorkerConfig {
             poll_interval: DEFAULT_POLL_INTERVAL,
             poll_max: DEFAULT_POLL_MAX,
             processed_retention: Some(DEFAULT_PROCESSED_RETENTION),
+            per_portal_concurrency: None,
         }
     }
 }
@@ -190,7 +199,13 @@ impl Running {
         }
         let n = self.count(stats);
         let jobs = store
-            .complete_and_claim(&self.done, &cfg.id, free, cfg.lease_secs)
+            .complete_and_claim_with(
+                &self.done,
+                &cfg.id,
+                free,
+                cfg.lease_secs,
+                cfg.per_portal_concurrency.map(|n| n.max(1) as i64),
+            )
             .await
             .inspect_err(|_| {
                 stats.handled.fetch_sub(n, Relaxed);

@@ -79,6 +79,11 @@ pub struct Args {
     /// again (a flooded portal keeps the rest on the portal and cannot starve the others).
     #[arg(long, default_value_t = 200, value_name = "N")]
     pub per_portal_cap: i64,
+    /// Most handlers running at once for one portal (the event's auth[member_id]), counted over
+    /// every worker on the store; portals also take turns at each claim, so a flooded portal
+    /// cannot starve the others. Default: 4 with --all-portals, no limit otherwise.
+    #[arg(long, value_name = "N")]
+    pub per_portal_concurrency: Option<usize>,
     /// With --all-portals: portals pulled at once by this process.
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub pull_concurrency: usize,
@@ -108,6 +113,15 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             "--poll-max must be at least --poll-interval",
         ));
     }
+    if args.per_portal_concurrency == Some(0) {
+        return Err(Exit::new(
+            exit::USAGE,
+            "--per-portal-concurrency must be at least 1",
+        ));
+    }
+    let per_portal_concurrency = args.per_portal_concurrency.or(args
+        .all_portals
+        .then_some(b24_events::worker::DEFAULT_PER_PORTAL_CONCURRENCY));
     let retention_days = finite(args.processed_retention_days, "--processed-retention-days")?;
     let handler = match (&args.exec, &args.forward) {
         (Some(cmd), _) => Handler::exec(cmd.clone(), timeout),
@@ -177,35 +191,15 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         None
     };
     if let Some(addr) = args.metrics_listen {
-        let (store, stats, client) = (store.clone(), stats.clone(), client.clone());
-        let fleet_stats = fleet_stats.clone();
-        let listener = tokio::net::TcpListener::bind(addr)
+        let source = b24_events::worker::metrics::MetricsSource {
+            store: store.clone(),
+            worker: stats.clone(),
+            client: client.clone(),
+            fleet: args.all_portals.then(|| fleet_stats.clone()),
+        };
+        b24_events::worker::metrics::serve(addr, source)
             .await
             .map_err(|e| Exit::new(exit::USAGE, format!("--metrics-listen {addr}: {e}")))?;
-        let app = axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let (store, stats, client) = (store.clone(), stats.clone(), client.clone());
-                let fleet_stats = fleet_stats.clone();
-                async move {
-                    let q = store.stats().await.unwrap_or_default();
-                    let mut text = b24_events::worker::metrics(
-                        &q,
-                        &stats,
-                        client.as_ref().map(|c| c.stats()).as_ref(),
-                        &client
-                            .as_ref()
-                            .map(|c| c.operating_snapshot())
-                            .unwrap_or_default(),
-                    );
-                    text.push_str(&fleet_stats.prometheus());
-                    text
-                }
-            }),
-        );
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
     }
     let cfg = WorkerConfig {
         id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
@@ -222,6 +216,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         poll_max,
         processed_retention: (retention_days > 0.0)
             .then(|| Duration::from_secs_f64(retention_days * 86_400.0)),
+        per_portal_concurrency,
     };
     b24_events::worker::run(store.clone(), handler, cfg, stats.clone(), stop.clone())
         .await

@@ -21,6 +21,17 @@ pub const MIGRATIONS: &[&str] = &[
      CREATE TABLE IF NOT EXISTS b24_app_tokens (member_id TEXT PRIMARY KEY, token TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
     // 2: pruning processed keys by age scans `done_at`.
     "CREATE INDEX IF NOT EXISTS b24_processed_done_at ON b24_processed (done_at)",
+    // 3: each job names its portal (fair claims, per-portal limits, uninstalled portals).
+    // `json` (not `jsonb`) reads the payloads: it accepts every text serde_json writes.
+    "ALTER TABLE b24_jobs ADD COLUMN IF NOT EXISTS member_id TEXT NOT NULL DEFAULT '';
+     ALTER TABLE b24_dlq ADD COLUMN IF NOT EXISTS member_id TEXT NOT NULL DEFAULT '';
+     UPDATE b24_jobs SET member_id = left(payload::json->'auth'->>'member_id', 128)
+       WHERE json_typeof(payload::json) = 'object' AND json_typeof(payload::json->'auth') = 'object'
+         AND json_typeof(payload::json->'auth'->'member_id') IN ('string', 'number');
+     UPDATE b24_dlq SET member_id = left(payload::json->'auth'->>'member_id', 128)
+       WHERE json_typeof(payload::json) = 'object' AND json_typeof(payload::json->'auth') = 'object'
+         AND json_typeof(payload::json->'auth'->'member_id') IN ('string', 'number');
+     CREATE INDEX IF NOT EXISTS b24_jobs_portal ON b24_jobs (state, member_id, run_at, id)",
 ];
 
 /// The advisory lock that serialises migrations (held for one transaction only).

@@ -238,7 +238,7 @@ async fn leases_renew_processed_keys_prune_and_migrations_are_versioned() {
             1,
             "a forgotten key queues again"
         );
-        assert_eq!(q.schema_version().await.unwrap(), 2, "{}", q.backend());
+        assert_eq!(q.schema_version().await.unwrap(), 3, "{}", q.backend());
     }
     // Re-opening an up-to-date store changes nothing; a store from a newer b24 is refused.
     let dir = tempfile::tempdir().unwrap();
@@ -264,7 +264,7 @@ async fn leases_renew_processed_keys_prune_and_migrations_are_versioned() {
     );
     if let Some(url) = pg("versions").await {
         let (a, b) = tokio::join!(Store::open(&url), Store::open(&url));
-        assert_eq!(a.unwrap().schema_version().await.unwrap(), 2);
-        assert_eq!(b.unwrap().schema_version().await.unwrap(), 2);
+        assert_eq!(a.unwrap().schema_version().await.unwrap(), 3);
+        assert_eq!(b.unwrap().schema_version().await.unwrap(), 3);
     }
 }

@@ -1,12 +1,15 @@
 //! One conformance suite for both queue backends, plus receiver and worker tests.
 
 mod conformance;
+mod fair;
 mod form_fuzz;
 mod handlers;
 mod hostile;
+mod metrics;
 mod polling;
 mod portals;
 mod receiver;
 mod refused;
 mod skew;
+mod uninstalled;
 mod worker;

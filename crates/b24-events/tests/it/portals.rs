@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::receiver::{form, post, serve, serve_at};
 
-async fn client_for(reg: &Installations, sb: &Sandbox, member: &str) -> b24::Client {
+pub(crate) async fn client_for(reg: &Installations, sb: &Sandbox, member: &str) -> b24::Client {
     let store = Arc::new(reg.token_store(member));
     let pair = store
         .load()
