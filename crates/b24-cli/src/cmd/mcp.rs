@@ -147,7 +147,7 @@ pub async fn token_store(g: &Globals) -> anyhow::Result<TokenStore> {
     let url = g.lookup()?("B24_STORE_URL");
     TokenStore::open_for(&guard_dir, url.as_deref())
         .await
-        .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()).into())
+        .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))
 }
 
 async fn token(cmd: TokenCommand, g: &Globals) -> anyhow::Result<i32> {
