@@ -38,8 +38,9 @@ pub use build::token_store;
 
 pub use pacing::Waiting;
 
-/// Per-call options.
+/// Per-call options: start from [`CallOptions::default`] or [`CallOptions::write`].
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct CallOptions {
     /// True when resending the call after an ambiguous failure (timeout, reset, body-less 5xx)
     /// could duplicate an effect. Such calls are never resent; they end in

@@ -116,11 +116,7 @@ impl Gate {
         p: &Pending<'_>,
         params: Value,
     ) -> Result<b24::Response, b24::Error> {
-        let opts = b24::CallOptions {
-            is_write: Some(true),
-            idempotency_key: Some(p.key.to_string()),
-            timeout: None,
-        };
+        let opts = b24::CallOptions::write(true).with_idempotency_key(p.key);
         match p.api {
             Api::V2 => client.call_with(p.method, params, opts).await,
             Api::V3 => client.call_v3(p.method, params, opts).await,
@@ -196,10 +192,7 @@ impl Gate {
         }
         let mut last = String::new();
         for round in 1..=MAX_RESENDS {
-            let opts = b24::CallOptions {
-                is_write: Some(false),
-                ..Default::default()
-            };
+            let opts = b24::CallOptions::write(false);
             let looked = match client.call_with(&list, query.clone(), opts).await {
                 Ok(r) => r,
                 Err(e) => {

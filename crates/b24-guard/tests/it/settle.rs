@@ -439,11 +439,7 @@ async fn key_collisions_are_refused_not_answered() {
     assert_eq!(f.leads_where(json!({"TITLE": "k1 a"})).await.len(), 1);
     // REST 3.0: the same key with another body is the portal's 422, not a replay.
     let c = f.gate().client().await.unwrap();
-    let opts = || b24::CallOptions {
-        is_write: Some(true),
-        idempotency_key: Some("k2".into()),
-        timeout: None,
-    };
+    let opts = || b24::CallOptions::write(true).with_idempotency_key("k2");
     c.call_v3(
         "tasks.task.add",
         json!({"fields": {"title": "one"}}),
