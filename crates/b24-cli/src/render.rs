@@ -315,14 +315,33 @@ fn terminal_width() -> Option<u16> {
     }
 }
 
+/// A cell (or column name) made safe for a terminal: control characters other than a line
+/// break are shown as `\u{1b}`-style escapes. A table is read by a person at a terminal, and
+/// its text comes from portal data anyone can write (a web form's lead title): printed raw,
+/// ESC/CSI/OSC sequences could rewrite the screen, hide rows or set the clipboard.
+fn for_terminal(s: &str) -> String {
+    if !s.chars().any(|c| c.is_control() && c != '\n') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() && c != '\n' {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn table(cols: &[String], rows: Vec<Vec<String>>) -> String {
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(comfy_table::ContentArrangement::DynamicFullWidth)
         .set_width(table_width())
-        .set_header(cols.iter().map(|c| c.as_str()));
+        .set_header(cols.iter().map(|c| for_terminal(c)));
     for r in rows {
-        t.add_row(r);
+        t.add_row(r.iter().map(|c| for_terminal(c)).collect::<Vec<_>>());
     }
     // `DynamicFullWidth` stretches narrow tables to the whole width; only do that when the
     // content needs it.
@@ -330,7 +349,7 @@ fn table(cols: &[String], rows: Vec<Vec<String>>) -> String {
         let mut n = comfy_table::Table::new();
         n.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
             .set_content_arrangement(comfy_table::ContentArrangement::Disabled);
-        n.set_header(cols.iter().map(|c| c.as_str()));
+        n.set_header(cols.iter().map(|c| for_terminal(c)));
         for r in t.row_iter() {
             n.add_row(r.cell_iter().map(|c| c.content()).collect::<Vec<_>>());
         }

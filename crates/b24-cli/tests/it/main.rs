@@ -15,3 +15,4 @@ mod mcp;
 mod newcomer;
 mod portals;
 mod skill;
+mod terminal;

@@ -1,0 +1,55 @@
+//! Output meant for a person at a terminal (`-o table`) must not carry terminal control
+//! sequences from data anyone outside can write: a lead's title comes from a public web form,
+//! a dead letter's error from a handler. An escape sequence printed raw can rewrite the
+//! screen (hide rows), set the clipboard (OSC 52) or plant a disguised link (OSC 8).
+
+use crate::support::*;
+
+/// Bytes no table cell may contain: ESC, BEL, CR, the other C0 controls but newline, DEL
+/// and the C1 controls (U+0080..U+009F, e.g. CSI U+009B).
+fn controls(s: &str) -> Vec<char> {
+    s.chars().filter(|&c| c.is_control() && c != '\n').collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn table_output_does_not_pass_escape_sequences_from_portal_data() {
+    let sb = sandbox(SandboxConfig::default()).await;
+    let env = Env::webhook(&sb);
+    let title = "Bob\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{1b}[2J\u{1b}[1A\r\u{9b}31mhidden\u{7f}";
+    let params = serde_json::json!({"fields": {"TITLE": title}}).to_string();
+    let o = env
+        .run(&[
+            "call",
+            "crm.lead.add",
+            "--params",
+            &params,
+            "--confirm-write",
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = env
+        .run(&[
+            "list",
+            "crm.lead.list",
+            "--params",
+            r#"{"select":["ID","TITLE"]}"#,
+            "-o",
+            "table",
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Bob"), "{out}");
+    assert!(out.contains("hidden"), "the text is still shown: {out}");
+    assert_eq!(controls(&out), Vec::<char>::new(), "{out:?}");
+    // JSON output keeps the data exactly (escaped by JSON itself).
+    let o = env
+        .run(&[
+            "list",
+            "crm.lead.list",
+            "--params",
+            r#"{"select":["ID","TITLE"]}"#,
+        ])
+        .await;
+    assert!(stdout(&o).contains(r"\u001b]52;c;"), "{}", stdout(&o));
+}
