@@ -127,22 +127,69 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             ),
         )
     })?;
+    emit(&script(shell))
+}
+
+/// The completion script for a shell, with method names for the method arguments.
+fn script(shell: clap_complete::Shell) -> Vec<u8> {
+    use clap_complete::Shell;
+    let mut buf = Vec::new();
     // Completions keep the global flags on every subcommand (they are accepted there).
     let mut cmd = with_method_candidates(<crate::cmd::Cli as clap::CommandFactory>::command());
     clap_complete::generate(shell, &mut cmd, "b24", &mut buf);
-    if shell == clap_complete::Shell::Fish {
-        // clap_complete's fish script leaves positional values out: add the method names.
-        let names = method_names().join(" ");
-        for sub in METHOD_ARGS {
-            buf.extend_from_slice(
+    match shell {
+        Shell::Fish => {
+            // clap_complete's fish script leaves positional values out: add the method names.
+            let names = method_names().join(" ");
+            for sub in METHOD_ARGS {
+                buf.extend_from_slice(
+                    format!(
+                        "complete -c b24 -n \"__fish_b24_using_subcommand {sub}\" -f -a '{names}'\n"
+                    )
+                    .as_bytes(),
+                );
+            }
+            buf
+        }
+        // The elvish and PowerShell scripts offer only flags and subcommands: the method names
+        // go into each method command's candidate list (both filter by the typed prefix).
+        Shell::Elvish => with_candidates(
+            buf,
+            |sub| format!("&'b24;{sub}'= {{\n"),
+            |name| format!("            cand {name} 'REST method'\n"),
+        ),
+        Shell::PowerShell => with_candidates(
+            buf,
+            |sub| format!("'b24;{sub}' {{\n"),
+            |name| {
                 format!(
-                    "complete -c b24 -n \"__fish_b24_using_subcommand {sub}\" -f -a '{names}'\n"
+                    "            [CompletionResult]::new('{name}', '{name}', [CompletionResultType]::ParameterValue, 'REST method')\n"
                 )
-                .as_bytes(),
-            );
+            },
+        ),
+        _ => buf,
+    }
+}
+
+/// Insert a candidate line per method name after the line that opens each method command's
+/// block (`open(sub)`, matched after the indentation). A script whose block is not found is
+/// left as generated (the flags still complete).
+fn with_candidates(
+    script: Vec<u8>,
+    open: impl Fn(&str) -> String,
+    line: impl Fn(&str) -> String,
+) -> Vec<u8> {
+    let Ok(mut text) = String::from_utf8(script.clone()) else {
+        return script;
+    };
+    let candidates: String = method_names().iter().map(|n| line(n)).collect();
+    for sub in METHOD_ARGS {
+        let marker = open(sub);
+        if let Some(at) = text.find(&marker) {
+            text.insert_str(at + marker.len(), &candidates);
         }
     }
-    emit(&buf)
+    text.into_bytes()
 }
 
 /// The method-name arguments complete from the catalog (for the generated script only: the
@@ -282,5 +329,40 @@ fn emit(bytes: &[u8]) -> anyhow::Result<i32> {
     match out.write_all(bytes).and_then(|()| out.flush()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap_complete::Shell;
+
+    /// The lines between the block opening `marker` and the next closing brace line.
+    fn block<'a>(text: &'a str, marker: &str) -> &'a str {
+        let start = text.find(marker).expect(marker) + marker.len();
+        let rest = &text[start..];
+        &rest[..rest.find("\n        }").unwrap_or(rest.len())]
+    }
+
+    #[test]
+    fn elvish_and_powershell_complete_method_names_for_method_commands() {
+        let elvish = String::from_utf8(script(Shell::Elvish)).unwrap();
+        let ps = String::from_utf8(script(Shell::PowerShell)).unwrap();
+        for sub in METHOD_ARGS {
+            let e = block(&elvish, &format!("&'b24;{sub}'= {{"));
+            assert!(
+                e.contains("cand crm.deal.list 'REST method'"),
+                "elvish {sub}"
+            );
+            assert!(e.contains("cand --"), "elvish {sub} keeps its flags");
+            let p = block(&ps, &format!("'b24;{sub}' {{"));
+            assert!(
+                p.contains("[CompletionResult]::new('crm.deal.list', 'crm.deal.list', [CompletionResultType]::ParameterValue"),
+                "powershell {sub}"
+            );
+        }
+        // Other commands do not offer them.
+        assert!(!block(&elvish, "&'b24;doctor'= {").contains("crm.deal.list"));
+        assert!(!block(&ps, "'b24;doctor' {").contains("crm.deal.list"));
     }
 }
