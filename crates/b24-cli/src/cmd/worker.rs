@@ -79,7 +79,7 @@ pub struct Args {
     /// again (a flooded portal keeps the rest on the portal and cannot starve the others).
     #[arg(long, default_value_t = 200, value_name = "N")]
     pub per_portal_cap: i64,
-    /// Most handlers running at once for one portal (the event's auth[member_id]), counted over
+    /// Most handlers running at once for one portal (the event's member id), counted over
     /// every worker on the store; portals also take turns at each claim, so a flooded portal
     /// cannot starve the others. Default: 4 with --all-portals, no limit otherwise.
     #[arg(long, value_name = "N")]
