@@ -218,7 +218,7 @@ impl PgQueue {
     }
 
     /// Claim up to `n` ready jobs, fairly across portals and within `per_portal` running
-    /// jobs each (see [`crate::Store::claim_with`]), under [`CLAIM_LOCK`].
+    /// jobs each (see [`crate::Store::claim_with`]), under `CLAIM_LOCK`.
     pub async fn claim(
         &self,
         worker: &str,
