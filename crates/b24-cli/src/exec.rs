@@ -56,14 +56,21 @@ pub fn resolve(g: &Globals) -> anyhow::Result<sources::Resolved> {
 }
 
 /// The gate for this process.
+/// The portal side of a gate: the process's shared client, and with `--portal` a check
+/// before each call that the installation is still there.
+fn slot(g: &Globals, config: Result<b24::Config, String>) -> PortalSlot {
+    let s = PortalSlot::new(config, CLIENT.clone()).with_pg_cell(PG.clone());
+    if g.portal.is_some() {
+        s.with_still_allowed(crate::cmd::portals::still_installed())
+    } else {
+        s
+    }
+}
+
 pub fn gate(g: &Globals, origin: Origin) -> anyhow::Result<Gate> {
     let resolved = resolve(g)?;
     let config = g.config().map_err(|e| format!("{e:#}"));
-    Ok(Gate::new(
-        resolved,
-        PortalSlot::new(config, CLIENT.clone()).with_pg_cell(PG.clone()),
-        origin,
-    ))
+    Ok(Gate::new(resolved, slot(g, config), origin))
 }
 
 /// The gate acting for an authenticated MCP client (`b24 mcp --http`): the client's policy
@@ -82,12 +89,7 @@ pub fn gate_for_client(
         )
     })?;
     let config = g.config().map_err(|e| format!("{e:#}"));
-    Ok(Gate::new(
-        resolved,
-        PortalSlot::new(config, CLIENT.clone()).with_pg_cell(PG.clone()),
-        origin,
-    )
-    .with_client(&client.name))
+    Ok(Gate::new(resolved, slot(g, config), origin).with_client(&client.name))
 }
 
 /// A gate error as an exit code and message.

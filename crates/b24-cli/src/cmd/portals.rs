@@ -126,6 +126,37 @@ pub async fn prime(g: &Globals) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The registry and member id of the `--portal` installation (set by [`client`]), for
+/// [`still_installed`].
+static PORTAL_REG: std::sync::OnceLock<(Installations, String)> = std::sync::OnceLock::new();
+
+/// With `--portal`: whether the installation is still installed, asked before every call a
+/// gate sends. The process's client keeps its access token in memory, so without this a
+/// long-running `b24 mcp --portal X` went on calling X after `b24 portals remove X` (or the
+/// portal's uninstall) until that token expired.
+pub fn still_installed() -> b24_guard::gate::StillAllowed {
+    Arc::new(|| {
+        Box::pin(async {
+            let Some((reg, member)) = PORTAL_REG.get() else {
+                return Err("--portal: the installation is not resolved".to_string());
+            };
+            match reg.find(member).await {
+                Ok(Some(i)) if i.member_id == *member && i.is_installed() => Ok(()),
+                Ok(Some(i)) => Err(format!(
+                    "portal {} ({}) is {}: its tokens are gone here, so nothing is sent",
+                    i.domain, i.member_id, i.state
+                )),
+                Ok(None) => Err(format!(
+                    "portal {member} is no longer in the installations store; nothing is sent"
+                )),
+                Err(e) => Err(format!(
+                    "the installations store cannot be read ({e}); nothing is sent"
+                )),
+            }
+        })
+    })
+}
+
 /// The configuration of the `--portal` installation (after [`prime`]).
 pub fn resolved_config() -> anyhow::Result<b24::Config> {
     PORTAL_CONFIG
@@ -155,6 +186,7 @@ pub async fn client(g: &Globals, key: &str) -> anyhow::Result<b24::Client> {
     b24::auth::ensure_private_dir(&cfg.state_dir)
         .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
     let store = Arc::new(reg.token_store(&inst.member_id));
+    let _ = PORTAL_REG.set((reg.clone(), inst.member_id.clone()));
     let _ = PORTAL_CONFIG.set(cfg.clone());
     b24::Client::with_token_store(cfg, Some(store))
         .await

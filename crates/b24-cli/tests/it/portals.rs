@@ -264,3 +264,54 @@ async fn installation_portal_before_auth_is_refused_not_ignored() {
     }
     ps.shutdown().await;
 }
+
+/// A long-running `b24 mcp --portal X` keeps its client (and the access token in it) for the
+/// whole session. Once the operator forgets the portal (`b24 portals remove X`: its tokens
+/// deleted here), no further tool call may reach that portal — not even with the access
+/// token the server still holds in memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_mcp_server_stops_acting_for_a_portal_removed_under_it() {
+    use rmcp::ServiceExt;
+    let ps = b24_sandbox::start_many(SandboxConfig::default(), 1)
+        .await
+        .unwrap();
+    let (env, _rx) = app_on(&ps, 1).await;
+    let i0 = ps.get(0).unwrap().info().clone();
+    let cmd = tokio::process::Command::from(env.cmd(&["mcp", "--portal", &i0.domain]));
+    let transport = rmcp::transport::TokioChildProcess::new(cmd).expect("spawn b24 mcp");
+    let client = tokio::time::timeout(std::time::Duration::from_secs(30), ().serve(transport))
+        .await
+        .expect("initialize in time")
+        .expect("initialize");
+    let read = || async {
+        let serde_json::Value::Object(args) = serde_json::json!({"method": "server.time"}) else {
+            unreachable!()
+        };
+        let p = rmcp::model::CallToolRequestParams::new("b24_read").with_arguments(args);
+        tokio::time::timeout(std::time::Duration::from_secs(60), client.call_tool(p))
+            .await
+            .expect("answer in time")
+            .expect("no protocol error")
+    };
+    let r = read().await;
+    assert_ne!(r.is_error, Some(true), "{r:?}");
+    let sent = ps.get(0).unwrap().request_log().len();
+    assert!(sent >= 1);
+
+    let o = env.run(&["portals", "remove", &i0.domain]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    let r = read().await;
+    assert_eq!(
+        r.is_error,
+        Some(true),
+        "the removed portal was called: {r:?}"
+    );
+    assert_eq!(
+        ps.get(0).unwrap().request_log().len(),
+        sent,
+        "nothing reaches a portal removed here"
+    );
+    let _ = client.cancel().await;
+    ps.shutdown().await;
+}

@@ -112,6 +112,11 @@ impl From<Refusal> for GateError {
     }
 }
 
+/// Asked before each use of the portal's client: `Err(why)` refuses the call with nothing
+/// sent (see [`PortalSlot::with_still_allowed`]).
+pub type StillAllowed =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 /// The portal side of a gate: its configuration and a lazily built client.
 #[derive(Clone)]
 pub struct PortalSlot {
@@ -119,6 +124,7 @@ pub struct PortalSlot {
     cell: Arc<OnceCell<b24::Client>>,
     /// The cluster store, when `B24_STORE_URL` names PostgreSQL (the write budget lives there).
     pg: Arc<OnceCell<b24::pg::PgStore>>,
+    still_allowed: Option<StillAllowed>,
 }
 
 impl PortalSlot {
@@ -132,7 +138,17 @@ impl PortalSlot {
             config,
             cell,
             pg: Arc::new(OnceCell::new()),
+            still_allowed: None,
         }
+    }
+
+    /// A check made before every use of the client. A shared client lives as long as its
+    /// process and holds its access token in memory; a portal the operator forgot
+    /// (`b24 portals remove`) or that removed the app must stop being called at once by a
+    /// long-running server too, not when that token expires.
+    pub fn with_still_allowed(mut self, check: StillAllowed) -> PortalSlot {
+        self.still_allowed = Some(check);
+        self
     }
 
     /// Share one cluster-store pool with other gates of the process (a long-running server
@@ -201,6 +217,11 @@ impl PortalSlot {
             .config
             .as_ref()
             .map_err(|e| GateError::Config(e.clone()))?;
+        if let Some(check) = &self.still_allowed {
+            check()
+                .await
+                .map_err(|why| GateError::Client(b24::Error::auth(why)))?;
+        }
         self.cell
             .get_or_try_init(|| async {
                 b24::auth::ensure_private_dir(&cfg.state_dir)?;
