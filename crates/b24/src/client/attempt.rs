@@ -294,7 +294,6 @@ impl Client {
 
     /// An answer that is not a Bitrix24 envelope; `json` is the parse error, when the body
     /// was not JSON at all.
-    #[allow(clippy::too_many_arguments)] // the attempt's context, passed through
     fn garbage(
         &self,
         method: &str,
