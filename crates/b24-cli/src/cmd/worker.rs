@@ -157,6 +157,27 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let stats = Arc::new(WorkerStats::default());
     let fleet_stats = Arc::new(b24_events::fleet::FleetStats::default());
     let stop = shutdown_token();
+    // `--portal X`: the pulls use the client built at start, whose access token lives in
+    // memory. Once X is removed or uninstalled here the worker stops, so nothing more reaches
+    // X (checked each poll interval; without this it pulled until that token expired).
+    let gone = Arc::new(std::sync::Mutex::new(None::<String>));
+    if g.portal.is_some() && client.is_some() {
+        let (stop, gone) = (stop.clone(), gone.clone());
+        let check = crate::cmd::portals::still_installed();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(poll_interval) => {}
+                }
+                if let Err(why) = check().await {
+                    *gone.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                    stop.cancel();
+                    return;
+                }
+            }
+        });
+    }
     // Its own token (a child of the shutdown): the fleet stops with the worker, and stopping
     // it does not make a finished `--once` run look interrupted.
     let fleet_stop = stop.child_token();
@@ -227,6 +248,9 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     if let Some(f) = fleet {
         fleet_stop.cancel();
         let _ = f.await;
+    }
+    if let Some(why) = gone.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(Exit::new(exit::AUTH, format!("b24 worker stopped: {why}")));
     }
     let q = store.stats().await.unwrap_or_default();
     if !g.quiet {

@@ -315,3 +315,69 @@ async fn a_running_mcp_server_stops_acting_for_a_portal_removed_under_it() {
     let _ = client.cancel().await;
     ps.shutdown().await;
 }
+
+/// `b24 worker --portal X` pulls X's offline events with the client it built at start. Once
+/// the operator forgets X (`b24 portals remove X`), the worker stops (authentication error)
+/// and no further pull reaches X.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_for_one_portal_stops_pulling_once_it_is_removed() {
+    let ps = b24_sandbox::start_many(SandboxConfig::default(), 1)
+        .await
+        .unwrap();
+    let (env, _rx) = app_on(&ps, 1).await;
+    let i0 = ps.get(0).unwrap().info().clone();
+    let mut child = env
+        .cmd(&[
+            "worker",
+            "--portal",
+            &i0.domain,
+            "--exec",
+            "true",
+            "--poll-interval",
+            "0.1",
+            "--poll-max",
+            "0.2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pulls = || {
+        ps.get(0)
+            .unwrap()
+            .request_log()
+            .iter()
+            .filter(|r| r.method.starts_with("event.offline"))
+            .count()
+    };
+    let t0 = std::time::Instant::now();
+    while pulls() == 0 && t0.elapsed() < std::time::Duration::from_secs(20) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(pulls() > 0, "the worker pulls the portal's offline events");
+
+    let o = env.run(&["portals", "remove", &i0.domain]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // A pull already under way may finish; after a second nothing more is sent.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let after = pulls();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let still = pulls();
+    let exited = child.try_wait().unwrap();
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    {
+        use std::io::Read;
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    }
+    assert_eq!(
+        still, after,
+        "pulls went on after the removal; stderr: {err}"
+    );
+    assert!(exited.is_some(), "the worker keeps running: {err}");
+    assert_eq!(status.code(), Some(5), "{err}");
+    ps.shutdown().await;
+}
