@@ -55,7 +55,6 @@ pub fn resolve(g: &Globals) -> anyhow::Result<sources::Resolved> {
     })
 }
 
-/// The gate for this process.
 /// The portal side of a gate: the process's shared client, and with `--portal` a check
 /// before each call that the installation is still there.
 fn slot(g: &Globals, config: Result<b24::Config, String>) -> PortalSlot {
@@ -67,6 +66,7 @@ fn slot(g: &Globals, config: Result<b24::Config, String>) -> PortalSlot {
     }
 }
 
+/// The gate for this process.
 pub fn gate(g: &Globals, origin: Origin) -> anyhow::Result<Gate> {
     let resolved = resolve(g)?;
     let config = g.config().map_err(|e| format!("{e:#}"));
