@@ -141,6 +141,9 @@ struct Portal {
     next_at: Instant,
     backoff: Duration,
     wake_seen: f64,
+    /// Woken by its ONOFFLINEEVENT and not pulled since: goes before portals that are only
+    /// due by their back-off (a wake-up means an event is waiting on the portal).
+    woken: bool,
     busy: bool,
 }
 
@@ -173,14 +176,14 @@ pub async fn run(
             rescan(&reg, &mut portals, &stats, now).await?;
             depths = reg.queue_depths().await?;
         }
-        // Due portals, the longest-waiting first.
-        let mut due: Vec<(Instant, String)> = portals
+        // Due portals: woken ones first, then the longest-waiting.
+        let mut due: Vec<(bool, Instant, String)> = portals
             .iter()
             .filter(|(_, p)| !p.busy && p.next_at <= now)
-            .map(|(m, p)| (p.next_at, m.clone()))
+            .map(|(m, p)| (!p.woken, p.next_at, m.clone()))
             .collect();
         due.sort();
-        for (_, member) in due {
+        for (_, _, member) in due {
             if rounds.len() >= cfg.concurrency.max(1) {
                 break;
             }
@@ -284,10 +287,12 @@ async fn rescan(
             next_at: now,
             backoff: Duration::ZERO,
             wake_seen: wake,
+            woken: false,
             busy: false,
         });
         if wake > p.wake_seen {
             p.wake_seen = wake;
+            p.woken = true;
             p.next_at = now;
             p.backoff = Duration::ZERO;
             stats.bump(&member, |c| c.wakeups += 1);
@@ -403,6 +408,7 @@ fn settle(
     p.busy = false;
     match out {
         Outcome::Pulled(n) => {
+            p.woken = false;
             if recovered {
                 p.recovered = true;
             }

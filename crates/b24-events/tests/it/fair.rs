@@ -238,3 +238,34 @@ async fn per_portal_limit_across_postgres_workers() {
     };
     limit_across_workers(&url, 3).await;
 }
+
+/// A queue from before jobs named their portal: the migration reads each queued event's
+/// portal from its payload, so old rows take turns and count against the limit too.
+#[tokio::test(flavor = "multi_thread")]
+async fn migration_backfills_the_portal_of_queued_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        for m in &b24_events::sqlite::MIGRATIONS[..2] {
+            c.execute_batch(m).unwrap();
+        }
+        c.pragma_update(None, "user_version", 2).unwrap();
+        for (i, m) in ["x", "x", "y", "y"].iter().enumerate() {
+            c.execute(
+                "INSERT INTO b24_jobs (key, source, name, payload, run_at, created_at) VALUES (?1, 'online', 'ONCRMLEADADD', ?2, 0, 0)",
+                rusqlite::params![format!("old{i}"), json!({"auth": {"member_id": m}}).to_string()],
+            )
+            .unwrap();
+        }
+    }
+    let q = Store::open(path.to_str().unwrap()).await.unwrap();
+    assert_eq!(q.schema_version().await.unwrap(), 3);
+    let jobs = q.claim_with("w", 10, 30.0, Some(1)).await.unwrap();
+    let mut got: Vec<&str> = jobs
+        .iter()
+        .map(|j| j.payload["auth"]["member_id"].as_str().unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["x", "y"], "one per portal");
+}
