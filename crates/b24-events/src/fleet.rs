@@ -128,7 +128,7 @@ impl FleetStats {
     }
 
     /// Prometheus text: totals and `b24_portal_*{member_id="…"}` series (see
-    /// [`crate::worker::metrics`] for the bound on their number).
+    /// [`mod@crate::worker::metrics`] for the bound on their number).
     pub fn prometheus(&self) -> String {
         crate::worker::metrics::fleet_metrics(self)
     }
