@@ -72,16 +72,42 @@ pub async fn open(g: &Globals, url: Option<&str>) -> anyhow::Result<Installation
         .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))
 }
 
+/// The installation `key` names: a member id exactly, or a domain. A domain that two
+/// installed rows share (a portal moved to a new address while another kept or took the old
+/// one) is refused as ambiguous rather than resolved to whichever row the store returns
+/// first; the member id still names one. Rows no longer installed do not make it ambiguous.
 async fn find(reg: &Installations, key: &str) -> anyhow::Result<Installation> {
-    reg.find(key)
+    let internal = |e: b24_events::EventsError| Exit::new(exit::INTERNAL, e.to_string());
+    let found = reg.find(key).await.map_err(internal)?.ok_or_else(|| {
+        Exit::new(
+            exit::USAGE,
+            format!("no installation for portal `{key}` (see `b24 portals list`)"),
+        )
+    })?;
+    if found.member_id == key {
+        return Ok(found);
+    }
+    let mut live: Vec<Installation> = reg
+        .list()
         .await
-        .map_err(|e| Exit::new(exit::INTERNAL, e.to_string()))?
-        .ok_or_else(|| {
-            Exit::new(
+        .map_err(internal)?
+        .into_iter()
+        .filter(|i| i.domain.eq_ignore_ascii_case(key) && i.is_installed())
+        .collect();
+    match live.len() {
+        0 => Ok(found),
+        1 => Ok(live.remove(0)),
+        _ => {
+            let ids: Vec<&str> = live.iter().map(|i| i.member_id.as_str()).collect();
+            Err(Exit::new(
                 exit::USAGE,
-                format!("no installation for portal `{key}` (see `b24 portals list`)"),
-            )
-        })
+                format!(
+                    "portal `{key}` is ambiguous: installations {} share that domain; name one by its member id",
+                    ids.join(", ")
+                ),
+            ))
+        }
+    }
 }
 
 /// `https://domain`, or plain http for a loopback portal (the local sandbox).

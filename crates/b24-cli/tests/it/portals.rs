@@ -381,3 +381,40 @@ async fn a_worker_for_one_portal_stops_pulling_once_it_is_removed() {
     assert_eq!(status.code(), Some(5), "{err}");
     ps.shutdown().await;
 }
+
+/// Two installations recorded under one domain (a portal that moved to a new address while
+/// another kept or took the old one) make `--portal DOMAIN` ambiguous: refused with nothing
+/// sent, instead of acting with whichever row the store returned first (the member id still
+/// names one exactly).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_domain_two_installations_share_is_refused_as_ambiguous() {
+    let ps = b24_sandbox::start_many(SandboxConfig::default(), 2)
+        .await
+        .unwrap();
+    let (env, _rx) = app_on(&ps, 2).await;
+    let (i0, i1) = (
+        ps.get(0).unwrap().info().clone(),
+        ps.get(1).unwrap().info().clone(),
+    );
+    let db = rusqlite::Connection::open(env.state_dir().join("queue.db")).unwrap();
+    db.execute(
+        "UPDATE b24_installations SET domain = ?1 WHERE member_id = ?2",
+        [i0.domain.to_uppercase(), i1.member_id.clone()],
+    )
+    .unwrap();
+    drop(db);
+    let before = methods_by_portal(&ps);
+    let o = env
+        .run(&["call", "--portal", &i0.domain, "server.time"])
+        .await;
+    assert_eq!(code(&o), 2, "{}{}", stdout(&o), stderr(&o));
+    assert!(stderr(&o).contains(&i0.member_id), "{}", stderr(&o));
+    assert!(stderr(&o).contains(&i1.member_id), "{}", stderr(&o));
+    assert_eq!(methods_by_portal(&ps), before, "nothing was sent");
+    // By member id it is one installation.
+    let o = env
+        .run(&["call", "--portal", &i0.member_id, "server.time"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    ps.shutdown().await;
+}
