@@ -42,8 +42,10 @@ fn main() -> std::process::ExitCode {
         Err(err) if out::is_closed(&err) => std::process::ExitCode::from(exit::OK as u8),
         Err(err) => {
             let code = exit::code_for(&err);
-            // Every message passes the one redactor (known secrets and credential shapes).
-            let msg = b24_guard::redact::text(&describe(&err));
+            // Every message passes the one redactor (known secrets and credential shapes), and
+            // shows control characters as escapes: a portal's error often repeats the value it
+            // refused, which may come from outside and carry terminal sequences.
+            let msg = render::for_terminal(&b24_guard::redact::text(&describe(&err)));
             let _ = std::io::Write::write_all(
                 &mut std::io::stderr(),
                 format!("b24: error: {msg}\n").as_bytes(),

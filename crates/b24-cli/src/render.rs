@@ -319,7 +319,7 @@ fn terminal_width() -> Option<u16> {
 /// break are shown as `\u{1b}`-style escapes. A table is read by a person at a terminal, and
 /// its text comes from portal data anyone can write (a web form's lead title): printed raw,
 /// ESC/CSI/OSC sequences could rewrite the screen, hide rows or set the clipboard.
-fn for_terminal(s: &str) -> String {
+pub(crate) fn for_terminal(s: &str) -> String {
     if !s.chars().any(|c| c.is_control() && c != '\n') {
         return s.to_string();
     }

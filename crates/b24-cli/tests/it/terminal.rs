@@ -53,3 +53,28 @@ async fn table_output_does_not_pass_escape_sequences_from_portal_data() {
         .await;
     assert!(stdout(&o).contains(r"\u001b]52;c;"), "{}", stdout(&o));
 }
+
+/// The portal's error description often repeats the value it refused (`E-mail address "…" is
+/// invalid.`), and that value can come from outside (an imported list). The message b24
+/// prints on stderr must not carry its control sequences to the terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn error_messages_do_not_pass_escape_sequences_from_the_portal() {
+    let sb = sandbox(SandboxConfig::default()).await;
+    let env = Env::webhook(&sb);
+    let email = "x\u{1b}]52;c;cm0gLXJmIH4=\u{7}\u{1b}[2Jy";
+    let params =
+        serde_json::json!({"fields": {"NAME": "n", "EMAIL": [{"VALUE": email}]}}).to_string();
+    let o = env
+        .run(&[
+            "call",
+            "crm.contact.add",
+            "--params",
+            &params,
+            "--confirm-write",
+        ])
+        .await;
+    assert_eq!(code(&o), 3, "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("is invalid"), "{err}");
+    assert_eq!(controls(&err), Vec::<char>::new(), "{err:?}");
+}
