@@ -7,10 +7,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use b24::config::RateLimits;
-use b24::limiter::{Limiter, RateStore, SqliteStore, SystemClock};
+use std::time::Instant;
+
+use b24::limiter::{Clock, Limiter, RateStore, SqliteStore, SystemClock};
 use b24::pg::PgStore;
 use b24::{Client, Config};
 use b24_sandbox::SandboxConfig;
@@ -33,11 +34,28 @@ fn portal_level_peak(times: &[f64], rate: f64) -> f64 {
 }
 
 /// The same checks for every shared rate store: `hosts` are separate connections to one
-/// store, `late` is one more opened afterwards.
-async fn hosts_share_one_bucket(hosts: Vec<Box<dyn RateStore>>, late: Box<dyn RateStore>) {
+/// store, `late` is one more opened afterwards. `db_clock`: the store reads the time itself
+/// (PostgreSQL's `clock_timestamp()`), so a send is placed at when its reservation returned
+/// plus its wait; otherwise every limiter gets one frozen clock and a wait is exactly its send
+/// time after the first, whatever the machine's load does to when the tasks run (with the wall
+/// clock, a task delayed between its reservation and reading the time made its send look later
+/// than it was: a loaded machine saw a SQLite peak of 50.6 that no portal would have seen).
+async fn hosts_share_one_bucket(
+    hosts: Vec<Box<dyn RateStore>>,
+    late: Box<dyn RateStore>,
+    db_clock: bool,
+) {
+    let t0 = SystemClock.now();
+    let clock = || -> Box<dyn Clock> {
+        if db_clock {
+            Box::new(SystemClock)
+        } else {
+            Box::new(Frozen(t0))
+        }
+    };
     let limiters: Vec<Arc<Limiter>> = hosts
         .into_iter()
-        .map(|s| Arc::new(Limiter::new(s, RateLimits::STANDARD, Box::new(SystemClock))))
+        .map(|s| Arc::new(Limiter::new(s, RateLimits::STANDARD, clock())))
         .collect();
     // 150 reservations at once from three "hosts": each learns when it may send. The limiter
     // would sleep until then; we record the send time instead of waiting 50 s.
@@ -46,8 +64,12 @@ async fn hosts_share_one_bucket(hosts: Vec<Box<dyn RateStore>>, late: Box<dyn Ra
     for i in 0..150 {
         let l = limiters[i % limiters.len()].clone();
         tasks.push(tokio::spawn(async move {
-            let store_wait = l_reserve(&l).await;
-            origin.elapsed().as_secs_f64() + store_wait
+            let wait = l_reserve(&l).await;
+            if db_clock {
+                origin.elapsed().as_secs_f64() + wait
+            } else {
+                wait
+            }
         }));
     }
     let mut sends = Vec::new();
@@ -70,7 +92,7 @@ async fn hosts_share_one_bucket(hosts: Vec<Box<dyn RateStore>>, late: Box<dyn Ra
     let span = sends[149] - sends[0];
     assert!((span - 50.0).abs() < 1.0, "span {span:.2}");
     // A 503 seen by one host fills the bucket for all of them.
-    let other = Limiter::new(late, RateLimits::STANDARD, Box::new(SystemClock));
+    let other = Limiter::new(late, RateLimits::STANDARD, clock());
     other.fill("other.portal").await.unwrap();
     let level = limiters[0].level("other.portal").await.unwrap();
     assert!((level - 50.0).abs() < 0.1, "level after a 503: {level}");
@@ -86,7 +108,7 @@ async fn three_hosts_share_one_bucket_in_postgres() {
         hosts.push(Box::new(PgStore::connect(&url).await.unwrap().rate_store()));
     }
     let late = Box::new(PgStore::connect(&url).await.unwrap().rate_store());
-    hosts_share_one_bucket(hosts, late).await;
+    hosts_share_one_bucket(hosts, late, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -96,10 +118,20 @@ async fn three_processes_share_one_bucket_in_sqlite() {
     let hosts: Vec<Box<dyn RateStore>> = (0..3)
         .map(|_| Box::new(SqliteStore::open(&path).unwrap()) as Box<dyn RateStore>)
         .collect();
-    hosts_share_one_bucket(hosts, Box::new(SqliteStore::open(&path).unwrap())).await;
+    hosts_share_one_bucket(hosts, Box::new(SqliteStore::open(&path).unwrap()), false).await;
 }
 
 /// Reserve without sleeping: the store's answer is the wait.
+/// A clock that stands still.
+#[derive(Clone, Copy)]
+struct Frozen(f64);
+
+impl Clock for Frozen {
+    fn now(&self) -> f64 {
+        self.0
+    }
+}
+
 async fn l_reserve(l: &Limiter) -> f64 {
     l.reserve_only("cluster.portal")
         .await
