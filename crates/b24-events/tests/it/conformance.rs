@@ -252,7 +252,7 @@ async fn leases_renew_processed_keys_prune_and_migrations_are_versioned() {
             .schema_version()
             .await
             .unwrap(),
-        2
+        3
     );
     rusqlite::Connection::open(&path)
         .unwrap()
