@@ -434,18 +434,26 @@ async fn worker_serves_prometheus_metrics() {
     child.wait().unwrap();
     for line in [
         "# TYPE b24_queue_ready gauge",
-        "b24_queue_ready 0",
-        "b24_dlq_size 0",
         "# TYPE b24_worker_handled_total counter",
-        "b24_worker_handled_total 5",
-        "b24_worker_pulled_total 5",
-        "b24_http_503_total 0",
-        "b24_http_429_total 0",
     ] {
         assert!(
             text.lines().any(|l| l == line),
             "missing `{line}` in:\n{text}"
         );
+    }
+    // Values compared as numbers: the exposition format allows `0` and `0.0` alike.
+    for (name, want) in [
+        ("b24_queue_ready", 0.0),
+        ("b24_dlq_size", 0.0),
+        ("b24_worker_handled_total", 5.0),
+        ("b24_worker_pulled_total", 5.0),
+        ("b24_http_503_total", 0.0),
+        ("b24_http_429_total", 0.0),
+    ] {
+        let got: Option<f64> = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok());
+        assert_eq!(got, Some(want), "{name} in:\n{text}");
     }
     let requests: f64 = text
         .lines()
