@@ -1383,8 +1383,10 @@ async fn http_client_budgets_are_shared_by_a_cluster_through_postgres() {
         env.set("B24_STORE_URL", &url);
         hosts.push(env);
     }
+    // The tokens live in PostgreSQL too: one issued on the first host serves the client on
+    // both (and the name cannot be issued a second time on the other).
     let t1 = token_add(&hosts[0], "agent", policy).await;
-    let t2 = token_add(&hosts[1], "agent", policy).await;
+    let t2 = t1.clone();
     let other = token_add(&hosts[1], "other", policy).await;
     let s1 = HttpServer::start(&hosts[0], &[]).await;
     let s2 = HttpServer::start(&hosts[1], &[]).await;
