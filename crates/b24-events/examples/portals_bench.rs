@@ -45,9 +45,10 @@ struct Args {
 
 fn args() -> Res<Args> {
     let v: Vec<String> = std::env::args().collect();
+    // The last occurrence wins: run.sh puts its defaults first and the caller's after them.
     let raw = |k: &str| {
         v.iter()
-            .position(|a| a == k)
+            .rposition(|a| a == k)
             .and_then(|i| v.get(i + 1))
             .cloned()
     };

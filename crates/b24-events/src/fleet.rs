@@ -173,8 +173,19 @@ pub async fn run(
         let now = Instant::now();
         if last_scan.is_none_or(|t| now.duration_since(t) >= cfg.rescan) {
             last_scan = Some(now);
-            rescan(&reg, &mut portals, &stats, now).await?;
-            depths = reg.queue_depths().await?;
+            // A failed read (the database away, no connection free) is logged and tried again
+            // at the next rescan; the fleet keeps pulling the portals it knows meanwhile.
+            let scanned = match rescan(&reg, &mut portals, &stats, now).await {
+                Ok(()) => reg.queue_depths().await,
+                Err(e) => Err(e),
+            };
+            match scanned {
+                Ok(d) => depths = d,
+                Err(e) => {
+                    stats.errors.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, "reading the installed portals");
+                }
+            }
         }
         // Due portals: woken ones first, then the longest-waiting.
         let mut due: Vec<(bool, Instant, String)> = portals

@@ -75,7 +75,14 @@ impl Inbox {
                     recycling_method: RecyclingMethod::Fast,
                 },
             );
-            let pool = Pool::builder(mgr).max_size(8).build().map_err(se)?;
+            // A bounded wait for a connection: one that never comes is an error (logged, retried
+            // with back-off by the caller) rather than a task stalled for good.
+            let pool = Pool::builder(mgr)
+                .max_size(8)
+                .wait_timeout(Some(std::time::Duration::from_secs(30)))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .map_err(se)?;
             let mut c = pool.get().await.map_err(se)?;
             let tx = c.transaction().await.map_err(se)?;
             tx.batch_execute(PG_SCHEMA).await.map_err(se)?;

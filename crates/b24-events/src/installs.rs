@@ -110,18 +110,23 @@ const COLS: &str = "member_id, domain, state, pair, installed_at, updated_at, un
 #[derive(Clone)]
 pub struct Installations {
     inbox: Inbox,
+    /// The one PostgreSQL session that holds this registry's pull locks (see
+    /// [`Installations::try_lock_pull`]): shared by every clone, so a fleet's connections do
+    /// not grow with the portals it pulls at once.
+    pull_session: Arc<tokio::sync::Mutex<locks::LockSession>>,
 }
 
 impl Installations {
     /// Open beside the queue at `url` (SQLite path or `postgres://…`).
     pub async fn open(url: &str) -> Result<Installations> {
-        Ok(Installations {
-            inbox: Inbox::open(url).await?,
-        })
+        Ok(Installations::from_inbox(Inbox::open(url).await?))
     }
 
     pub fn from_inbox(inbox: Inbox) -> Installations {
-        Installations { inbox }
+        Installations {
+            inbox,
+            pull_session: Arc::default(),
+        }
     }
 
     async fn sqlite<T: Send + 'static>(

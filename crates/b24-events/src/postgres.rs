@@ -79,7 +79,14 @@ impl PgQueue {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
-        let pool = Pool::builder(mgr).max_size(8).build().map_err(e)?;
+        // A bounded wait for a connection: one that never comes is an error (logged, retried
+        // with back-off by the caller) rather than a task stalled for good.
+        let pool = Pool::builder(mgr)
+            .max_size(8)
+            .wait_timeout(Some(std::time::Duration::from_secs(30)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(e)?;
         let mut client = pool.get().await.map_err(e)?;
         migrate(&mut client).await?;
         drop(client);

@@ -3,6 +3,7 @@
 //! portal never waits for another.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use b24::auth::{TokenPair, TokenStore};
 use futures::future::BoxFuture;
@@ -16,19 +17,57 @@ impl Installations {
     /// Take the right to pull `member_id`'s offline queue, if nobody holds it: a PostgreSQL
     /// session advisory lock (hosts sharing the database exclude each other; a host that dies
     /// loses its session and the lock with it) or, on SQLite, a lock file. `None` = taken.
+    ///
+    /// On PostgreSQL every pull lock of this registry lives on one session of its own (taken
+    /// out of the pool once), not on a pooled connection per lock: a round holding its lock
+    /// needs pooled connections for its work (tokens, the queue), and locks that each held a
+    /// pooled connection starved those rounds of connections as soon as as many portals were
+    /// pulled at once as the pool had connections — every round then waited for the pool
+    /// forever. Now the connections of a host are the pool's plus one, whatever the number of
+    /// portals. If that session breaks, its locks go with it (another host may then pull a
+    /// portal whose round is still running here; the event keys dedupe what both commit) and
+    /// the next lock opens a new one.
     pub async fn try_lock_pull(&self, member_id: &str) -> Result<Option<PullLock>> {
         match &self.inbox {
             Inbox::Postgres(pool) => {
-                let obj = pool.get().await.map_err(se)?;
-                let row = obj
-                    .query_one(
+                let mut s = self.pull_session.lock().await;
+                if s.held.contains(member_id) {
+                    // Advisory locks nest within a session: a second holder here would get it.
+                    return Ok(None);
+                }
+                let client = match s.client.take().filter(|c| !c.is_closed()) {
+                    Some(c) => c,
+                    None => {
+                        let obj = pool.get().await.map_err(se)?;
+                        s.generation += 1;
+                        s.held.clear();
+                        deadpool_postgres::Object::take(obj)
+                    }
+                };
+                let got = tokio::time::timeout(
+                    LOCK_QUERY_TIMEOUT,
+                    client.query_one(
                         "SELECT pg_try_advisory_lock(hashtext('b24-pull:' || $1))",
                         &[&member_id],
-                    )
-                    .await
-                    .map_err(se)?;
-                Ok(row.get::<_, bool>(0).then(|| PullLock {
-                    inner: Some(PullInner::Pg(Box::new(obj))),
+                    ),
+                )
+                .await;
+                let got = match got {
+                    Ok(Ok(row)) => row.try_get::<_, bool>(0).map_err(se)?,
+                    // The session is in doubt: drop it (and whatever it held) and fail this try.
+                    Ok(Err(e)) => return Err(se(e)),
+                    Err(_) => return Err(se("pull lock: no answer from PostgreSQL in time")),
+                };
+                s.client = Some(client);
+                if !got {
+                    return Ok(None);
+                }
+                s.held.insert(member_id.to_string());
+                Ok(Some(PullLock {
+                    inner: Some(PullInner::Pg {
+                        session: self.pull_session.clone(),
+                        generation: s.generation,
+                    }),
                     member_id: member_id.to_string(),
                 }))
             }
@@ -69,40 +108,83 @@ impl Installations {
     }
 }
 
+/// How long a lock or unlock may wait for PostgreSQL before the lock session is given up.
+const LOCK_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The session holding a registry's pull locks, and which portals it holds.
+#[derive(Default)]
+pub(crate) struct LockSession {
+    client: Option<deadpool_postgres::ClientWrapper>,
+    /// Bumped with each new session: a lock of an older one ended with it.
+    generation: u64,
+    held: std::collections::HashSet<String>,
+}
+
 /// The right to pull one portal's offline queue ([`Installations::try_lock_pull`]). Give it
-/// back with [`PullLock::release`]; dropped without that, a PostgreSQL session is closed
-/// rather than returned to the pool still holding the lock.
+/// back with [`PullLock::release`]; dropped without that, it is given back by a task.
 pub struct PullLock {
     inner: Option<PullInner>,
     member_id: String,
 }
 
 enum PullInner {
-    Pg(Box<deadpool_postgres::Object>),
+    Pg {
+        session: Arc<tokio::sync::Mutex<LockSession>>,
+        generation: u64,
+    },
     File(#[allow(dead_code)] std::fs::File),
+}
+
+async fn unlock(session: &tokio::sync::Mutex<LockSession>, generation: u64, member_id: &str) {
+    let mut s = session.lock().await;
+    if s.generation != generation || !s.held.remove(member_id) {
+        return; // that session is gone, and the lock with it
+    }
+    let Some(client) = s.client.as_ref() else {
+        return;
+    };
+    let r = tokio::time::timeout(
+        LOCK_QUERY_TIMEOUT,
+        client.query_one(
+            "SELECT pg_advisory_unlock(hashtext('b24-pull:' || $1))",
+            &[&member_id],
+        ),
+    )
+    .await;
+    if !matches!(r, Ok(Ok(_))) {
+        // Not known to be unlocked: end the session, which ends every lock it held.
+        tracing::warn!(
+            member_id,
+            "pull unlock failed; closing the pull-lock session"
+        );
+        s.client = None;
+        s.held.clear();
+    }
 }
 
 impl PullLock {
     pub async fn release(mut self) {
-        if let Some(PullInner::Pg(obj)) = self.inner.take() {
-            let unlocked = obj
-                .query_one(
-                    "SELECT pg_advisory_unlock(hashtext('b24-pull:' || $1))",
-                    &[&self.member_id],
-                )
-                .await
-                .is_ok_and(|r| r.get::<_, bool>(0));
-            if !unlocked {
-                drop(deadpool_postgres::Object::take(*obj));
-            }
+        if let Some(PullInner::Pg {
+            session,
+            generation,
+        }) = self.inner.take()
+        {
+            unlock(&session, generation, &self.member_id).await;
         }
     }
 }
 
 impl Drop for PullLock {
     fn drop(&mut self) {
-        if let Some(PullInner::Pg(obj)) = self.inner.take() {
-            drop(deadpool_postgres::Object::take(*obj));
+        if let Some(PullInner::Pg {
+            session,
+            generation,
+        }) = self.inner.take()
+        {
+            let member = std::mem::take(&mut self.member_id);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { unlock(&session, generation, &member).await });
+            }
         }
     }
 }
