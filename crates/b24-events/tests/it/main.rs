@@ -2,6 +2,7 @@
 
 mod conformance;
 mod fair;
+mod fleet_pool;
 mod form_fuzz;
 mod handlers;
 mod hostile;

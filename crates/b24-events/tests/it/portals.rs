@@ -241,7 +241,10 @@ async fn one_refresh_per_portal_across_hosts_postgres() {
 }
 
 /// The app's side of every sandbox portal, for the fleet's client factory.
-fn factory(reg: Installations, ps: &b24_sandbox::Portals) -> b24_events::fleet::ClientFactory {
+pub(crate) fn factory(
+    reg: Installations,
+    ps: &b24_sandbox::Portals,
+) -> b24_events::fleet::ClientFactory {
     let infos: std::collections::HashMap<String, b24_sandbox::StartInfo> = ps
         .infos()
         .into_iter()
