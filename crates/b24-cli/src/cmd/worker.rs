@@ -200,14 +200,22 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             poll_max,
             ..Default::default()
         };
-        Some(tokio::spawn(b24_events::fleet::run(
+        let pulling = b24_events::fleet::run(
             reg.clone(),
             store.clone(),
             fcfg,
             crate::cmd::portals::factory(g.clone(), reg),
             fleet_stats.clone(),
             fleet_stop.clone(),
-        )))
+        );
+        // Its end is only awaited when the worker stops: say at once if pulling ended early.
+        Some(tokio::spawn(async move {
+            let r = pulling.await;
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "--all-portals: pulling stopped");
+            }
+            r
+        }))
     } else {
         None
     };
