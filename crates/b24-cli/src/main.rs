@@ -2,6 +2,10 @@
 //!
 //! stdout carries data only (JSON / NDJSON / CSV / a table / MCP JSON-RPC); everything else goes to stderr.
 //! Exit codes are documented in [`exit`].
+// Unused dependencies are a compile error (issue 16): rustc sees every crate this target
+// links, so the check costs nothing beyond the build CI already does. Test builds see the
+// dev-dependencies too, hence the `not(test)`.
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 mod cmd;
 mod exec;

@@ -19,6 +19,10 @@
 //! - [`settle`]: how a write whose answer was lost is settled (stamps, look-ups), used by the
 //!   gate right after the failure and by `b24 settle` later;
 //! - [`audit`]: the append-only, hash-chained JSONL audit log, with secrets redacted.
+// Unused dependencies are a compile error (issue 16): rustc sees every crate this target
+// links, so the check costs nothing beyond the build CI already does. Test builds see the
+// dev-dependencies too, hence the `not(test)`.
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 pub mod audit;
 pub mod batch_cmds;

@@ -9,6 +9,10 @@
 //!
 //! It deliberately shares no code with the `b24` client crate: a misunderstanding of the
 //! protocol written once and used on both sides would pass every test.
+// Unused dependencies are a compile error (issue 16): rustc sees every crate this target
+// links, so the check costs nothing beyond the build CI already does. Test builds see the
+// dev-dependencies too, hence the `not(test)`.
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 mod batch;
 mod crm;

@@ -1,4 +1,8 @@
 //! What the test suites of the b24 crates share. A dev-dependency only: nothing here ships.
+// Unused dependencies are a compile error (issue 16): rustc sees every crate this target
+// links, so the check costs nothing beyond the build CI already does. Test builds see the
+// dev-dependencies too, hence the `not(test)`.
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 
 /// A URL of the test PostgreSQL server (`B24_TEST_PG_URL`) whose `search_path` is a fresh,
 /// empty schema named after `prefix` and `test`, so tests never see each other's tables.

@@ -13,6 +13,10 @@
 //! - [`batch`] and [`export`]: many commands per request, and streaming export of whole lists.
 //!
 //! Nothing here prints: the `b24` binary owns stdout and stderr.
+// Unused dependencies are a compile error (issue 16): rustc sees every crate this target
+// links, so the check costs nothing beyond the build CI already does. Test builds see the
+// dev-dependencies too, hence the `not(test)`.
+#![cfg_attr(not(test), deny(unused_crate_dependencies))]
 #![warn(missing_docs)]
 
 pub mod auth;
