@@ -92,25 +92,28 @@ const MAX_POLICY_BYTES: u64 = 1 << 20;
 /// is not a regular file (a FIFO would block the server on every call of the client, a device
 /// would never end), a file larger than `MAX_POLICY_BYTES` (1 MiB), and — on Unix — a file that
 /// another account could have written (owned by neither the account serving MCP nor root, or
-/// writable by group or others) or that sits below a directory another account could write
-/// (the directories above it are checked too), because whoever can write it decides what the
-/// client may do.
-/// The file is opened once (non-blocking) and checked on the open handle, so swapping the path
-/// between the check and the read changes nothing.
+/// writable by group or others), that sits below a directory another account could write, or
+/// that is reached through a symlink another account owns (a link in `/tmp` is its owner's to
+/// repoint). A symlink this account or root owns is followed, and its target must pass the same
+/// checks (see `dirs`). Whoever can change any of these decides what the client may do.
+/// The path is walked and checked first; the file at its end is then opened (non-blocking,
+/// not following a symlink) and must be the very file the walk found, and its owner and mode
+/// are checked on the open handle.
 pub fn read_client_policy(path: &Path, name: &str) -> Result<PolicyFile, GuardError> {
     use std::io::Read;
     let err = |reason: String| GuardError::PolicyFile {
         path: path.display().to_string(),
         reason,
     };
+    let resolved = dirs::resolve(path, name)?;
     let mut opts = std::fs::OpenOptions::new();
     opts.read(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        opts.custom_flags(libc::O_NONBLOCK);
+        opts.custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
     }
-    let file = match opts.open(path) {
+    let file = match opts.open(&resolved.path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(err(format!(
@@ -128,6 +131,11 @@ pub fn read_client_policy(path: &Path, name: &str) -> Result<PolicyFile, GuardEr
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
+        if (meta.dev(), meta.ino()) != resolved.dev_ino {
+            return Err(err(format!(
+                "the policy file of MCP client {name:?} changed while it was read; its calls are refused"
+            )));
+        }
         let me = nix::unistd::Uid::effective().as_raw();
         if meta.uid() != me && meta.uid() != 0 {
             return Err(err(format!(
@@ -147,7 +155,6 @@ pub fn read_client_policy(path: &Path, name: &str) -> Result<PolicyFile, GuardEr
             "the policy file of MCP client {name:?} is larger than {MAX_POLICY_BYTES} bytes"
         )));
     }
-    dirs::check(path, name)?;
     let mut text = String::new();
     file.take(MAX_POLICY_BYTES + 1)
         .read_to_string(&mut text)

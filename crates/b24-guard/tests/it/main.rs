@@ -9,6 +9,7 @@ mod knowledge;
 mod mcp_tokens;
 mod pg_budget;
 mod plan_settle;
+mod policy_links;
 mod settle;
 mod store_attacks;
 
