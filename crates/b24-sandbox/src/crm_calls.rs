@@ -64,6 +64,44 @@ fn write_fields(
     }
 }
 
+/// Update row `id` of `kind` as both APIs do: the stage check first, then the fields, the
+/// modification stamp (when and by whom) and the `update` event. `missing` is the error the
+/// API answers for an unknown id (the two APIs word it differently).
+#[allow(clippy::too_many_arguments)]
+fn update(
+    st: &mut State,
+    who: &Caller,
+    kind: Kind,
+    id: u64,
+    fields: &Map<String, Value>,
+    item_names: bool,
+    dl: &mut Vec<Delivery>,
+    missing: impl FnOnce() -> PErr,
+) -> Result<(), PErr> {
+    let mut row = st.tables[&kind]
+        .rows
+        .get(&id)
+        .cloned()
+        .ok_or_else(missing)?;
+    check_stage(kind, fields, Some(&row), item_names)?;
+    write_fields(st, kind, &mut row, fields, item_names);
+    row.insert("DATE_MODIFY".into(), Value::String(iso(st.now())));
+    row.insert(
+        "MODIFY_BY_ID".into(),
+        Value::String(who.user_id.to_string()),
+    );
+    if let Some(t) = st.tables.get_mut(&kind) {
+        t.rows.insert(id, row);
+    }
+    st.emit(
+        &crm_event(kind, "update"),
+        json!({"FIELDS": {"ID": id.to_string()}}),
+        who,
+        dl,
+    );
+    Ok(())
+}
+
 fn add(
     st: &mut State,
     who: &Caller,
@@ -351,27 +389,9 @@ pub fn crm_v2(
         "update" => {
             let id = id_param(params)?;
             let fields = fields_param(params)?;
-            let mut row = st.tables[&kind]
-                .rows
-                .get(&id)
-                .cloned()
-                .ok_or_else(|| crm_err("Not found"))?;
-            check_stage(kind, &fields, Some(&row), false)?;
-            write_fields(st, kind, &mut row, &fields, false);
-            row.insert("DATE_MODIFY".into(), Value::String(iso(st.now())));
-            row.insert(
-                "MODIFY_BY_ID".into(),
-                Value::String(who.user_id.to_string()),
-            );
-            if let Some(t) = st.tables.get_mut(&kind) {
-                t.rows.insert(id, row);
-            }
-            st.emit(
-                &crm_event(kind, "update"),
-                json!({"FIELDS": {"ID": id.to_string()}}),
-                who,
-                dl,
-            );
+            update(st, who, kind, id, &fields, false, dl, || {
+                crm_err("Not found")
+            })?;
             Ok(Out {
                 result: Value::Bool(true),
                 cost: 0.04,
@@ -465,23 +485,9 @@ pub fn crm_item(
                 Some(Value::Object(o)) => o.clone(),
                 _ => return Err(perr(400, "INVALID_ARG_VALUE", "fields is required")),
             };
-            let mut row = st.tables[&kind]
-                .rows
-                .get(&id)
-                .cloned()
-                .ok_or_else(|| perr(400, "NOT_FOUND", "Item not found"))?;
-            check_stage(kind, &fields, Some(&row), true)?;
-            write_fields(st, kind, &mut row, &fields, true);
-            row.insert("DATE_MODIFY".into(), Value::String(iso(st.now())));
-            if let Some(t) = st.tables.get_mut(&kind) {
-                t.rows.insert(id, row);
-            }
-            st.emit(
-                &crm_event(kind, "update"),
-                json!({"FIELDS": {"ID": id.to_string()}}),
-                who,
-                dl,
-            );
+            update(st, who, kind, id, &fields, true, dl, || {
+                perr(400, "NOT_FOUND", "Item not found")
+            })?;
             Ok(Out {
                 result: json!({"item": item_of(st, id)}),
                 cost: 0.04,
