@@ -83,6 +83,25 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
     INTERNAL
 }
 
+/// An error as one line for a person: `outer: inner: …`, ending at the first b24 error whose
+/// own message already names its cause (every variant but `State`, whose message is only the
+/// context). The transport or JSON errors b24 keeps below it as `source` are for programs and
+/// logs: printed, they would repeat the cause as four more levels of reqwest and hyper, and
+/// the text would change with those crates' wording. Every place the CLI shows an error
+/// (main, doctor, MCP) prints it with this, not with `{e:#}`.
+pub fn chain_text(err: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in err.chain() {
+        parts.push(cause.to_string());
+        if let Some(e) = cause.downcast_ref::<Error>()
+            && !matches!(e, Error::State { .. })
+        {
+            break;
+        }
+    }
+    parts.join(": ")
+}
+
 /// A file the caller named that is missing or unreadable is their input; a disk that is full
 /// or failing is not.
 fn code_for_io(e: &std::io::Error) -> i32 {
@@ -141,5 +160,36 @@ mod tests {
             reason: "another origin".into(),
         };
         assert_eq!(code_for_b24(&redirect), API);
+    }
+
+    #[test]
+    fn chain_text_stops_at_the_b24_error_that_names_its_cause() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset by peer");
+        let transient = Error::Transient {
+            method: "crm.lead.list".into(),
+            reason: "connection reset".into(),
+            attempts: 3,
+            source: Some(Box::new(io)),
+        };
+        let err = anyhow::Error::new(transient).context("doctor: clock");
+        assert_eq!(
+            chain_text(&err),
+            "doctor: clock: crm.lead.list: connection reset (after 3 attempts)",
+            "the transport error below it is not repeated"
+        );
+        assert!(format!("{err:#}").ends_with("reset by peer"));
+        // `State` only names the context: its source is the cause and is kept.
+        let state = Error::state(
+            "limiter store",
+            std::io::Error::new(std::io::ErrorKind::StorageFull, "disk full"),
+        );
+        assert_eq!(
+            chain_text(&anyhow::Error::new(state)),
+            "state: limiter store: disk full"
+        );
+        assert_eq!(
+            chain_text(&anyhow::anyhow!("inner").context("outer")),
+            "outer: inner"
+        );
     }
 }

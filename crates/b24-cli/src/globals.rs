@@ -150,7 +150,7 @@ pub struct Globals {
     vars_cache: std::sync::OnceLock<Vec<(String, HashMap<String, String>)>>,
 }
 
-/// Logs go to stderr only: stdout is for data.
+/// Logs go to stderr only (stdout is for data), redacted line by line (see [`crate::logs`]).
 pub fn init_tracing(g: &Globals) {
     let default = match g.verbose {
         0 => "warn",
@@ -164,7 +164,7 @@ pub fn init_tracing(g: &Globals) {
     // reading stderr) they are noise.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::logs::MakeRedacted)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -11,6 +11,7 @@ mod cmd;
 mod exec;
 mod exit;
 mod globals;
+mod logs;
 mod mcp;
 mod out;
 mod policy_args;
@@ -63,7 +64,7 @@ fn main() -> std::process::ExitCode {
 /// the same text MCP gives the model) under the portal's own words; an empty code is not
 /// printed as a code.
 fn describe(err: &anyhow::Error) -> String {
-    let text = chain_text(err).replace("<empty code>: ", "");
+    let text = exit::chain_text(err).replace("<empty code>: ", "");
     for cause in err.chain() {
         if let Some(b24::Error::Api(a)) = cause.downcast_ref::<b24::Error>() {
             let f = b24_guard::fixes::portal_error(&a.code, &a.description, &a.method);
@@ -71,21 +72,4 @@ fn describe(err: &anyhow::Error) -> String {
         }
     }
     text
-}
-
-/// The chain as `outer: inner: …`, ending at the first b24 error whose own message already
-/// names its cause (every variant but `State`, whose message is only the context): the
-/// transport or JSON errors b24 keeps below it as `source` are for programs and logs, and
-/// printed here would repeat the cause as four more levels of reqwest and hyper.
-fn chain_text(err: &anyhow::Error) -> String {
-    let mut parts = Vec::new();
-    for cause in err.chain() {
-        parts.push(cause.to_string());
-        if let Some(e) = cause.downcast_ref::<b24::Error>()
-            && !matches!(e, b24::Error::State { .. })
-        {
-            break;
-        }
-    }
-    parts.join(": ")
 }

@@ -311,7 +311,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             r.add(
                 "policy",
                 Status::Fail,
-                format!("{e:#}"),
+                crate::exit::chain_text(&e),
                 Some("fix the file and line named above; until then every call is refused".into()),
             );
             None

@@ -180,7 +180,7 @@ impl B24Mcp {
                     }
                     Err(e) => json!({"error": gate.redact_text(&e.to_string())}),
                 },
-                Err(e) => json!({"error": format!("{e:#}")}),
+                Err(e) => json!({"error": crate::exit::chain_text(&e)}),
             };
         }
         Ok(self.ok(v))

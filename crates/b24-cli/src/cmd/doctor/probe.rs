@@ -136,7 +136,12 @@ pub(super) async fn probe(
         let res = match &gate {
             Ok(gate) => gate.call(req, &b24_guard::gate::NoPerson).await,
             Err(e) => {
-                r.add(&format!("method {m}"), Status::Fail, format!("{e:#}"), None);
+                r.add(
+                    &format!("method {m}"),
+                    Status::Fail,
+                    crate::exit::chain_text(e),
+                    None,
+                );
                 continue;
             }
         };
