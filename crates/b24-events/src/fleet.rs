@@ -81,6 +81,18 @@ pub struct PortalCounters {
     pub wakeups: u64,
 }
 
+impl PortalCounters {
+    /// Add `other`'s counts to these (portals summed under one label).
+    pub(crate) fn add(&mut self, other: &PortalCounters) {
+        self.polls += other.polls;
+        self.pulled += other.pulled;
+        self.errors += other.errors;
+        self.locked_elsewhere += other.locked_elsewhere;
+        self.at_cap += other.at_cap;
+        self.wakeups += other.wakeups;
+    }
+}
+
 /// Totals, and counters per portal. Per-portal label sets are bounded: at most
 /// [`MAX_PORTAL_LABELS`] portals get their own; the rest are summed under `other`.
 #[derive(Debug, Default)]
@@ -166,16 +178,24 @@ pub async fn run(
     let mut rounds = tokio::task::JoinSet::new();
     let mut last_scan: Option<Instant> = None;
     let mut depths: HashMap<String, i64> = HashMap::new();
+    tracing::info!(
+        pull_concurrency = cfg.concurrency,
+        per_portal_cap = cfg.per_portal_cap,
+        poll_min = ?cfg.poll_min,
+        poll_max = ?cfg.poll_max,
+        "pulling every installed portal"
+    );
     loop {
         if stop.is_cancelled() {
             break;
         }
         let now = Instant::now();
         if last_scan.is_none_or(|t| now.duration_since(t) >= cfg.rescan) {
+            let first = last_scan.is_none();
             last_scan = Some(now);
             // A failed read (the database away, no connection free) is logged and tried again
             // at the next rescan; the fleet keeps pulling the portals it knows meanwhile.
-            let scanned = match rescan(&reg, &mut portals, &stats, now).await {
+            let scanned = match rescan(&reg, &mut portals, &stats, now, first).await {
                 Ok(()) => reg.queue_depths().await,
                 Err(e) => Err(e),
             };
@@ -256,6 +276,10 @@ pub async fn run(
         }
     }
     // Let rounds in flight finish their commit-then-clear; nothing new starts.
+    tracing::info!(
+        in_flight = rounds.len(),
+        "stopping the pulls: letting rounds in flight finish"
+    );
     while let Some(done) = rounds.join_next().await {
         if let Ok((member, recovered, out)) = done {
             settle(
@@ -269,6 +293,12 @@ pub async fn run(
             );
         }
     }
+    tracing::info!(
+        polls = stats.polls.load(Relaxed),
+        pulled = stats.pulled.load(Relaxed),
+        errors = stats.errors.load(Relaxed),
+        "stopped pulling"
+    );
     Ok(())
 }
 
@@ -277,6 +307,7 @@ async fn rescan(
     portals: &mut HashMap<String, Portal>,
     stats: &FleetStats,
     now: Instant,
+    first: bool,
 ) -> Result<()> {
     let installed: Vec<Installation> = reg
         .list()
@@ -287,10 +318,25 @@ async fn rescan(
     let keep: std::collections::HashSet<&str> =
         installed.iter().map(|i| i.member_id.as_str()).collect();
     // Uninstalled or removed: its work stops here (a round in flight finishes its commit).
-    portals.retain(|m, _| keep.contains(m.as_str()));
+    portals.retain(|m, p| {
+        let kept = keep.contains(m.as_str());
+        if !kept {
+            tracing::info!(member_id = %m, domain = %p.inst.domain, "portal no longer installed: not pulled any more");
+        }
+        kept
+    });
     for inst in installed {
         let member = inst.member_id.clone();
         let wake = inst.wake_at;
+        if !portals.contains_key(&member) {
+            // Each new portal at info once the fleet runs; the ones found at start are one
+            // line (below), each of them at debug.
+            if first {
+                tracing::debug!(member_id = %member, domain = %inst.domain, "serving portal");
+            } else {
+                tracing::info!(member_id = %member, domain = %inst.domain, "portal installed: now pulled");
+            }
+        }
         let p = portals.entry(member.clone()).or_insert_with(|| Portal {
             inst: inst.clone(),
             client: None,
@@ -325,6 +371,9 @@ async fn rescan(
             p.client = None;
         }
         p.inst = inst;
+    }
+    if first {
+        tracing::info!(portals = portals.len(), "serving installed portals");
     }
     stats.portals.store(portals.len() as u64, Relaxed);
     Ok(())
@@ -417,6 +466,7 @@ fn settle(
         return;
     };
     p.busy = false;
+    let backoff = p.backoff;
     match out {
         Outcome::Pulled(n) => {
             p.woken = false;
@@ -449,5 +499,8 @@ fn settle(
             p.backoff = (p.backoff * 2).clamp(cfg.poll_min, cfg.poll_max);
             p.next_at = now + p.backoff;
         }
+    }
+    if p.backoff != backoff {
+        tracing::debug!(member_id = %member, backoff = ?p.backoff, "portal poll back-off changed");
     }
 }

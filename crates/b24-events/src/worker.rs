@@ -250,9 +250,25 @@ pub async fn run(
     stats: Arc<WorkerStats>,
     stop: CancellationToken,
 ) -> Result<()> {
+    // Only the portal's host, never its address: a webhook's address carries its code.
+    tracing::info!(
+        worker = %cfg.id,
+        concurrency = cfg.concurrency,
+        per_portal_concurrency = ?cfg.per_portal_concurrency,
+        pulls = cfg.pull.as_ref().map(b24::Client::portal).unwrap_or("none (queue only)"),
+        store = store.backend(),
+        once = cfg.once,
+        "worker started"
+    );
     if let Some(client) = &cfg.pull {
         let r = pull::recover(client, &store).await?;
         stats.pulled.fetch_add(r.fetched as u64, Relaxed);
+        if r.fetched > 0 {
+            tracing::info!(
+                recovered = r.fetched,
+                "offline events left by an earlier run queued"
+            );
+        }
     }
     let pruner = cfg
         .processed_retention
@@ -267,6 +283,12 @@ pub async fn run(
     }
     if let Some(p) = pruner {
         p.abort();
+    }
+    match &result {
+        Ok(()) => tracing::info!(worker = %cfg.id, stats = %stats.snapshot(), "worker stopped"),
+        Err(e) => {
+            tracing::error!(worker = %cfg.id, error = %e, stats = %stats.snapshot(), "worker stopped on an error")
+        }
     }
     result
 }
@@ -335,6 +357,13 @@ async fn handle(
             stats.failed.fetch_add(1, Relaxed);
             if store.fail(&job, &worker, &why, retry).await? {
                 stats.dead.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    key = %job.key,
+                    event = ?job.name,
+                    member_id = %crate::queue::portal_of(&job.payload),
+                    attempts = job.attempts,
+                    "event dead-lettered: no attempts left (see `b24 dlq`)"
+                );
             }
             Ok(None)
         }
@@ -355,6 +384,10 @@ async fn work(
     let mut last_found = true;
     loop {
         if stop.is_cancelled() {
+            tracing::info!(
+                running = running.tasks.len(),
+                "stopping: no new jobs claimed, waiting for running handlers"
+            );
             break;
         }
         let mut pulled_any = false;
@@ -369,7 +402,9 @@ async fn work(
             tokio::pin!(pulling);
             let r = loop {
                 tokio::select! {
-                    r = &mut pulling => break r?,
+                    r = &mut pulling => break r.inspect_err(|e| {
+                        tracing::warn!(portal = client.portal(), error = %e, "offline pull failed");
+                    })?,
                     Some(r) = running.tasks.join_next(), if !running.tasks.is_empty() => {
                         running.take(r)?;
                         running.collect()?;

@@ -16,3 +16,4 @@ mod newcomer;
 mod portals;
 mod skill;
 mod terminal;
+mod worker_logs;

@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -77,6 +77,64 @@ const PORTAL_SERIES: [(&str, &str, PortalGet); 5] = [
         "b24_portal_at_cap",
         "Pull rounds skipped because the portal had its cap of events queued",
         |c| c.at_cap,
+    ),
+];
+
+type WorkerGet = fn(&WorkerStats) -> &AtomicU64;
+
+/// The worker's counters (names without `_total`), read from its [`WorkerStats`].
+const WORKER_SERIES: [(&str, &str, WorkerGet); 7] = [
+    ("b24_worker_handled", "Events handled by this worker", |w| {
+        &w.handled
+    }),
+    (
+        "b24_worker_failures",
+        "Handler failures (retried or dead-lettered)",
+        |w| &w.failed,
+    ),
+    (
+        "b24_worker_pulled",
+        "Offline events pulled from the portal",
+        |w| &w.pulled,
+    ),
+    (
+        "b24_worker_offline_polls",
+        "event.offline.get rounds (adaptive: back off while the portal's queue is empty)",
+        |w| &w.polls,
+    ),
+    (
+        "b24_worker_wakeups",
+        "ONOFFLINEEVENT notifications that made the worker pull at once",
+        |w| &w.wakeups,
+    ),
+    (
+        "b24_worker_lease_renewals",
+        "Leases extended while a handler ran",
+        |w| &w.renewals,
+    ),
+    (
+        "b24_processed_keys_pruned",
+        "Processed idempotency keys forgotten after the retention window",
+        |w| &w.pruned,
+    ),
+];
+
+type ClientGet = fn(&b24::ClientStats) -> u64;
+
+/// A single-portal worker's client counters (names without `_total`).
+const CLIENT_SERIES: [(&str, &str, ClientGet); 5] = [
+    ("b24_http_requests", "REST requests sent", |c| c.requests),
+    ("b24_http_retries", "REST retries", |c| c.retries),
+    ("b24_http_503", "QUERY_LIMIT_EXCEEDED answers", |c| {
+        c.status_503
+    }),
+    ("b24_http_429", "OPERATION_TIME_LIMIT answers", |c| {
+        c.status_429
+    }),
+    (
+        "b24_limiter_waits",
+        "Times the limiter delayed a request",
+        |c| c.limiter_waits,
     ),
 ];
 
@@ -165,13 +223,7 @@ impl Snapshot {
         // label set must not repeat.
         let mut portals: std::collections::BTreeMap<String, PortalCounters> = Default::default();
         for (m, c) in f.portal_counters() {
-            let p = portals.entry(member_label(&m)).or_default();
-            p.polls += c.polls;
-            p.pulled += c.pulled;
-            p.errors += c.errors;
-            p.locked_elsewhere += c.locked_elsewhere;
-            p.at_cap += c.at_cap;
-            p.wakeups += c.wakeups;
+            portals.entry(member_label(&m)).or_default().add(&c);
         }
         self.portals = portals.into_iter().collect();
     }
@@ -237,66 +289,18 @@ fn snapshot(
             "Events recorded as done",
             Counter(q.processed.max(0) as u64),
         ),
-        (
-            "b24_worker_handled",
-            "Events handled by this worker",
-            Counter(w.handled.load(Relaxed)),
-        ),
-        (
-            "b24_worker_failures",
-            "Handler failures (retried or dead-lettered)",
-            Counter(w.failed.load(Relaxed)),
-        ),
-        (
-            "b24_worker_pulled",
-            "Offline events pulled from the portal",
-            Counter(w.pulled.load(Relaxed)),
-        ),
-        (
-            "b24_worker_offline_polls",
-            "event.offline.get rounds (adaptive: back off while the portal's queue is empty)",
-            Counter(w.polls.load(Relaxed)),
-        ),
-        (
-            "b24_worker_wakeups",
-            "ONOFFLINEEVENT notifications that made the worker pull at once",
-            Counter(w.wakeups.load(Relaxed)),
-        ),
-        (
-            "b24_worker_lease_renewals",
-            "Leases extended while a handler ran",
-            Counter(w.renewals.load(Relaxed)),
-        ),
-        (
-            "b24_processed_keys_pruned",
-            "Processed idempotency keys forgotten after the retention window",
-            Counter(w.pruned.load(Relaxed)),
-        ),
     ];
+    plain.extend(
+        WORKER_SERIES
+            .iter()
+            .map(|(name, help, get)| (*name, *help, Counter(get(w).load(Relaxed)))),
+    );
     if let Some(c) = client {
-        plain.extend([
-            (
-                "b24_http_requests",
-                "REST requests sent",
-                Counter(c.requests),
-            ),
-            ("b24_http_retries", "REST retries", Counter(c.retries)),
-            (
-                "b24_http_503",
-                "QUERY_LIMIT_EXCEEDED answers",
-                Counter(c.status_503),
-            ),
-            (
-                "b24_http_429",
-                "OPERATION_TIME_LIMIT answers",
-                Counter(c.status_429),
-            ),
-            (
-                "b24_limiter_waits",
-                "Times the limiter delayed a request",
-                Counter(c.limiter_waits),
-            ),
-        ]);
+        plain.extend(
+            CLIENT_SERIES
+                .iter()
+                .map(|(name, help, get)| (*name, *help, Counter(get(c)))),
+        );
     }
     Snapshot {
         plain,

@@ -18,6 +18,8 @@ pub struct PollSchedule {
     max: Duration,
     /// The wait after the next empty answer.
     delay: Duration,
+    /// The wait before the pull now scheduled (to log changes only).
+    wait: Duration,
     next: Instant,
 }
 
@@ -28,6 +30,7 @@ impl PollSchedule {
             min,
             max: max.max(min),
             delay: min,
+            wait: min,
             next: Instant::now(),
         }
     }
@@ -43,18 +46,31 @@ impl PollSchedule {
 
     /// A pull finished: with events, the next one comes after `min` and the backoff restarts;
     /// empty, it comes after the current delay, which then doubles (up to `max`).
+    /// Back-off changes are logged at debug level (an idle worker's wait settling at `max`
+    /// is one line, not one per poll).
     pub fn pulled(&mut self, found: bool) {
-        if found {
+        let wait = if found {
             self.delay = self.min;
-            self.next = Instant::now() + self.min;
+            self.min
         } else {
-            self.next = Instant::now() + self.delay;
+            let wait = self.delay;
             self.delay = (self.delay * 2).min(self.max);
+            wait
+        };
+        if wait != self.wait {
+            tracing::debug!(
+                next_poll_in = ?wait,
+                found,
+                "offline poll back-off changed"
+            );
+            self.wait = wait;
         }
+        self.next = Instant::now() + wait;
     }
 
     /// The portal said new rows are queued: pull now, and fast afterwards.
     pub fn wake(&mut self) {
+        tracing::debug!("woken by ONOFFLINEEVENT: polling now");
         self.delay = self.min;
         self.next = Instant::now();
     }
