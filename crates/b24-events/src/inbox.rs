@@ -7,6 +7,7 @@
 //! for deliveries refused at the door, see [`Refused`]), so the queue's schema is not touched.
 
 mod refused;
+mod rows;
 
 pub use refused::{RefusalBudget, Refused};
 
@@ -46,6 +47,20 @@ pub struct Reject {
     /// The body exactly as received (tokens included: the table is as private as the queue).
     pub raw_body: Vec<u8>,
     pub received_at: f64,
+}
+
+impl rows::FromRow for Reject {
+    fn from_row(r: &rows::Row<'_, '_>) -> Result<Self> {
+        Ok(Reject {
+            id: r.get(0)?,
+            key: r.get(1)?,
+            member_id: r.get(2)?,
+            event: r.get(3)?,
+            reason: r.get(4)?,
+            raw_body: r.get(5)?,
+            received_at: r.get(6)?,
+        })
+    }
 }
 
 /// The receiver's side store.
@@ -207,42 +222,7 @@ impl Inbox {
     /// The kept rejects, oldest first.
     pub async fn rejects(&self, limit: i64) -> Result<Vec<Reject>> {
         const Q: &str = "SELECT id, key, member_id, event, reason, raw_body, received_at FROM b24_receiver_rejects ORDER BY id LIMIT ";
-        match self {
-            Inbox::Sqlite { conn, .. } => {
-                Self::sqlite(conn, move |c| {
-                    let mut st = c.prepare(&format!("{Q}?1"))?;
-                    let rows = st.query_map([limit], |r| {
-                        Ok(Reject {
-                            id: r.get(0)?,
-                            key: r.get(1)?,
-                            member_id: r.get(2)?,
-                            event: r.get(3)?,
-                            reason: r.get(4)?,
-                            raw_body: r.get(5)?,
-                            received_at: r.get(6)?,
-                        })
-                    })?;
-                    rows.collect()
-                })
-                .await
-            }
-            Inbox::Postgres(pool) => {
-                let c = pool.get().await.map_err(se)?;
-                let rows = c.query(&format!("{Q}$1"), &[&limit]).await.map_err(se)?;
-                Ok(rows
-                    .iter()
-                    .map(|r| Reject {
-                        id: r.get(0),
-                        key: r.get(1),
-                        member_id: r.get(2),
-                        event: r.get(3),
-                        reason: r.get(4),
-                        raw_body: r.get(5),
-                        received_at: r.get(6),
-                    })
-                    .collect())
-            }
-        }
+        self.select(Q, limit).await
     }
 
     /// The portal (host) a member was verified on at install.

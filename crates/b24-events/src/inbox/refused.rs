@@ -139,42 +139,20 @@ impl Inbox {
     /// The refusals kept, newest first.
     pub async fn refusals(&self, limit: i64) -> Result<Vec<Refused>> {
         const Q: &str = "SELECT id, reason, event, member_id, bytes, more, received_at FROM b24_receiver_refused ORDER BY id DESC LIMIT ";
-        match self {
-            Inbox::Sqlite { conn, .. } => {
-                Self::sqlite(conn, move |c| {
-                    let mut st = c.prepare(&format!("{Q}?1"))?;
-                    let rows = st.query_map([limit], |r| {
-                        Ok(Refused {
-                            id: r.get(0)?,
-                            reason: r.get(1)?,
-                            event: r.get(2)?,
-                            member_id: r.get(3)?,
-                            bytes: r.get(4)?,
-                            more: r.get(5)?,
-                            received_at: r.get(6)?,
-                        })
-                    })?;
-                    rows.collect()
-                })
-                .await
-            }
-            Inbox::Postgres(pool) => {
-                let c = pool.get().await.map_err(se)?;
-                let rows = c.query(&format!("{Q}$1"), &[&limit]).await.map_err(se)?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(Refused {
-                            id: r.try_get(0).map_err(se)?,
-                            reason: r.try_get(1).map_err(se)?,
-                            event: r.try_get(2).map_err(se)?,
-                            member_id: r.try_get(3).map_err(se)?,
-                            bytes: r.try_get(4).map_err(se)?,
-                            more: r.try_get(5).map_err(se)?,
-                            received_at: r.try_get(6).map_err(se)?,
-                        })
-                    })
-                    .collect()
-            }
-        }
+        self.select(Q, limit).await
+    }
+}
+
+impl super::rows::FromRow for Refused {
+    fn from_row(r: &super::rows::Row<'_, '_>) -> Result<Self> {
+        Ok(Refused {
+            id: r.get(0)?,
+            reason: r.get(1)?,
+            event: r.get(2)?,
+            member_id: r.get(3)?,
+            bytes: r.get(4)?,
+            more: r.get(5)?,
+            received_at: r.get(6)?,
+        })
     }
 }
