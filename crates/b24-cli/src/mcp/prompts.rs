@@ -202,26 +202,70 @@ fn opt(value: &str, prefix: &str) -> String {
     }
 }
 
+/// The longest value one prompt argument may have, in bytes (a record's description or an error
+/// message fits; a pasted document does not belong in a prompt).
+pub const MAX_ARG_BYTES: usize = 4096;
+/// The most arguments one prompts/get may carry (no prompt takes more than a few).
+pub const MAX_ARGS: usize = 8;
+
+/// At most `max` characters of `s`, for echoing a caller's text back in an error.
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
 /// prompts/get: the task with its arguments filled in, then links to its references. An
-/// unknown prompt, a missing required argument or an unknown argument is `-32602`.
+/// unknown prompt, a missing required argument, an unknown argument, more than [`MAX_ARGS`]
+/// arguments or one longer than [`MAX_ARG_BYTES`] is `-32602` (nothing is filled in).
 pub fn get(name: &str, args: Option<&JsonObject>) -> Result<GetPromptResult, ErrorData> {
     let Some(task) = TASKS.iter().find(|t| t.name == name) else {
         let names: Vec<&str> = TASKS.iter().map(|t| t.name).collect();
         return Err(ErrorData::invalid_params(
-            format!("no prompt {name:?}; b24 has: {}", names.join(", ")),
+            format!(
+                "no prompt {:?}; b24 has: {}",
+                shorten(name, 64),
+                names.join(", ")
+            ),
             None,
         ));
     };
     let empty = JsonObject::new();
     let given = args.unwrap_or(&empty);
+    if given.len() > MAX_ARGS {
+        return Err(ErrorData::invalid_params(
+            format!(
+                "prompt {name} got {} arguments; it takes at most {} (limit {MAX_ARGS})",
+                given.len(),
+                task.args.len()
+            ),
+            None,
+        ));
+    }
     if let Some(k) = given
         .keys()
         .find(|k| !task.args.iter().any(|a| a.name == *k))
     {
         return Err(ErrorData::invalid_params(
-            format!("prompt {name} takes no argument {k:?}"),
+            format!("prompt {name} takes no argument {:?}", shorten(k, 64)),
             None,
         ));
+    }
+    for (k, v) in given {
+        let len = match v {
+            Value::String(s) => s.len(),
+            Value::Null => 0,
+            other => other.to_string().len(),
+        };
+        if len > MAX_ARG_BYTES {
+            return Err(ErrorData::invalid_params(
+                format!(
+                    "prompt {name}: the argument {k:?} is {len} bytes; at most {MAX_ARG_BYTES} are taken"
+                ),
+                None,
+            ));
+        }
     }
     let value = |k: &str| -> String {
         match given.get(k) {
