@@ -59,6 +59,20 @@ pub struct Args {
     /// any other Origin get 403; requests without one (agent hosts) are not affected.
     #[arg(long = "allowed-origin", value_name = "ORIGIN", requires = "http")]
     pub allowed_origins: Vec<String>,
+    /// Live HTTP sessions of all clients together; a new session beyond it gets 429 (no live
+    /// session is closed to make room).
+    #[arg(long, value_name = "N", requires = "http",
+          default_value_t = crate::mcp::http::DEFAULT_MAX_SESSIONS)]
+    pub max_sessions: usize,
+    /// Live HTTP sessions one client token may hold; a new session beyond it gets 429.
+    #[arg(long, value_name = "N", requires = "http",
+          default_value_t = crate::mcp::http::DEFAULT_MAX_SESSIONS_PER_CLIENT)]
+    pub max_sessions_per_client: usize,
+    /// Close an HTTP session after this many seconds without a request (it then stops counting
+    /// towards the caps).
+    #[arg(long, value_name = "SECS", requires = "http",
+          default_value_t = crate::mcp::http::DEFAULT_SESSION_IDLE.as_secs())]
+    pub session_idle_secs: u64,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -124,6 +138,9 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                 behind_tls_proxy: args.behind_tls_proxy,
                 allowed_hosts: args.allowed_hosts,
                 allowed_origins: args.allowed_origins,
+                max_sessions: args.max_sessions,
+                max_sessions_per_client: args.max_sessions_per_client,
+                session_idle: std::time::Duration::from_secs(args.session_idle_secs),
             };
             crate::mcp::http::serve(g, elicit, opts, crate::cmd::events::shutdown_token()).await?;
         }

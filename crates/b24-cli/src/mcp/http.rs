@@ -12,6 +12,13 @@
 //! - **Sessions bound to their client.** A session created with one token is not usable with
 //!   another (answered like an unknown session), so a leaked session id is worth nothing
 //!   without its token.
+//! - **Bounded sessions.** Each live session holds a worker task and buffers, so their number
+//!   is capped per client (`--max-sessions-per-client`, default
+//!   [`DEFAULT_MAX_SESSIONS_PER_CLIENT`]) and in all (`--max-sessions`, default
+//!   [`DEFAULT_MAX_SESSIONS`]). At a cap a request that would open a session gets `429` with a
+//!   JSON-RPC error saying which cap; no live session is closed to make room. A session with no
+//!   request for `--session-idle-secs` (default 300) is closed by rmcp's session manager and
+//!   stops counting; so does one the client ends with `DELETE`.
 //! - **DNS rebinding.** rmcp checks `Host` (loopback names by default, plus `--allowed-host`)
 //!   and, because we enable it, `Origin`: a request with an `Origin` not listed in
 //!   `--allowed-origin` gets `403`, as the MCP transport spec requires.
@@ -53,6 +60,12 @@ const GRACE: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The header rmcp keeps the session in.
 const SESSION_HEADER: &str = "mcp-session-id";
+/// Live sessions one client (token) may hold at once.
+pub const DEFAULT_MAX_SESSIONS_PER_CLIENT: usize = 16;
+/// Live sessions of all clients together.
+pub const DEFAULT_MAX_SESSIONS: usize = 256;
+/// A session without a request for this long is closed.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(300);
 
 /// How `b24 mcp --http` was asked to serve.
 #[derive(Debug, Clone)]
@@ -66,6 +79,12 @@ pub struct HttpOptions {
     pub allowed_hosts: Vec<String>,
     /// Browser origins accepted; every other `Origin` gets 403.
     pub allowed_origins: Vec<String>,
+    /// Live sessions in all; a new one beyond it is refused (429).
+    pub max_sessions: usize,
+    /// Live sessions per client; a new one beyond it is refused (429).
+    pub max_sessions_per_client: usize,
+    /// A session idle this long is closed.
+    pub session_idle: Duration,
 }
 
 impl HttpOptions {
@@ -77,6 +96,14 @@ impl HttpOptions {
                 "--http {}: a non-loopback address needs TLS (--tls-cert FILE --tls-key FILE), or --behind-tls-proxy when a proxy in front terminates it; bearer tokens must not travel in clear text",
                 self.addr
             ));
+        }
+        if self.max_sessions == 0 || self.max_sessions_per_client == 0 {
+            return Err(
+                "--max-sessions and --max-sessions-per-client must be at least 1".to_string(),
+            );
+        }
+        if self.session_idle.is_zero() {
+            return Err("--session-idle-secs must be at least 1".to_string());
         }
         if ip.is_unspecified() && self.allowed_hosts.is_empty() {
             return Err(format!(
@@ -104,9 +131,119 @@ impl HttpOptions {
 /// What the authentication layer needs.
 struct Auth {
     tokens: Arc<TokenStore>,
-    /// Session id → the client that created it, and when it was recorded.
-    sessions: Mutex<HashMap<String, (String, Instant)>>,
+    sessions: Mutex<Sessions>,
     manager: Arc<LocalSessionManager>,
+    max_sessions: usize,
+    max_per_client: usize,
+}
+
+/// The sessions this layer knows of.
+#[derive(Default)]
+struct Sessions {
+    /// Session id → the client that created it, and when it was recorded.
+    owners: HashMap<String, (String, Instant)>,
+    /// Requests that may open a session, in flight, per client: they hold a place under the
+    /// caps until they are answered, so parallel requests cannot all pass a check that only
+    /// some should.
+    opening: HashMap<String, usize>,
+}
+
+impl Sessions {
+    fn opening_total(&self) -> usize {
+        self.opening.values().sum()
+    }
+
+    fn count_of(&self, client: &str) -> usize {
+        self.owners.values().filter(|(o, _)| o == client).count()
+            + self.opening.get(client).copied().unwrap_or(0)
+    }
+
+    fn release(&mut self, client: &str) {
+        if let Some(n) = self.opening.get_mut(client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.opening.remove(client);
+            }
+        }
+    }
+}
+
+/// A place taken under the caps; given back when dropped (also when the client goes away
+/// before its answer).
+struct Opening<'a> {
+    auth: &'a Auth,
+    client: String,
+    /// Still to be given back (false once it became a session).
+    held: bool,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        self.auth
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(&self.client);
+    }
+}
+
+impl Auth {
+    /// Take a place for a request that may open a session of `client`, or say which cap is
+    /// reached. Sessions the manager has closed (idle, `DELETE`, ended) are forgotten first.
+    async fn take_place(&self, client: &str) -> Result<Opening<'_>, String> {
+        // Sessions recorded after this instant may be missing from the manager's list (opened
+        // meanwhile by another request) and are kept whatever it says.
+        let listed_at = Instant::now();
+        let live: std::collections::HashSet<String> = self
+            .manager
+            .sessions
+            .read()
+            .await
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        let mut s = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        s.owners
+            .retain(|k, (_, at)| *at >= listed_at || live.contains(k));
+        let mine = s.count_of(client);
+        if mine >= self.max_per_client {
+            return Err(format!(
+                "this client already has {mine} live MCP sessions, the most one client may hold (--max-sessions-per-client {}); reuse a session, end unused ones with DELETE, or wait until idle ones expire",
+                self.max_per_client
+            ));
+        }
+        let total = s.owners.len() + s.opening_total();
+        if total >= self.max_sessions {
+            return Err(format!(
+                "the server already has {total} live MCP sessions, the most it holds (--max-sessions {}); try again when sessions have ended or expired",
+                self.max_sessions
+            ));
+        }
+        *s.opening.entry(client.to_string()).or_default() += 1;
+        Ok(Opening {
+            auth: self,
+            client: client.to_string(),
+            held: true,
+        })
+    }
+}
+
+/// `429` with a JSON-RPC error: no session was opened.
+fn too_many_sessions(message: &str) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": {"code": -32000, "message": message, "data": {"error": "too_many_sessions"}},
+        })
+        .to_string(),
+    )
+        .into_response()
 }
 
 fn unauthorized(invalid: bool, message: &str) -> Response {
@@ -206,6 +343,7 @@ async fn authenticate(
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .owners
             .get(s)
             .map(|(o, _)| o.clone());
         // Only the client that opened a session may use it; a session without a recorded
@@ -220,6 +358,19 @@ async fn authenticate(
     tracing::debug!(client = %client.name, method = %req.method(), "mcp http request");
     let name = client.name.clone();
     let is_delete = req.method() == Method::DELETE;
+    // Only a POST without a session can open one (an `initialize`); it needs a place under
+    // the caps before rmcp sees it.
+    let place = if session.is_none() && req.method() == Method::POST {
+        match auth.take_place(&name).await {
+            Ok(p) => Some(p),
+            Err(why) => {
+                tracing::warn!(client = %name, "mcp http: refused a new session: {why}");
+                return too_many_sessions(&why);
+            }
+        }
+    } else {
+        None
+    };
     req.extensions_mut().insert(client);
     let resp = next.run(req).await;
     if session.is_none()
@@ -228,29 +379,13 @@ async fn authenticate(
             .get(SESSION_HEADER)
             .and_then(|v| v.to_str().ok())
     {
-        let full = auth.sessions.lock().map(|m| m.len()).unwrap_or(0) >= 1024;
-        // Sessions recorded after this instant may be missing from the manager's list below
-        // (opened meanwhile by another request) and are kept whatever it says.
-        let listed_at = Instant::now();
-        let live: Option<std::collections::HashSet<String>> = if full {
-            Some(
-                auth.manager
-                    .sessions
-                    .read()
-                    .await
-                    .keys()
-                    .map(|k| k.to_string())
-                    .collect(),
-            )
-        } else {
-            None
-        };
-        let mut map = auth.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(live) = live {
-            // Forget sessions the manager has closed (idle timeout, DELETE, shutdown).
-            map.retain(|k, (_, at)| *at >= listed_at || live.contains(k));
+        let mut s = auth.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        s.owners.insert(new.to_string(), (name, Instant::now()));
+        // The place becomes the session: released under the same lock, so no count misses it.
+        if let Some(mut p) = place {
+            s.release(&p.client);
+            p.held = false;
         }
-        map.insert(new.to_string(), (name, Instant::now()));
     } else if is_delete
         && resp.status().is_success()
         && let Some(s) = &session
@@ -258,6 +393,7 @@ async fn authenticate(
         auth.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .owners
             .remove(s);
     }
     resp
@@ -320,7 +456,9 @@ pub async fn serve(
         );
     }
 
-    let manager = Arc::new(LocalSessionManager::default());
+    let mut manager = LocalSessionManager::default();
+    manager.session_config.keep_alive = Some(opts.session_idle);
+    let manager = Arc::new(manager);
     let config = StreamableHttpServerConfig::default()
         .with_cancellation_token(shutdown.child_token())
         .with_allowed_hosts(opts.hosts())
@@ -334,8 +472,10 @@ pub async fn serve(
     );
     let auth = Arc::new(Auth {
         tokens: Arc::new(tokens),
-        sessions: Mutex::new(HashMap::new()),
+        sessions: Mutex::new(Sessions::default()),
         manager,
+        max_sessions: opts.max_sessions,
+        max_per_client: opts.max_sessions_per_client,
     });
     let app = axum::Router::new()
         .route_service(ENDPOINT, service)
