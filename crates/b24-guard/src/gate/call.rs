@@ -239,7 +239,18 @@ impl Gate {
             return Ok(out);
         }
         let key = match (&req.idempotency_key, req.idempotent) {
-            (Some(k), _) => Some(k.trim().to_string()).filter(|k| !k.is_empty()),
+            (Some(k), _) => {
+                let k = k.trim();
+                // Plans are applied under `plan-ID` keys (see `Gate::plan_key`): a caller's key
+                // spelled so could pre-empt a plan (its apply refused) or be replayed as the
+                // plan's result without anything being sent.
+                if k.starts_with("plan-") {
+                    return Err(GateError::Invalid(format!(
+                        "idempotency key {k:?}: keys starting with `plan-` are reserved for applying plans; choose another key"
+                    )));
+                }
+                Some(k.to_string()).filter(|k| !k.is_empty())
+            }
             (None, true) => Some(format!(
                 "auto-{}",
                 &call_hash(checked.method.as_str(), &req.params)[..32]

@@ -89,6 +89,17 @@ impl Gate {
             .map_err(GateError::Store)
     }
 
+    /// The idempotency key a plan is applied under: `plan-ID`, scoped like every key of an MCP
+    /// client (`mcp:NAME:plan-ID`) when a client applies it. Callers cannot give a key starting
+    /// with `plan-` (see [`Gate::call`]) nor, outside HTTP MCP, one starting with `mcp:`, so
+    /// no caller key can be a plan's, and one client's plan keys are never another's.
+    pub(super) fn plan_key(&self, id: &str) -> String {
+        match &self.client {
+            Some(c) => format!("mcp:{c}:plan-{id}"),
+            None => format!("plan-{id}"),
+        }
+    }
+
     fn refuse_plan(&self, id: &str, reason: &str) -> GateError {
         let r = self.refusal(
             "apply",
@@ -171,7 +182,7 @@ impl Gate {
                 risk,
                 Api::parse(&plan.api),
                 plan.params.clone(),
-                Some(format!("plan-{}", plan.id)),
+                Some(self.plan_key(&plan.id)),
                 Some(&plan.id),
                 conf,
                 writes,
