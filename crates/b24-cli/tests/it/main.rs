@@ -12,6 +12,7 @@ mod dlq_rejected;
 mod events;
 mod guard;
 mod mcp;
+mod mcp_limits;
 mod newcomer;
 mod portals;
 mod skill;
