@@ -130,36 +130,7 @@ async fn portals_installed_through_the_receiver_are_addressed_with_portal() {
     let (p0, p1) = (ps.get(0).unwrap(), ps.get(1).unwrap());
     let i0 = p0.info().clone();
     let i1 = p1.info().clone();
-    let mut env = Env::bare();
-    env.set("B24_CLIENT_ID", &i0.client_id);
-    env.set("B24_CLIENT_SECRET", &i0.client_secret);
-    // One OAuth server for every portal (oauth.bitrix.info; here any portal's endpoint).
-    env.set("B24_OAUTH_TOKEN_URL", &i0.oauth_token_url);
-    let mut rx = env
-        .cmd(&[
-            "events",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-portal",
-            "127.0.0.1:*",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    {
-        use std::io::BufRead;
-        let out = rx.stdout.as_mut().unwrap();
-        std::io::BufReader::new(out).read_line(&mut line).unwrap();
-    }
-    let url = serde_json::from_str::<serde_json::Value>(&line).unwrap()["listening"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(p0.install_app(&url).await.status, 200);
-    assert_eq!(p1.install_app(&url).await.status, 200);
+    let (env, rx) = app_on(&ps, 2).await;
 
     let o = env.run(&["portals", "list"]).await;
     assert_eq!(code(&o), 0, "{}", stderr(&o));
@@ -212,7 +183,7 @@ async fn portals_installed_through_the_receiver_are_addressed_with_portal() {
     assert_eq!(p1.stats().refreshes, 1, "the rotated pair was stored");
 
     // Uninstalled: its tokens are gone, nothing acts for it.
-    assert_eq!(p1.uninstall_app(&url).await.status, 200);
+    assert_eq!(p1.uninstall_app(&rx.url).await.status, 200);
     let o = env
         .run(&["--portal", &i1.member_id, "call", "server.time"])
         .await;
@@ -231,8 +202,7 @@ async fn portals_installed_through_the_receiver_are_addressed_with_portal() {
         .run(&["--portal", "nowhere.example", "call", "server.time"])
         .await;
     assert_eq!(code(&o), 2, "{}", stderr(&o));
-    let _ = rx.kill();
-    let _ = rx.wait();
+    drop(rx);
     ps.shutdown().await;
 }
 
@@ -272,38 +242,10 @@ async fn all_portals_worker_survives_sigkills_and_handles_each_event_once() {
     )
     .await
     .unwrap();
-    let i0 = ps.get(0).unwrap().info().clone();
-    let mut env = Env::bare();
-    env.set("B24_CLIENT_ID", &i0.client_id);
-    env.set("B24_CLIENT_SECRET", &i0.client_secret);
-    env.set("B24_OAUTH_TOKEN_URL", &i0.oauth_token_url);
-    let mut rx = env
-        .cmd(&[
-            "events",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-portal",
-            "127.0.0.1:*",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    {
-        use std::io::BufRead;
-        let out = rx.stdout.as_mut().unwrap();
-        std::io::BufReader::new(out).read_line(&mut line).unwrap();
-    }
-    let url = serde_json::from_str::<serde_json::Value>(&line).unwrap()["listening"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (env, rx) = app_on(&ps, 4).await;
     let http = reqwest::Client::new();
     let mut total = 0;
     for (k, p) in ps.iter().enumerate() {
-        assert_eq!(p.install_app(&url).await.status, 200);
         let r = http
             .post(format!("{}/rest/event.bind", p.base_url()))
             .json(&serde_json::json!({"auth": p.info().access_token, "event": "ONCRMLEADADD", "event_type": "offline"}))
@@ -367,8 +309,7 @@ async fn all_portals_worker_survives_sigkills_and_handles_each_event_once() {
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let _ = last.kill();
     let _ = last.wait();
-    let _ = rx.kill();
-    let _ = rx.wait();
+    drop(rx);
     assert_eq!(
         effect_count(env.dir.path()),
         total_effects,

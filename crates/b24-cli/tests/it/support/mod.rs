@@ -7,6 +7,9 @@ use std::process::{Command, Output, Stdio};
 
 pub use b24_sandbox::{Sandbox, SandboxConfig};
 
+mod app;
+pub use app::app_on;
+
 /// Start an in-process sandbox.
 pub async fn sandbox(cfg: SandboxConfig) -> Sandbox {
     b24_sandbox::start(cfg).await.expect("sandbox starts")
