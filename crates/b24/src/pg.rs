@@ -17,14 +17,24 @@
 //! table can use the portal: grant it like a secret.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
+use tokio::sync::Semaphore;
 
 use crate::Error;
 use crate::auth::{TokenPair, TokenStore};
 use crate::limiter::operating::{OpState, OperatingStore, Reservation, Update};
 use crate::limiter::{Gcra, RateStore};
+
+mod pool;
+
+use pool::pg_err;
+pub use pool::{
+    MigrationLock, PgPool, PgRole, PoolBudget, PoolSpec, SessionLock, batch, lock_permit,
+    lock_sessions, open_pool, process_budget, role_config, session_lock, set_process_budget,
+};
 
 /// The schema these stores need. Applied on connect (idempotent) and by `b24 db migrate`.
 pub const MIGRATION: &str = "
@@ -48,16 +58,20 @@ CREATE TABLE IF NOT EXISTS b24_operating (
 );
 ";
 
-fn pg_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    // tokio-postgres errors never include the connection string, so the password stays out.
-    Error::state(format!("postgres {what}: {e}"), e)
-}
+/// The advisory lock [`MIGRATION`] is applied under.
+const MIGRATION_LOCK: MigrationLock = MigrationLock::Name("b24-client-migrate");
+
+/// How long a token refresh waits, by default, for another refresh of the same portal (in
+/// this process or another) before it fails with [`Error::State`].
+pub const TOKEN_LOCK_WAIT: Duration = Duration::from_secs(45);
 
 /// A connection pool to the store database, shared by the rate and token stores.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
-    config: Arc<tokio_postgres::Config>,
+    /// The refresh-lock sessions this store may hold at once.
+    lock_sessions: Arc<Semaphore>,
+    lock_wait: Duration,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -67,34 +81,56 @@ impl std::fmt::Debug for PgStore {
 }
 
 impl PgStore {
-    /// Connect and apply [`MIGRATION`].
+    /// Connect and apply [`MIGRATION`], with the client's pool share of the process's
+    /// [`PoolBudget`]; refresh locks take their sessions from the process's
+    /// [`lock_sessions`].
     pub async fn connect(url: &str) -> Result<PgStore, Error> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| Error::Config(format!("B24_STORE_URL is not a PostgreSQL URL: {e}")))?;
-        let mgr = Manager::from_config(
-            config.clone(),
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(mgr)
-            .max_size(4)
-            .build()
-            .map_err(|e| pg_err("pool", e))?;
-        let store = PgStore {
-            pool,
-            config: Arc::new(config),
-        };
-        store.migrate().await?;
-        Ok(store)
+        Self::connect_with(url, &PoolSpec::for_role(PgRole::Client), lock_sessions()).await
+    }
+
+    /// Connect with an explicit pool and set of refresh-lock sessions (each session is one
+    /// more connection, held while a refresh runs).
+    pub async fn connect_with(
+        url: &str,
+        spec: &PoolSpec,
+        lock_sessions: Arc<Semaphore>,
+    ) -> Result<PgStore, Error> {
+        let p = open_pool(url, spec, MIGRATION_LOCK, |tx| batch(tx, MIGRATION)).await?;
+        Ok(PgStore {
+            pool: p.pool,
+            lock_sessions,
+            lock_wait: TOKEN_LOCK_WAIT,
+        })
+    }
+
+    /// The store of `url` shared by everything in this process (the clients of every portal a
+    /// worker serves, the guard's write budget): one pool per URL and runtime, opened on first
+    /// use. Keyed by runtime too: a pool's connections live on the runtime that opened them.
+    pub async fn shared(url: &str) -> Result<PgStore, Error> {
+        static POOLS: std::sync::LazyLock<
+            tokio::sync::Mutex<std::collections::HashMap<String, PgStore>>,
+        > = std::sync::LazyLock::new(Default::default);
+        let key = format!("{}\0{url}", tokio::runtime::Handle::current().id());
+        let mut pools = POOLS.lock().await;
+        if let Some(p) = pools.get(&key) {
+            return Ok(p.clone());
+        }
+        let p = PgStore::connect(url).await?;
+        pools.insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// How long [`TokenStore::lock`] waits (for a free session, then for the lock) before it
+    /// gives up; [`TOKEN_LOCK_WAIT`] by default.
+    pub fn with_lock_wait(mut self, wait: Duration) -> PgStore {
+        self.lock_wait = wait;
+        self
     }
 
     /// Create the tables if they are missing. Two hosts migrating at once are serialized by
     /// an advisory lock so that `CREATE TABLE IF NOT EXISTS` cannot race.
     pub async fn migrate(&self) -> Result<(), Error> {
-        let mut c = self.pool.get().await.map_err(|e| pg_err("connect", e))?;
+        let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(|e| pg_err("migrate", e))?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext('b24-client-migrate'))",
@@ -102,9 +138,7 @@ impl PgStore {
         )
         .await
         .map_err(|e| pg_err("migrate", e))?;
-        tx.batch_execute(MIGRATION)
-            .await
-            .map_err(|e| pg_err("migrate", e))?;
+        batch(&tx, MIGRATION).await?;
         tx.commit().await.map_err(|e| pg_err("migrate", e))
     }
 
@@ -322,18 +356,6 @@ pub struct PgTokenStore {
     portal: String,
 }
 
-/// Holds the advisory lock: the dedicated session ends (and the lock with it) on drop.
-struct SessionLock {
-    _client: tokio_postgres::Client,
-    driver: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for SessionLock {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
-}
-
 impl TokenStore for PgTokenStore {
     fn load(&self) -> BoxFuture<'_, Result<Option<TokenPair>, Error>> {
         Box::pin(async move {
@@ -369,30 +391,20 @@ impl TokenStore for PgTokenStore {
         })
     }
 
+    /// The refresh lock, taken as [`session_lock`] says: bounded in connections (the pool's
+    /// plus the store's lock sessions) and in time (the store's lock wait, then
+    /// [`Error::State`]).
     fn lock(&self) -> BoxFuture<'_, Result<Box<dyn Send>, Error>> {
         Box::pin(async move {
-            let (client, conn) = self
-                .db
-                .config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(|e| pg_err("connect", e))?;
-            let driver = tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            let guard = SessionLock {
-                _client: client,
-                driver,
-            };
-            guard
-                ._client
-                .execute(
-                    "SELECT pg_advisory_lock(hashtext('b24-token:' || $1))",
-                    &[&self.portal],
-                )
-                .await
-                .map_err(|e| pg_err("token lock", e))?;
-            Ok(Box::new(guard) as Box<dyn Send>)
+            let key = format!("b24-token:{}", self.portal);
+            let lock = session_lock(
+                &self.db.pool,
+                &self.db.lock_sessions,
+                &key,
+                self.db.lock_wait,
+            )
+            .await?;
+            Ok(Box::new(lock) as Box<dyn Send>)
         })
     }
 

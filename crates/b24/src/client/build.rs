@@ -24,27 +24,16 @@ pub async fn token_store(config: &Config) -> Result<Arc<dyn TokenStore>, Error> 
     }
 }
 
-/// Connect to `B24_STORE_URL` (and apply its migration) — once per URL and process: a
-/// worker serving a thousand portals builds a client per portal, and a pool each would be a
-/// thousand pools against one database. Keyed by runtime too: a pool's connections live on
-/// the runtime that opened them.
+/// Connect to `B24_STORE_URL` (and apply its migration) — once per URL and process
+/// ([`PgStore::shared`]): a worker serving a thousand portals builds a client per portal, and a
+/// pool each would be a thousand pools against one database.
 async fn pg_store(config: &Config) -> Result<PgStore, Error> {
-    static POOLS: std::sync::LazyLock<
-        tokio::sync::Mutex<std::collections::HashMap<String, PgStore>>,
-    > = std::sync::LazyLock::new(Default::default);
     let url = config
         .store_url
         .as_ref()
         .ok_or_else(|| Error::Config("the PostgreSQL store needs B24_STORE_URL".into()))?
         .expose_secret();
-    let key = format!("{}\0{url}", tokio::runtime::Handle::current().id());
-    let mut pools = POOLS.lock().await;
-    if let Some(p) = pools.get(&key) {
-        return Ok(p.clone());
-    }
-    let p = PgStore::connect(url).await?;
-    pools.insert(key, p.clone());
-    Ok(p)
+    PgStore::shared(url).await
 }
 
 impl Client {

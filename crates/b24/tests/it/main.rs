@@ -7,6 +7,7 @@ mod client;
 mod errors;
 mod export;
 mod operating;
+mod pg_pool;
 mod redirect;
 mod robust;
 mod shared_stores;
