@@ -5,7 +5,8 @@
 //! host reads that path at every call, so it must hold the client's file on every host (a
 //! host without it refuses the client's calls).
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use b24::pg::{MigrationLock, PgRole, PoolSpec};
+use deadpool_postgres::Pool;
 
 use super::Row;
 use crate::GuardError;
@@ -32,36 +33,18 @@ pub(super) struct PgTokens {
 
 impl PgTokens {
     /// Connect and create the table (under an advisory lock: two hosts starting at once do not
-    /// race on `CREATE TABLE IF NOT EXISTS`).
+    /// race on `CREATE TABLE IF NOT EXISTS`), with the guard's share of the process's
+    /// connection budget ([`b24::pg::PoolBudget`]).
     pub(super) async fn connect(url: &str) -> Result<PgTokens, GuardError> {
-        let config: tokio_postgres::Config = url.parse().map_err(|e| {
-            GuardError::Store(format!("B24_STORE_URL is not a PostgreSQL URL: {e}"))
-        })?;
-        let mgr = Manager::from_config(
-            config,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(mgr)
-            .max_size(4)
-            .build()
-            .map_err(|e| pg_err("pool", e))?;
-        let mut c = pool.get().await.map_err(|e| pg_err("connect", e))?;
-        let tx = c.transaction().await.map_err(|e| pg_err("migrate", e))?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('b24-mcp-tokens-migrate'))",
-            &[],
+        let p = b24::pg::open_pool(
+            url,
+            &PoolSpec::for_role(PgRole::Guard),
+            MigrationLock::Name("b24-mcp-tokens-migrate"),
+            |tx| b24::pg::batch(tx, SCHEMA),
         )
         .await
-        .map_err(|e| pg_err("migrate", e))?;
-        tx.batch_execute(SCHEMA)
-            .await
-            .map_err(|e| pg_err("migrate", e))?;
-        tx.commit().await.map_err(|e| pg_err("migrate", e))?;
-        drop(c);
-        Ok(PgTokens { pool })
+        .map_err(|e| GuardError::Store(e.to_string()))?;
+        Ok(PgTokens { pool: p.pool })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, GuardError> {

@@ -172,7 +172,7 @@ impl PortalSlot {
             return Ok(None);
         }
         self.pg
-            .get_or_try_init(|| b24::pg::PgStore::connect(url))
+            .get_or_try_init(|| b24::pg::PgStore::shared(url))
             .await
             .cloned()
             .map(Some)

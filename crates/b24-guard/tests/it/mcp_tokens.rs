@@ -145,3 +145,56 @@ async fn a_policy_below_a_directory_others_can_write_is_refused() {
     mode(&open, 0o755);
     assert!(c.layer().is_ok());
 }
+
+/// Hosts starting at once all create the table (the migration waits on an advisory lock
+/// instead of racing), and each stays within the guard's share of the process's PostgreSQL
+/// budget however many requests it serves at once (`pg_stat_activity`, by `application_name`).
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_token_pools_migrate_together_and_stay_in_budget() {
+    let Some(url) = b24_test_support::pg_url("b24g", "mcp_pool").await else {
+        return;
+    };
+    let app = format!("g{}_mcp_pool", std::process::id());
+    let url = format!("{url}&application_name={app}");
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { TokenStore::open_postgres(&url).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for o in opens {
+        stores.push(o.await.unwrap().expect("concurrent starts all migrate"));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let pol = policy(tmp.path());
+    stores[0].add("reader", &pol).await.unwrap();
+    let s = std::sync::Arc::new(stores.remove(0));
+    drop(stores);
+    let calls: Vec<_> = (0..30)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.list().await.map(|l| l.len()) })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap(), 1);
+    }
+    let base = std::env::var("B24_TEST_PG_URL").unwrap();
+    let (c, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let h = tokio::spawn(conn);
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&format!("{app}:b24-mcp-clients")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    drop(c);
+    let _ = h.await;
+    let share = b24::pg::PoolBudget::default().share(b24::pg::PgRole::Guard) as i64;
+    assert!((1..=share).contains(&n), "{n} connections, share {share}");
+}
