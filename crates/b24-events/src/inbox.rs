@@ -14,7 +14,8 @@ pub use refused::{RefusalBudget, Refused};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use b24::pg::{MigrationLock, PgRole, PoolSpec};
+use deadpool_postgres::Pool;
 use rusqlite::{OptionalExtension, params};
 
 use crate::{EventsError, Result, now};
@@ -27,8 +28,10 @@ CREATE TABLE IF NOT EXISTS b24_receiver_rejects (
   event TEXT NOT NULL, reason TEXT NOT NULL, raw_body BLOB NOT NULL, received_at REAL NOT NULL);
 ";
 
+/// The advisory lock [`PG_SCHEMA`] (with the refused and installations tables) is applied under.
+const PG_SCHEMA_LOCK: i64 = 724243;
+
 const PG_SCHEMA: &str = "
-SELECT pg_advisory_xact_lock(724243);
 CREATE TABLE IF NOT EXISTS b24_receiver_portals (
   member_id TEXT PRIMARY KEY, domain TEXT NOT NULL UNIQUE, updated_at DOUBLE PRECISION NOT NULL);
 CREATE TABLE IF NOT EXISTS b24_receiver_rejects (
@@ -82,32 +85,7 @@ impl Inbox {
     /// Open beside the queue at the same URL (the rules of [`crate::Store::open`]).
     pub async fn open(url: &str) -> Result<Inbox> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let cfg: tokio_postgres::Config = url.parse().map_err(se)?;
-            let mgr = Manager::from_config(
-                cfg,
-                tokio_postgres::NoTls,
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
-            // A bounded wait for a connection: one that never comes is an error (logged, retried
-            // with back-off by the caller) rather than a task stalled for good.
-            let pool = Pool::builder(mgr)
-                .max_size(8)
-                .wait_timeout(Some(std::time::Duration::from_secs(30)))
-                .runtime(deadpool_postgres::Runtime::Tokio1)
-                .build()
-                .map_err(se)?;
-            let mut c = pool.get().await.map_err(se)?;
-            let tx = c.transaction().await.map_err(se)?;
-            tx.batch_execute(PG_SCHEMA).await.map_err(se)?;
-            tx.batch_execute(refused::PG_SCHEMA).await.map_err(se)?;
-            tx.batch_execute(crate::installs::PG_SCHEMA)
-                .await
-                .map_err(se)?;
-            tx.commit().await.map_err(se)?;
-            drop(c);
-            return Ok(Inbox::Postgres(pool));
+            return Self::open_postgres(url, &PoolSpec::for_role(PgRole::Inbox)).await;
         }
         let path = PathBuf::from(
             url.strip_prefix("sqlite://")
@@ -140,6 +118,21 @@ impl Inbox {
             conn: Arc::new(Mutex::new(conn)),
             wal: wal.into(),
         })
+    }
+
+    /// Open a PostgreSQL inbox with an explicit pool (size, wait) instead of the inbox's share
+    /// of the process's connection budget ([`b24::pg::PoolBudget`]).
+    pub async fn open_postgres(url: &str, spec: &PoolSpec) -> Result<Inbox> {
+        let p = b24::pg::open_pool(url, spec, MigrationLock::Key(PG_SCHEMA_LOCK), |tx| {
+            Box::pin(async move {
+                b24::pg::batch(tx, PG_SCHEMA).await?;
+                b24::pg::batch(tx, refused::PG_SCHEMA).await?;
+                b24::pg::batch(tx, crate::installs::PG_SCHEMA).await
+            })
+        })
+        .await
+        .map_err(se)?;
+        Ok(Inbox::Postgres(p.pool))
     }
 
     async fn sqlite<T: Send + 'static>(

@@ -7,7 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use b24::pg::{MigrationLock, PgRole, PoolSpec};
+use deadpool_postgres::Pool;
 use serde_json::Value;
 use tokio::sync::Notify;
 
@@ -70,30 +71,34 @@ impl Drop for PgQueue {
 }
 
 impl PgQueue {
+    /// Connect with the queue's share of the process's connection budget
+    /// ([`b24::pg::PoolBudget`]) and apply the missing [`MIGRATIONS`].
     pub async fn connect(url: &str) -> Result<PgQueue> {
-        let cfg: tokio_postgres::Config = url.parse().map_err(e)?;
-        let mgr = Manager::from_config(
-            cfg.clone(),
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+        Self::connect_with(url, &PoolSpec::for_role(PgRole::Queue)).await
+    }
+
+    /// As [`Self::connect`], with an explicit pool (its `LISTEN` session is one more
+    /// connection).
+    pub async fn connect_with(url: &str, spec: &PoolSpec) -> Result<PgQueue> {
+        let p = b24::pg::open_pool(
+            url,
+            spec,
+            MigrationLock::Key(migrate::MIGRATION_LOCK),
+            |tx| {
+                Box::pin(async move {
+                    migrate(tx)
+                        .await
+                        .map(drop)
+                        .map_err(|err| b24::Error::state_msg(err.to_string()))
+                })
             },
-        );
-        // A bounded wait for a connection: one that never comes is an error (logged, retried
-        // with back-off by the caller) rather than a task stalled for good.
-        let pool = Pool::builder(mgr)
-            .max_size(8)
-            .wait_timeout(Some(std::time::Duration::from_secs(30)))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(e)?;
-        let mut client = pool.get().await.map_err(e)?;
-        migrate(&mut client).await?;
-        drop(client);
+        )
+        .await
+        .map_err(|err| EventsError::Store(err.to_string()))?;
         let notify = Arc::new(Notify::new());
-        let listener = tokio::spawn(listen(cfg, notify.clone()));
+        let listener = tokio::spawn(listen(p.config, notify.clone()));
         Ok(PgQueue {
-            pool,
+            pool: p.pool,
             notify,
             listener,
             installs: std::sync::Mutex::new((false, None)),

@@ -199,9 +199,14 @@ pub struct InstallTokenStore {
 /// Holds the per-portal lock: a dedicated PostgreSQL session (its advisory lock ends with it)
 /// or a locked file.
 enum PortalLock {
-    Pg(#[allow(dead_code)] deadpool_postgres::ClientWrapper),
+    Pg(#[allow(dead_code)] b24::pg::SessionLock),
     File(#[allow(dead_code)] std::fs::File),
 }
+
+/// How long a refresh waits for a lock session and then for the portal's lock (another
+/// process refreshing the same portal) before it fails, rather than holding a connection for
+/// as long as the other holder takes.
+const REFRESH_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
 
 fn b24e(e: EventsError) -> b24::Error {
     b24::Error::state("installations store", e)
@@ -224,18 +229,17 @@ impl InstallTokenStore {
     async fn lock_portal(&self) -> Result<PortalLock> {
         match &self.reg.inbox {
             Inbox::Postgres(pool) => {
-                // A session of its own, taken out of the pool: the lock ends with it (on drop
-                // the connection closes) and a pooled connection never goes back holding it.
-                let obj = pool.get().await.map_err(se)?;
-                let client = deadpool_postgres::Object::take(obj);
-                client
-                    .execute(
-                        "SELECT pg_advisory_lock(hashtext('b24-install:' || $1))",
-                        &[&self.member_id],
-                    )
-                    .await
-                    .map_err(se)?;
-                Ok(PortalLock::Pg(client))
+                // A session of its own, taken out of the pool once the lock is got: the lock
+                // ends with it (on drop the connection closes) and a pooled connection never
+                // goes back holding it. A refresh waiting for another host's lock holds
+                // neither a connection nor one of the process's lock sessions while it waits,
+                // and gives up after a bounded wait (`b24::pg::session_lock`).
+                let key = format!("b24-install:{}", self.member_id);
+                let lock =
+                    b24::pg::session_lock(pool, &b24::pg::lock_sessions(), &key, REFRESH_LOCK_WAIT)
+                        .await
+                        .map_err(|e| EventsError::Store(e.to_string()))?;
+                Ok(PortalLock::Pg(lock))
             }
             Inbox::Sqlite { wal, .. } => {
                 let path = lock_path(wal, &self.member_id);

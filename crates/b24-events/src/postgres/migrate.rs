@@ -35,17 +35,13 @@ pub const MIGRATIONS: &[&str] = &[
 ];
 
 /// The advisory lock that serialises migrations (held for one transaction only).
-const MIGRATION_LOCK: i64 = 724242;
+pub(super) const MIGRATION_LOCK: i64 = 724242;
 
-/// Apply the migrations this database lacks, in one transaction under a transaction-scoped
-/// advisory lock: concurrent starts wait for each other, and a start-up cancelled half-way
-/// rolls back and leaves no lock behind on a pooled connection (a session lock would stay
-/// with the connection the pool keeps).
-pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<i64> {
-    let tx = client.transaction().await.map_err(e)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(e)?;
+/// Apply the migrations this database lacks, inside `tx`, which holds [`MIGRATION_LOCK`]
+/// ([`b24::pg::open_pool`] takes it): concurrent starts wait for each other, and a start-up
+/// cancelled half-way rolls back and leaves no lock behind on a pooled connection (a session
+/// lock would stay with the connection the pool keeps).
+pub(super) async fn migrate(tx: &deadpool_postgres::Transaction<'_>) -> Result<i64> {
     tx.batch_execute("CREATE TABLE IF NOT EXISTS b24_events_schema (version BIGINT NOT NULL)")
         .await
         .map_err(e)?;
@@ -75,6 +71,5 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Object) -> Result<i6
     tx.execute("UPDATE b24_events_schema SET version = $1", &[&want])
         .await
         .map_err(e)?;
-    tx.commit().await.map_err(e)?;
     Ok(want)
 }

@@ -7,6 +7,7 @@ mod form_fuzz;
 mod handlers;
 mod hostile;
 mod metrics;
+mod pg_pool;
 mod polling;
 mod portals;
 mod receiver;
