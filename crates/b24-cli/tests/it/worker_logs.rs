@@ -5,7 +5,7 @@
 use crate::support::*;
 
 /// Every credential the sandbox handed out: none of them may appear in a log.
-fn secrets(sb: &Sandbox) -> Vec<String> {
+fn secrets_of(sb: &Sandbox) -> Vec<String> {
     let i = sb.info();
     vec![
         i.access_token.clone(),
@@ -73,7 +73,7 @@ async fn worker_logs_start_dead_letters_and_stop_on_stderr_without_secrets() {
     assert_eq!(dead.len(), 2, "{err}");
     assert!(dead.iter().all(|l| l.contains("WARN")), "{err}");
     assert!(err.contains("worker stopped"), "a shutdown line: {err}");
-    assert_no_secrets("worker logs", &o.stderr, &secrets(&sb));
+    assert_no_secrets("worker logs", &o.stderr, &secrets_of(&sb));
 
     // At the default level (warn) the start-up is not shown; the dead letters would be.
     let o = run_logged(
@@ -103,5 +103,57 @@ async fn worker_trace_logs_never_show_the_webhook_code() {
     assert!(err.contains("worker started"), "{err}");
     assert!(err.lines().count() > 3, "trace shows the HTTP work: {err}");
     assert!(o.stdout.is_empty(), "{}", stdout(&o));
-    assert_no_secrets("worker trace logs", &o.stderr, &secrets(&sb));
+    assert_no_secrets("worker trace logs", &o.stderr, &secrets_of(&sb));
+}
+
+/// `--all-portals` under `RUST_LOG=debug`, stopped by SIGTERM: the puller's start-up (with how
+/// many portals it serves), each portal's back-off at debug level, and its shutdown; no
+/// portal's token, application token or the app's secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn all_portals_worker_logs_its_portals_back_off_and_shutdown() {
+    let ps = b24_sandbox::start_many(SandboxConfig::default(), 2)
+        .await
+        .unwrap();
+    let (env, _rx) = app_on(&ps, 2).await;
+    let mut c = env.cmd(&[
+        "worker",
+        "--all-portals",
+        "--exec",
+        "cat > /dev/null",
+        "--poll-interval",
+        "0.1",
+        "--poll-max",
+        "0.4",
+    ]);
+    c.env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = stderr(&o);
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+    for want in [
+        "worker started",
+        "pulling every installed portal",
+        "serving installed portals portals=2",
+        "portal poll back-off changed",
+        "stopped pulling",
+        "worker stopped",
+    ] {
+        assert!(err.contains(want), "{want:?} in:\n{err}");
+    }
+    let mut secrets = Vec::new();
+    for p in ps.iter() {
+        secrets.extend(secrets_of(p));
+    }
+    assert_no_secrets("--all-portals logs", &o.stderr, &secrets);
+    ps.shutdown().await;
 }
