@@ -100,6 +100,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             ),
         ));
     }
+    pg_budget(&g)?;
     portals::prime(&g).await?;
     match cli.command {
         Command::Call(a) => call::run(a, &g).await,
@@ -124,4 +125,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Mcp(a) => mcp::run(a, &g).await,
         Command::Completions(a) => completions::run(a, &g).await,
     }
+}
+
+/// `B24_PG_POOL_SIZE`: the most PostgreSQL connections this process opens, all its stores
+/// together (`b24 worker`, `b24 events serve`, `b24 mcp` and the rest); the library validates
+/// it and splits it between the stores (`b24::pg::PoolBudget`). Handed over before any store is
+/// opened. Unset: the library's default.
+fn pg_budget(g: &Globals) -> anyhow::Result<()> {
+    // A broken profile or --env-file is reported by the command that reads it.
+    let Ok(lookup) = g.lookup() else {
+        return Ok(());
+    };
+    if let Some(v) = lookup("B24_PG_POOL_SIZE") {
+        let budget = b24::pg::PoolBudget::parse(&v)
+            .map_err(|e| crate::exit::Exit::new(crate::exit::USAGE, e.to_string()))?;
+        b24::pg::set_process_budget(budget);
+    }
+    Ok(())
 }

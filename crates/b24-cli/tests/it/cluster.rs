@@ -330,3 +330,35 @@ async fn all_portals_worker_survives_sigkills_and_handles_each_event_once() {
     }
     ps.shutdown().await;
 }
+
+/// `B24_PG_POOL_SIZE` (the process's PostgreSQL connection budget) out of range or not a
+/// number is refused at start by every command that opens the stores, naming the variable,
+/// before anything is opened.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_pool_size_bad_values_are_refused() {
+    for bad in ["0", "abc", "5", "100000", "-8"] {
+        for args in [
+            &["worker", "--exec", "/bin/true"][..],
+            &["events", "serve"][..],
+            &["mcp"][..],
+        ] {
+            let mut env = Env::bare();
+            env.set("B24_PG_POOL_SIZE", bad);
+            let o = env.run(args).await;
+            assert_eq!(code(&o), 2, "{args:?} {bad}: {}", stderr(&o));
+            assert!(stderr(&o).contains("B24_PG_POOL_SIZE"), "{}", stderr(&o));
+        }
+    }
+}
+
+/// A valid budget is taken (here `b24 db migrate` on PostgreSQL with the smallest one).
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_pool_size_is_accepted() {
+    let Some(url) = pg_test_url("poolsize").await else {
+        return;
+    };
+    let mut env = Env::bare();
+    env.set("B24_PG_POOL_SIZE", "6");
+    let o = env.run(&["db", "migrate", "--store", &url]).await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
