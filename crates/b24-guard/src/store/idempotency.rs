@@ -74,18 +74,43 @@ pub(super) const PARAMS_TABLE: &str =
     PRIMARY KEY (key, portal))";
 
 impl GuardStore {
+    /// The fields a key's row tag covers, in order: one list for making and for checking it.
+    fn key_tag_parts<'a>(
+        &'a self,
+        key: &'a str,
+        method: &'a str,
+        hash: &'a str,
+        state: &'a str,
+        result: &'a str,
+    ) -> [&'a [u8]; 6] {
+        [
+            key.as_bytes(),
+            self.portal.as_bytes(),
+            method.as_bytes(),
+            hash.as_bytes(),
+            state.as_bytes(),
+            result.as_bytes(),
+        ]
+    }
+
     fn key_tag(&self, key: &str, method: &str, hash: &str, state: &str, result: &str) -> String {
-        self.key.tag(
-            Purpose::Idempotency,
-            &[
-                key.as_bytes(),
-                self.portal.as_bytes(),
-                method.as_bytes(),
-                hash.as_bytes(),
-                state.as_bytes(),
-                result.as_bytes(),
-            ],
-        )
+        let parts = self.key_tag_parts(key, method, hash, state, result);
+        self.key.tag(Purpose::Idempotency, &parts)
+    }
+
+    /// Whether `tag` is this store's tag of the row: an empty tag never is.
+    #[allow(clippy::too_many_arguments)]
+    fn key_tag_ok(
+        &self,
+        key: &str,
+        method: &str,
+        hash: &str,
+        state: &str,
+        result: &str,
+        tag: &str,
+    ) -> bool {
+        let parts = self.key_tag_parts(key, method, hash, state, result);
+        !tag.is_empty() && self.key.check(Purpose::Idempotency, &parts, tag)
     }
 
     /// Look up `key` for a call of `method` with `params` on this store's portal, taking it
@@ -114,16 +139,7 @@ impl GuardStore {
             .query_row(
                 "SELECT method, hash, state, result, portal, tag FROM idempotency WHERE key = ?1",
                 [key],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                },
+                |r| Row::try_from(r),
             )
             .optional()
             .map_err(db_err)?;
@@ -166,20 +182,7 @@ impl GuardStore {
             }
             Some((m, h, s, r, _, tag)) => {
                 let result = r.unwrap_or_default();
-                if tag.is_empty()
-                    || !self.key.check(
-                        Purpose::Idempotency,
-                        &[
-                            key.as_bytes(),
-                            self.portal.as_bytes(),
-                            m.as_bytes(),
-                            h.as_bytes(),
-                            s.as_bytes(),
-                            result.as_bytes(),
-                        ],
-                        &tag,
-                    )
-                {
+                if !self.key_tag_ok(key, &m, &h, &s, &result, &tag) {
                     KeyClaim::Altered
                 } else if h != hash {
                     KeyClaim::Mismatch { method: m }
@@ -394,16 +397,7 @@ impl GuardStore {
             .query_row(
                 "SELECT method, hash, state, result, updated_at, tag FROM idempotency WHERE key = ?1 AND portal = ?2",
                 params![key, self.portal],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
-                },
+                |r| Row::try_from(r),
             )
             .optional()
             .map_err(db_err)?;
@@ -411,15 +405,7 @@ impl GuardStore {
             return Ok(None);
         };
         let text = result.clone().unwrap_or_default();
-        let parts: [&[u8]; 6] = [
-            key.as_bytes(),
-            self.portal.as_bytes(),
-            method.as_bytes(),
-            hash.as_bytes(),
-            state.as_bytes(),
-            text.as_bytes(),
-        ];
-        if tag.is_empty() || !self.key.check(Purpose::Idempotency, &parts, &tag) {
+        if !self.key_tag_ok(key, &method, &hash, &state, &text, &tag) {
             return Ok(Some(Err(format!(
                 "the record of key `{key}` fails its integrity check"
             ))));

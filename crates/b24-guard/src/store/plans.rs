@@ -99,22 +99,25 @@ fn f64_bytes(x: f64) -> [u8; 8] {
     x.to_bits().to_be_bytes()
 }
 
+/// The fields a plan's tag covers, in order. One list for making and for checking the tag,
+/// so a field added to one can never be missed by the other.
+fn plan_tag_parts<R>(p: &Plan, f: impl FnOnce(&[&[u8]]) -> R) -> R {
+    f(&[
+        p.id.as_bytes(),
+        p.portal.as_bytes(),
+        p.method.as_bytes(),
+        p.api.as_bytes(),
+        p.params_text.as_bytes(),
+        p.hash.as_bytes(),
+        p.risk.as_bytes(),
+        &f64_bytes(p.created_at),
+        &f64_bytes(p.expires_at),
+    ])
+}
+
 impl GuardStore {
     fn plan_tag(&self, p: &Plan) -> String {
-        self.key.tag(
-            Purpose::PlanTag,
-            &[
-                p.id.as_bytes(),
-                p.portal.as_bytes(),
-                p.method.as_bytes(),
-                p.api.as_bytes(),
-                p.params_text.as_bytes(),
-                p.hash.as_bytes(),
-                p.risk.as_bytes(),
-                &f64_bytes(p.created_at),
-                &f64_bytes(p.expires_at),
-            ],
-        )
+        plan_tag_parts(p, |parts| self.key.tag(Purpose::PlanTag, parts))
     }
 
     /// Record a plan for this store's portal, tagged.
@@ -226,21 +229,9 @@ impl GuardStore {
         if plan.tag.is_empty() {
             return Some(PlanDenied::Untagged);
         }
-        let tag_ok = self.key.check(
-            Purpose::PlanTag,
-            &[
-                plan.id.as_bytes(),
-                plan.portal.as_bytes(),
-                plan.method.as_bytes(),
-                plan.api.as_bytes(),
-                plan.params_text.as_bytes(),
-                plan.hash.as_bytes(),
-                plan.risk.as_bytes(),
-                &f64_bytes(plan.created_at),
-                &f64_bytes(plan.expires_at),
-            ],
-            &plan.tag,
-        );
+        let tag_ok = plan_tag_parts(plan, |parts| {
+            self.key.check(Purpose::PlanTag, parts, &plan.tag)
+        });
         if !tag_ok
             || plan.params.is_null()
             || canonical(&plan.params) != plan.params_text
