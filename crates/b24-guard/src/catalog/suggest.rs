@@ -148,7 +148,9 @@ mod tests {
         for _ in 0..20 {
             let _ = c.suggest("crm.dealcategory.stages.lists", 5);
         }
-        // 20 runs over the whole catalog: generous bound for a debug build on a loaded machine.
-        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        // 20 runs over the whole catalog took 1.2 s in a debug build with the load average
+        // at 14 (2 cores). The bound catches a quadratic blow-up, not
+        // a busy neighbour.
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
     }
 }
