@@ -100,9 +100,13 @@ impl PoolBudget {
     /// Parse the value of `B24_PG_POOL_SIZE`.
     pub fn parse(value: &str) -> Result<PoolBudget, Error> {
         let v = value.trim();
-        match v.parse::<u64>() {
-            Ok(n) => Self::new(u32::try_from(n).unwrap_or(u32::MAX)),
-            Err(_) => Err(Error::Config(format!(
+        // Plain ASCII digits only: Rust's integer parser also takes a leading `+`, which is no
+        // number an operator writes here. Too many digits for any integer is refused below
+        // with the value as given (not as another number).
+        let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+        match v.parse::<u32>() {
+            Ok(n) if digits => Self::new(n),
+            _ => Err(Error::Config(format!(
                 "B24_PG_POOL_SIZE must be a whole number from {} to {} (connections per process), not `{}`",
                 Self::MIN,
                 Self::MAX,
@@ -352,12 +356,16 @@ pub async fn session_lock(
                 )));
             }
         };
+        // Until the server's answer is read, this connection may hold the lock: see `Unsure`.
+        let conn = Unsure(Some(conn));
         let got: bool = conn
+            .get()
             .query_one("SELECT pg_try_advisory_lock(hashtext($1))", &[&key])
             .await
             .map_err(|e| pg_err("lock", e))?
             .try_get(0)
             .map_err(|e| pg_err("lock", e))?;
+        let conn = conn.settled();
         if got {
             let client = deadpool_postgres::Object::take(conn);
             // Operators see the holder as such in pg_stat_activity (the URL's own name kept).
@@ -382,5 +390,33 @@ pub async fn session_lock(
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// A pooled connection whose `pg_try_advisory_lock` may or may not have taken the lock on the
+/// server. If the try is abandoned before its answer is read (the caller's future dropped by a
+/// timeout or a cancelled MCP request, or an error), the lock may be held by the session, and
+/// a pooled session never ends: back in the pool, the connection would keep the lock for good
+/// and every other process's refresh of that portal would wait in vain. So, fail-closed, the
+/// connection is taken out of the pool and closed on drop (the server then releases whatever
+/// the session held); only [`Unsure::settled`], after a definite answer, hands it back.
+struct Unsure(Option<deadpool_postgres::Object>);
+
+impl Unsure {
+    fn get(&self) -> &deadpool_postgres::Object {
+        self.0.as_ref().expect("present until settled or dropped")
+    }
+
+    fn settled(mut self) -> deadpool_postgres::Object {
+        self.0.take().expect("present until settled or dropped")
+    }
+}
+
+impl Drop for Unsure {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            // Dropping the wrapper aborts its connection task: the socket closes.
+            drop(deadpool_postgres::Object::take(conn));
+        }
     }
 }

@@ -6,6 +6,7 @@ mod builder;
 mod client;
 mod errors;
 mod export;
+mod hostile_round;
 mod operating;
 mod pg_pool;
 mod redirect;
