@@ -97,7 +97,89 @@ fn redact_secret(text: &str, secret: &str) -> String {
 /// The shape-based part of [`redact_text`]: the code after `/rest/<digits>/` (plain or
 /// percent-encoded, any case), the values of credential fields and MCP client tokens.
 fn redact_shapes(s: &str) -> String {
-    redact_mcp_tokens(&redact_rest_and_fields(s))
+    redact_mcp_tokens(&redact_quoted_fields(&redact_rest_and_fields(s)))
+}
+
+/// The credential fields [`redact_quoted_fields`] looks for.
+const QUOTED_FIELDS: &[&str] = &[
+    "access_token",
+    "refresh_token",
+    "client_secret",
+    "application_token",
+];
+
+/// Credential fields in the other spellings a log line carries them in: JSON
+/// (`"access_token":"…"`, also escaped inside a quoted string, `\"access_token\":\"…\"`), a
+/// debug-printed field (`access_token="…"`, `access_token: "…"`) and a percent-encoded form
+/// field (`auth%5Baccess_token%5D=…`, as Bitrix24 posts events). `auth=`-style fields are
+/// handled by [`redact_rest_and_fields`]; this only adds what sits between the name and the
+/// value (closing quotes or brackets, spaces, `:` or `=` plain or encoded, an opening quote).
+/// Fail-closed: whatever follows such a separator, up to the end of the run of token
+/// characters, is replaced.
+fn redact_quoted_fields(s: &str) -> String {
+    let mut out = s.to_string();
+    for key in QUOTED_FIELDS {
+        let lower = out.to_ascii_lowercase();
+        let mut res = String::with_capacity(out.len());
+        let mut j = 0;
+        while let Some(k) = lower[j..].find(key) {
+            let pos = j + k;
+            // After an opening bracket or quote, also a percent-encoded one (`auth%5B…`).
+            let boundary = pos == 0
+                || !lower[..pos].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                || ["%5b", "%22", "%2c", "%26"]
+                    .iter()
+                    .any(|p| lower[..pos].ends_with(p));
+            let mut at = pos + key.len();
+            let start_sep = at;
+            // Closing quote or bracket of the name, plain, escaped or percent-encoded.
+            at += skip_any(&lower[at..], &["\\\"", "\\\\\"", "\"", "]", "%5d", "%22"]);
+            at += skip_ws(&lower[at..]);
+            let sep = ["=", ":", "%3d", "%3a"]
+                .iter()
+                .find(|p| lower[at..].starts_with(**p))
+                .map_or(0, |p| p.len());
+            if !boundary || sep == 0 || at == start_sep && lower[at..].starts_with('=') {
+                // `access_token=` is redact_rest_and_fields' case (already done there).
+                res.push_str(&out[j..pos + key.len()]);
+                j = pos + key.len();
+                continue;
+            }
+            at += sep;
+            at += skip_ws(&lower[at..]);
+            at += skip_any(&lower[at..], &["\\\"", "\\\\\"", "\"", "%22"]);
+            let n = out[at..]
+                .chars()
+                .take_while(|c| is_code_char(*c) || *c == '.' || *c == '%')
+                .count();
+            res.push_str(&out[j..at]);
+            if n > 0 && !out[at..].starts_with("[redacted]") {
+                res.push_str("[redacted]");
+            } else {
+                res.push_str(&out[at..at + n]);
+            }
+            j = at + n;
+        }
+        res.push_str(&out[j..]);
+        out = res;
+    }
+    out
+}
+
+/// The length of the longest run of `parts` (at most three) at the start of `s`.
+fn skip_any(s: &str, parts: &[&str]) -> usize {
+    let mut n = 0;
+    for _ in 0..3 {
+        match parts.iter().find(|p| s[n..].starts_with(**p)) {
+            Some(p) => n += p.len(),
+            None => break,
+        }
+    }
+    n
+}
+
+fn skip_ws(s: &str) -> usize {
+    s.len() - s.trim_start_matches([' ', '\t']).len()
 }
 
 /// An MCP client's bearer token (`b24mcp_` + hex, see [`crate::clients`]) wherever it appears:

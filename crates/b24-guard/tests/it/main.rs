@@ -5,6 +5,7 @@ mod audit_attacks;
 mod audit_repair;
 mod bench;
 mod gate;
+mod hostile_round;
 mod knowledge;
 mod mcp_tokens;
 mod pg_budget;

@@ -1,0 +1,59 @@
+//! Hostile round on this session's changes, as seen from the `b24` binary.
+
+use crate::support::*;
+
+/// A failing `--exec` handler's stderr is logged (its tail is the failure's reason). A
+/// handler that echoes what it was working on (a traceback, `set -x`, a forwarded Bitrix24
+/// event body) shows credentials the redactor was never told of — an event's
+/// `application_token`, a token the portal rotated — in JSON, debug-printed or
+/// percent-encoded form. None of them may reach stderr, and nothing reaches stdout.
+#[tokio::test(flavor = "multi_thread")]
+async fn handler_stderr_with_unknown_credentials_is_redacted_in_worker_logs() {
+    let sb = sandbox(SandboxConfig::default()).await;
+    let env = Env::oauth(&sb);
+    let o = env
+        .run(&["events", "bind", "ONCRMLEADADD", "--offline"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(sb.emit_lead_adds(1), 1);
+    let unknown = [
+        "evAccess0123456789abcdef".to_string(),
+        "evAppTok0123456789abcdef".to_string(),
+        "evRefres0123456789abcdef".to_string(),
+    ];
+    let script = format!(
+        "cat > /dev/null; \
+         echo '{{\"auth\":{{\"access_token\":\"{a}\",\"application_token\":\"{b}\"}}}}' >&2; \
+         echo 'TokenPair {{ refresh_token: \"{c}\" }}' >&2; \
+         echo 'event=ONCRMLEADADD&auth%5Bapplication_token%5D={b}' >&2; exit 3",
+        a = unknown[0],
+        b = unknown[1],
+        c = unknown[2],
+    );
+    let mut c = env.cmd(&["worker", "--once", "--exec", &script, "--max-attempts", "1"]);
+    c.env("RUST_LOG", "info");
+    let o = tokio::task::spawn_blocking(move || c.output().expect("b24 runs"))
+        .await
+        .unwrap();
+    let err = stderr(&o);
+    assert!(
+        err.contains("handler failed"),
+        "the failure is logged:\n{err}"
+    );
+    assert!(
+        o.stdout.is_empty(),
+        "logs never go to stdout: {}",
+        stdout(&o)
+    );
+    assert_no_secrets("worker logs of a failing handler", &o.stderr, &unknown);
+    let i = sb.info();
+    assert_no_secrets(
+        "worker logs of a failing handler",
+        &o.stderr,
+        &[
+            i.access_token.clone(),
+            i.refresh_token.clone(),
+            i.client_secret.clone(),
+        ],
+    );
+}
