@@ -163,7 +163,8 @@ pub struct PoolSpec {
     pub role: PgRole,
     /// The pool's size.
     pub max_size: usize,
-    /// How long a caller waits for a free connection before getting an error.
+    /// How long a caller waits for a free connection before getting an error; also how long
+    /// [`open_pool`] waits for another process's migration of the same store.
     pub wait_timeout: Duration,
 }
 
@@ -260,6 +261,19 @@ where
         .map_err(|e| pg_err("pool", e))?;
     let mut c = pool.get().await.map_err(|e| pg_err("connect", e))?;
     let tx = c.transaction().await.map_err(|e| pg_err("migrate", e))?;
+    // A bounded wait for the migration lock: a process stopped half-way through its migration
+    // (SIGSTOP, a host cut off whose session the server has not reaped yet, for hours with
+    // default keepalives) would otherwise hold every process that starts after it, silently
+    // and for good. Only the lock's wait is bounded; the migration itself is not.
+    let bound = format!("{}ms", spec.wait_timeout.as_millis().max(1));
+    let before: String = tx
+        .query_one(
+            "SELECT current_setting('lock_timeout'), set_config('lock_timeout', $1, true)",
+            &[&bound],
+        )
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(|e| pg_err("migrate", e))?;
     let locked = match lock {
         MigrationLock::Key(k) => tx.execute("SELECT pg_advisory_xact_lock($1)", &[&k]).await,
         MigrationLock::Name(n) => {
@@ -267,7 +281,25 @@ where
                 .await
         }
     };
-    locked.map_err(|e| pg_err("migrate", e))?;
+    locked.map_err(|e| {
+        let waited = e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE);
+        if waited {
+            Error::state(
+                format!(
+                    "postgres migrate: another process held the {} schema's migration lock for {:.1} s; retry later",
+                    spec.role.application_name(),
+                    spec.wait_timeout.as_secs_f64()
+                ),
+                e,
+            )
+        } else {
+            pg_err("migrate", e)
+        }
+    })?;
+    // The server's own setting again for the migration.
+    tx.execute("SELECT set_config('lock_timeout', $1, true)", &[&before])
+        .await
+        .map_err(|e| pg_err("migrate", e))?;
     migrate(&tx).await?;
     tx.commit().await.map_err(|e| pg_err("migrate", e))?;
     drop(c);

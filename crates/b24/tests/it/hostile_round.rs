@@ -99,3 +99,54 @@ async fn pg_cancelled_lock_try_leaves_no_lock_on_a_pooled_connection() {
         "{leaks} of {cancelled} cancelled tries left the refresh lock on a pooled connection"
     );
 }
+
+/// A process stopped half-way through its migration (here: a session holding the store's
+/// migration lock and doing nothing) must not hold every process that starts after it for
+/// good: opening the pool gives up after the spec's wait with an error naming the lock, and
+/// succeeds once the lock is free.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_migration_lock_wait_is_bounded() {
+    let Some(url) = b24_test_support::pg_url("b24h", "stuck_migration").await else {
+        return;
+    };
+    let key: i64 = 0x6231_0000 + i64::from(std::process::id() % 0xffff);
+    let (stuck, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let h = tokio::spawn(conn);
+    stuck
+        .execute("SELECT pg_advisory_lock($1)", &[&key])
+        .await
+        .unwrap();
+    let spec = PoolSpec {
+        role: PgRole::Client,
+        max_size: 1,
+        wait_timeout: Duration::from_millis(800),
+    };
+    let open = || {
+        b24::pg::open_pool(&url, &spec, MigrationLock::Key(key), |tx| {
+            b24::pg::batch(tx, "CREATE TABLE IF NOT EXISTS hostile_t (x INT)")
+        })
+    };
+    let t0 = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(20), open()).await;
+    let waited = t0.elapsed();
+    match r {
+        Ok(Err(b24::Error::State { context, .. })) => {
+            assert!(context.contains("migration lock"), "{context}")
+        }
+        Ok(other) => panic!("opened past a held migration lock: {other:?}"),
+        Err(_) => panic!("still waiting for the migration lock after 20 s"),
+    }
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    drop(stuck);
+    let _ = h.await;
+    let p = open().await.expect("opens once the lock is free");
+    // The server's lock_timeout is back for the pool's connections.
+    let c = p.pool.get().await.unwrap();
+    let lt: String = c.query_one("SHOW lock_timeout", &[]).await.unwrap().get(0);
+    assert_eq!(
+        lt, "0",
+        "the pool's sessions keep the server's lock_timeout"
+    );
+}
