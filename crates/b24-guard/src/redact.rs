@@ -69,7 +69,8 @@ fn is_code_char(c: char) -> bool {
 
 /// Replace copies of `secret` in `text`, ignoring ASCII case (error pages upper-case paths),
 /// and also a copy cut short — the first 8 or more characters of the secret where the text
-/// ends or the run of code characters ends (error snippets are truncated).
+/// ends or the run of code characters ends (error snippets are truncated) — or cut at its
+/// start: a whole word that is the last 8 or more characters of the secret.
 fn redact_secret(text: &str, secret: &str) -> String {
     let lower = text.to_ascii_lowercase();
     let sec = secret.to_ascii_lowercase();
@@ -85,6 +86,22 @@ fn redact_secret(text: &str, secret: &str) -> String {
                 out.push_str("[redacted]");
                 i += n;
                 continue;
+            }
+            // A copy cut at its start: a word that is the last 8 or more characters of the
+            // secret (a handler's stderr is kept as its last 16 KiB, cut anywhere).
+            // Only at a word's start, and reading at most the secret's length: linear time.
+            if i == 0 || !is_code_char(char::from(tb[i - 1])) {
+                let run = tb[i..]
+                    .iter()
+                    .take(sb.len())
+                    .take_while(|b| is_code_char(char::from(**b)))
+                    .count();
+                let whole = i + run == tb.len() || !is_code_char(char::from(tb[i + run]));
+                if whole && run >= min && run < sb.len() && sb.ends_with(&tb[i..i + run]) {
+                    out.push_str("[redacted]");
+                    i += run;
+                    continue;
+                }
             }
         }
         let ch_len = text[i..].chars().next().map_or(1, char::len_utf8);

@@ -57,3 +57,36 @@ async fn handler_stderr_with_unknown_credentials_is_redacted_in_worker_logs() {
         ],
     );
 }
+
+/// The handler's stderr is kept as its last 16 KiB, cut at any byte: a secret the handler
+/// printed (it inherits the worker's environment) just before 16 KiB of other output is
+/// logged cut at its start. Its remaining characters must not reach stderr either.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_cut_by_the_stderr_tail_is_redacted_in_worker_logs() {
+    let sb = sandbox(SandboxConfig::default()).await;
+    let env = Env::oauth(&sb);
+    let o = env
+        .run(&["events", "bind", "ONCRMLEADADD", "--offline"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(sb.emit_lead_adds(1), 1);
+    let token = sb.info().access_token.clone();
+    assert!(token.len() > 12, "{}", token.len());
+    // The last 16384 bytes: 10 characters of the token, a newline, 16373 dots.
+    let script = format!(
+        "cat > /dev/null; {{ printf '%s\\n' '{token}'; head -c 16373 /dev/zero | tr '\\0' '.'; }} >&2; exit 3"
+    );
+    let mut c = env.cmd(&["worker", "--once", "--exec", &script, "--max-attempts", "1"]);
+    c.env("RUST_LOG", "info");
+    let o = tokio::task::spawn_blocking(move || c.output().expect("b24 runs"))
+        .await
+        .unwrap();
+    let err = stderr(&o);
+    assert!(err.contains("handler failed"), "the failure is logged");
+    let tail = &token[token.len() - 10..];
+    assert!(
+        !err.contains(tail),
+        "the last 10 characters of the access token appear in the worker's logs"
+    );
+    assert_no_secrets("worker logs", &o.stderr, std::slice::from_ref(&token));
+}

@@ -36,3 +36,48 @@ fn unknown_credentials_in_json_debug_and_encoded_forms_are_redacted() {
         "my_access_token_count: 3"
     );
 }
+
+/// A known secret cut at its start (a handler's stderr is kept as its last 16 KiB, cut at any
+/// byte) leaves its tail as a word of its own: redacted like a copy cut at its end.
+#[test]
+fn a_known_secret_cut_at_its_start_is_redacted() {
+    let secret = "Sk3yPrefix0123456789abcdefXYZ".to_string();
+    for line in [
+        "handler exited with exit status: 3: 0123456789abcdefXYZ\n....",
+        "x 456789ABCDEFxyz, y",
+        "cdefXYZ9 is another word",
+    ] {
+        let r = redact_text(line, std::slice::from_ref(&secret));
+        assert!(
+            !r.to_ascii_lowercase().contains("cdefxyz") || line.starts_with("cdefXYZ9"),
+            "{line}\n -> {r}"
+        );
+    }
+    // Short tails (under 8 characters) and words that only end like the secret stay.
+    assert_eq!(
+        redact_text("ends defXYZ", std::slice::from_ref(&secret)),
+        "ends defXYZ"
+    );
+    assert_eq!(
+        redact_text("word abcdefXYZ", std::slice::from_ref(&secret)),
+        "word [redacted]"
+    );
+}
+
+/// The redactor stays linear on a long run of token characters (a handler's 16 KiB of stderr
+/// without a space), whatever secrets it knows.
+#[test]
+fn redacting_a_long_word_stays_fast() {
+    let secrets: Vec<String> = (0..8)
+        .map(|k| format!("{k}secretsecretsecret{k}"))
+        .collect();
+    let line = "a".repeat(64 * 1024);
+    let t0 = std::time::Instant::now();
+    let r = redact_text(&line, &secrets);
+    assert_eq!(r, line);
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t0.elapsed()
+    );
+}
