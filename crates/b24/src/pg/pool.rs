@@ -207,7 +207,20 @@ impl std::fmt::Debug for PgPool {
 
 pub(crate) fn pg_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     // tokio-postgres errors never include the connection string, so the password stays out.
-    Error::state(format!("postgres {what}: {e}"), e)
+    // The server's own words are in the source chain ("db error" alone says nothing; "FATAL:
+    // sorry, too many clients already" says to wait), and callers that keep only the message
+    // (`to_string()`) would lose them: appended here.
+    let mut text = format!("postgres {what}: {e}");
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(": ");
+            text.push_str(&c_text);
+        }
+        cause = c.source();
+    }
+    Error::state(text, e)
 }
 
 /// The connection settings of `url` with `role`'s `application_name` (appended to the URL's

@@ -150,3 +150,31 @@ async fn pg_migration_lock_wait_is_bounded() {
         "the pool's sessions keep the server's lock_timeout"
     );
 }
+
+/// When the server refuses a connection (too many clients, a database that is not there), the
+/// error says what the server said, also to callers that keep only the message: before, it
+/// read "Error occurred while creating a new object: db error" and nothing else.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_connection_refusals_carry_the_servers_words() {
+    let Ok(base) = std::env::var("B24_TEST_PG_URL") else {
+        return;
+    };
+    let url = match base.rsplit_once('/') {
+        Some((head, _)) => format!("{head}/b24_no_such_database_{}", std::process::id()),
+        None => return,
+    };
+    let spec = PoolSpec {
+        role: PgRole::Client,
+        max_size: 1,
+        wait_timeout: Duration::from_secs(5),
+    };
+    let r = b24::pg::open_pool(&url, &spec, MigrationLock::Key(1), |_| {
+        Box::pin(async { Ok(()) })
+    })
+    .await;
+    let msg = match r {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("opened a pool on a database that does not exist"),
+    };
+    assert!(msg.contains("does not exist"), "{msg}");
+}
