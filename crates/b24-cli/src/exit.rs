@@ -92,7 +92,12 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
 pub fn chain_text(err: &anyhow::Error) -> String {
     let mut parts = Vec::new();
     for cause in err.chain() {
-        parts.push(cause.to_string());
+        // A message that already carries its causes' words (b24's PostgreSQL errors) is not
+        // followed by them again.
+        let text = cause.to_string();
+        if !parts.iter().any(|p: &String| p.contains(&text)) {
+            parts.push(text);
+        }
         if let Some(e) = cause.downcast_ref::<Error>()
             && !matches!(e, Error::State { .. })
         {

@@ -90,3 +90,24 @@ async fn a_secret_cut_by_the_stderr_tail_is_redacted_in_worker_logs() {
     );
     assert_no_secrets("worker logs", &o.stderr, std::slice::from_ref(&token));
 }
+
+/// A store the server refuses (here: a database that is not there) is reported with the
+/// server's words, once: "db error" alone would not tell an operator to wait (too many
+/// clients) or to fix the URL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_store_connection_says_why_once() {
+    let Ok(base) = std::env::var("B24_TEST_PG_URL") else {
+        return;
+    };
+    let Some((head, _)) = base.rsplit_once('/') else {
+        return;
+    };
+    let url = format!("{head}/b24_no_such_db_{}", std::process::id());
+    let sb = sandbox(SandboxConfig::default()).await;
+    let env = Env::oauth(&sb);
+    let o = env.run(&["db", "migrate", "--store", &url]).await;
+    let err = stderr(&o);
+    assert_ne!(code(&o), 0, "{err}");
+    assert_eq!(err.matches("does not exist").count(), 1, "{err}");
+    assert!(o.stdout.is_empty(), "{}", stdout(&o));
+}
