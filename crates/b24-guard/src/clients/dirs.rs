@@ -134,6 +134,18 @@ pub(super) fn resolve(path: &Path, name: &str) -> Result<Resolved, GuardError> {
                     "the policy file of MCP client {name:?} is not a regular file; its calls are refused"
                 )));
             }
+            // In a directory others can write (sticky, as `/tmp`), another account can put a
+            // hard link to any file of this account at the policy's path where the kernel
+            // allows it (fs.protected_hardlinks = 0): owned by this account and not writable
+            // by others, it would pass every check, and that account would choose which of
+            // this account's files widens the client. Such a file must have one name only.
+            if lstat(&current)?.mode() & 0o022 != 0 && meta.nlink() > 1 {
+                return Err(err(format!(
+                    "the policy file of MCP client {name:?} sits in a directory others can write ({}) and has {} hard links; another account may have linked it there, so its calls are refused (keep the policy in a directory only this account can write)",
+                    current.display(),
+                    meta.nlink()
+                )));
+            }
             return Ok(Resolved {
                 path: next,
                 dev_ino: (meta.dev(), meta.ino()),

@@ -81,3 +81,41 @@ fn redacting_a_long_word_stays_fast() {
         t0.elapsed()
     );
 }
+
+/// Where the kernel lets anyone hard-link to others' files (`fs.protected_hardlinks = 0`),
+/// another account can put, in a sticky world-writable directory, a hard link to a wide policy
+/// of this account at the path a client's policy is read from: owned by this account and
+/// read-only, it passed every check. A policy file there with more than one name is refused;
+/// the same file in a directory only this account writes is read.
+#[cfg(unix)]
+#[test]
+fn a_hard_linked_policy_in_a_directory_others_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    let t = tempfile::tempdir().unwrap();
+    mode(t.path(), 0o755);
+    let sticky = t.path().join("tmp");
+    std::fs::create_dir(&sticky).unwrap();
+    mode(&sticky, 0o1777);
+    let own = t.path().join("etc");
+    std::fs::create_dir(&own).unwrap();
+    mode(&own, 0o755);
+    let wide = own.join("wide.toml");
+    std::fs::write(&wide, "allow = [\"*\"]\n").unwrap();
+    mode(&wide, 0o644);
+    let planted = sticky.join("client.toml");
+    std::fs::hard_link(&wide, &planted).unwrap();
+    let client = |p: &std::path::Path| b24_guard::clients::McpClient {
+        name: "linked".into(),
+        policy: p.to_path_buf(),
+    };
+    let e = client(&planted).layer().unwrap_err().to_string();
+    assert!(e.contains("hard links"), "{e}");
+    // In this account's own directory, a second name is harmless.
+    assert!(client(&wide).layer().is_ok());
+    // Alone again (one name), the file in the sticky directory is this account's own.
+    std::fs::remove_file(&wide).unwrap();
+    assert!(client(&planted).layer().is_ok());
+}
