@@ -18,10 +18,10 @@ use rmcp::transport::TokioChildProcess;
 use rmcp::{ClientHandler, ErrorData, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 
-type Client = RunningService<RoleClient, ()>;
+pub(crate) type Client = RunningService<RoleClient, ()>;
 
 /// Start `b24 mcp` in `env` with a plain client (no elicitation).
-async fn connect(env: &Env) -> Client {
+pub(crate) async fn connect(env: &Env) -> Client {
     let cmd = tokio::process::Command::from(env.cmd(&["mcp"]));
     let transport = TokioChildProcess::new(cmd).expect("spawn b24 mcp");
     tokio::time::timeout(Duration::from_secs(30), ().serve(transport))
@@ -30,7 +30,7 @@ async fn connect(env: &Env) -> Client {
         .expect("initialize")
 }
 
-async fn call<S: rmcp::service::Service<RoleClient>>(
+pub(crate) async fn call<S: rmcp::service::Service<RoleClient>>(
     c: &RunningService<RoleClient, S>,
     tool: &str,
     args: Value,
@@ -45,7 +45,7 @@ async fn call<S: rmcp::service::Service<RoleClient>>(
         .unwrap_or_else(|e| panic!("{tool}: protocol error {e}"))
 }
 
-fn text(r: &CallToolResult) -> String {
+pub(crate) fn text(r: &CallToolResult) -> String {
     r.content
         .iter()
         .filter_map(|c| c.as_text().map(|t| t.text.clone()))
@@ -53,11 +53,11 @@ fn text(r: &CallToolResult) -> String {
         .join("\n")
 }
 
-fn structured(r: &CallToolResult) -> Value {
+pub(crate) fn structured(r: &CallToolResult) -> Value {
     r.structured_content.clone().unwrap_or(Value::Null)
 }
 
-fn is_error(r: &CallToolResult) -> bool {
+pub(crate) fn is_error(r: &CallToolResult) -> bool {
     r.is_error == Some(true)
 }
 

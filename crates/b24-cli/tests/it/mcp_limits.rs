@@ -7,54 +7,18 @@
 use std::time::Duration;
 
 use crate::support::*;
-use rmcp::model::{CallToolRequestParams, CallToolResult, GetPromptRequestParams};
-use rmcp::service::RunningService;
+use rmcp::model::GetPromptRequestParams;
+use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
-use rmcp::{ErrorData, RoleClient, ServiceExt};
+use rmcp::{ErrorData, ServiceExt};
 use serde_json::{Value, json};
 
-type Client = RunningService<RoleClient, ()>;
+// The stdio client and the tool-call helpers are `mcp.rs`'s.
+use crate::mcp::{Client, call as tool, connect as stdio, is_error as failed, structured, text};
 
 /// Every method the sandbox has seen, in order.
 fn portal_calls(sb: &Sandbox) -> Vec<String> {
     sb.request_log().into_iter().map(|r| r.method).collect()
-}
-
-async fn stdio(env: &Env) -> Client {
-    let cmd = tokio::process::Command::from(env.cmd(&["mcp"]));
-    let t = TokioChildProcess::new(cmd).expect("spawn b24 mcp");
-    tokio::time::timeout(Duration::from_secs(30), ().serve(t))
-        .await
-        .expect("initialize in time")
-        .expect("initialize")
-}
-
-async fn tool(c: &Client, name: &str, args: Value) -> CallToolResult {
-    let Value::Object(args) = args else {
-        panic!("arguments must be an object")
-    };
-    let p = CallToolRequestParams::new(name.to_string()).with_arguments(args);
-    tokio::time::timeout(Duration::from_secs(60), c.call_tool(p))
-        .await
-        .expect("answer in time")
-        .unwrap_or_else(|e| panic!("{name}: protocol error {e}"))
-}
-
-fn text(r: &CallToolResult) -> String {
-    r.content
-        .iter()
-        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn failed(r: &CallToolResult) -> bool {
-    r.is_error == Some(true)
-}
-
-fn structured(r: &CallToolResult) -> Value {
-    r.structured_content.clone().unwrap_or(Value::Null)
 }
 
 async fn prompt(
