@@ -469,7 +469,10 @@ fn settle(
     let backoff = p.backoff;
     match out {
         Outcome::Pulled(n) => {
-            p.woken = false;
+            // A round that found events has likely left more behind (a flood is pulled a few
+            // batches at a time): the portal keeps a woken portal's place in the order rather
+            // than queueing behind every woken one, which starved a flood at 1,000 portals.
+            p.woken = n > 0;
             if recovered {
                 p.recovered = true;
             }
