@@ -59,6 +59,10 @@ pub enum Sub {
 }
 
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
+    // Dead letters keep a handler's stderr and an event's fields, which may echo a credential:
+    // the redactor must know the configured ones before anything is printed. A configuration
+    // that does not resolve still leaves the shape-based redaction, and dlq needs no portal.
+    let _ = g.config();
     let err = |e: b24_events::EventsError| Exit::new(exit::USAGE, e.to_string());
     if let Sub::List {
         limit,
@@ -86,12 +90,16 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                 .await
                 .map_err(err)?
                 .into_iter()
-                .map(|d| serde_json::json!({"id": d.id, "key": d.key, "event": d.name, "attempts": d.attempts, "last_error": d.last_error, "failed_at": d.failed_at}))
+                .map(|d| serde_json::json!({"id": d.id, "key": d.key, "event": d.name, "attempts": d.attempts, "last_error": b24_guard::redact::text(&d.last_error), "failed_at": d.failed_at}))
                 .collect();
             crate::render::print(format, Vec::new(), &records)?;
         }
         Sub::Show { id } => match store.dlq_get(id).await.map_err(err)? {
-            Some(d) => crate::out::text(&serde_json::to_string_pretty(&d)?)?,
+            // `last_error` holds a handler's stderr tail and the payload an event's fields:
+            // either may carry a credential, so both pass the one redactor on the way out.
+            Some(d) => crate::out::text(&serde_json::to_string_pretty(
+                &b24_guard::redact::value(&serde_json::to_value(&d)?),
+            )?)?,
             None => return Err(Exit::new(exit::API, format!("no dead letter {id}"))),
         },
         Sub::Replay { id, all } => {

@@ -157,3 +157,41 @@ async fn all_portals_worker_logs_its_portals_back_off_and_shutdown() {
     assert_no_secrets("--all-portals logs", &o.stderr, &secrets);
     ps.shutdown().await;
 }
+
+/// A handler that echoes a credential from its environment and fails: the dead letter keeps
+/// its stderr, and neither `b24 dlq list` nor `b24 dlq show` prints the credential back.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_never_print_a_credential_a_handler_echoed() {
+    let sb = sandbox(SandboxConfig::default()).await;
+    let env = Env::oauth(&sb);
+    let o = env
+        .run(&["events", "bind", "ONCRMLEADADD", "--offline"])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(sb.emit_lead_adds(1), 1);
+    let o = env
+        .run(&[
+            "worker",
+            "--once",
+            "--exec",
+            "cat > /dev/null; echo \"refresh failed: $B24_CLIENT_SECRET $B24_REFRESH_TOKEN\" >&2; exit 3",
+            "--max-attempts",
+            "1",
+        ])
+        .await;
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let list = env.run(&["dlq", "list"]).await;
+    assert_eq!(code(&list), 0, "{}", stderr(&list));
+    let out = stdout(&list);
+    assert!(out.contains("refresh failed"), "the error is kept: {out}");
+    let id = serde_json::from_str::<serde_json::Value>(out.lines().next().unwrap_or("{}"))
+        .ok()
+        .and_then(|v| v["id"].as_i64())
+        .unwrap_or_else(|| panic!("a dead letter with an id: {out}"));
+    let show = env.run(&["dlq", "show", &id.to_string()]).await;
+    assert_eq!(code(&show), 0, "{}", stderr(&show));
+    for (what, o) in [("dlq list", &list), ("dlq show", &show)] {
+        assert_no_secrets(what, &o.stdout, &secrets_of(&sb));
+        assert_no_secrets(what, &o.stderr, &secrets_of(&sb));
+    }
+}
