@@ -162,6 +162,9 @@ struct Portal {
 enum Outcome {
     Pulled(usize),
     Locked,
+    /// Another host polled it while this one waited for the lock and found nothing: not due
+    /// again for this long.
+    NotDue(Duration),
     Failed,
 }
 
@@ -249,6 +252,7 @@ pub async fn run(
             let (reg, store, batch) = (reg.clone(), store.clone(), cfg.batch.max(1));
             let member2 = member.clone();
             let idle = idle_backoff(p.backoff, &cfg);
+            let backoff_poll = !p.woken;
             rounds.spawn(async move {
                 let out = round(
                     &reg,
@@ -256,6 +260,7 @@ pub async fn run(
                     &client,
                     &member2,
                     recover,
+                    backoff_poll,
                     batch,
                     batches,
                     (idle, idle),
@@ -386,6 +391,7 @@ async fn round(
     client: &b24::Client,
     member: &str,
     recover: bool,
+    backoff_poll: bool,
     batch: u32,
     batches: usize,
     idle_next: (Duration, Duration),
@@ -398,6 +404,19 @@ async fn round(
             return Outcome::Failed;
         }
     };
+    // Every host reads the same shared schedule, so they all come to an idle portal at once:
+    // one takes the lock and the others retry a moment later, sooner than their next re-read
+    // would show the first one's finding. Checked under the lock, that finding holds for
+    // every host (one poll per back-off period in all); a wake-up since then still pulls.
+    if backoff_poll && !recover {
+        if let Ok(Some(i)) = reg.find(member).await {
+            let wait = i.pull_after - crate::now();
+            if i.pull_after > i.wake_at && wait > 0.0 {
+                lock.release().await;
+                return Outcome::NotDue(Duration::from_secs_f64(wait.min(86_400.0)));
+            }
+        }
+    }
     let mut n = 0;
     let mut ok = true;
     if recover {
@@ -495,6 +514,10 @@ fn settle(
         Outcome::Locked => {
             stats.bump(member, |c| c.locked_elsewhere += 1);
             p.next_at = now + cfg.poll_min;
+        }
+        Outcome::NotDue(wait) => {
+            stats.bump(member, |c| c.locked_elsewhere += 1);
+            p.next_at = now + wait;
         }
         Outcome::Failed => {
             stats.errors.fetch_add(1, Relaxed);

@@ -6,6 +6,7 @@ mod fleet_pool;
 mod form_fuzz;
 mod handlers;
 mod hostile;
+mod idle_polls;
 mod metrics;
 mod pg_pool;
 mod polling;
