@@ -408,13 +408,14 @@ async fn round(
     // one takes the lock and the others retry a moment later, sooner than their next re-read
     // would show the first one's finding. Checked under the lock, that finding holds for
     // every host (one poll per back-off period in all); a wake-up since then still pulls.
-    if backoff_poll && !recover {
-        if let Ok(Some(i)) = reg.find(member).await {
-            let wait = i.pull_after - crate::now();
-            if i.pull_after > i.wake_at && wait > 0.0 {
-                lock.release().await;
-                return Outcome::NotDue(Duration::from_secs_f64(wait.min(86_400.0)));
-            }
+    if backoff_poll
+        && !recover
+        && let Ok(Some(i)) = reg.find(member).await
+    {
+        let wait = i.pull_after - crate::now();
+        if i.pull_after > i.wake_at && wait > 0.0 {
+            lock.release().await;
+            return Outcome::NotDue(Duration::from_secs_f64(wait.min(86_400.0)));
         }
     }
     let mut n = 0;
