@@ -517,6 +517,7 @@ fn settle(
             p.next_at = now + cfg.poll_min;
         }
         Outcome::NotDue(wait) => {
+            // Counted with the lock races: another host took this poll.
             stats.bump(member, |c| c.locked_elsewhere += 1);
             p.next_at = now + wait;
         }

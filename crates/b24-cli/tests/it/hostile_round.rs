@@ -1,6 +1,7 @@
 //! Hostile round on this session's changes, as seen from the `b24` binary.
 
 use crate::support::*;
+use crate::worker_logs::run_logged;
 
 /// A failing `--exec` handler's stderr is logged (its tail is the failure's reason). A
 /// handler that echoes what it was working on (a traceback, `set -x`, a forwarded Bitrix24
@@ -30,11 +31,12 @@ async fn handler_stderr_with_unknown_credentials_is_redacted_in_worker_logs() {
         b = unknown[1],
         c = unknown[2],
     );
-    let mut c = env.cmd(&["worker", "--once", "--exec", &script, "--max-attempts", "1"]);
-    c.env("RUST_LOG", "info");
-    let o = tokio::task::spawn_blocking(move || c.output().expect("b24 runs"))
-        .await
-        .unwrap();
+    let o = run_logged(
+        &env,
+        "info",
+        &["worker", "--once", "--exec", &script, "--max-attempts", "1"],
+    )
+    .await;
     let err = stderr(&o);
     assert!(
         err.contains("handler failed"),
@@ -76,11 +78,12 @@ async fn a_secret_cut_by_the_stderr_tail_is_redacted_in_worker_logs() {
     let script = format!(
         "cat > /dev/null; {{ printf '%s\\n' '{token}'; head -c 16373 /dev/zero | tr '\\0' '.'; }} >&2; exit 3"
     );
-    let mut c = env.cmd(&["worker", "--once", "--exec", &script, "--max-attempts", "1"]);
-    c.env("RUST_LOG", "info");
-    let o = tokio::task::spawn_blocking(move || c.output().expect("b24 runs"))
-        .await
-        .unwrap();
+    let o = run_logged(
+        &env,
+        "info",
+        &["worker", "--once", "--exec", &script, "--max-attempts", "1"],
+    )
+    .await;
     let err = stderr(&o);
     assert!(err.contains("handler failed"), "the failure is logged");
     let tail = &token[token.len() - 10..];

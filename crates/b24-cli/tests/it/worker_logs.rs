@@ -17,7 +17,7 @@ fn secrets_of(sb: &Sandbox) -> Vec<String> {
 }
 
 /// Run `b24` with `RUST_LOG` set (the fixture removes the caller's).
-async fn run_logged(env: &Env, rust_log: &str, args: &[&str]) -> std::process::Output {
+pub(crate) async fn run_logged(env: &Env, rust_log: &str, args: &[&str]) -> std::process::Output {
     let mut c = env.cmd(args);
     c.env("RUST_LOG", rust_log);
     tokio::task::spawn_blocking(move || c.output().expect("b24 runs"))
