@@ -57,6 +57,7 @@ pub struct Args {
     #[arg(long)]
     pub no_pull: bool,
     /// Queue store: a SQLite path (default: queue.db in the state dir) or postgres://…
+    /// (connections per process, all stores together: B24_PG_POOL_SIZE, default 16)
     #[arg(long, env = "B24_STORE_URL")]
     pub store: Option<String>,
     /// Shortest wait between offline pulls, seconds (while events keep coming).
