@@ -205,7 +205,8 @@ enum PortalLock {
 
 /// How long a refresh waits for a lock session and then for the portal's lock (another
 /// process refreshing the same portal) before it fails, rather than holding a connection for
-/// as long as the other holder takes.
+/// as long as the other holder takes. The same bound on SQLite's lock file
+/// ([`lock_file_within`]): a hung holder fails the refresh, it does not freeze it.
 const REFRESH_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
 
 fn b24e(e: EventsError) -> b24::Error {
@@ -243,25 +244,58 @@ impl InstallTokenStore {
             }
             Inbox::Sqlite { wal, .. } => {
                 let path = lock_path(wal, &self.member_id);
-                tokio::task::spawn_blocking(move || {
+                let f = tokio::task::spawn_blocking(move || {
                     if let Some(d) = path.parent() {
                         std::fs::create_dir_all(d)?;
                     }
-                    let f = std::fs::OpenOptions::new()
+                    std::fs::OpenOptions::new()
                         .create(true)
                         .truncate(false)
                         .write(true)
-                        .open(&path)?;
-                    f.lock()?;
-                    Ok::<_, std::io::Error>(PortalLock::File(f))
+                        .open(&path)
                 })
                 .await
                 .map_err(se)?
-                .map_err(se)
+                .map_err(se)?;
+                lock_file_within(f, REFRESH_LOCK_WAIT, &self.member_id).await
             }
         }
     }
 }
+
+/// Take the lock on `f`, waiting at most `wait`, as PostgreSQL's path does: a process that
+/// holds the file lock for ever (hung mid-refresh, stopped with SIGSTOP) must not hold every
+/// refresh of that portal here for ever too. Polled with `try_lock` (short sleeps, growing
+/// to [`LOCK_POLL_MAX`]) rather than a blocking `lock()`, which cannot be given up and would
+/// keep a blocking-pool thread for as long as it waits. Past `wait`: a store error, which the
+/// token store reports as `b24::Error::State`.
+async fn lock_file_within(
+    f: std::fs::File,
+    wait: std::time::Duration,
+    member_id: &str,
+) -> Result<PortalLock> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(PortalLock::File(f)),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(se(e)),
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(EventsError::Store(format!(
+                "portal {member_id}: another process has held its token refresh lock for over {}s; giving up",
+                wait.as_secs()
+            )));
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(LOCK_POLL_MAX);
+    }
+}
+
+/// The longest sleep between two tries of a SQLite portal lock.
+const LOCK_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl TokenStore for InstallTokenStore {
     fn load(&self) -> BoxFuture<'_, std::result::Result<Option<TokenPair>, b24::Error>> {

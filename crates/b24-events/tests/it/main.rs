@@ -12,6 +12,7 @@ mod pg_pool;
 mod polling;
 mod portals;
 mod receiver;
+mod refresh_lock;
 mod refused;
 mod skew;
 mod uninstalled;
