@@ -56,11 +56,32 @@ pub fn redact(v: &Value, known: &[String]) -> Value {
 /// `client_secret=` query or form fields. Portal error pages echo the request path, so a
 /// message may carry a webhook code nobody told the redactor about.
 pub fn redact_text(s: &str, known: &[String]) -> String {
+    redact_text_with(s, known.iter())
+}
+
+fn redact_text_with<'a>(s: &str, known: impl Iterator<Item = &'a String>) -> String {
     let mut out = s.to_string();
-    for k in known.iter().filter(|k| k.len() >= 4) {
-        out = redact_secret(&out, k);
+    for k in known.filter(|k| k.len() >= 4) {
+        if may_hold(&out, k) {
+            out = redact_secret(&out, k);
+        }
     }
     redact_shapes(&out)
+}
+
+/// Whether `text` may hold a copy of `secret` that [`redact_secret`] replaces: every such copy
+/// (whole, cut short or cut at its start) holds the secret's first or last 8 characters
+/// (fewer for a shorter secret), in any ASCII case. A cheap test without allocating, so that
+/// a process knowing thousands of tokens (a worker serving many portals) does not run the
+/// full replacement for each of them on every line.
+fn may_hold(text: &str, secret: &str) -> bool {
+    let (t, s) = (text.as_bytes(), secret.as_bytes());
+    let min = s.len().min(8);
+    let has = |needle: &[u8]| {
+        t.windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    has(&s[..min]) || has(&s[s.len() - min..])
 }
 
 fn is_code_char(c: char) -> bool {
@@ -295,31 +316,33 @@ fn redact_rest_and_fields(s: &str) -> String {
 static GLOBAL: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
 
 /// Make secrets known to the process-wide redactor, which every message a front end prints
-/// goes through ([`text`]). Called when the configuration is resolved.
+/// goes through ([`text`]). Called when the configuration is resolved. OAuth tokens obtained
+/// later (a refresh, a login, a stored pair adopted) need no call: the auth layer keeps them
+/// and [`text`] and [`value`] read them too (`b24::auth::live_secrets`).
 pub fn remember(secrets: impl IntoIterator<Item = String>) {
-    if let Ok(mut g) = GLOBAL.write() {
-        for s in secrets {
-            if s.len() >= 4 && !g.contains(&s) {
-                g.push(s);
-            }
+    let mut g = GLOBAL.write().unwrap_or_else(|p| p.into_inner());
+    for s in secrets {
+        if s.len() >= 4 && !g.contains(&s) {
+            g.push(s);
         }
     }
 }
 
-/// Redact a message with every secret the process knows of (see [`remember`]).
+/// Redact a message with every secret the process knows of: those made known with
+/// [`remember`] and the OAuth tokens the process holds now (`b24::auth::live_secrets`). A
+/// poisoned lock still gives its list: a panic elsewhere must not turn redaction off.
 pub fn text(s: &str) -> String {
-    match GLOBAL.read() {
-        Ok(g) => redact_text(s, &g),
-        Err(_) => redact_shapes(s),
-    }
+    let live = b24::auth::live_secrets();
+    let g = GLOBAL.read().unwrap_or_else(|p| p.into_inner());
+    redact_text_with(s, g.iter().chain(live.iter()))
 }
 
-/// Redact a JSON value with every secret the process knows of.
+/// Redact a JSON value with every secret the process knows of (as [`text`]).
 pub fn value(v: &Value) -> Value {
-    match GLOBAL.read() {
-        Ok(g) => redact(v, &g),
-        Err(_) => redact(v, &[]),
-    }
+    let live = b24::auth::live_secrets();
+    let g = GLOBAL.read().unwrap_or_else(|p| p.into_inner());
+    let known: Vec<String> = g.iter().chain(live.iter()).cloned().collect();
+    redact(v, &known)
 }
 
 #[cfg(test)]

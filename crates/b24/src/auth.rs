@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use crate::Error;
 use crate::envelope::{Parsed, lenient_u64, parse};
 
+mod held;
+pub use held::live_secrets;
+
 /// An access/refresh pair as stored on disk. Outside this crate, start from
 /// [`TokenPair::new`] and set the optional fields.
 #[derive(Clone, Serialize, Deserialize)]
@@ -115,7 +118,7 @@ impl TokenPair {
                     .and_then(lenient_u64)
                     .map(|x| now + x as i64)
             });
-        Ok(TokenPair {
+        let pair = TokenPair {
             access_token,
             refresh_token,
             expires,
@@ -124,7 +127,10 @@ impl TokenPair {
             client_endpoint: s("client_endpoint"),
             user_id: v.get("user_id").and_then(lenient_u64),
             obtained_at: now,
-        })
+        };
+        // Known to the redactor from here on, whoever keeps the pair (see `held`).
+        held::obtained(&pair);
+        Ok(pair)
     }
 }
 
@@ -326,6 +332,14 @@ pub struct OAuthSession {
     refresh_lock: tokio::sync::Mutex<()>,
     http: reqwest::Client,
     refreshes: std::sync::atomic::AtomicU64,
+    /// Its slot among the tokens the redactor knows ([`live_secrets`]).
+    held: u64,
+}
+
+impl Drop for OAuthSession {
+    fn drop(&mut self) {
+        held::release(self.held);
+    }
 }
 
 impl OAuthSession {
@@ -343,6 +357,12 @@ impl OAuthSession {
             (Some(s), Some(i)) => Some(if s.obtained_at >= i.obtained_at { s } else { i }),
             (s, i) => s.or(i),
         };
+        // The pair in use may be a stored one the configuration never named: the redactor
+        // must know it all the same.
+        let held = held::new_session();
+        if let Some(p) = &pair {
+            held::hold(held, p);
+        }
         Ok(OAuthSession {
             client_id,
             client_secret,
@@ -352,6 +372,7 @@ impl OAuthSession {
             refresh_lock: tokio::sync::Mutex::new(()),
             http,
             refreshes: std::sync::atomic::AtomicU64::new(0),
+            held,
         })
     }
 
@@ -460,7 +481,10 @@ impl OAuthSession {
         Ok(self.install(pair))
     }
 
+    /// Make `pair` the current one. Its tokens become known to the redactor before anyone
+    /// can use (and log) them.
     fn install(&self, pair: TokenPair) -> (u64, String) {
+        held::hold(self.held, &pair);
         let mut g = self.current.write().unwrap_or_else(|p| p.into_inner());
         g.0 += 1;
         let token = pair.access_token.clone();
