@@ -67,6 +67,17 @@ pub struct KeyRecord {
 /// How long a done row of a key b24 made is kept.
 const KEEP_DONE_SECS: f64 = 7.0 * 86_400.0;
 
+/// The keys b24 makes itself for writes sent without one (`gate::send`, `gate::batch`):
+/// `b24-` and a UUIDv7 in simple form (32 lower-case hex digits, version digit `7`, variant
+/// digit `8`–`b`), as an SQLite `GLOB` pattern (case-sensitive, whole key). Only these are
+/// pruned a week after they are done. A prefix alone (`LIKE 'b24-%'`, which also ignores
+/// ASCII case) took a caller's own key spelled `b24-…` or `B24-…` for one of ours, and
+/// dropped its record: a retry after a week was then sent again instead of replayed.
+fn generated_key_glob() -> String {
+    let hex = |n: usize| "[0-9a-f]".repeat(n);
+    format!("b24-{}7{}[89ab]{}", hex(12), hex(3), hex(15))
+}
+
 /// Created with the store's schema when it is opened.
 pub(super) const PARAMS_TABLE: &str =
     "CREATE TABLE IF NOT EXISTS idempotency_params (key TEXT NOT NULL,
@@ -143,21 +154,23 @@ impl GuardStore {
             )
             .optional()
             .map_err(db_err)?;
-        // Keys b24 made itself (`b24-…`) only serve settling: once done they are kept a week
-        // (for `b24 settle` and a look at the guard store), then dropped, so a long-running
-        // server's store does not grow with every write it ever made.
+        // Keys b24 made itself (exactly their shape, `generated_key_glob`) only serve
+        // settling: once done they are kept a week (for `b24 settle` and a look at the guard
+        // store), then dropped, so a long-running server's store does not grow with every
+        // write it ever made. A caller's keys are theirs and are never pruned.
         let cutoff = now() - KEEP_DONE_SECS;
+        let glob = generated_key_glob();
         let pruned = tx
             .execute(
-                "DELETE FROM idempotency WHERE key LIKE 'b24-%' AND state = 'done' AND updated_at < ?1",
-                [cutoff],
+                "DELETE FROM idempotency WHERE key GLOB ?2 AND state = 'done' AND updated_at < ?1",
+                params![cutoff, glob],
             )
             .map_err(db_err)?;
         if pruned > 0 {
             tx.execute(
-                "DELETE FROM idempotency_params WHERE key LIKE 'b24-%'
+                "DELETE FROM idempotency_params WHERE key GLOB ?1
                  AND NOT EXISTS (SELECT 1 FROM idempotency i WHERE i.key = idempotency_params.key)",
-                [],
+                [glob],
             )
             .map_err(db_err)?;
         }
@@ -456,5 +469,39 @@ impl GuardStore {
     /// The outcome is unknown: keep the key blocked until a person checks.
     pub fn key_unknown(&self, key: &str) -> Result<(), GuardError> {
         self.set_key(key, "unknown", None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::generated_key_glob;
+
+    /// The pattern matches the keys the gate makes and nothing a caller would mistake for
+    /// them by prefix or case.
+    #[test]
+    fn the_pattern_matches_generated_keys_only() {
+        let db = rusqlite::Connection::open_in_memory().unwrap();
+        let glob = |k: &str| -> bool {
+            db.query_row("SELECT ?1 GLOB ?2", [k, &generated_key_glob()], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        for _ in 0..20 {
+            let k = format!("b24-{}", uuid::Uuid::now_v7().simple());
+            assert!(glob(&k), "{k}");
+            assert!(!glob(&k.to_uppercase()), "{k}");
+            assert!(!glob(&format!("{k}0")), "{k}");
+            assert!(!glob(&k.replacen("b24-", "B24-", 1)), "{k}");
+        }
+        for k in [
+            "b24-",
+            "b24-mine",
+            "b24-retry-2026-01-01",
+            "b24-%",
+            "b24-0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(!glob(k), "{k}");
+        }
     }
 }

@@ -97,17 +97,31 @@ async fn edited_store_params_are_not_resent() {
     assert!(f.leads_where(json!({"TITLE": "evil"})).await.is_empty());
 }
 
+/// Keys b24 made (`b24-` and a UUIDv7, as the gate makes them) are pruned a week after they
+/// are done; a caller's keys are kept, also those spelled like b24's (`b24-…`, `B24-…`, even
+/// b24's shape in upper case), which a prefix match took for b24's own.
 #[test]
 fn done_keys_b24_made_are_pruned_after_a_week_and_callers_keys_are_kept() {
     let d = tempfile::tempdir().unwrap();
     let s = b24_guard::store::GuardStore::open_for_portal(d.path(), "p").unwrap();
     let p = json!({"id": 1});
-    for k in ["b24-old", "mine-old", "b24-open"] {
+    let made = || format!("b24-{}", uuid::Uuid::now_v7().simple());
+    let (old, open, new) = (made(), made(), made());
+    let callers = [
+        "mine-old".to_string(),
+        "b24-mine-old".to_string(),
+        "B24-MINE-OLD".to_string(),
+        made().to_uppercase(),
+        format!("{}-retry", made()),
+    ];
+    for k in callers.iter().chain([&old, &open]) {
         s.begin(k, "crm.lead.update", &p).unwrap();
     }
-    s.key_done("b24-old", &json!({"result": true})).unwrap();
-    s.key_done("mine-old", &json!({"result": true})).unwrap();
-    s.key_unknown("b24-open").unwrap();
+    s.key_done(&old, &json!({"result": true})).unwrap();
+    for k in &callers {
+        s.key_done(k, &json!({"result": true})).unwrap();
+    }
+    s.key_unknown(&open).unwrap();
     let conn = rusqlite::Connection::open(d.path().join("guard.db")).unwrap();
     conn.execute(
         "UPDATE idempotency SET updated_at = updated_at - 8 * 86400",
@@ -115,17 +129,26 @@ fn done_keys_b24_made_are_pruned_after_a_week_and_callers_keys_are_kept() {
     )
     .unwrap();
     drop(conn);
-    s.begin("b24-new", "crm.lead.update", &p).unwrap();
-    assert!(s.key_record("b24-old").unwrap().is_none(), "pruned");
+    s.begin(&new, "crm.lead.update", &p).unwrap();
+    assert!(s.key_record(&old).unwrap().is_none(), "pruned");
     let kept = |k: &str| matches!(s.key_record(k).unwrap(), Some(Ok(_)));
-    assert!(kept("mine-old"), "a caller's key is theirs to keep");
-    assert!(kept("b24-open"), "an unknown outcome is kept until settled");
-    assert!(kept("b24-new"));
+    for k in &callers {
+        assert!(kept(k), "a caller's key is theirs to keep: {k}");
+        assert!(
+            matches!(
+                s.begin(k, "crm.lead.update", &p).unwrap(),
+                b24_guard::store::KeyClaim::Done(_)
+            ),
+            "and a retry with it is still replayed: {k}"
+        );
+    }
+    assert!(kept(&open), "an unknown outcome is kept until settled");
+    assert!(kept(&new));
     let conn = rusqlite::Connection::open(d.path().join("guard.db")).unwrap();
     let n: i64 = conn
         .query_row(
-            "SELECT COUNT(*) FROM idempotency_params WHERE key = 'b24-old'",
-            [],
+            "SELECT COUNT(*) FROM idempotency_params WHERE key = ?1",
+            [&old],
             |r| r.get(0),
         )
         .unwrap();
