@@ -14,6 +14,7 @@ use futures::future::BoxFuture;
 
 use crate::queue::Job;
 
+pub mod env;
 mod exec;
 
 /// How long an in-process handler may run unless told otherwise.
@@ -28,8 +29,14 @@ pub const STDERR_TAIL: usize = 16 * 1024;
 pub enum Handler {
     /// `sh -c CMD` in its own process group, event JSON on stdin,
     /// `B24_EVENT_KEY`/`B24_EVENT_NAME`/`B24_EVENT_ID` in env; exit 0 = done. On timeout the
-    /// whole group is killed (the shell and whatever it started).
-    Exec { cmd: String, timeout: Duration },
+    /// whole group is killed (the shell and whatever it started). The environment is the
+    /// worker's without b24's variables and without anything that looks like a credential
+    /// ([`env`]), plus the variables named in `pass_env` ([`Handler::pass_env`]).
+    Exec {
+        cmd: String,
+        timeout: Duration,
+        pass_env: Vec<String>,
+    },
     /// HTTP POST of the event JSON (header `X-B24-Event-Key`); 2xx = done.
     Forward {
         url: String,
@@ -69,7 +76,19 @@ impl Handler {
         Handler::Exec {
             cmd: cmd.into(),
             timeout,
+            pass_env: Vec::new(),
         }
+    }
+
+    /// An `--exec` handler that also gets these variables of the worker's environment, which
+    /// it would not otherwise ([`env`]: every `B24_*` and whatever looks like a credential).
+    /// One name each, as the operator chose them (`b24 worker --handler-env NAME`); other
+    /// kinds of handler have no environment and ignore it.
+    pub fn pass_env(mut self, names: impl IntoIterator<Item = String>) -> Handler {
+        if let Handler::Exec { pass_env, .. } = &mut self {
+            pass_env.extend(names);
+        }
+        self
     }
 
     pub fn forward(url: impl Into<String>, timeout: Duration) -> Handler {
@@ -120,7 +139,11 @@ impl Handler {
                 Ok(r) => r,
                 Err(_) => Err(format!("handler timed out after {:?}", p.timeout)),
             },
-            Handler::Exec { cmd, timeout } => exec::run(cmd, *timeout, job).await,
+            Handler::Exec {
+                cmd,
+                timeout,
+                pass_env,
+            } => exec::run(cmd, *timeout, pass_env, job).await,
             Handler::Forward {
                 url,
                 timeout,

@@ -18,7 +18,11 @@ use crate::globals::Globals;
   b24 worker --forward https://internal/b24 --concurrency 8 --metrics-listen 127.0.0.1:9464
   B24_STORE_URL=postgres://b24@db/b24 b24 worker --exec ./h.sh --no-pull
 
-The handler gets the event JSON on stdin and B24_EVENT_KEY in its environment; exit 0 = done.
+The handler gets the event JSON on stdin and B24_EVENT_KEY, B24_EVENT_NAME, B24_EVENT_ID in its
+environment; exit 0 = done. It does not get the worker's credentials: every other B24_* variable,
+any variable whose name looks secret (…TOKEN, …SECRET, …PASSWORD, …_KEY, AUTH…, …DSN, …) and
+any whose value is a URL with a password are left out of its environment. Pass one back by
+name with --handler-env NAME (repeatable), e.g. --handler-env GITHUB_TOKEN.
 It runs in its own process group: on timeout the whole group is killed. Its lease is renewed
 while it runs. A worker killed at any moment loses nothing: leases expire and events are
 handled again, so make the handler's effect idempotent with B24_EVENT_KEY.
@@ -35,6 +39,11 @@ pub struct Args {
     /// POST each event as JSON to this URL (2xx = done).
     #[arg(long)]
     pub forward: Option<String>,
+    /// Pass this variable of the worker's environment to the --exec handler, which otherwise
+    /// does not get b24's variables or any that look like a credential (repeatable; one name
+    /// each, no patterns).
+    #[arg(long = "handler-env", value_name = "NAME", requires = "exec")]
+    pub handler_env: Vec<String>,
     /// Drain the portal's offline queue and the local queue, then exit.
     #[arg(long)]
     pub once: bool,
@@ -124,8 +133,21 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         .all_portals
         .then_some(b24_events::worker::DEFAULT_PER_PORTAL_CONCURRENCY));
     let retention_days = finite(args.processed_retention_days, "--processed-retention-days")?;
+    // The value is not echoed: `NAME=VALUE` given by mistake may carry the secret itself.
+    if args
+        .handler_env
+        .iter()
+        .any(|n| n.is_empty() || n.contains('=') || n.contains('\0'))
+    {
+        return Err(Exit::new(
+            exit::USAGE,
+            "--handler-env takes one variable's name (NAME, not NAME=VALUE); the value is the worker's own",
+        ));
+    }
     let handler = match (&args.exec, &args.forward) {
-        (Some(cmd), _) => Handler::exec(cmd.clone(), timeout),
+        (Some(cmd), _) => {
+            Handler::exec(cmd.clone(), timeout).pass_env(args.handler_env.iter().cloned())
+        }
         (None, Some(url)) => Handler::forward(url.clone(), timeout),
         (None, None) => {
             return Err(Exit::new(
@@ -231,6 +253,8 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
             .await
             .map_err(|e| Exit::new(exit::USAGE, format!("--metrics-listen {addr}: {e}")))?;
     }
+    let wake_watch =
+        crate::cmd::portals::wake_watch(g, args.store.as_deref(), client.as_ref()).await;
     let cfg = WorkerConfig {
         id: format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple()),
         concurrency: args.concurrency.max(1),
@@ -247,6 +271,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         processed_retention: (retention_days > 0.0)
             .then(|| Duration::from_secs_f64(retention_days * 86_400.0)),
         per_portal_concurrency,
+        wake_watch,
     };
     b24_events::worker::run(store.clone(), handler, cfg, stats.clone(), stop.clone())
         .await
@@ -277,4 +302,48 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     } else {
         exit::OK
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The handler's environment filter (b24-events cannot depend on the guard crate) drops
+    /// at least every name the redactor calls secret, in the spellings environments use.
+    #[test]
+    fn handler_env_filter_covers_the_redactors_secret_names() {
+        let words = [
+            "auth",
+            "password",
+            "passwd",
+            "token",
+            "secret",
+            "client_secret",
+            "access_token",
+            "refresh_token",
+            "application_token",
+            "webhook",
+            "webhook_code",
+            "api_key",
+            "apikey",
+            "authorization",
+            "auth_id",
+            "refresh_id",
+            "mytoken",
+            "appsecret",
+        ];
+        let mut checked = 0;
+        for w in words {
+            for name in [w.to_string(), format!("MY_{w}"), format!("B24_{w}")] {
+                for n in [name.clone(), name.to_ascii_uppercase()] {
+                    if b24_guard::redact::is_secret_key(&n) {
+                        checked += 1;
+                        assert!(
+                            b24_events::handler::env::is_secret_env_name(&n),
+                            "{n} is secret to the redactor but would reach a handler"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(checked >= words.len() * 4, "{checked}");
+    }
 }

@@ -11,6 +11,7 @@ mod describe;
 mod dlq_rejected;
 mod events;
 mod guard;
+mod handler_env;
 mod hostile_round;
 mod mcp;
 mod mcp_limits;

@@ -7,6 +7,9 @@
 //! - When the shell exits, or the timeout passes, the whole process group is killed: the
 //!   children a handler started (`sleep 1000 &`, a pipeline stage) do not outlive it, and a
 //!   timeout stops all of them, not only `sh`.
+//! - It does not inherit the worker's environment as is: b24's own variables and anything
+//!   that looks like a credential are left out (see [`super::env`]), so a handler that logs
+//!   or passes on its environment cannot leak the portal's secrets.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -56,12 +59,20 @@ fn kill_group(pid: Option<u32>) {
     let _ = pid;
 }
 
-pub(super) async fn run(cmd: &str, timeout: Duration, job: &Job) -> Result<(), String> {
+pub(super) async fn run(
+    cmd: &str,
+    timeout: Duration,
+    pass_env: &[String],
+    job: &Job,
+) -> Result<(), String> {
     let body = event_json(job).to_string().into_bytes();
     let mut command = tokio::process::Command::new("sh");
     command
         .arg("-c")
         .arg(cmd)
+        // Fail closed: only what `handler_env` lets through, never the worker's credentials.
+        .env_clear()
+        .envs(super::env::handler_env(std::env::vars_os(), pass_env))
         .env("B24_EVENT_KEY", &job.key)
         .env("B24_EVENT_NAME", &job.name)
         .env("B24_EVENT_ID", job.id.to_string())
