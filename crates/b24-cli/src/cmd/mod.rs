@@ -131,7 +131,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
 /// together (`b24 worker`, `b24 events serve`, `b24 mcp` and the rest); the library validates
 /// it and splits it between the stores (`b24::pg::PoolBudget`). Handed over before any store is
 /// opened. Unset: the library's default.
+///
+/// Set but empty, or not UTF-8, in the process environment is a usage error too, not "unset":
+/// [`Globals::lookup`] skips such values (for every variable), which here would silently
+/// replace the operator's intended limit with the default — fail closed instead.
 fn pg_budget(g: &Globals) -> anyhow::Result<()> {
+    if let Some(raw) = std::env::var_os("B24_PG_POOL_SIZE") {
+        let why = match raw.to_str() {
+            None => Some("is not UTF-8"),
+            Some(v) if v.trim().is_empty() => Some("is set but empty"),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
+            return Err(crate::exit::Exit::new(
+                crate::exit::USAGE,
+                format!(
+                    "B24_PG_POOL_SIZE {why}: set it to a whole number of connections per process, or unset it for the default"
+                ),
+            ));
+        }
+    }
     // A broken profile or --env-file is reported by the command that reads it.
     let Ok(lookup) = g.lookup() else {
         return Ok(());

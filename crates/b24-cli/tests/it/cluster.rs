@@ -351,6 +351,42 @@ async fn pg_pool_size_bad_values_are_refused() {
     }
 }
 
+/// `B24_PG_POOL_SIZE` set but empty, blank or not UTF-8 is refused like a bad number, naming
+/// the variable; it was read as unset (the default budget) before.
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_pool_size_empty_or_not_utf8_is_refused() {
+    use std::ffi::OsString;
+    #[cfg(unix)]
+    let not_utf8 = {
+        use std::os::unix::ffi::OsStringExt;
+        Some(OsString::from_vec(b"1\xff6".to_vec()))
+    };
+    #[cfg(not(unix))]
+    let not_utf8: Option<OsString> = None;
+    let values = [
+        Some(OsString::from("")),
+        Some(OsString::from("  ")),
+        not_utf8,
+    ];
+    for bad in values.into_iter().flatten() {
+        for args in [
+            // Commands that end by themselves when the value is taken (a served
+            // `events serve` would not): the check runs before any command.
+            &["worker", "--exec", "/bin/true", "--no-pull", "--once"][..],
+            &["mcp"][..],
+        ] {
+            let env = Env::bare();
+            let mut c = env.cmd(args);
+            c.env("B24_PG_POOL_SIZE", &bad);
+            let o = tokio::task::spawn_blocking(move || c.output().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(code(&o), 2, "{args:?} {bad:?}: {}", stderr(&o));
+            assert!(stderr(&o).contains("B24_PG_POOL_SIZE"), "{}", stderr(&o));
+        }
+    }
+}
+
 /// A valid budget is taken (here `b24 db migrate` on PostgreSQL with the smallest one).
 #[tokio::test(flavor = "multi_thread")]
 async fn pg_pool_size_is_accepted() {
