@@ -3,8 +3,8 @@
 //! 0 ok; 1 done with partial failures; 2 usage or configuration; 3 API error (permanent);
 //! 4 refused by policy; 5 authentication; 6 transient failure after retries;
 //! 7 outcome unknown (a write may have happened); 8 internal or local-state failure (a
-//! database that is down, a full disk, a crashed task: not the caller's input, not the
-//! portal's answer); 130 interrupted.
+//! database that is down, a full disk, a crashed task, a panic: not the caller's input, not
+//! the portal's answer); 130 interrupted.
 //!
 //! Only the caller's own input maps to 2: an error nobody classified is 8, so that a script
 //! never reads "you typed it wrong" for a failure it could not have prevented.

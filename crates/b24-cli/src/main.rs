@@ -20,6 +20,61 @@ mod render;
 use clap::FromArgMatches;
 
 fn main() -> std::process::ExitCode {
+    std::panic::set_hook(Box::new(print_panic));
+    // A panic that reaches here (not one a task's join handle caught) ends the process with the
+    // internal-failure code, not the runtime's 101, which no caller could read.
+    std::panic::catch_unwind(run).unwrap_or(std::process::ExitCode::from(exit::INTERNAL as u8))
+}
+
+/// The panic hook: the default one prints the message as is, and a panic's message may carry
+/// whatever the code was holding (a token in a formatted value, a portal's answer). This one
+/// prints it through the one redactor, like every other message, then the backtrace when
+/// `RUST_BACKTRACE` asks for one.
+fn print_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+    let thread = std::thread::current();
+    let backtrace = std::backtrace::Backtrace::capture();
+    let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+        .then(|| backtrace.to_string());
+    let text = panic_text(
+        thread.name(),
+        message,
+        info.location().map(|l| l.to_string()),
+        backtrace.as_deref(),
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
+}
+
+/// What [`print_panic`] writes: one `b24: internal error` line (thread, place, message) and
+/// the backtrace if any, all redacted and with control characters shown as escapes.
+fn panic_text(
+    thread: Option<&str>,
+    message: Option<&str>,
+    location: Option<String>,
+    backtrace: Option<&str>,
+) -> String {
+    let mut line = format!(
+        "b24: internal error: thread '{}' panicked",
+        thread.unwrap_or("<unnamed>")
+    );
+    if let Some(l) = location {
+        line.push_str(&format!(" at {l}"));
+    }
+    line.push_str(&format!(": {}", message.unwrap_or("(no message)")));
+    let mut out = render::for_terminal(&b24_guard::redact::text(&line));
+    out.push('\n');
+    if let Some(bt) = backtrace {
+        out.push_str(&b24_guard::redact::text(bt));
+        out.push('\n');
+    }
+    out
+}
+
+fn run() -> std::process::ExitCode {
     // Parse with the plain command tree; only help, version and usage errors need the one
     // that hides the global flags in subcommands (building it costs a fifth of a call).
     let matches = match globals::tree().try_get_matches() {
@@ -72,4 +127,37 @@ fn describe(err: &anyhow::Error) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages_are_redacted() {
+        b24_guard::redact::remember(["panic-known-s3cr3t-value".to_string()]);
+        let t = panic_text(
+            Some("tokio-runtime-worker"),
+            Some(
+                "called `Result::unwrap()` on an `Err` value: token panic-known-s3cr3t-value at https://p.example/rest/1/abcdef123456/x?auth=zzzzzzzz\x1b[2J",
+            ),
+            Some("crates/x.rs:1:2".into()),
+            Some("   0: frame with panic-known-s3cr3t-value"),
+        );
+        for secret in ["panic-known-s3cr3t-value", "abcdef123456", "zzzzzzzz"] {
+            assert!(!t.contains(secret), "{t}");
+        }
+        assert!(!t.contains('\x1b'), "control characters are escaped: {t}");
+        assert!(
+            t.starts_with(
+                "b24: internal error: thread 'tokio-runtime-worker' panicked at crates/x.rs:1:2: called"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("frame with [redacted]"), "{t}");
+        assert_eq!(
+            panic_text(None, None, None, None),
+            "b24: internal error: thread '<unnamed>' panicked: (no message)\n"
+        );
+    }
 }
