@@ -252,6 +252,13 @@ impl FileTokenStore {
 
     /// Take the exclusive lock on `<file>.lock`, blocking until it is free.
     pub fn lock_blocking(&self) -> Result<std::fs::File, Error> {
+        let (f, lock_path) = self.open_lock_file()?;
+        f.lock().map_err(|e| io_err(&lock_path, e))?;
+        Ok(f)
+    }
+
+    /// `<file>.lock`, opened (created 0600 when missing) but not locked.
+    fn open_lock_file(&self) -> Result<(std::fs::File, PathBuf), Error> {
         let lock_path = self.path.with_extension("lock");
         if let Some(dir) = lock_path.parent() {
             ensure_private_dir(dir)?;
@@ -264,8 +271,7 @@ impl FileTokenStore {
             opts.mode(0o600);
         }
         let f = opts.open(&lock_path).map_err(|e| io_err(&lock_path, e))?;
-        f.lock().map_err(|e| io_err(&lock_path, e))?;
-        Ok(f)
+        Ok((f, lock_path))
     }
 
     /// Delete the file (a missing file is fine).
@@ -291,13 +297,28 @@ impl TokenStore for FileTokenStore {
         Box::pin(blocking("token file write", move || me.write(&pair)))
     }
 
+    /// Bounded like the PostgreSQL token store's lock ([`crate::pg::TOKEN_LOCK_WAIT`]): a
+    /// process that holds the lock file for ever (hung mid-refresh, stopped) fails this
+    /// refresh with a state error instead of freezing every call waiting for it.
     fn lock(&self) -> BoxFuture<'_, Result<Box<dyn Send>, Error>> {
         let me = self.clone();
         Box::pin(async move {
-            let f = tokio::task::spawn_blocking(move || me.lock_blocking())
+            let (f, path) = blocking("token lock file", move || me.open_lock_file()).await?;
+            if lock_file_within(&f, crate::pg::TOKEN_LOCK_WAIT)
                 .await
-                .map_err(|e| Error::state("token lock task", e))??;
-            Ok(Box::new(f) as Box<dyn Send>)
+                .map_err(|e| io_err(&path, e))?
+            {
+                Ok(Box::new(f) as Box<dyn Send>)
+            } else {
+                Err(Error::state(
+                    format!(
+                        "{}: another process has held the token refresh lock for over {}s; giving up",
+                        path.display(),
+                        crate::pg::TOKEN_LOCK_WAIT.as_secs()
+                    ),
+                    std::io::Error::from(std::io::ErrorKind::TimedOut),
+                ))
+            }
         })
     }
 
@@ -308,6 +329,33 @@ impl TokenStore for FileTokenStore {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+}
+
+/// Take the exclusive lock on `f` (a lock file), waiting at most `wait`: `Ok(false)` when
+/// another holder kept it that long. Polled with `try_lock` and sleeps growing from 10 ms to
+/// 250 ms, not a blocking `lock()`: that one cannot be given up, and holds a thread of the
+/// blocking pool for as long as it waits. Lock files of refreshes use it (the token file here,
+/// an installation's beside the SQLite registry), so that a hung holder fails a refresh
+/// after a bound, as PostgreSQL's session locks do, instead of freezing it.
+pub async fn lock_file_within(
+    f: &std::fs::File,
+    wait: std::time::Duration,
+) -> Result<bool, std::io::Error> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(std::time::Duration::from_millis(250));
     }
 }
 

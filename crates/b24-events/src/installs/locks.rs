@@ -265,37 +265,23 @@ impl InstallTokenStore {
 
 /// Take the lock on `f`, waiting at most `wait`, as PostgreSQL's path does: a process that
 /// holds the file lock for ever (hung mid-refresh, stopped with SIGSTOP) must not hold every
-/// refresh of that portal here for ever too. Polled with `try_lock` (short sleeps, growing
-/// to [`LOCK_POLL_MAX`]) rather than a blocking `lock()`, which cannot be given up and would
-/// keep a blocking-pool thread for as long as it waits. Past `wait`: a store error, which the
-/// token store reports as `b24::Error::State`.
+/// refresh of that portal here for ever too ([`b24::auth::lock_file_within`] polls, where a
+/// blocking `lock()` could not be given up). Past `wait`: a store error, which the token
+/// store reports as `b24::Error::State`.
 async fn lock_file_within(
     f: std::fs::File,
     wait: std::time::Duration,
     member_id: &str,
 ) -> Result<PortalLock> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut pause = std::time::Duration::from_millis(10);
-    loop {
-        match f.try_lock() {
-            Ok(()) => return Ok(PortalLock::File(f)),
-            Err(std::fs::TryLockError::WouldBlock) => {}
-            Err(std::fs::TryLockError::Error(e)) => return Err(se(e)),
-        }
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return Err(EventsError::Store(format!(
-                "portal {member_id}: another process has held its token refresh lock for over {}s; giving up",
-                wait.as_secs()
-            )));
-        }
-        tokio::time::sleep(pause.min(deadline - now)).await;
-        pause = (pause * 2).min(LOCK_POLL_MAX);
+    if b24::auth::lock_file_within(&f, wait).await.map_err(se)? {
+        Ok(PortalLock::File(f))
+    } else {
+        Err(EventsError::Store(format!(
+            "portal {member_id}: another process has held its token refresh lock for over {}s; giving up",
+            wait.as_secs()
+        )))
     }
 }
-
-/// The longest sleep between two tries of a SQLite portal lock.
-const LOCK_POLL_MAX: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl TokenStore for InstallTokenStore {
     fn load(&self) -> BoxFuture<'_, std::result::Result<Option<TokenPair>, b24::Error>> {

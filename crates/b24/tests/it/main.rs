@@ -12,4 +12,5 @@ mod pg_pool;
 mod redirect;
 mod robust;
 mod shared_stores;
+mod token_lock;
 mod typed;
