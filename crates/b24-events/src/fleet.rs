@@ -314,12 +314,7 @@ async fn rescan(
     now: Instant,
     first: bool,
 ) -> Result<()> {
-    let installed: Vec<Installation> = reg
-        .list()
-        .await?
-        .into_iter()
-        .filter(Installation::is_installed)
-        .collect();
+    let installed: Vec<Installation> = reg.installed_schedule().await?;
     let keep: std::collections::HashSet<&str> =
         installed.iter().map(|i| i.member_id.as_str()).collect();
     // Uninstalled or removed: its work stops here (a round in flight finishes its commit).

@@ -106,6 +106,15 @@ fn parse_pair(s: Option<String>) -> Option<TokenPair> {
 
 const COLS: &str = "member_id, domain, state, pair, installed_at, updated_at, uninstalled_at, wake_at, pull_after, idle_backoff FROM b24_installations";
 
+/// [`COLS`] without the OAuth pair, for the puller's frequent re-reads (it needs the schedule,
+/// not the tokens: each portal's client reads those through its token store).
+const SCHEDULE_COLS: &str = "member_id, domain, state, CAST(NULL AS TEXT), installed_at, updated_at, uninstalled_at, wake_at, pull_after, idle_backoff FROM b24_installations";
+
+/// Queued or running events per portal. Read from the indexed `member_id` column rather than
+/// by parsing every payload: the puller runs this twice a second on every host.
+const DEPTHS: &str = "SELECT member_id, count(*) FROM b24_jobs
+  WHERE state IN ('ready', 'running') AND member_id <> '' GROUP BY member_id";
+
 /// The installations registry over the receiver's side store.
 #[derive(Clone)]
 pub struct Installations {
@@ -228,6 +237,17 @@ impl Installations {
         .await
     }
 
+    /// The installed portals, without their tokens (`pair` is `None`): what the puller
+    /// re-reads every `rescan`.
+    pub async fn installed_schedule(&self) -> Result<Vec<Installation>> {
+        self.query_cols(
+            SCHEDULE_COLS,
+            "WHERE state = 'installed'".into(),
+            None::<String>,
+        )
+        .await
+    }
+
     /// The installation with this member id or (case-insensitive) domain.
     pub async fn find(&self, key: &str) -> Result<Option<Installation>> {
         let mut v = self
@@ -241,9 +261,18 @@ impl Installations {
     }
 
     async fn query(&self, tail: String, arg: Option<String>) -> Result<Vec<Installation>> {
+        self.query_cols(COLS, tail, arg).await
+    }
+
+    async fn query_cols(
+        &self,
+        cols: &'static str,
+        tail: String,
+        arg: Option<String>,
+    ) -> Result<Vec<Installation>> {
         match &self.inbox {
             Inbox::Sqlite { conn, .. } => {
-                let sql = format!("SELECT {COLS} {}", tail.replace("{}", "?1"));
+                let sql = format!("SELECT {cols} {}", tail.replace("{}", "?1"));
                 Self::sqlite(conn, move |c| {
                     let mut st = c.prepare(&sql)?;
                     let map = |r: &rusqlite::Row<'_>| {
@@ -268,7 +297,7 @@ impl Installations {
                 .await
             }
             Inbox::Postgres(pool) => {
-                let sql = format!("SELECT {COLS} {}", tail.replace("{}", "$1"));
+                let sql = format!("SELECT {cols} {}", tail.replace("{}", "$1"));
                 let c = pool.get().await.map_err(se)?;
                 let rows = match &arg {
                     Some(a) => c.query(&sql, &[a]).await,
@@ -324,18 +353,16 @@ impl Installations {
     }
 
     /// Events waiting or running in the queue, per `member_id` of the portal that sent them
-    /// (from the payload's `auth[member_id]`). Empty when the queue has no table yet.
+    /// (the queue's `member_id` column, the payload's `auth[member_id]` stored at enqueue).
+    /// Empty when the queue has no table yet.
     pub async fn queue_depths(&self) -> Result<std::collections::HashMap<String, i64>> {
         match &self.inbox {
             Inbox::Sqlite { conn, .. } => {
                 Self::sqlite(conn, |c| {
-                    let mut st = match c.prepare(
-                    "SELECT json_extract(payload, '$.auth.member_id') AS m, count(*) FROM b24_jobs
-                     WHERE state IN ('ready', 'running') AND m IS NOT NULL GROUP BY m",
-                ) {
-                    Ok(st) => st,
-                    Err(_) => return Ok(Default::default()),
-                };
+                    let mut st = match c.prepare(DEPTHS) {
+                        Ok(st) => st,
+                        Err(_) => return Ok(Default::default()),
+                    };
                     let rows = st.query_map([], |r| {
                         Ok((r.get::<_, String>(0).unwrap_or_default(), r.get(1)?))
                     })?;
@@ -345,13 +372,7 @@ impl Installations {
             }
             Inbox::Postgres(pool) => {
                 let c = pool.get().await.map_err(se)?;
-                let rows = c
-                    .query(
-                        "SELECT payload::jsonb->'auth'->>'member_id' AS m, count(*) FROM b24_jobs
-                         WHERE state IN ('ready', 'running') GROUP BY m",
-                        &[],
-                    )
-                    .await;
+                let rows = c.query(DEPTHS, &[]).await;
                 Ok(rows
                     .map(|rows| {
                         rows.iter()
@@ -364,59 +385,109 @@ impl Installations {
     }
 
     /// The portal announced offline events (`ONOFFLINEEVENT`, authenticated): wake its puller.
-    pub async fn wake(&self, member_id: &str) -> Result<()> {
+    /// `true` when an installed portal's row took the wake-up (its pullers read `wake_at`);
+    /// `false` when no such row exists, and only a queued notification can reach a worker.
+    pub async fn wake(&self, member_id: &str) -> Result<bool> {
         let (m, t) = (member_id.to_string(), now());
-        match &self.inbox {
+        let n = match &self.inbox {
             Inbox::Sqlite { conn, .. } => {
                 Self::sqlite(conn, move |c| {
                     c.execute(
-                        "UPDATE b24_installations SET wake_at = ?2 WHERE member_id = ?1",
+                        "UPDATE b24_installations SET wake_at = ?2 WHERE member_id = ?1 AND state = 'installed'",
                         params![m, t],
                     )
-                    .map(|_| ())
+                })
+                .await?
+            }
+            Inbox::Postgres(pool) => {
+                let c = pool.get().await.map_err(se)?;
+                c.execute(
+                    "UPDATE b24_installations SET wake_at = $2 WHERE member_id = $1 AND state = 'installed'",
+                    &[&m, &t],
+                )
+                .await
+                .map_err(se)? as usize
+            }
+        };
+        Ok(n > 0)
+    }
+
+    /// When `member_id`'s portal last announced offline events (`wake_at`, unix seconds);
+    /// `None` when it is not an installed portal here.
+    pub async fn woken_at(&self, member_id: &str) -> Result<Option<f64>> {
+        let m = member_id.to_string();
+        match &self.inbox {
+            Inbox::Sqlite { conn, .. } => {
+                Self::sqlite(conn, move |c| {
+                    use rusqlite::OptionalExtension;
+                    c.query_row(
+                        "SELECT wake_at FROM b24_installations WHERE member_id = ?1 AND state = 'installed'",
+                        [m],
+                        |r| r.get(0),
+                    )
+                    .optional()
                 })
                 .await
             }
             Inbox::Postgres(pool) => {
                 let c = pool.get().await.map_err(se)?;
-                c.execute(
-                    "UPDATE b24_installations SET wake_at = $2 WHERE member_id = $1",
-                    &[&m, &t],
+                Ok(c.query_opt(
+                    "SELECT wake_at FROM b24_installations WHERE member_id = $1 AND state = 'installed'",
+                    &[&m],
                 )
                 .await
-                .map_err(se)?;
-                Ok(())
+                .map_err(se)?
+                .map(|r| r.get(0)))
             }
         }
     }
 
     /// After a pull round: when the portal is next due, shared by every host (one idle poll
-    /// per back-off period in all, not one per host).
+    /// per back-off period in all, not one per host). `after_secs` 0 with `backoff` 0 (the
+    /// portal had events) clears the schedule: due at once.
+    ///
+    /// A hint, not a record: on PostgreSQL it commits without waiting for the WAL flush (a
+    /// schedule lost to a database crash costs one early poll), and clearing a schedule that
+    /// is already clear writes nothing — a flooded portal's rounds no longer write a row each.
     pub async fn schedule_pull(
         &self,
         member_id: &str,
         after_secs: f64,
         backoff: f64,
     ) -> Result<()> {
-        let (m, t) = (member_id.to_string(), now() + after_secs.max(0.0));
+        let clear = after_secs <= 0.0 && backoff <= 0.0;
+        let m = member_id.to_string();
+        let t = if clear {
+            0.0
+        } else {
+            now() + after_secs.max(0.0)
+        };
         match &self.inbox {
-            Inbox::Sqlite { conn, .. } => Self::sqlite(conn, move |c| {
-                c.execute(
-                    "UPDATE b24_installations SET pull_after = ?2, idle_backoff = ?3 WHERE member_id = ?1",
-                    params![m, t, backoff],
-                )
-                .map(|_| ())
-            })
-            .await,
+            Inbox::Sqlite { conn, .. } => {
+                Self::sqlite(conn, move |c| {
+                    c.execute(
+                        "UPDATE b24_installations SET pull_after = ?2, idle_backoff = ?3
+                     WHERE member_id = ?1 AND (pull_after <> ?2 OR idle_backoff <> ?3)",
+                        params![m, t, backoff],
+                    )
+                    .map(|_| ())
+                })
+                .await
+            }
             Inbox::Postgres(pool) => {
-                let c = pool.get().await.map_err(se)?;
-                c.execute(
-                    "UPDATE b24_installations SET pull_after = $2, idle_backoff = $3 WHERE member_id = $1",
+                let mut c = pool.get().await.map_err(se)?;
+                let tx = c.transaction().await.map_err(se)?;
+                tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+                    .await
+                    .map_err(se)?;
+                tx.execute(
+                    "UPDATE b24_installations SET pull_after = $2, idle_backoff = $3
+                     WHERE member_id = $1 AND (pull_after <> $2 OR idle_backoff <> $3)",
                     &[&m, &t, &backoff],
                 )
                 .await
                 .map_err(se)?;
-                Ok(())
+                tx.commit().await.map_err(se)
             }
         }
     }

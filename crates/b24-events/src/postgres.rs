@@ -153,10 +153,24 @@ impl PgQueue {
                 .await
                 .map_err(e)? as usize;
         }
-        if n > 0 {
-            tx.batch_execute("NOTIFY b24_jobs").await.map_err(e)?;
-        }
         Ok(n)
+    }
+
+    /// Wake the idle workers after new jobs were committed.
+    ///
+    /// Not inside the durable transaction that queued them: PostgreSQL takes one
+    /// database-wide lock for a NOTIFY at commit and keeps it until the commit is on disk, so
+    /// every queueing transaction (receiver deliveries, offline pulls, on every host) waited
+    /// for the WAL flushes of those ahead of it. Sent on its own, committed without waiting for
+    /// the flush, it holds the lock for microseconds. Best effort: a lost notification costs
+    /// the idle workers their next look (within half a second), never a job.
+    async fn notify(c: &tokio_postgres::Client) {
+        if let Err(err) = c
+            .batch_execute("BEGIN; SET LOCAL synchronous_commit TO OFF; NOTIFY b24_jobs; COMMIT")
+            .await
+        {
+            tracing::debug!(error = %err, "NOTIFY b24_jobs");
+        }
     }
 
     pub async fn enqueue(&self, events: &[NewEvent]) -> Result<usize> {
@@ -164,6 +178,9 @@ impl PgQueue {
         let tx = c.transaction().await.map_err(e)?;
         let n = Self::insert(&tx, events).await?;
         tx.commit().await.map_err(e)?;
+        if n > 0 {
+            Self::notify(&c).await;
+        }
         Ok(n)
     }
 
@@ -182,6 +199,9 @@ impl PgQueue {
         .await
         .map_err(e)?;
         tx.commit().await.map_err(e)?;
+        if n > 0 {
+            Self::notify(&c).await;
+        }
         Ok(n)
     }
 
@@ -242,7 +262,33 @@ impl PgQueue {
         use crate::queue::{PortalLoad, allowance, per_portal_reads};
         let mut c = self.client().await?;
         let installs = self.has_installs(&c).await?;
+        // Every idle worker wakes on the same NOTIFY; the ones that come second find the job
+        // taken. Looking first (one index probe, no lock) keeps them out of the claim lock's
+        // queue, where each waited for the claims ahead of it.
+        let ready: bool = c
+            .query_one(
+                concat!(
+                    "SELECT EXISTS (SELECT 1 FROM b24_jobs WHERE state = 'ready' AND run_at <= ",
+                    db_now!(),
+                    ")"
+                ),
+                &[],
+            )
+            .await
+            .map_err(e)?
+            .get(0);
+        if !ready {
+            return Ok(Vec::new());
+        }
         let tx = c.transaction().await.map_err(e)?;
+        // The claim lock is held until the commit; a durable commit would hold it across a
+        // WAL flush as well, serialising every host's claims behind the disk. A claim lost to a
+        // database crash is what an expired lease already is — the job runs again, under the
+        // same key — and the completion that records the handled key commits durably (which
+        // also flushes this claim ahead of it).
+        tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+            .await
+            .map_err(e)?;
         tx.execute(
             "SELECT pg_advisory_xact_lock($1, $2)",
             &[&CLAIM_LOCK.0, &CLAIM_LOCK.1],

@@ -333,6 +333,22 @@ async fn receive(
     };
 
     // Authenticated from here on.
+    if event == crate::worker::WAKE_EVENT
+        && let Some(i) = &sh.inbox
+    {
+        // An installed portal's wake-up is its registry row's `wake_at`, which its pullers
+        // read: queueing it as well cost every host a claim and a completion per offline
+        // event, for nothing. Only a portal without such a row (a webhook set-up, a pinned
+        // token) gets the queued notification a single-portal worker acts on.
+        match Installations::from_inbox(i.clone())
+            .wake(&env.member_id)
+            .await
+        {
+            Ok(true) => return reply(StatusCode::OK, ""),
+            Ok(false) => {}
+            Err(_) => return unavailable(),
+        }
+    }
     let key = online_key(uri.path(), &body);
     let mut pair = None;
     match form::build(&body, &sh.limits) {
@@ -414,14 +430,6 @@ async fn lifecycle(
             }
             Ok(())
         }
-        ("ONOFFLINEEVENT", _) => match &sh.inbox {
-            Some(i) => {
-                Installations::from_inbox(i.clone())
-                    .wake(&env.member_id)
-                    .await
-            }
-            None => Ok(()),
-        },
         ("ONAPPUNINSTALL", _) => {
             if let Some(i) = &sh.inbox {
                 i.set_portal(&env.member_id, None).await?;

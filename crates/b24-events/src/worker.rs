@@ -19,9 +19,11 @@ use crate::{Result, pull};
 
 pub mod metrics;
 mod poll;
+mod wake;
 
 pub use metrics::metrics;
 pub use poll::PollSchedule;
+pub use wake::WakeWatch;
 
 /// The portal's notification that its offline queue got new rows.
 pub const WAKE_EVENT: &str = "ONOFFLINEEVENT";
@@ -66,6 +68,9 @@ pub struct WorkerConfig {
     /// standard plan) is what its handlers share, so more handlers than a few only queue at
     /// its limiter while other portals' events wait for a slot.
     pub per_portal_concurrency: Option<usize>,
+    /// The installed portal `pull` serves, whose wake-ups the receiver records in the
+    /// installations registry rather than queues (see [`WakeWatch`]).
+    pub wake_watch: Option<WakeWatch>,
 }
 
 /// The per-portal limit `b24 worker --all-portals` uses unless told otherwise.
@@ -84,6 +89,7 @@ impl Default for WorkerConfig {
             poll_max: DEFAULT_POLL_MAX,
             processed_retention: Some(DEFAULT_PROCESSED_RETENTION),
             per_portal_concurrency: None,
+            wake_watch: None,
         }
     }
 }
@@ -382,7 +388,18 @@ async fn work(
     let mut poll = PollSchedule::new(cfg.poll_interval, cfg.poll_max);
     // With `once`, pull until an answer comes back empty (then drain and exit).
     let mut last_found = true;
+    let mut wake = cfg.wake_watch.clone().filter(|_| cfg.pull.is_some());
+    if let Some(w) = wake.as_mut() {
+        // The first look only learns where the row stands.
+        w.woken().await;
+    }
     loop {
+        if let Some(w) = wake.as_mut()
+            && w.woken().await
+        {
+            stats.wakeups.fetch_add(1, Relaxed);
+            poll.wake();
+        }
         if stop.is_cancelled() {
             tracing::info!(
                 running = running.tasks.len(),
@@ -470,6 +487,9 @@ async fn work(
                 let mut idle = Duration::from_millis(500);
                 if cfg.pull.is_some() {
                     idle = idle.min(poll.until_due());
+                }
+                if wake.is_some() {
+                    idle = idle.min(wake::CHECK_EVERY);
                 }
                 tokio::select! {
                     _ = stop.cancelled() => {}

@@ -219,6 +219,25 @@ pub async fn client(g: &Globals, key: &str) -> anyhow::Result<b24::Client> {
         .map_err(anyhow::Error::new)
 }
 
+/// The registry row a single-portal `b24 worker` watches for its portal's wake-ups (the
+/// receiver records an installed portal's `ONOFFLINEEVENT` there and no longer queues it):
+/// the `--portal` it serves, or the installed portal its client's address names. `None` when
+/// there is no registry or no such row; that portal's wake-ups are then still queued.
+pub async fn wake_watch(
+    g: &Globals,
+    store: Option<&str>,
+    client: Option<&b24::Client>,
+) -> Option<b24_events::worker::WakeWatch> {
+    let client = client?;
+    if let Some((reg, member)) = PORTAL_REG.get() {
+        return Some(b24_events::worker::WakeWatch::new(reg.clone(), member));
+    }
+    let reg = open(g, store).await.ok()?;
+    let inst = reg.find(client.portal()).await.ok()??;
+    inst.is_installed()
+        .then(|| b24_events::worker::WakeWatch::new(reg, inst.member_id))
+}
+
 /// Clients for `b24 worker --all-portals`: each installed portal with its own address,
 /// tokens (refresh locked per member id) and bucket, the app's credentials from the settings.
 pub fn factory(g: Globals, reg: Installations) -> b24_events::fleet::ClientFactory {

@@ -16,4 +16,5 @@ mod refresh_lock;
 mod refused;
 mod skew;
 mod uninstalled;
+mod wakeups;
 mod worker;
