@@ -21,6 +21,9 @@ use clap::FromArgMatches;
 
 fn main() -> std::process::ExitCode {
     std::panic::set_hook(Box::new(print_panic));
+    // ring as the process-default TLS provider before anything builds a reqwest client or a
+    // rustls server (reqwest has no provider of its own here and would panic without one).
+    b24::tls::install_default_provider();
     // A panic that reaches here (not one a task's join handle caught) ends the process with the
     // internal-failure code, not the runtime's 101, which no caller could read.
     std::panic::catch_unwind(run).unwrap_or(std::process::ExitCode::from(exit::INTERNAL as u8))

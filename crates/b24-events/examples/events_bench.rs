@@ -425,6 +425,8 @@ async fn receiver(a: &Args) -> Res<()> {
     let url = format!("http://{}/bitrix/events", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
+    // reqwest has no TLS provider of its own in this workspace: ring, before any client.
+    b24::tls::install_default_provider();
     let install = post(
         &reqwest::Client::new(),
         &url,

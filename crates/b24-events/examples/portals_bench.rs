@@ -289,6 +289,8 @@ async fn main() -> Res<()> {
 
     // Install the app everywhere; bind offline events (+ ONOFFLINEEVENT) on the active ones.
     let t1 = Instant::now();
+    // reqwest has no TLS provider of its own in this workspace: ring, before any client.
+    b24::tls::install_default_provider();
     let http = reqwest::Client::new();
     let results: Vec<u16> = futures::stream::iter(0..a.portals)
         .map(|k| {

@@ -92,6 +92,8 @@ impl Handler {
     }
 
     pub fn forward(url: impl Into<String>, timeout: Duration) -> Handler {
+        // reqwest has no TLS provider of its own in this build: without a default it panics.
+        b24::tls::install_default_provider();
         Handler::Forward {
             url: url.into(),
             timeout,

@@ -36,6 +36,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Make ring the process-default rustls crypto provider, unless one is installed already.
+///
+/// The workspace builds reqwest and axum-server without a provider of their own (ring is the
+/// only one compiled), and reqwest panics when a client is built with no default provider;
+/// so does a rustls server configured from PEM. The sandbox calls this before building either
+/// (its event deliveries, the `--tls` listener). Its own copy of `b24::tls`'s: this crate
+/// shares no code with the client.
+pub(crate) fn install_crypto_provider() {
+    // Err means a default exists already, which is all that is needed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub use faults::FaultSpec;
 pub use portals::{LifecycleOutcome, Portals, start_many};
 pub use state::{LoggedRequest, Stats};

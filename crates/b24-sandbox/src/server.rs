@@ -81,6 +81,7 @@ pub(crate) fn spawn_deliveries(shared: Shared, deliveries: Vec<Delivery>) {
         return;
     }
     tokio::spawn(async move {
+        crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build();

@@ -31,7 +31,7 @@ pub mod limiter;
 pub mod pg;
 mod redirect;
 pub mod retry;
-mod tls;
+pub mod tls;
 
 /// The README's example, compiled as a doctest so that it cannot drift from the API.
 #[cfg(doctest)]

@@ -275,6 +275,8 @@ async fn exchange(
     code: &str,
     ca_file: Option<&std::path::Path>,
 ) -> anyhow::Result<TokenPair> {
+    // main installed it already; a client built without it would panic, so make sure.
+    b24::tls::install_default_provider();
     let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
     if let Some(ca) = ca_file {
         let pem = std::fs::read(ca)

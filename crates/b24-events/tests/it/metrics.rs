@@ -134,6 +134,7 @@ async fn metrics_endpoint_serves_parseable_prometheus_text() {
     )
     .await
     .unwrap();
+    b24::tls::install_default_provider();
     let resp = reqwest::get(format!("http://{addr}/metrics"))
         .await
         .unwrap();

@@ -148,6 +148,7 @@ async fn onofflineevent_wakes_the_worker_at_once() {
     tokio::time::sleep(Duration::from_millis(8000)).await;
     let polls_before = stats.snapshot()["polls"].as_u64().unwrap();
     let changed = Instant::now();
+    b24::tls::install_default_provider();
     let r: serde_json::Value = reqwest::Client::new()
         .post(format!("{}crm.lead.add", sb.info().webhook_url))
         .json(&json!({"fields": {"TITLE": "wake"}}))

@@ -145,6 +145,8 @@ pub fn form(event: &str, member: &str, token: &str, id: usize, domain: &str, at:
 }
 
 pub async fn post(url: &str, body: impl Into<reqwest::Body>) -> u16 {
+    // reqwest has no TLS provider of its own in this workspace: install ring first.
+    b24::tls::install_default_provider();
     reqwest::Client::new()
         .post(url)
         .header("content-type", "application/x-www-form-urlencoded")

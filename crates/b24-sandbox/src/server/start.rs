@@ -80,7 +80,7 @@ pub async fn start(cfg: SandboxConfig) -> Result<Sandbox, SandboxError> {
         std::fs::write(&ca, &cert_pem).map_err(|e| SandboxError::Tls(e.to_string()))?;
         info.ca_file = Some(ca);
         tmp = Some(crate::tempfile_dir::TempDir(dir));
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        crate::install_crypto_provider();
         let config = axum_server::tls_rustls::RustlsConfig::from_pem(
             cert_pem.into_bytes(),
             key_pem.into_bytes(),

@@ -3,7 +3,7 @@ use std::time::Duration;
 use b24_sandbox::SandboxConfig;
 use serde_json::{Value, json};
 
-use crate::support::{app, err, hook, http, start};
+use crate::support::{app, err, hook, http, install_crypto_provider, start};
 
 #[tokio::test]
 async fn error_codes_and_statuses() {

@@ -9,7 +9,14 @@ pub async fn start(cfg: SandboxConfig) -> Sandbox {
     b24_sandbox::start(cfg).await.unwrap()
 }
 
+/// ring as the process-default rustls provider: reqwest is built without one of its own and
+/// panics when a client is built with none installed.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn http() -> reqwest::Client {
+    install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()

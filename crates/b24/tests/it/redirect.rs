@@ -83,7 +83,8 @@ async fn tls_server(
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, ck.cert.pem()).unwrap();
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    // The provider the whole workspace builds (RustlsConfig::from_pem needs a default).
+    b24::tls::install_default_provider();
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
         ck.cert.pem().into_bytes(),
         ck.signing_key.serialize_pem().into_bytes(),

@@ -12,6 +12,8 @@ pub use app::app_on;
 
 /// Start an in-process sandbox.
 pub async fn sandbox(cfg: SandboxConfig) -> Sandbox {
+    // Tests build reqwest and rmcp clients in this process after setting up; see `Env::bare`.
+    b24::tls::install_default_provider();
     b24_sandbox::start(cfg).await.expect("sandbox starts")
 }
 
@@ -54,6 +56,10 @@ impl Env {
 
     /// No portal configured; only the temp dirs.
     pub fn bare() -> Env {
+        // Every test sets up here or in `sandbox` before it builds a reqwest client (its own or
+        // rmcp's) in this process, and reqwest has no TLS provider of its own in this
+        // workspace: without a process default it panics. So both install ring.
+        b24::tls::install_default_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut e = Env {
             dir,

@@ -48,6 +48,7 @@ async fn oauth_server_rotates_refresh_tokens() {
     assert_eq!(r.status(), 200);
     assert_eq!(sb.stats().refreshes, 1);
     // Authorization code flow: authorize → redirect with code → exchange.
+    install_crypto_provider();
     let nr = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
