@@ -475,3 +475,96 @@ async fn plan_keys_are_scoped_and_no_caller_key_collides_with_them() {
     }
     sb.shutdown().await;
 }
+
+/// Keys spelled `b24-…` (any case) are b24's own: a keyless write's key is `b24-` and a
+/// UUIDv7, pruned a week after it is done. A caller's key of that shape would be pruned too
+/// and a later retry sent again, so no caller — the CLI, stdio MCP, an HTTP client — may give
+/// one; the refusal sends nothing. b24's own keys still work: keyless writes are sent (and
+/// recorded under `b24-…`), and `--idempotent`'s derived keys replay.
+#[tokio::test(flavor = "multi_thread")]
+async fn caller_keys_spelled_like_b24s_own_are_refused_before_sending() {
+    let sb = sandbox_with_leads(0).await;
+    let env = Env::webhook(&sb);
+    let a = token(&env, "b24keys", "allow = [\"crm.lead.*\"]\n").await;
+    let server = serve(&env, &[]).await;
+    let ca = http(&server.url, &a).await;
+    let stdio_c = stdio(&env).await;
+    let params = r#"{"fields":{"TITLE":"Mine"}}"#;
+    let made = format!("b24-{}", uuid::Uuid::now_v7().simple());
+    let keys = [
+        made.clone(),
+        made.to_uppercase(),
+        format!("  {made}"),
+        "b24-mine".to_string(),
+        "B24-retry-1".to_string(),
+        "b24-".to_string(),
+    ];
+    let mut w = json!({"method": "crm.lead.add", "params": {"fields": {"TITLE": "Mine"}},
+                       "confirm": true});
+    for key in &keys {
+        w["idempotency_key"] = json!(key);
+        for c in [&ca, &stdio_c] {
+            let r = tool(c, "b24_write", w.clone()).await;
+            assert!(failed(&r), "{key}: {}", text(&r));
+            assert!(text(&r).contains("reserved"), "{key}: {}", text(&r));
+        }
+        let args = [
+            "call",
+            "crm.lead.add",
+            "--params",
+            params,
+            "--confirm-write",
+            "--idempotency-key",
+            key,
+        ];
+        let o = env.run(&args).await;
+        assert_eq!(code(&o), 2, "{key}: {}", stderr(&o));
+        assert!(stderr(&o).contains("reserved"), "{key}: {}", stderr(&o));
+    }
+    assert!(
+        !portal_calls(&sb).iter().any(|m| m == "crm.lead.add"),
+        "a refused key sent nothing: {:?}",
+        portal_calls(&sb)
+    );
+    // b24's own keys: keyless writes from each caller go out under a generated `b24-` key.
+    w.as_object_mut().unwrap().remove("idempotency_key");
+    for c in [&ca, &stdio_c] {
+        let r = tool(c, "b24_write", w.clone()).await;
+        assert!(!failed(&r), "{}", text(&r));
+    }
+    let o = env
+        .run(&[
+            "call",
+            "crm.lead.add",
+            "--params",
+            params,
+            "--confirm-write",
+        ])
+        .await;
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(calls_of(&sb, "crm.lead.add"), 3);
+    let generated = keyed_writes(&env)
+        .into_iter()
+        .filter(|(_, k)| k.as_str().is_some_and(|k| k.starts_with("b24-")))
+        .count();
+    assert_eq!(generated, 3, "{:#?}", keyed_writes(&env));
+    // And `--idempotent`'s derived key: sent once, then replayed.
+    for _ in 0..2 {
+        let o = env
+            .run(&[
+                "call",
+                "crm.lead.add",
+                "--params",
+                params,
+                "--confirm-write",
+                "--idempotent",
+            ])
+            .await;
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+    }
+    assert_eq!(calls_of(&sb, "crm.lead.add"), 4);
+    for c in [ca, stdio_c] {
+        c.cancel().await.ok();
+    }
+    sb.shutdown().await;
+}

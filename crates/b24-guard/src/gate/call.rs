@@ -249,6 +249,15 @@ impl Gate {
                         "idempotency key {k:?}: keys starting with `plan-` are reserved for applying plans; choose another key"
                     )));
                 }
+                // Keys b24 makes for keyless writes (`b24-` + a UUIDv7) are pruned a week after
+                // they are done (`store::idempotency`); a caller's key of that shape would be
+                // pruned too, and a later retry sent again. Any case: a prefix read either way
+                // by another tool must not be half-reserved.
+                if k.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("b24-")) {
+                    return Err(GateError::Invalid(format!(
+                        "idempotency key {k:?}: keys starting with `b24-` are reserved for keys b24 makes itself; choose another key"
+                    )));
+                }
                 Some(k.to_string()).filter(|k| !k.is_empty())
             }
             (None, true) => Some(format!(
