@@ -299,9 +299,11 @@ impl Installations {
             Inbox::Postgres(pool) => {
                 let sql = format!("SELECT {cols} {}", tail.replace("{}", "$1"));
                 let c = pool.get().await.map_err(se)?;
+                // Cached: the puller re-reads the schedule twice a second on every host.
+                let st = c.prepare_cached(&sql).await.map_err(se)?;
                 let rows = match &arg {
-                    Some(a) => c.query(&sql, &[a]).await,
-                    None => c.query(&sql, &[]).await,
+                    Some(a) => c.query(&st, &[a]).await,
+                    None => c.query(&st, &[]).await,
                 }
                 .map_err(se)?;
                 Ok(rows
@@ -372,7 +374,10 @@ impl Installations {
             }
             Inbox::Postgres(pool) => {
                 let c = pool.get().await.map_err(se)?;
-                let rows = c.query(DEPTHS, &[]).await;
+                let rows = match c.prepare_cached(DEPTHS).await {
+                    Ok(st) => c.query(&st, &[]).await,
+                    Err(err) => Err(err),
+                };
                 Ok(rows
                     .map(|rows| {
                         rows.iter()
@@ -401,12 +406,11 @@ impl Installations {
             }
             Inbox::Postgres(pool) => {
                 let c = pool.get().await.map_err(se)?;
-                c.execute(
-                    "UPDATE b24_installations SET wake_at = $2 WHERE member_id = $1 AND state = 'installed'",
-                    &[&m, &t],
-                )
-                .await
-                .map_err(se)? as usize
+                let st = c
+                    .prepare_cached("UPDATE b24_installations SET wake_at = $2 WHERE member_id = $1 AND state = 'installed'")
+                    .await
+                    .map_err(se)?;
+                c.execute(&st, &[&m, &t]).await.map_err(se)? as usize
             }
         };
         Ok(n > 0)
@@ -431,13 +435,11 @@ impl Installations {
             }
             Inbox::Postgres(pool) => {
                 let c = pool.get().await.map_err(se)?;
-                Ok(c.query_opt(
-                    "SELECT wake_at FROM b24_installations WHERE member_id = $1 AND state = 'installed'",
-                    &[&m],
-                )
-                .await
-                .map_err(se)?
-                .map(|r| r.get(0)))
+                let st = c
+                    .prepare_cached("SELECT wake_at FROM b24_installations WHERE member_id = $1 AND state = 'installed'")
+                    .await
+                    .map_err(se)?;
+                Ok(c.query_opt(&st, &[&m]).await.map_err(se)?.map(|r| r.get(0)))
             }
         }
     }
@@ -480,13 +482,14 @@ impl Installations {
                 tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
                     .await
                     .map_err(se)?;
-                tx.execute(
-                    "UPDATE b24_installations SET pull_after = $2, idle_backoff = $3
-                     WHERE member_id = $1 AND (pull_after <> $2 OR idle_backoff <> $3)",
-                    &[&m, &t, &backoff],
-                )
-                .await
-                .map_err(se)?;
+                let st = tx
+                    .prepare_cached(
+                        "UPDATE b24_installations SET pull_after = $2, idle_backoff = $3
+                         WHERE member_id = $1 AND (pull_after <> $2 OR idle_backoff <> $3)",
+                    )
+                    .await
+                    .map_err(se)?;
+                tx.execute(&st, &[&m, &t, &backoff]).await.map_err(se)?;
                 tx.commit().await.map_err(se)
             }
         }

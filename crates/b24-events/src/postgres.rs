@@ -188,16 +188,15 @@ impl PgQueue {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(e)?;
         let n = Self::insert(&tx, events).await?;
-        tx.execute(
-            concat!(
+        let st = tx
+            .prepare_cached(concat!(
                 "INSERT INTO b24_offline_pending VALUES ($1, ",
                 db_now!(),
                 ") ON CONFLICT DO NOTHING"
-            ),
-            &[&process_id],
-        )
-        .await
-        .map_err(e)?;
+            ))
+            .await
+            .map_err(e)?;
+        tx.execute(&st, &[&process_id]).await.map_err(e)?;
         tx.commit().await.map_err(e)?;
         if n > 0 {
             Self::notify(&c).await;
@@ -219,14 +218,12 @@ impl PgQueue {
     }
 
     pub async fn forget_process(&self, process_id: &str) -> Result<()> {
-        self.client()
-            .await?
-            .execute(
-                "DELETE FROM b24_offline_pending WHERE process_id = $1",
-                &[&process_id],
-            )
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached("DELETE FROM b24_offline_pending WHERE process_id = $1")
             .await
             .map_err(e)?;
+        c.execute(&st, &[&process_id]).await.map_err(e)?;
         Ok(())
     }
 
@@ -265,18 +262,15 @@ impl PgQueue {
         // Every idle worker wakes on the same NOTIFY; the ones that come second find the job
         // taken. Looking first (one index probe, no lock) keeps them out of the claim lock's
         // queue, where each waited for the claims ahead of it.
-        let ready: bool = c
-            .query_one(
-                concat!(
-                    "SELECT EXISTS (SELECT 1 FROM b24_jobs WHERE state = 'ready' AND run_at <= ",
-                    db_now!(),
-                    ")"
-                ),
-                &[],
-            )
+        let st = c
+            .prepare_cached(concat!(
+                "SELECT EXISTS (SELECT 1 FROM b24_jobs WHERE state = 'ready' AND run_at <= ",
+                db_now!(),
+                ")"
+            ))
             .await
-            .map_err(e)?
-            .get(0);
+            .map_err(e)?;
+        let ready: bool = c.query_one(&st, &[]).await.map_err(e)?.get(0);
         if !ready {
             return Ok(Vec::new());
         }
@@ -286,13 +280,10 @@ impl PgQueue {
         // database crash is what an expired lease already is — the job runs again, under the
         // same key — and the completion that records the handled key commits durably (which
         // also flushes this claim ahead of it).
-        tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
-            .await
-            .map_err(e)?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1, $2)",
-            &[&CLAIM_LOCK.0, &CLAIM_LOCK.1],
-        )
+        tx.batch_execute(&format!(
+            "SET LOCAL synchronous_commit TO OFF; SELECT pg_advisory_xact_lock({}, {})",
+            CLAIM_LOCK.0, CLAIM_LOCK.1
+        ))
         .await
         .map_err(e)?;
         let sql = if installs {
@@ -302,8 +293,11 @@ impl PgQueue {
         } else {
             format!("{PORTALS}, NULL::text FROM m WHERE m.member_id IS NOT NULL")
         };
+        // Every statement under the claim lock is a cached prepared one: a plain query string
+        // costs a second round trip (parse, then bind) while the lock is held.
+        let portals_st = tx.prepare_cached(&sql).await.map_err(e)?;
         let portals: Vec<PortalLoad> = tx
-            .query(&sql, &[])
+            .query(&portals_st, &[])
             .await
             .map_err(e)?
             .iter()
@@ -359,10 +353,11 @@ impl PgQueue {
                  ORDER BY j.run_at, j.id LIMIT p.k) c)
              SELECT id FROM c ORDER BY rn, run_at, id LIMIT $3"
         );
+        let read = tx.prepare_cached(read).await.map_err(e)?;
         let k = per_portal_reads(members.len(), n);
         let reads = |k: i64| -> Vec<i64> { allow.iter().map(|a| k.min(*a)).collect() };
         let mut ids: Vec<i64> = tx
-            .query(read, &[&members, &reads(k), &n])
+            .query(&read, &[&members, &reads(k), &n])
             .await
             .map_err(e)?
             .iter()
@@ -371,7 +366,7 @@ impl PgQueue {
         if (ids.len() as i64) < n && k < n && !members.is_empty() {
             // Some portals had no due job (retries waiting): read deeper into the others.
             ids = tx
-                .query(read, &[&members, &reads(n), &n])
+                .query(&read, &[&members, &reads(n), &n])
                 .await
                 .map_err(e)?
                 .iter()
@@ -381,17 +376,18 @@ impl PgQueue {
         let rows = if ids.is_empty() {
             vec![]
         } else {
-            tx.query(
-                concat!(
+            let take = tx
+                .prepare_cached(concat!(
                     "UPDATE b24_jobs SET state = 'running', attempts = attempts + 1, locked_by = $1, lease_until = ",
                     db_now!(),
                     " + $2 WHERE id = ANY($3) AND state = 'ready'
                      RETURNING id, key, name, payload, attempts"
-                ),
-                &[&worker, &lease_secs, &ids],
-            )
-            .await
-            .map_err(e)?
+                ))
+                .await
+                .map_err(e)?;
+            tx.query(&take, &[&worker, &lease_secs, &ids])
+                .await
+                .map_err(e)?
         };
         tx.commit().await.map_err(e)?;
         let order: std::collections::HashMap<i64, usize> =
@@ -445,25 +441,22 @@ impl PgQueue {
         }
         let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
         let keys: Vec<&str> = jobs.iter().map(|j| j.key.as_str()).collect();
-        let rows = self
-            .client()
-            .await?
-            .query(
-                concat!(
-                    "WITH gone AS (
+        let c = self.client().await?;
+        let st = c
+            .prepare_cached(concat!(
+                "WITH gone AS (
                    DELETE FROM b24_jobs WHERE id = ANY($1) AND locked_by = $2 AND state = 'running'
                    RETURNING id),
                  rec AS (
                    INSERT INTO b24_processed SELECT k, ",
-                    db_now!(),
-                    " FROM unnest($3::text[]) AS k
+                db_now!(),
+                " FROM unnest($3::text[]) AS k
                    ON CONFLICT DO NOTHING)
                  SELECT id FROM gone"
-                ),
-                &[&ids, &worker, &keys],
-            )
+            ))
             .await
             .map_err(e)?;
+        let rows = c.query(&st, &[&ids, &worker, &keys]).await.map_err(e)?;
         let held: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
         Ok(jobs.iter().map(|j| held.contains(&j.id)).collect())
     }

@@ -245,8 +245,13 @@ impl RateStore for PgRateStore {
     ) -> BoxFuture<'a, Result<f64, Error>> {
         Box::pin(async move {
             let c = self.db.client().await?;
+            // Cached: one round trip per request to the portal, not two (parse, then bind).
+            let st = c
+                .prepare_cached(RESERVE)
+                .await
+                .map_err(|e| pg_err("rate reserve", e))?;
             let row = c
-                .query_one(RESERVE, &[&key, &g.t, &(g.max_tat(0.0))])
+                .query_one(&st, &[&key, &g.t, &(g.max_tat(0.0))])
                 .await
                 .map_err(|e| pg_err("rate reserve", e))?;
             let (tat, now): (f64, f64) = (row.get(0), row.get(1));
@@ -296,8 +301,6 @@ pub struct PgOpStore {
     db: PgStore,
 }
 
-const NOW: &str = "SELECT extract(epoch FROM clock_timestamp())::float8";
-
 impl OperatingStore for PgOpStore {
     fn update<'a>(
         &'a self,
@@ -308,30 +311,38 @@ impl OperatingStore for PgOpStore {
             let err = |e| pg_err("operating store", e);
             let mut c = self.db.client().await?;
             let tx = c.transaction().await.map_err(err)?;
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtext('b24-operating:' || $1))",
-                &[&key],
-            )
-            .await
-            .map_err(err)?;
-            let row = tx
-                .query_opt("SELECT state FROM b24_operating WHERE key = $1", &[&key])
+            // Cached prepared statements: each plain query string costs a second round trip
+            // (parse, then bind), and this runs around every request to the portal.
+            let lock = tx
+                .prepare_cached("SELECT pg_advisory_xact_lock(hashtext('b24-operating:' || $1))")
                 .await
                 .map_err(err)?;
+            tx.execute(&lock, &[&key]).await.map_err(err)?;
+            let read = tx
+                .prepare_cached(
+                    "SELECT state, extract(epoch FROM clock_timestamp())::float8
+                     FROM (SELECT 1) one LEFT JOIN b24_operating ON key = $1",
+                )
+                .await
+                .map_err(err)?;
+            let row = tx.query_one(&read, &[&key]).await.map_err(err)?;
+            // The row (if any) and the database's clock in one statement.
             let mut state: OpState = row
-                .and_then(|r| serde_json::from_str(r.get::<_, &str>(0)).ok())
+                .get::<_, Option<&str>>(0)
+                .and_then(|s| serde_json::from_str(s).ok())
                 .unwrap_or_default();
-            let now: f64 = tx.query_one(NOW, &[]).await.map_err(err)?.get(0);
+            let now: f64 = row.get(1);
             let out = f(&mut state, now);
             let text = serde_json::to_string(&state)
                 .map_err(|e| Error::state("operating store: encode", e))?;
-            tx.execute(
-                "INSERT INTO b24_operating (key, state) VALUES ($1, $2)
-                 ON CONFLICT (key) DO UPDATE SET state = excluded.state",
-                &[&key, &text],
-            )
-            .await
-            .map_err(err)?;
+            let write = tx
+                .prepare_cached(
+                    "INSERT INTO b24_operating (key, state) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET state = excluded.state",
+                )
+                .await
+                .map_err(err)?;
+            tx.execute(&write, &[&key, &text]).await.map_err(err)?;
             tx.commit().await.map_err(err)?;
             Ok(out)
         })
