@@ -4,8 +4,9 @@
 //! idempotency records older than the retention window.
 //!
 //! `ONOFFLINEEVENT` jobs (the portal's "new offline rows" notification, queued by the online
-//! receiver like any delivery) are not handed to the handler: they are completed and make the
-//! next offline pull due at once.
+//! receiver for a portal without an installed registry row) are not handed to the handler:
+//! they are completed and make the next offline pull due at once. An installed portal's
+//! notification is recorded on its registry row instead, which [`WakeWatch`] reads.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
