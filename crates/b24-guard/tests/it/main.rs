@@ -11,6 +11,7 @@ mod mcp_tokens;
 mod pg_budget;
 mod plan_settle;
 mod policy_links;
+mod redact_fleet;
 mod redact_refresh;
 mod settle;
 mod store_attacks;
