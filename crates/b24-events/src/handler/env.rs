@@ -14,7 +14,12 @@
 //!   way environment variables are spelled (`PGPASSWORD`, `AWS_SECRET_ACCESS_KEY`,
 //!   `SSH_AUTH_SOCK`, `SENTRY_DSN`, `*_KEY`);
 //! - every variable whose value is a URL carrying a password (`scheme://user:password@…`)
-//!   is dropped, whatever its name (`DATABASE_URL`, `HTTPS_PROXY`);
+//!   is dropped, whatever its name (`DATABASE_URL`, `HTTPS_PROXY`), and so is every value
+//!   holding an incoming webhook's code (`…/rest/1/<code>/`) or a credential field
+//!   (`password=…` of a libpq connection string, `access_token=…`);
+//! - every value holding a secret the worker has — the value of a variable dropped for its
+//!   name, or an OAuth token the process holds — is dropped under any name (`CS` set to
+//!   `$B24_CLIENT_SECRET`);
 //! - a name that is not UTF-8 is dropped (it cannot be judged).
 //!
 //! Everything else (`PATH`, `HOME`, `LANG`, `TZ`, the handler's own settings) passes. A
@@ -75,6 +80,52 @@ fn has_url_password(value: &str) -> bool {
     false
 }
 
+/// Whether a value holds an incoming webhook's code (`…/rest/<user id>/<code>…`, the shape
+/// the redactor replaces): a copy of `B24_WEBHOOK_URL` under an innocent name (`PORTAL`)
+/// is the portal's credential all the same, with no password in its user part.
+fn has_webhook_code(value: &str) -> bool {
+    let v = value.to_ascii_lowercase();
+    v.match_indices("/rest/").any(|(i, m)| {
+        let rest = &v[i + m.len()..];
+        let user = rest.bytes().take_while(u8::is_ascii_digit).count();
+        user > 0
+            && rest[user..].starts_with('/')
+            && rest[user + 1..]
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric())
+                .count()
+                >= 8
+    })
+}
+
+/// Whether a value holds a credential field (`password=…` of a libpq connection string,
+/// `access_token=…` of a URL's query), whatever the variable is named.
+fn has_credential_field(value: &str) -> bool {
+    let v = value.to_ascii_lowercase();
+    [
+        "password=",
+        "passwd=",
+        "access_token=",
+        "refresh_token=",
+        "client_secret=",
+        "auth=",
+    ]
+    .iter()
+    .any(|f| {
+        v.match_indices(f).any(|(i, _)| {
+            let word_start = v[..i]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !c.is_ascii_alphanumeric() && c != '_');
+            let filled = v[i + f.len()..]
+                .chars()
+                .next()
+                .is_some_and(|c| !c.is_whitespace() && c != '&' && c != ';');
+            word_start && filled
+        })
+    })
+}
+
 /// Whether a variable of the worker's environment may reach a handler (see the module doc).
 /// `pass` lists the names the operator passes on explicitly; they always reach it.
 pub fn passes(name: &str, value: &std::ffi::OsStr, pass: &[String]) -> bool {
@@ -84,16 +135,35 @@ pub fn passes(name: &str, value: &std::ffi::OsStr, pass: &[String]) -> bool {
     if name.to_ascii_uppercase().starts_with("B24_") || is_secret_env_name(name) {
         return false;
     }
-    !has_url_password(&value.to_string_lossy())
+    let v = value.to_string_lossy();
+    !has_url_password(&v) && !has_webhook_code(&v) && !has_credential_field(&v)
 }
 
-/// The handler's environment out of `vars` (the worker's): see the module doc.
+/// The handler's environment out of `vars` (the worker's): see the module doc. A variable
+/// that passes by name and shape is still dropped when its value holds a secret the worker
+/// has: the value of a variable dropped for its name (`CS=$B24_CLIENT_SECRET` copied under
+/// an innocent name) or an OAuth token the process holds (`b24::auth::live_secrets`).
 pub fn handler_env(
     vars: impl IntoIterator<Item = (OsString, OsString)>,
     pass: &[String],
 ) -> Vec<(OsString, OsString)> {
+    let vars: Vec<(OsString, OsString)> = vars.into_iter().collect();
+    let mut secrets: Vec<String> = b24::auth::live_secrets().as_ref().clone();
+    secrets.extend(vars.iter().filter_map(|(k, v)| {
+        let (k, v) = (k.to_str()?, v.to_str()?);
+        is_secret_env_name(k).then(|| v.to_string())
+    }));
+    secrets.retain(|s| s.len() >= 8);
     vars.into_iter()
-        .filter(|(k, v)| k.to_str().is_some_and(|name| passes(name, v, pass)))
+        .filter(|(k, v)| {
+            k.to_str().is_some_and(|name| {
+                passes(name, v, pass)
+                    && (pass.iter().any(|p| p == name) || {
+                        let v = v.to_string_lossy();
+                        !secrets.iter().any(|s| v.contains(s.as_str()))
+                    })
+            })
+        })
         .collect()
 }
 

@@ -4,6 +4,7 @@ mod conformance;
 mod fair;
 mod fleet_pool;
 mod form_fuzz;
+mod handler_env;
 mod handlers;
 mod hostile;
 mod idle_polls;
