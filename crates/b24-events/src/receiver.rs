@@ -335,11 +335,14 @@ async fn receive(
     // Authenticated from here on.
     if event == crate::worker::WAKE_EVENT
         && let Some(i) = &sh.inbox
+        && sh.pinned.is_none()
     {
         // An installed portal's wake-up is its registry row's `wake_at`, which its pullers
         // read: queueing it as well cost every host a claim and a completion per offline
         // event, for nothing. Only a portal without such a row (a webhook set-up, a pinned
-        // token) gets the queued notification a single-portal worker acts on.
+        // token) gets the queued notification a single-portal worker acts on. A pinned token
+        // authenticates the token, not the member id the body names: its sender could wake
+        // any installed portal's row, so its wake-ups are always queued.
         match Installations::from_inbox(i.clone())
             .wake(&env.member_id)
             .await

@@ -10,6 +10,7 @@ mod hostile;
 mod idle_polls;
 mod metrics;
 mod pg_pool;
+mod pinned_wake;
 mod polling;
 mod portals;
 mod receiver;

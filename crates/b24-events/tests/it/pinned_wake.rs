@@ -1,0 +1,53 @@
+//! A receiver with a pinned application token authenticates the token, not the member id
+//! the body names: anyone sending with the pinned token may name any member. So its
+//! `ONOFFLINEEVENT` must not be recorded on an installed portal's registry row (another
+//! portal's, registered by an unpinned receiver on the same store): it stays queued, as
+//! before wake-ups moved to the registry.
+
+use b24_events::installs::Installations;
+use b24_events::listen::ServeLimits;
+use b24_sandbox::{SandboxConfig, start_many};
+
+use crate::receiver::{form, post, serve, serve_at};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_receiver_does_not_wake_another_installed_portal() {
+    let ps = start_many(
+        SandboxConfig {
+            limits: false,
+            ..Default::default()
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let p = ps.get(0).unwrap();
+    let rx = serve(&["127.0.0.1:*"], None, ServeLimits::default()).await;
+    assert_eq!(p.install_app(&rx.url).await.status, 200);
+    let reg = Installations::open(&rx.db).await.unwrap();
+    let member = p.info().member_id.clone();
+    let before = reg.find(&member).await.unwrap().expect("installed").wake_at;
+    let pinned = "pinned-token-of-another-portal";
+    let rx2 = serve_at(
+        rx.db.clone(),
+        tempfile::tempdir().unwrap(),
+        &[],
+        Some(pinned),
+        ServeLimits::default(),
+    )
+    .await;
+    let queued_before = rx.store().await.stats().await.unwrap().ready;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let body = form("ONOFFLINEEVENT", &member, pinned, 1, "evil.example", "");
+    assert_eq!(post(&rx2.url, body).await, 200);
+    let after = reg.find(&member).await.unwrap().expect("installed").wake_at;
+    assert_eq!(
+        after, before,
+        "the installed portal's row was woken by a pinned sender"
+    );
+    assert_eq!(
+        rx.store().await.stats().await.unwrap().ready,
+        queued_before + 1,
+        "the pinned receiver's wake-up is queued, as before"
+    );
+}
