@@ -22,7 +22,7 @@ The handler gets the event JSON on stdin and B24_EVENT_KEY, B24_EVENT_NAME, B24_
 environment; exit 0 = done. It does not get the worker's credentials: every other B24_* variable,
 any variable whose name looks secret (…TOKEN, …SECRET, …PASSWORD, …_KEY, AUTH…, …DSN, …) and
 any whose value is a URL with a password are left out of its environment. Pass one back by
-name with --handler-env NAME (repeatable), e.g. --handler-env GITHUB_TOKEN.
+name with --handler-env NAME (repeatable), e.g. --handler-env GITHUB_TOKEN (never a B24_* one).
 It runs in its own process group: on timeout the whole group is killed. Its lease is renewed
 while it runs. A worker killed at any moment loses nothing: leases expire and events are
 handled again, so make the handler's effect idempotent with B24_EVENT_KEY.
@@ -142,6 +142,23 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         return Err(Exit::new(
             exit::USAGE,
             "--handler-env takes one variable's name (NAME, not NAME=VALUE); the value is the worker's own",
+        ));
+    }
+    // b24's own variables are never passed on by name: they hold its credentials (the webhook
+    // URL, the client secret, the tokens, the store URL's password) or its configuration, and
+    // a handler works on event data from outside — whatever it does wrong (logs its
+    // environment, ships it to an error tracker) should not carry the portal's keys. The
+    // worker sets B24_EVENT_* itself. A handler that calls the portal gets its own profile.
+    if let Some(n) = args
+        .handler_env
+        .iter()
+        .find(|n| n.to_ascii_uppercase().starts_with("B24_"))
+    {
+        return Err(Exit::new(
+            exit::USAGE,
+            format!(
+                "--handler-env {n}: b24's own variables (B24_*) are not passed to handlers; they hold the worker's credentials and configuration (a handler that calls the portal should use its own profile)"
+            ),
         ));
     }
     let handler = match (&args.exec, &args.forward) {

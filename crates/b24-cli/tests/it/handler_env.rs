@@ -99,3 +99,34 @@ async fn handler_env_takes_names_only() {
     assert!(!stderr(&o).contains("s3cr3t-value-typed"), "{}", stderr(&o));
     assert!(stderr(&o).contains("--handler-env"), "{}", stderr(&o));
 }
+
+/// b24's own variables are not passed on by name, in any case: `--handler-env
+/// B24_WEBHOOK_URL` would hand the portal's credential to every handler.
+#[tokio::test(flavor = "multi_thread")]
+async fn handler_env_refuses_b24s_own_variables() {
+    let mut env = Env::bare();
+    env.set(
+        "B24_WEBHOOK_URL",
+        "https://p.example/rest/1/handler-env-webhook-code/",
+    );
+    for name in ["B24_WEBHOOK_URL", "b24_client_secret", "B24_EVENT_KEY"] {
+        let o = env
+            .run(&[
+                "worker",
+                "--exec",
+                "true",
+                "--no-pull",
+                "--once",
+                "--handler-env",
+                name,
+            ])
+            .await;
+        assert_eq!(code(&o), 2, "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains("B24_*"), "{name}: {}", stderr(&o));
+        assert!(
+            !stderr(&o).contains("handler-env-webhook-code"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
