@@ -89,7 +89,9 @@ mod legacy {
             }
             WARNED.call_once(|| {
                 for n in &notes {
-                    eprintln!("b24: warning: {n} (see docs/migrating-from-the-python-skill.md)");
+                    crate::errln!(
+                        "b24: warning: {n} (see docs/migrating-from-the-python-skill.md)"
+                    );
                 }
             });
             Compat {

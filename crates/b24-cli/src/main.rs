@@ -94,7 +94,7 @@ fn run() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("b24: cannot start the async runtime: {e}");
+            crate::errln!("b24: cannot start the async runtime: {e}");
             return std::process::ExitCode::from(exit::USAGE as u8);
         }
     };

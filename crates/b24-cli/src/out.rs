@@ -71,6 +71,26 @@ macro_rules! outln {
     };
 }
 
+/// One line on stderr, for messages to the person running b24.
+pub fn err_text(s: &str) {
+    use std::io::Write;
+    let mut line = String::with_capacity(s.len() + 1);
+    line.push_str(s);
+    line.push('\n');
+    // A full disk or a reader that went away (`2>/dev/full`, a closed pipe) must not turn a
+    // finished command into a panic, exit 8 instead of its own code: `eprintln!` panics on a
+    // failed write, so nothing in this binary uses it (clippy.toml forbids it).
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// `eprintln!` without its panic when stderr cannot be written (see [`err_text`]).
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::out::err_text(&format!($($arg)*))
+    };
+}
+
 /// Whether an error is (caused by) a closed stdout.
 pub fn is_closed(err: &anyhow::Error) -> bool {
     err.chain().any(|c| c.downcast_ref::<Closed>().is_some())

@@ -98,7 +98,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                 "path": log.path(),
             });
             for n in &r.notes {
-                eprintln!("b24: note: {n}");
+                crate::errln!("b24: note: {n}");
             }
             match r.problem {
                 None => {

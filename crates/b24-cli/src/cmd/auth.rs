@@ -379,18 +379,18 @@ async fn login(a: LoginArgs, g: &Globals) -> anyhow::Result<i32> {
             let redirect = format!("http://{local}/callback");
             let state = random_state();
             let url = authorize_url(&cfg.base_url, &client_id, &state, Some(&redirect));
-            eprintln!(
+            crate::errln!(
                 "b24: open this URL in a browser to authorize b24 for {}:",
                 cfg.portal
             );
-            eprintln!("  {url}");
-            eprintln!(
+            crate::errln!("  {url}");
+            crate::errln!(
                 "b24: waiting up to {}s for the callback on {redirect} \
                  (no browser here? open the URL elsewhere and rerun with --code CODE)",
                 a.timeout
             );
             if !a.no_browser && !open_browser(&url, a.open_with.as_deref()) && !g.quiet {
-                eprintln!("b24: could not open a browser; open the URL yourself");
+                crate::errln!("b24: could not open a browser; open the URL yourself");
             }
             let wait = Duration::from_secs_f64(a.timeout.max(0.0));
             match tokio::time::timeout(wait, catch_callback(listener, state)).await {
@@ -428,8 +428,8 @@ async fn login(a: LoginArgs, g: &Globals) -> anyhow::Result<i32> {
             b24::config::TokenBackend::File => format!("(0600) in {}", cfg.token_file().display()),
             _ => format!("in {}", store.describe()),
         };
-        eprintln!("b24: logged in to {}; tokens stored {where_}", cfg.portal);
-        eprintln!(
+        crate::errln!("b24: logged in to {}; tokens stored {where_}", cfg.portal);
+        crate::errln!(
             "b24: to use them: B24_AUTH_MODE=oauth B24_DOMAIN={} B24_CLIENT_ID=… B24_CLIENT_SECRET=… b24 call user.current",
             cfg.portal
         );
@@ -459,7 +459,7 @@ async fn status(a: PortalArgs, g: &Globals) -> anyhow::Result<i32> {
     print_json(&report)?;
     if pair.is_none() {
         if !g.quiet {
-            eprintln!(
+            crate::errln!(
                 "b24: not logged in to {} (no {}); run `b24 auth login`",
                 cfg.portal,
                 cfg.token_file().display()
@@ -498,7 +498,7 @@ fn status_all(g: &Globals) -> anyhow::Result<i32> {
     }
     if found == 0 {
         if !g.quiet {
-            eprintln!(
+            crate::errln!(
                 "b24: no stored OAuth tokens in {}; run `b24 auth login --portal HOST`",
                 dir.display()
             );
@@ -535,7 +535,7 @@ async fn logout(a: PortalArgs, g: &Globals) -> anyhow::Result<i32> {
         .map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
     let _ = std::fs::remove_file(path.with_extension("lock"));
     if !g.quiet {
-        eprintln!(
+        crate::errln!(
             "b24: {} {}",
             if existed {
                 "deleted"

@@ -263,7 +263,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         unknown,
     } = tally;
     if !g.quiet {
-        eprintln!(
+        crate::errln!(
             "b24 batch: {} commands: {ok} ok, {failed} error, {skipped} not executed{}; {requests} requests, {retries} retries, {:.1} s",
             results.len(),
             if unknown > 0 {

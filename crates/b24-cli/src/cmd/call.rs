@@ -114,7 +114,7 @@ pub fn natural_key(method: &str, params: &serde_json::Value) -> Option<String> {
 pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     let mut params = read_params(args.params.as_deref())?;
     if b24_guard::gate::strip_credentials(&mut params) && !g.quiet {
-        eprintln!(
+        crate::errln!(
             "b24: note: credential parameters were removed from params; b24 authenticates calls itself"
         );
     }
@@ -146,7 +146,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     match gate.call(req, &NoPerson).await.map_err(exec::gate_error)? {
         CallOutcome::Done { response, replayed } => {
             if replayed && !g.quiet {
-                eprintln!(
+                crate::errln!(
                     "b24: answered from the idempotency record; nothing was sent to the portal"
                 );
             }

@@ -94,7 +94,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         if let Some(dir) = &args.dir {
             let n = write_pages(&cmd, dir)?;
             if !g.quiet {
-                eprintln!("b24: wrote {n} man pages into {}", dir.display());
+                crate::errln!("b24: wrote {n} man pages into {}", dir.display());
             }
             return Ok(exit::OK);
         }

@@ -55,7 +55,7 @@ struct Demo {
 impl Demo {
     fn say(&self, msg: &str) {
         if !self.quiet {
-            eprintln!("{msg}");
+            crate::errln!("{msg}");
         }
     }
 
@@ -175,7 +175,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     b24::auth::ensure_private_dir(&state_dir).map_err(|e| Exit::new(exit::USAGE, e.to_string()))?;
 
     if !g.quiet {
-        eprintln!(
+        crate::errln!(
             "b24 demo — a tour of b24 against an emulated Bitrix24 portal (offline, nothing real is touched)"
         );
     }
@@ -192,11 +192,12 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     })?;
     let info = sb.info().clone();
     if !g.quiet {
-        eprintln!(
+        crate::errln!(
             "      started an emulated portal at {} with {} leads (same limits and errors as a real one)",
-            info.base_url, args.leads
+            info.base_url,
+            args.leads
         );
-        eprintln!(
+        crate::errln!(
             "      state dir (plans, audit log, event queue): {}",
             state_dir.display()
         );
@@ -233,7 +234,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     };
     summary["elapsed_ms"] = json!(started.elapsed().as_millis() as u64);
     if !g.quiet {
-        eprintln!(
+        crate::errln!(
             "\nDone in {:.1} s. Next: `b24 doctor` with your portal (B24_WEBHOOK_URL=https://<portal>/rest/<user>/<code>/),\n\
              `b24 methods --search lead`, `b24 describe crm.lead.add`, or `b24 sandbox` for a portal you can keep.",
             started.elapsed().as_secs_f64()

@@ -371,14 +371,14 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
                 Status::Warn => " WARN",
                 Status::Fail => " FAIL",
             };
-            eprintln!("{tag}  {name}: {detail}");
+            crate::errln!("{tag}  {name}: {detail}");
             if let Some(f) = fix
                 && *st != Status::Ok
             {
-                eprintln!("        fix: {f}");
+                crate::errln!("        fix: {f}");
             }
         }
-        eprintln!(
+        crate::errln!(
             "b24 doctor: {}",
             if failed {
                 "problems found (see FAIL above)"

@@ -208,7 +208,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         Sub::Serve(s) => {
             let url = store_url(g, s.store.as_deref())?;
             if s.application_token.is_none() && s.allow_portals.is_empty() {
-                eprintln!(
+                crate::errln!(
                     "b24 events serve: no --allow-portal and no --application-token: every install will be refused"
                 );
             }

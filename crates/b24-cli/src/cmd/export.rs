@@ -277,7 +277,7 @@ pub async fn stream(
         }
         if p.is_done() {
             if !g.quiet {
-                eprintln!(
+                crate::errln!(
                     "b24 export: checkpoint {} says the export is complete ({} items); nothing to do",
                     cp.display(),
                     p.emitted
@@ -484,7 +484,7 @@ fn show_wait(
     }
     let key = (w.method.clone(), w.blocked);
     if !g.quiet && (w.blocked || w.secs_left >= 10.0) && noted.as_ref() != Some(&key) {
-        eprintln!("b24 export: {msg}");
+        crate::errln!("b24 export: {msg}");
         *noted = Some(key);
     }
 }
@@ -511,7 +511,7 @@ fn summary(
     } else {
         String::new()
     };
-    eprintln!(
+    crate::errln!(
         "b24 export: {what}: {emitted} items{} in {} requests, {} retries{paced}, {secs:.1} s ({:.0} items/s)",
         if resumed_from > 0 {
             format!(" (resumed after {resumed_from})")

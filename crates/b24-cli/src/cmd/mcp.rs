@@ -172,11 +172,11 @@ async fn token(cmd: TokenCommand, g: &Globals) -> anyhow::Result<i32> {
     let out = match cmd {
         TokenCommand::Add { name, policy } => {
             let issued = store.add(&name, &policy).await.map_err(token_error)?;
-            eprintln!(
+            crate::errln!(
                 "b24: the token for {name:?} is shown once; store it in the client's secret store (only its hash is kept)"
             );
             if store.is_shared() {
-                eprintln!(
+                crate::errln!(
                     "b24: the token is in the shared PostgreSQL store: every b24 mcp --http host using it accepts the token, and reads the policy file at {} on its own disk",
                     std::path::absolute(&policy)
                         .unwrap_or_else(|_| policy.clone())

@@ -55,7 +55,7 @@ pub async fn run(args: Args, _g: &Globals) -> anyhow::Result<i32> {
         .collect();
     crate::render::print(format, Vec::new(), &records)?;
     if found.is_empty() {
-        eprintln!("b24: no method matches");
+        crate::errln!("b24: no method matches");
     }
     Ok(exit::OK)
 }

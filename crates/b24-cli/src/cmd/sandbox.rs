@@ -155,7 +155,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     use std::io::Write;
     std::io::stdout().flush()?;
     if !g.quiet {
-        eprintln!("b24 sandbox: running; Ctrl-C to stop");
+        crate::errln!("b24 sandbox: running; Ctrl-C to stop");
     }
     let stop = sb.shutdown_token();
     tokio::select! {
@@ -198,7 +198,7 @@ async fn run_many(
     use std::io::Write;
     std::io::stdout().flush()?;
     if !g.quiet {
-        eprintln!("b24 sandbox: {n} portals running; Ctrl-C to stop");
+        crate::errln!("b24 sandbox: {n} portals running; Ctrl-C to stop");
     }
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

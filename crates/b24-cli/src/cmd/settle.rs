@@ -42,7 +42,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
         }
         crate::outln!("{}", serde_json::to_value(r)?)?;
     }
-    eprintln!(
+    crate::errln!(
         "b24: {} write(s) examined, {} settled or failed for good, {unknown} still unknown",
         reports.len(),
         reports.len() - unknown

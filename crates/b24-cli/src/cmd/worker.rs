@@ -305,7 +305,7 @@ pub async fn run(args: Args, g: &Globals) -> anyhow::Result<i32> {
     }
     let q = store.stats().await.unwrap_or_default();
     if !g.quiet {
-        eprintln!(
+        crate::errln!(
             "b24 worker: {} (queue: {} ready, {} dead)",
             stats.snapshot(),
             q.ready,

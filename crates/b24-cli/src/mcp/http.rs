@@ -451,7 +451,7 @@ pub async fn serve(
         .filter(|t| t.revoked_at.is_none())
         .count();
     if active == 0 {
-        eprintln!(
+        crate::errln!(
             "b24 mcp: no client tokens are issued yet, so every request gets 401; issue one with `b24 mcp token add NAME --policy FILE` (it applies without a restart)"
         );
     }
@@ -486,7 +486,7 @@ pub async fn serve(
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    eprintln!(
+    crate::errln!(
         "b24 mcp: serving Streamable HTTP at {scheme}://{bound}{ENDPOINT} ({active} client token(s) active)"
     );
 
@@ -530,7 +530,7 @@ pub async fn serve(
             tracing::warn!("mcp http: requests still running after {GRACE:?}; stopping anyway");
         }
     }
-    eprintln!("b24 mcp: stopped");
+    crate::errln!("b24 mcp: stopped");
     Ok(())
 }
 

@@ -78,3 +78,31 @@ async fn error_messages_do_not_pass_escape_sequences_from_the_portal() {
     assert!(err.contains("is invalid"), "{err}");
     assert_eq!(controls(&err), Vec::<char>::new(), "{err:?}");
 }
+
+/// A stderr that cannot be written (a full disk, here `/dev/full`) does not change the exit
+/// code: the notes b24 writes there are lost, the command's own result is not. Before, every
+/// note went through `eprintln!`, which panics on a failed write, so a finished command
+/// exited 8 (internal) — for `b24 batch`, a partial or unknown outcome hidden behind it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stderr_that_cannot_be_written_keeps_the_exit_code() {
+    let sb = sandbox(SandboxConfig::default()).await;
+    let env = Env::webhook(&sb);
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        return; // not a Linux-like system: nothing to test here
+    };
+    let mut c = env.cmd(&[
+        "call",
+        "crm.lead.add",
+        "--params",
+        // An `auth` key among the params makes b24 write a note to stderr.
+        r#"{"fields":{"TITLE":"x"},"auth":"zzz"}"#,
+        "--confirm-write",
+        "--dry-run",
+    ]);
+    c.stdout(std::process::Stdio::null()).stderr(full);
+    let status = tokio::task::spawn_blocking(move || c.status().expect("b24 runs"))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(calls_of(&sb, "crm.lead.add"), 0, "a dry run sends nothing");
+}
