@@ -390,6 +390,8 @@ impl Installations {
     }
 
     /// The portal announced offline events (`ONOFFLINEEVENT`, authenticated): wake its puller.
+    /// `wake_at` only moves forward, so a receiver whose clock is behind the last one's still
+    /// registers as a new wake-up (readers compare it with the last value they saw).
     /// `true` when an installed portal's row took the wake-up (its pullers read `wake_at`);
     /// `false` when no such row exists, and only a queued notification can reach a worker.
     pub async fn wake(&self, member_id: &str) -> Result<bool> {
@@ -398,7 +400,7 @@ impl Installations {
             Inbox::Sqlite { conn, .. } => {
                 Self::sqlite(conn, move |c| {
                     c.execute(
-                        "UPDATE b24_installations SET wake_at = ?2 WHERE member_id = ?1 AND state = 'installed'",
+                        "UPDATE b24_installations SET wake_at = max(wake_at + 0.001, ?2) WHERE member_id = ?1 AND state = 'installed'",
                         params![m, t],
                     )
                 })
@@ -407,7 +409,7 @@ impl Installations {
             Inbox::Postgres(pool) => {
                 let c = pool.get().await.map_err(se)?;
                 let st = c
-                    .prepare_cached("UPDATE b24_installations SET wake_at = $2 WHERE member_id = $1 AND state = 'installed'")
+                    .prepare_cached("UPDATE b24_installations SET wake_at = GREATEST(wake_at + 0.001, $2) WHERE member_id = $1 AND state = 'installed'")
                     .await
                     .map_err(se)?;
                 c.execute(&st, &[&m, &t]).await.map_err(se)? as usize

@@ -163,13 +163,16 @@ impl PgQueue {
     /// every queueing transaction (receiver deliveries, offline pulls, on every host) waited
     /// for the WAL flushes of those ahead of it. Sent on its own, committed without waiting for
     /// the flush, it holds the lock for microseconds. Best effort: a lost notification costs
-    /// the idle workers their next look (within half a second), never a job.
-    async fn notify(c: &tokio_postgres::Client) {
+    /// the idle workers their next look (within half a second), never a job. A connection on
+    /// which it failed may be left inside the aborted transaction, so it is not given back to
+    /// the pool but closed.
+    async fn notify(c: deadpool_postgres::Object) {
         if let Err(err) = c
             .batch_execute("BEGIN; SET LOCAL synchronous_commit TO OFF; NOTIFY b24_jobs; COMMIT")
             .await
         {
             tracing::debug!(error = %err, "NOTIFY b24_jobs");
+            drop(deadpool_postgres::Object::take(c));
         }
     }
 
@@ -179,7 +182,7 @@ impl PgQueue {
         let n = Self::insert(&tx, events).await?;
         tx.commit().await.map_err(e)?;
         if n > 0 {
-            Self::notify(&c).await;
+            Self::notify(c).await;
         }
         Ok(n)
     }
@@ -199,7 +202,7 @@ impl PgQueue {
         tx.execute(&st, &[&process_id]).await.map_err(e)?;
         tx.commit().await.map_err(e)?;
         if n > 0 {
-            Self::notify(&c).await;
+            Self::notify(c).await;
         }
         Ok(n)
     }

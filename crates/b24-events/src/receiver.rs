@@ -417,10 +417,18 @@ async fn lifecycle(
                 .set_app_token(&env.member_id, Some(&env.application_token))
                 .await
         }
+        // A pinned token authenticates the token, not the member id the body names: a pinned
+        // receiver sharing its store with an app's receiver must not overwrite another
+        // member's stored token (its holder could then sign that portal's events).
         ("ONAPPINSTALL" | "ONAPPUPDATE", None) if sh.pinned.is_some() => {
-            sh.store
-                .set_app_token(&env.member_id, Some(&env.application_token))
-                .await
+            match sh.store.app_token(&env.member_id).await? {
+                Some(t) if !same(&t, &env.application_token) => Ok(()),
+                _ => {
+                    sh.store
+                        .set_app_token(&env.member_id, Some(&env.application_token))
+                        .await
+                }
+            }
         }
         // A known portal updating with its current token: keep its installation's tokens fresh.
         ("ONAPPINSTALL" | "ONAPPUPDATE", None) if sh.pinned.is_none() => {
@@ -432,6 +440,15 @@ async fn lifecycle(
                     .await?;
             }
             Ok(())
+        }
+        // Nor may it end another member's installation, or forget a token it did not set.
+        ("ONAPPUNINSTALL", _) if sh.pinned.is_some() => {
+            match sh.store.app_token(&env.member_id).await? {
+                Some(t) if same(&t, &env.application_token) => {
+                    sh.store.set_app_token(&env.member_id, None).await
+                }
+                _ => Ok(()),
+            }
         }
         ("ONAPPUNINSTALL", _) => {
             if let Some(i) = &sh.inbox {

@@ -221,8 +221,9 @@ pub async fn client(g: &Globals, key: &str) -> anyhow::Result<b24::Client> {
 
 /// The registry row a single-portal `b24 worker` watches for its portal's wake-ups (the
 /// receiver records an installed portal's `ONOFFLINEEVENT` there and no longer queues it):
-/// the `--portal` it serves, or the installed portal its client's address names. `None` when
-/// there is no registry or no such row; that portal's wake-ups are then still queued.
+/// the `--portal` it serves, or the installed portal its client's address names (looked for
+/// again while it has no row: the receiver may record the install later). `None` when there
+/// is no registry; a portal without an installed row gets its wake-ups queued.
 pub async fn wake_watch(
     g: &Globals,
     store: Option<&str>,
@@ -233,9 +234,10 @@ pub async fn wake_watch(
         return Some(b24_events::worker::WakeWatch::new(reg.clone(), member));
     }
     let reg = open(g, store).await.ok()?;
-    let inst = reg.find(client.portal()).await.ok()??;
-    inst.is_installed()
-        .then(|| b24_events::worker::WakeWatch::new(reg, inst.member_id))
+    Some(b24_events::worker::WakeWatch::by_domain(
+        reg,
+        client.portal(),
+    ))
 }
 
 /// Clients for `b24 worker --all-portals`: each installed portal with its own address,

@@ -51,3 +51,54 @@ async fn a_pinned_receiver_does_not_wake_another_installed_portal() {
         "the pinned receiver's wake-up is queued, as before"
     );
 }
+
+/// The same sender, with `ONAPPINSTALL` and `ONAPPUNINSTALL` naming the installed portal:
+/// before, the first overwrote that portal's stored application token with the pinned one (so
+/// the app's receiver then took forged events signed with it) and the second ended its
+/// installation. Now neither touches another member's token or row.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_receiver_cannot_take_over_or_end_another_installed_portal() {
+    let ps = start_many(
+        SandboxConfig {
+            limits: false,
+            ..Default::default()
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let p = ps.get(0).unwrap();
+    let rx = serve(&["127.0.0.1:*"], None, ServeLimits::default()).await;
+    assert_eq!(p.install_app(&rx.url).await.status, 200);
+    let reg = Installations::open(&rx.db).await.unwrap();
+    let (member, domain) = (p.info().member_id.clone(), p.info().domain.clone());
+    let pinned = "pinned-token-of-another-portal";
+    let rx2 = serve_at(
+        rx.db.clone(),
+        tempfile::tempdir().unwrap(),
+        &[],
+        Some(pinned),
+        ServeLimits::default(),
+    )
+    .await;
+    for event in ["ONAPPINSTALL", "ONAPPUPDATE", "ONAPPUNINSTALL"] {
+        let body = form(event, &member, pinned, 1, "evil.example", "");
+        assert_eq!(post(&rx2.url, body).await, 200, "{event}");
+    }
+    let row = reg.find(&member).await.unwrap().expect("still recorded");
+    assert!(row.is_installed(), "the pinned sender ended it: {row:?}");
+    assert!(row.pair.is_some(), "its tokens are kept");
+    // The app's receiver still takes only the portal's own token, not the pinned one.
+    let forged = form("ONCRMLEADADD", &member, pinned, 7, &domain, "");
+    assert_eq!(post(&rx.url, forged).await, 401);
+    let genuine = form(
+        "ONCRMLEADADD",
+        &member,
+        &p.info().application_token,
+        8,
+        &domain,
+        "",
+    );
+    assert_eq!(post(&rx.url, genuine).await, 200);
+    ps.shutdown().await;
+}
