@@ -31,7 +31,7 @@ pub enum Handler {
     /// `B24_EVENT_KEY`/`B24_EVENT_NAME`/`B24_EVENT_ID` in env; exit 0 = done. On timeout the
     /// whole group is killed (the shell and whatever it started). The environment is the
     /// worker's without b24's variables and without anything that looks like a credential
-    /// ([`env`]), plus the variables named in `pass_env` ([`Handler::pass_env`]).
+    /// ([`mod@env`]), plus the variables named in `pass_env` ([`Handler::pass_env`]).
     Exec {
         cmd: String,
         timeout: Duration,
@@ -81,7 +81,7 @@ impl Handler {
     }
 
     /// An `--exec` handler that also gets these variables of the worker's environment, which
-    /// it would not otherwise ([`env`]: every `B24_*` and whatever looks like a credential).
+    /// it would not otherwise ([`mod@env`]: every `B24_*` and whatever looks like a credential).
     /// One name each, as the operator chose them (`b24 worker --handler-env NAME`); other
     /// kinds of handler have no environment and ignore it.
     pub fn pass_env(mut self, names: impl IntoIterator<Item = String>) -> Handler {

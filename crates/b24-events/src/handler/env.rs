@@ -48,7 +48,7 @@ const SECRET_PARTS: &[&str] = &[
 /// Whether an environment variable's name looks like it holds a secret. A superset of the
 /// redactor's field rule (`b24_guard::redact::is_secret_key`: `auth`, `password`, `token`,
 /// `secret`, `webhook`, `api_key`, … as the name or its `_`-suffix, or any name ending in
-/// `token`/`secret`), widened for environment spellings: one of [`SECRET_PARTS`] anywhere in
+/// `token`/`secret`), widened for environment spellings: one of `SECRET_PARTS` anywhere in
 /// the name, a `_`-separated word starting with `auth` (`AUTH`, `SSH_AUTH_SOCK`,
 /// `AUTHORIZATION`), a name ending in `_KEY`, `_PWD`, `_PASS` or `_DSN`. Case is ignored.
 /// It errs towards dropping: a variable dropped by mistake is passed back with

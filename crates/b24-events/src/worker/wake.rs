@@ -48,7 +48,7 @@ impl WakeWatch {
     }
 
     /// Watch the installed row of the portal at `domain`, found now or later (every
-    /// [`FIND_EVERY`] until it exists).
+    /// `FIND_EVERY`, 5 s, until it exists).
     pub fn by_domain(registry: Installations, domain: impl Into<String>) -> WakeWatch {
         WakeWatch {
             member_id: None,
