@@ -2,7 +2,10 @@
 
 use serde_json::Value;
 
-const SECRET_KEYS: &[&str] = &[
+/// Parameter names that hold a secret (so do names ending in `_` and one of these, or in
+/// `token` or `secret`: see [`is_secret_key`]). Public so that filters elsewhere (the
+/// worker's handler environment) can be tested against the same list.
+pub const SECRET_KEYS: &[&str] = &[
     "auth",
     "password",
     "passwd",

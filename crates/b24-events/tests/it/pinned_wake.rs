@@ -8,10 +8,13 @@ use b24_events::installs::Installations;
 use b24_events::listen::ServeLimits;
 use b24_sandbox::{SandboxConfig, start_many};
 
-use crate::receiver::{form, post, serve, serve_at};
+use crate::receiver::{Rx, form, post, serve, serve_at};
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_pinned_receiver_does_not_wake_another_installed_portal() {
+const PINNED: &str = "pinned-token-of-another-portal";
+
+/// One portal installed through an app's receiver, and a receiver pinned to another token on
+/// the same store.
+async fn installed_and_pinned() -> (b24_sandbox::Portals, Rx, Rx, Installations) {
     let ps = start_many(
         SandboxConfig {
             limits: false,
@@ -21,21 +24,26 @@ async fn a_pinned_receiver_does_not_wake_another_installed_portal() {
     )
     .await
     .unwrap();
-    let p = ps.get(0).unwrap();
     let rx = serve(&["127.0.0.1:*"], None, ServeLimits::default()).await;
-    assert_eq!(p.install_app(&rx.url).await.status, 200);
+    assert_eq!(ps.get(0).unwrap().install_app(&rx.url).await.status, 200);
     let reg = Installations::open(&rx.db).await.unwrap();
-    let member = p.info().member_id.clone();
-    let before = reg.find(&member).await.unwrap().expect("installed").wake_at;
-    let pinned = "pinned-token-of-another-portal";
     let rx2 = serve_at(
         rx.db.clone(),
         tempfile::tempdir().unwrap(),
         &[],
-        Some(pinned),
+        Some(PINNED),
         ServeLimits::default(),
     )
     .await;
+    (ps, rx, rx2, reg)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_receiver_does_not_wake_another_installed_portal() {
+    let (ps, rx, rx2, reg) = installed_and_pinned().await;
+    let member = ps.get(0).unwrap().info().member_id.clone();
+    let before = reg.find(&member).await.unwrap().expect("installed").wake_at;
+    let pinned = PINNED;
     let queued_before = rx.store().await.stats().await.unwrap().ready;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let body = form("ONOFFLINEEVENT", &member, pinned, 1, "evil.example", "");
@@ -58,29 +66,10 @@ async fn a_pinned_receiver_does_not_wake_another_installed_portal() {
 /// installation. Now neither touches another member's token or row.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pinned_receiver_cannot_take_over_or_end_another_installed_portal() {
-    let ps = start_many(
-        SandboxConfig {
-            limits: false,
-            ..Default::default()
-        },
-        1,
-    )
-    .await
-    .unwrap();
+    let (ps, rx, rx2, reg) = installed_and_pinned().await;
     let p = ps.get(0).unwrap();
-    let rx = serve(&["127.0.0.1:*"], None, ServeLimits::default()).await;
-    assert_eq!(p.install_app(&rx.url).await.status, 200);
-    let reg = Installations::open(&rx.db).await.unwrap();
     let (member, domain) = (p.info().member_id.clone(), p.info().domain.clone());
-    let pinned = "pinned-token-of-another-portal";
-    let rx2 = serve_at(
-        rx.db.clone(),
-        tempfile::tempdir().unwrap(),
-        &[],
-        Some(pinned),
-        ServeLimits::default(),
-    )
-    .await;
+    let pinned = PINNED;
     for event in ["ONAPPINSTALL", "ONAPPUPDATE", "ONAPPUNINSTALL"] {
         let body = form(event, &member, pinned, 1, "evil.example", "");
         assert_eq!(post(&rx2.url, body).await, 200, "{event}");
