@@ -66,6 +66,37 @@ impl std::fmt::Debug for InProcess {
     }
 }
 
+/// Replace every OAuth token this process holds (`b24::auth::live_secrets`) in a failure's
+/// text with `[redacted]`.
+///
+/// The text (a command's stderr tail, an endpoint's answer) is kept in the queue as the job's
+/// last error and shown later by `b24 dlq`, in another process that does not know the
+/// tokens this worker refreshed meanwhile, so its redactor could not find them there. Each
+/// token is looked up by its first 8 bytes in a set of the text's 8-byte windows, so a fleet's
+/// thousands of tokens cost one pass over the text, not one per token. Shorter tokens are
+/// not looked for (OAuth tokens are far longer).
+pub fn scrub(text: String) -> String {
+    const W: usize = 8;
+    let secrets = b24::auth::live_secrets();
+    if secrets.is_empty() || text.len() < W {
+        return text;
+    }
+    let found: Vec<String> = {
+        let windows: std::collections::HashSet<&[u8]> = text.as_bytes().windows(W).collect();
+        secrets
+            .iter()
+            .filter(|s| s.len() >= W && windows.contains(&s.as_bytes()[..W]))
+            .filter(|s| text.contains(s.as_str()))
+            .cloned()
+            .collect()
+    };
+    let mut text = text;
+    for s in found {
+        text = text.replace(&s, "[redacted]");
+    }
+    text
+}
+
 /// The JSON a handler receives.
 pub fn event_json(job: &Job) -> serde_json::Value {
     serde_json::json!({"key": job.key, "event": job.name, "attempt": job.attempts, "payload": job.payload})
@@ -134,8 +165,13 @@ impl Handler {
         }
     }
 
-    /// Run for one job: `Ok(())` = done, `Err(reason)` = failed (retried later).
+    /// Run for one job: `Ok(())` = done, `Err(reason)` = failed (retried later). A reason
+    /// that quotes an OAuth token this process holds has it replaced (see [`scrub`]).
     pub async fn run(&self, job: &Job) -> Result<(), String> {
+        self.run_raw(job).await.map_err(scrub)
+    }
+
+    async fn run_raw(&self, job: &Job) -> Result<(), String> {
         match self {
             Handler::InProcess(p) => match tokio::time::timeout(p.timeout, (p.f)(job)).await {
                 Ok(r) => r,
