@@ -18,6 +18,10 @@
 //! Every run prints its figures as text and one `json: {…}` line. Peak RSS is `VmHWM` from
 //! `/proc/self/status` (the whole process: set-up, load generator and all).
 
+// Tests and benches build their own reqwest clients; their set-up installs the TLS provider
+// (the workspace clippy.toml forbids that in library code only).
+#![allow(clippy::disallowed_methods)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};

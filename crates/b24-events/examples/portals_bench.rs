@@ -13,6 +13,10 @@
 //!       --out DIR (the children's state dirs and logs go to DIR/run-PID; default
 //!       bench/portals/out)
 
+// Tests and benches build their own reqwest clients; their set-up installs the TLS provider
+// (the workspace clippy.toml forbids that in library code only).
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

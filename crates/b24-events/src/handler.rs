@@ -122,6 +122,7 @@ impl Handler {
         self
     }
 
+    #[allow(clippy::disallowed_methods)] // the provider is installed first
     pub fn forward(url: impl Into<String>, timeout: Duration) -> Handler {
         // reqwest has no TLS provider of its own in this build: without a default it panics.
         b24::tls::install_default_provider();

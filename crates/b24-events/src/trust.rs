@@ -186,6 +186,7 @@ pub async fn confirm_with_portal(
 /// The HTTP client for verifications: no redirects (the approved host must answer itself).
 /// Installs ring as the default TLS provider first: reqwest has none of its own here and would
 /// panic (see `b24::tls::install_default_provider`).
+#[allow(clippy::disallowed_methods)] // the provider is installed first
 pub fn http_client(cfg: &TrustConfig) -> reqwest::Client {
     b24::tls::install_default_provider();
     reqwest::Client::builder()

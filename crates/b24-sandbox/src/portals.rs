@@ -225,6 +225,7 @@ fn lifecycle_form(st: &mut crate::state::State, event: &str) -> Vec<(String, Str
 
 async fn deliver(form: Vec<(String, String)>, handler: &str) -> LifecycleOutcome {
     crate::install_crypto_provider();
+    #[allow(clippy::disallowed_methods)] // the provider is installed just above
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())

@@ -82,6 +82,7 @@ pub(crate) fn spawn_deliveries(shared: Shared, deliveries: Vec<Delivery>) {
     }
     tokio::spawn(async move {
         crate::install_crypto_provider();
+        #[allow(clippy::disallowed_methods)] // the provider is installed just above
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build();

@@ -118,6 +118,7 @@ mod tests {
         let second = rustls::crypto::CryptoProvider::get_default().expect("still installed");
         assert!(Arc::ptr_eq(first, second));
         // And reqwest builds a client without preconfigured TLS (it panics without a default).
+        #[allow(clippy::disallowed_methods)] // what the test is about
         reqwest::Client::builder().build().expect("a client");
     }
 }

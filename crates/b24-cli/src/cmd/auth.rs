@@ -277,6 +277,7 @@ async fn exchange(
 ) -> anyhow::Result<TokenPair> {
     // main installed it already; a client built without it would panic, so make sure.
     b24::tls::install_default_provider();
+    #[allow(clippy::disallowed_methods)] // the provider is installed just above
     let mut b = reqwest::Client::builder().timeout(Duration::from_secs(30));
     if let Some(ca) = ca_file {
         let pem = std::fs::read(ca)

@@ -47,6 +47,9 @@ impl Client {
         config: Config,
         store: Option<Arc<dyn TokenStore>>,
     ) -> Result<Client, Error> {
+        // The TLS configuration is handed over ready (`tls::client_config`, ring), so this
+        // client needs no process-wide provider.
+        #[allow(clippy::disallowed_methods)]
         let mut b = reqwest::Client::builder()
             .user_agent(concat!("b24/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
