@@ -124,12 +124,7 @@ async fn onofflineevent_wakes_the_worker_at_once() {
             .await
             .unwrap(),
     );
-    let ran: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
-    let r2 = ran.clone();
-    let handler = Handler::in_process(move |job| {
-        r2.lock().unwrap().push((job.name.clone(), Instant::now()));
-        async { Ok(()) }
-    });
+    let (handler, ran) = recording_handler();
     let stats = Arc::new(WorkerStats::default());
     let stop = CancellationToken::new();
     let worker = tokio::spawn(b24_events::worker::run(
@@ -201,4 +196,18 @@ async fn onofflineevent_wakes_the_worker_at_once() {
         format!("ONOFFLINEEVENT wake-up: change → handler run in {latency:?} (the next scheduled poll was ~7.75 s away)\n").as_bytes(),
     );
     assert!(latency < Duration::from_millis(1500), "{latency:?}");
+}
+
+/// The events a handler ran, by name, with the moment each ran.
+pub(crate) type Ran = Arc<Mutex<Vec<(String, Instant)>>>;
+
+/// A handler that succeeds and records each event it ran.
+pub(crate) fn recording_handler() -> (Handler, Ran) {
+    let ran: Ran = Arc::default();
+    let r2 = ran.clone();
+    let handler = Handler::in_process(move |job| {
+        r2.lock().unwrap().push((job.name.clone(), Instant::now()));
+        async { Ok(()) }
+    });
+    (handler, ran)
 }

@@ -2,11 +2,10 @@
 //! still what wakes a single-portal worker long before its next scheduled poll. A portal
 //! without an installed row (a pinned token, a webhook set-up) keeps the queued notification.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use b24_events::Store;
-use b24_events::handler::Handler;
 use b24_events::installs::Installations;
 use b24_events::listen::ServeLimits;
 use b24_events::worker::{WakeWatch, WorkerConfig, WorkerStats};
@@ -58,12 +57,7 @@ async fn wake_is_recorded_not_queued(db: String, dir: tempfile::TempDir) {
     }
     let processed_before = store.stats().await.unwrap().processed;
 
-    let ran: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
-    let r2 = ran.clone();
-    let handler = Handler::in_process(move |job| {
-        r2.lock().unwrap().push((job.name.clone(), Instant::now()));
-        async { Ok(()) }
-    });
+    let (handler, ran) = crate::polling::recording_handler();
     let stats = Arc::new(WorkerStats::default());
     let stop = CancellationToken::new();
     let worker = tokio::spawn(b24_events::worker::run(
