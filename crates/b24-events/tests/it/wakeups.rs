@@ -156,3 +156,32 @@ async fn a_portal_without_an_installed_row_still_gets_the_queued_wake_up() {
     let reg = Installations::open(&rx.db).await.unwrap();
     assert_eq!(reg.woken_at("member-x").await.unwrap(), None);
 }
+
+/// A worker that started before its portal's install was recorded finds the row later (every
+/// `FIND_EVERY`) and from then on sees its wake-ups; a wake-up of another portal does not
+/// count.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_by_domain_finds_a_row_recorded_after_it_started() {
+    let ps = start_many(SandboxConfig::default(), 2).await.unwrap();
+    let (p, other) = (ps.get(0).unwrap(), ps.get(1).unwrap());
+    let rx = serve(&["127.0.0.1:*"], None, ServeLimits::default()).await;
+    let reg = Installations::open(&rx.db).await.unwrap();
+    let mut w = WakeWatch::by_domain(reg.clone(), p.info().domain.clone());
+    assert!(!w.woken().await);
+    assert_eq!(w.member_id(), None, "nothing installed yet");
+    assert_eq!(p.install_app(&rx.url).await.status, 200);
+    assert_eq!(other.install_app(&rx.url).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(5100)).await;
+    assert!(
+        !w.woken().await,
+        "the first look at the row only learns where it stands"
+    );
+    assert_eq!(w.member_id(), Some(p.info().member_id.as_str()));
+    assert!(reg.wake(&other.info().member_id).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!w.woken().await, "another portal's wake-up");
+    assert!(reg.wake(&p.info().member_id).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.woken().await, "its own wake-up");
+    ps.shutdown().await;
+}
