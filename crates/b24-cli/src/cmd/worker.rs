@@ -30,7 +30,8 @@ handled again, so make the handler's effect idempotent with B24_EVENT_KEY.
 Offline polling adapts: every empty answer doubles the wait from --poll-interval up to
 --poll-max (default 30 s: 1.7% of the standard plan's request budget); events bring it back.
 With `b24 events serve` on the same store and ONOFFLINEEVENT bound to it, the portal's
-notification wakes the worker at once.
+notification wakes the worker at once (for a portal installed through the receiver, the
+worker reads it from the installation every 250 ms).
 --once exits 1 when any handler run failed or an event was dead-lettered.")]
 pub struct Args {
     /// Run this shell command per event (event JSON on stdin).
